@@ -1,0 +1,120 @@
+//! The ABI shared by ksm-trace's eBPF programs and its collector.
+//!
+//! Only what both sides must agree on lives here: the event record streamed through the ring
+//! buffer, the start-up configuration passed in as an eBPF global, counter indices and the names
+//! of programs and maps. No logic.
+#![no_std]
+
+/// Length of `task_struct.comm`.
+pub const TASK_COMM_LEN: usize = 16;
+
+/// Marks a kernel structure offset that the running kernel's BTF does not have.
+pub const NO_OFFSET: u32 = u32::MAX;
+
+/// What an [`Event`] reports (`Event::kind`).
+pub mod kind {
+    /// `ksm:ksm_start_scan`: `arg0` = seq, `arg1` = rmap entries.
+    pub const START_SCAN: u32 = 1;
+    /// `ksm:ksm_stop_scan`: `arg0` = seq (the full_scans value before it completes), `arg1` =
+    /// rmap entries.
+    pub const STOP_SCAN: u32 = 2;
+    /// `ksm:ksm_merge_with_ksm_page`: `ksm_page` (0 for the first half of a new-page pair),
+    /// `pfn`, `mm`, `err`, latencies.
+    pub const MERGE_WITH_KSM_PAGE: u32 = 3;
+    /// `ksm:ksm_merge_one_page` (only zero-page merges): `pfn`, `mm`, `err`, latencies.
+    pub const MERGE_ONE_PAGE: u32 = 4;
+    /// `ksm:ksm_remove_ksm_page`: `pfn`.
+    pub const REMOVE_KSM_PAGE: u32 = 5;
+    /// `ksm:ksm_remove_rmap_item`: `pfn`, `mm`.
+    pub const REMOVE_RMAP_ITEM: u32 = 6;
+    /// `ksm:ksm_enter`: `mm`.
+    pub const ENTER: u32 = 7;
+    /// `ksm:ksm_exit`: `mm`.
+    pub const EXIT: u32 = 8;
+    /// `ksm:ksm_advisor`: `arg0` = scan time (s), `arg1` = pages_to_scan, `arg2` = cpu %.
+    pub const ADVISOR: u32 = 9;
+    /// ksmd went to sleep: `arg0` = on-CPU ns since it last woke, `arg1` = wall ns.
+    pub const KSMD_BATCH: u32 = 10;
+}
+
+/// One record in the `EVENTS` ring buffer. Fields a kind does not use are zero.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Event {
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC).
+    pub ts_ns: u64,
+    pub kind: u32,
+    /// tgid of the mm's owner (0 if unknown).
+    pub tgid: u32,
+    /// comm of the mm's owner.
+    pub comm: [u8; TASK_COMM_LEN],
+    pub mm: u64,
+    pub pfn: u64,
+    pub ksm_page: u64,
+    /// Merge latency from the mmap_lock bracket (0 = not measured).
+    pub lat_lock_ns: u64,
+    /// Merge latency from fentry/fexit on try_to_merge_one_page (0 = not measured).
+    pub lat_fexit_ns: u64,
+    pub arg0: u64,
+    pub arg1: u64,
+    pub arg2: u64,
+    pub err: i32,
+    pub _pad: u32,
+}
+
+/// Configuration written into the `CONFIG` global before loading.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// pid of the ksmd kernel thread.
+    pub ksmd_pid: u32,
+    /// `mm_struct.owner` (needs CONFIG_MEMCG), or [`NO_OFFSET`].
+    pub mm_owner: u32,
+    pub task_tgid: u32,
+    pub task_pid: u32,
+    pub task_comm: u32,
+    /// `vm_area_struct.vm_mm`.
+    pub vma_mm: u32,
+}
+
+impl Config {
+    pub const fn empty() -> Self {
+        Self {
+            ksmd_pid: 0,
+            mm_owner: NO_OFFSET,
+            task_tgid: NO_OFFSET,
+            task_pid: NO_OFFSET,
+            task_comm: NO_OFFSET,
+            vma_mm: NO_OFFSET,
+        }
+    }
+}
+
+/// Indices into the per-CPU `COUNTERS` array.
+pub mod counter {
+    /// Ring buffer full: an event was dropped.
+    pub const EVENTS_LOST: u32 = 0;
+    /// Number of counters.
+    pub const COUNT: u32 = 1;
+}
+
+/// Names of maps and globals, as the loader looks them up.
+pub mod names {
+    pub const EVENTS: &str = "EVENTS";
+    pub const COUNTERS: &str = "COUNTERS";
+    pub const CONFIG: &str = "CONFIG";
+}
+
+/// Ring buffer size in bytes (a power of two, multiple of the page size).
+pub const EVENTS_BYTES: u32 = 8 << 20;
+
+/// Sanity bound: a bracket that closed longer ago than this when the merge tracepoint fires is
+/// not used. Typically 0.1-1 µs; ksmd preempted right after the unlock can take milliseconds.
+pub const MAX_BRACKET_GAP_NS: u64 = 50_000_000;
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: plain #[repr(C)] integers and byte arrays, no padding holes left uninitialised.
+    unsafe impl aya::Pod for super::Event {}
+    unsafe impl aya::Pod for super::Config {}
+}

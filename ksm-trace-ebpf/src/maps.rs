@@ -1,0 +1,54 @@
+//! Maps, the start-up configuration and the two helpers every program uses: `emit` an event and
+//! `bump` a counter.
+use aya_ebpf::{
+    helpers::bpf_ktime_get_ns,
+    macros::map,
+    maps::{PerCpuArray, RingBuf},
+};
+use ksm_trace_common::{Config, EVENTS_BYTES, Event, counter};
+
+/// Filled in by the loader from the running kernel's BTF and /proc.
+#[unsafe(no_mangle)]
+static CONFIG: Config = Config::empty();
+
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
+
+#[map]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+
+/// Do not wake the reader per event: wake-ups cost MSR writes on this kind of machine and the
+/// collector drains on a timer anyway.
+const BPF_RB_NO_WAKEUP: u64 = 1;
+
+#[inline(always)]
+pub fn config() -> Config {
+    // SAFETY: a plain global the loader overrides before the program is verified.
+    unsafe { core::ptr::read_volatile(&CONFIG) }
+}
+
+#[inline(always)]
+pub fn now() -> u64 {
+    // SAFETY: helper with no arguments.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+#[inline(always)]
+pub fn bump(index: u32) {
+    if let Some(slot) = COUNTERS.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+        unsafe { *slot += 1 };
+    }
+}
+
+/// Writes `event` to the ring buffer, or counts it as lost when the buffer is full.
+#[inline(always)]
+pub fn emit(event: &Event) {
+    match EVENTS.reserve::<Event>(0) {
+        Some(mut entry) => {
+            entry.write(*event);
+            entry.submit(BPF_RB_NO_WAKEUP);
+        }
+        None => bump(counter::EVENTS_LOST),
+    }
+}

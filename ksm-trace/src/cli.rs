@@ -1,0 +1,115 @@
+//! Command-line interface.
+use std::{path::PathBuf, time::Duration};
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::probes::LatencyMode;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ksm-trace",
+    version,
+    about = "eBPF tracing profiler for Linux Kernel Samepage Merging (KSM)"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Trace KSM (optionally driving a workload), write a recording and print its report.
+    Record(RecordArgs),
+    /// Print the report of a recording.
+    Report(ReportArgs),
+    /// Show what this kernel lets ksm-trace measure, and how.
+    Doctor(DoctorArgs),
+    /// Internal: one process of the procs workload.
+    #[command(name = "__procs-worker", hide = true)]
+    ProcsWorker { args: Vec<String> },
+}
+
+#[derive(Debug, Args)]
+pub struct RecordArgs {
+    /// Stop after this long (e.g. 30s, 2m); default: until the workload ends or Ctrl-C.
+    #[arg(short, long, value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+    /// Start a workload for the run: procs:N[,pages=P][,dup=F].
+    #[arg(short, long)]
+    pub workload: Option<String>,
+    /// Report only these processes (repeatable); their ksm_stat is read at start and end.
+    #[arg(short, long = "pid")]
+    pub pids: Vec<u32>,
+    /// Where to write the recording.
+    #[arg(short, long, default_value = "ksm-trace.json")]
+    pub output: PathBuf,
+    /// KSM pages_to_scan for the run (restored afterwards).
+    #[arg(long)]
+    pub pages_to_scan: Option<u32>,
+    /// KSM sleep_millisecs for the run (restored afterwards).
+    #[arg(long)]
+    pub sleep_ms: Option<u32>,
+    /// How to time merges.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub merge_latency: LatencyMode,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// No progress line and no report on the terminal.
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// Recording to read.
+    #[arg(default_value = "ksm-trace.json")]
+    pub file: PathBuf,
+    /// JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `30s`, `2m`, `500ms`, or a plain number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let d = match text.parse::<f64>() {
+        Ok(secs) if secs.is_finite() && secs > 0.0 => Duration::from_secs_f64(secs),
+        Ok(_) => {
+            return Err(format!(
+                "{text:?} is not a positive duration: use e.g. 30s or 2m"
+            ));
+        }
+        Err(_) => humantime::parse_duration(text)
+            .map_err(|e| format!("{text:?} is not a duration ({e}): use e.g. 30s or 2m"))?,
+    };
+    if d.is_zero() {
+        return Err("duration must be longer than zero: use e.g. 30s".into());
+    }
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("1.5").unwrap(), Duration::from_millis(1500));
+        assert!(parse_duration("0").is_err());
+        assert!(parse_duration("-3").is_err());
+        assert!(
+            parse_duration("soon")
+                .unwrap_err()
+                .contains("not a duration")
+        );
+    }
+}

@@ -1,0 +1,254 @@
+//! Turns the stream of merge tracepoints into per-process merge outcomes.
+//!
+//! `ksm_merge_with_ksm_page` fires once for a page that joins an existing KSM page, but twice for
+//! a page pair that forms a new KSM page: first for the page being scanned with `ksm_page == 0`,
+//! then for the unstable-tree page it pairs with, with `ksm_page != 0` and the same pfn. Only
+//! when the second call succeeds do both pages enter the stable tree (the kernel breaks the first
+//! again otherwise). Zero-page merges (`use_zero_pages=1`) come from `ksm_merge_one_page`.
+use std::collections::BTreeMap;
+
+use ksm_trace_common::{Event, kind};
+use serde::{Deserialize, Serialize};
+
+use crate::histogram::Histogram;
+
+/// What one process's pages went through.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct MergeStats {
+    pub comm: String,
+    /// Pages that entered the stable tree: `new_pages + joins`.
+    pub merges: u64,
+    /// Pages that formed a new KSM page together with another page.
+    pub new_pages: u64,
+    /// Pages merged into an existing KSM page.
+    pub joins: u64,
+    /// Merge attempts the kernel reported as failed (err != 0).
+    pub failed: u64,
+    /// First halves of a new-page pair undone because the second half failed.
+    pub reverted: u64,
+    pub zero_page_merges: u64,
+    pub zero_page_failed: u64,
+    /// Sharers dropped with a stale stable node (ksm_remove_rmap_item).
+    pub removals: u64,
+    pub entered: u64,
+    pub exited: u64,
+    /// Latency of successful merges (stable-tree and zero-page) that were timed: fentry/fexit
+    /// where the kernel allows it, else the mmap_lock bracket.
+    pub merge_latency_ns: Histogram,
+    /// The mmap_lock bracket's view of merges that fentry/fexit also timed (for comparing the
+    /// two mechanisms; empty unless both ran).
+    pub merge_latency_bracket_ns: Histogram,
+    /// Successful merges without a latency (mechanism not armed, or no matching bracket).
+    pub untimed_merges: u64,
+}
+
+/// The first half of a new-page pair, waiting for its second half.
+#[derive(Clone, Copy, Debug)]
+struct FirstHalf {
+    event: Event,
+}
+
+#[derive(Debug, Default)]
+pub struct MergeTracker {
+    pub by_pid: BTreeMap<u32, MergeStats>,
+    pending: Option<FirstHalf>,
+    /// First halves whose second half never came (only possible when events were lost).
+    pub unpaired: u64,
+}
+
+impl MergeTracker {
+    fn stats(&mut self, event: &Event) -> &mut MergeStats {
+        let stats = self.by_pid.entry(event.tgid).or_default();
+        let comm = comm_str(&event.comm);
+        if !comm.is_empty() && stats.comm != comm {
+            stats.comm = comm;
+        }
+        stats
+    }
+
+    fn merged(&mut self, event: &Event, new_page: bool) {
+        let stats = self.stats(event);
+        stats.merges += 1;
+        if new_page {
+            stats.new_pages += 1;
+        } else {
+            stats.joins += 1;
+        }
+        record_latency(stats, event);
+    }
+
+    pub fn handle(&mut self, event: &Event) {
+        match event.kind {
+            kind::MERGE_WITH_KSM_PAGE => self.merge_with_ksm_page(event),
+            kind::MERGE_ONE_PAGE => {
+                let stats = self.stats(event);
+                if event.err == 0 {
+                    stats.zero_page_merges += 1;
+                    record_latency(stats, event);
+                } else {
+                    stats.zero_page_failed += 1;
+                }
+            }
+            kind::REMOVE_RMAP_ITEM => self.stats(event).removals += 1,
+            kind::ENTER => self.stats(event).entered += 1,
+            kind::EXIT => self.stats(event).exited += 1,
+            _ => {}
+        }
+    }
+
+    fn merge_with_ksm_page(&mut self, event: &Event) {
+        if event.ksm_page == 0 {
+            self.drop_pending();
+            if event.err == 0 {
+                self.pending = Some(FirstHalf { event: *event });
+            } else {
+                self.stats(event).failed += 1;
+            }
+            return;
+        }
+        match self.pending.take() {
+            Some(first) if first.event.pfn == event.pfn => {
+                if event.err == 0 {
+                    self.merged(&first.event, true);
+                    self.merged(event, true);
+                } else {
+                    self.stats(&first.event).reverted += 1;
+                    self.stats(event).failed += 1;
+                }
+            }
+            other => {
+                self.pending = other;
+                self.drop_pending();
+                if event.err == 0 {
+                    self.merged(event, false);
+                } else {
+                    self.stats(event).failed += 1;
+                }
+            }
+        }
+    }
+
+    fn drop_pending(&mut self) {
+        if self.pending.take().is_some() {
+            self.unpaired += 1;
+        }
+    }
+
+    /// Call at the end of a recording: a first half still waiting is unpaired.
+    pub fn finish(&mut self) {
+        self.drop_pending();
+    }
+}
+
+fn record_latency(stats: &mut MergeStats, event: &Event) {
+    let primary = if event.lat_fexit_ns != 0 {
+        event.lat_fexit_ns
+    } else {
+        event.lat_lock_ns
+    };
+    if primary == 0 {
+        stats.untimed_merges += 1;
+        return;
+    }
+    stats.merge_latency_ns.record(primary);
+    if event.lat_fexit_ns != 0 && event.lat_lock_ns != 0 {
+        stats.merge_latency_bracket_ns.record(event.lat_lock_ns);
+    }
+}
+
+/// The NUL-terminated comm as a string.
+pub fn comm_str(comm: &[u8]) -> String {
+    let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
+    String::from_utf8_lossy(&comm[..end]).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn merge(tgid: u32, ksm_page: u64, pfn: u64, err: i32, lat: u64) -> Event {
+        let mut comm = [0u8; 16];
+        let name = format!("p{tgid}");
+        comm[..name.len()].copy_from_slice(name.as_bytes());
+        Event {
+            kind: kind::MERGE_WITH_KSM_PAGE,
+            tgid,
+            comm,
+            ksm_page,
+            pfn,
+            err,
+            lat_lock_ns: lat,
+            ..Event::default()
+        }
+    }
+
+    #[test]
+    fn new_page_pair_counts_both_processes() {
+        let mut t = MergeTracker::default();
+        t.handle(&merge(1, 0, 100, 0, 2000));
+        t.handle(&merge(2, 0xffff, 100, 0, 3000));
+        t.finish();
+        assert_eq!(t.by_pid[&1].merges, 1);
+        assert_eq!(t.by_pid[&1].new_pages, 1);
+        assert_eq!(t.by_pid[&2].merges, 1);
+        assert_eq!(t.by_pid[&2].comm, "p2");
+        assert_eq!(t.by_pid[&1].merge_latency_ns.count(), 1);
+        assert_eq!(t.unpaired, 0);
+    }
+
+    #[test]
+    fn failed_second_half_reverts_first() {
+        let mut t = MergeTracker::default();
+        t.handle(&merge(1, 0, 100, 0, 0));
+        t.handle(&merge(2, 0xffff, 100, -14, 0));
+        assert_eq!(t.by_pid[&1].merges, 0);
+        assert_eq!(t.by_pid[&1].reverted, 1);
+        assert_eq!(t.by_pid[&2].failed, 1);
+    }
+
+    #[test]
+    fn join_is_not_taken_for_a_second_half() {
+        let mut t = MergeTracker::default();
+        // A join to an existing KSM page has ksm_page set but a different pfn.
+        t.handle(&merge(3, 0xaaaa, 7, 0, 1500));
+        assert_eq!(t.by_pid[&3].joins, 1);
+        assert_eq!(t.by_pid[&3].merges, 1);
+        // A first half followed by an unrelated join leaves the first half unpaired.
+        t.handle(&merge(1, 0, 100, 0, 0));
+        t.handle(&merge(3, 0xaaaa, 8, 0, 0));
+        t.finish();
+        assert_eq!(t.unpaired, 1);
+        assert_eq!(t.by_pid[&3].joins, 2);
+        assert_eq!(t.by_pid[&3].untimed_merges, 1);
+        assert!(!t.by_pid.contains_key(&1) || t.by_pid[&1].merges == 0);
+    }
+
+    #[test]
+    fn failed_first_half_is_a_failed_attempt() {
+        let mut t = MergeTracker::default();
+        t.handle(&merge(1, 0, 100, -14, 0));
+        assert_eq!(t.by_pid[&1].failed, 1);
+        assert_eq!(t.by_pid[&1].merges, 0);
+    }
+
+    #[test]
+    fn zero_page_merges_are_separate() {
+        let mut t = MergeTracker::default();
+        let mut e = merge(4, 0, 1, 0, 900);
+        e.kind = kind::MERGE_ONE_PAGE;
+        t.handle(&e);
+        assert_eq!(t.by_pid[&4].zero_page_merges, 1);
+        assert_eq!(t.by_pid[&4].merges, 0);
+        assert_eq!(t.by_pid[&4].merge_latency_ns.count(), 1);
+    }
+
+    #[test]
+    fn fexit_latency_preferred_and_both_kept() {
+        let mut t = MergeTracker::default();
+        let mut e = merge(5, 0xaaaa, 9, 0, 4000);
+        e.lat_fexit_ns = 3000;
+        t.handle(&e);
+        assert_eq!(t.by_pid[&5].merge_latency_ns.summary().max, 3000);
+        assert_eq!(t.by_pid[&5].merge_latency_bracket_ns.summary().max, 4000);
+    }
+}

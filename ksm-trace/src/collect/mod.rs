@@ -1,0 +1,83 @@
+//! Events → aggregates: drains the ring buffer into per-process merge outcomes and scan metrics,
+//! and counts what was received and lost.
+pub mod merges;
+pub mod scans;
+
+use std::collections::BTreeMap;
+
+use ksm_trace_common::{Event, kind};
+
+pub use merges::{MergeStats, MergeTracker, comm_str};
+pub use scans::{FullScan, ScanTracker};
+
+#[derive(Debug, Default)]
+pub struct Collector {
+    pub merges: MergeTracker,
+    pub scans: ScanTracker,
+    pub received: BTreeMap<&'static str, u64>,
+    /// Merge tracepoint hits since the last call to [`Collector::take_recent_merges`].
+    recent_merges: u64,
+    /// CLOCK_MONOTONIC ns at which the recording window opened.
+    window_start: u64,
+    /// Events from before the window that were not counted.
+    pub before_window: u64,
+}
+
+impl Collector {
+    /// Events stamped before `start_ns` describe work the kernel counters' start snapshot already
+    /// includes: they are not counted (scan start/stop and enter/exit still are, since they only
+    /// give context).
+    pub fn open_window(&mut self, start_ns: u64) {
+        self.window_start = start_ns;
+    }
+
+    pub fn handle(&mut self, event: &Event) {
+        let context_only = matches!(
+            event.kind,
+            kind::START_SCAN | kind::STOP_SCAN | kind::ENTER | kind::EXIT
+        );
+        if event.ts_ns < self.window_start && !context_only {
+            self.before_window += 1;
+            return;
+        }
+        *self.received.entry(kind_name(event.kind)).or_default() += 1;
+        match event.kind {
+            kind::START_SCAN | kind::STOP_SCAN | kind::KSMD_BATCH | kind::ADVISOR => {
+                self.scans.handle(event)
+            }
+            kind::MERGE_WITH_KSM_PAGE | kind::MERGE_ONE_PAGE => {
+                self.recent_merges += 1;
+                self.merges.handle(event)
+            }
+            _ => self.merges.handle(event),
+        }
+    }
+
+    /// Merge tracepoint hits since the last call (drives arming of the latency bracket).
+    pub fn take_recent_merges(&mut self) -> u64 {
+        std::mem::take(&mut self.recent_merges)
+    }
+
+    /// Decodes one ring buffer record.
+    pub fn decode(bytes: &[u8]) -> Option<Event> {
+        (bytes.len() >= size_of::<Event>())
+            // SAFETY: Event is plain old data; the length is checked above.
+            .then(|| unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<Event>()) })
+    }
+}
+
+pub fn kind_name(kind: u32) -> &'static str {
+    match kind {
+        kind::START_SCAN => "ksm_start_scan",
+        kind::STOP_SCAN => "ksm_stop_scan",
+        kind::MERGE_WITH_KSM_PAGE => "ksm_merge_with_ksm_page",
+        kind::MERGE_ONE_PAGE => "ksm_merge_one_page",
+        kind::REMOVE_KSM_PAGE => "ksm_remove_ksm_page",
+        kind::REMOVE_RMAP_ITEM => "ksm_remove_rmap_item",
+        kind::ENTER => "ksm_enter",
+        kind::EXIT => "ksm_exit",
+        kind::ADVISOR => "ksm_advisor",
+        kind::KSMD_BATCH => "ksmd_batch",
+        _ => "unknown",
+    }
+}

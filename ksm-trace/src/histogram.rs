@@ -1,0 +1,158 @@
+//! The one histogram type: an HDR histogram of nanoseconds (3 significant digits) that
+//! serializes as `[[value, count], ...]` so a recording is readable without this crate.
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+#[derive(Clone, Debug)]
+pub struct Histogram(hdrhistogram::Histogram<u64>);
+
+/// Percentile summary as printed and put into JSON reports.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    pub count: u64,
+    pub min: u64,
+    pub p50: u64,
+    pub p90: u64,
+    pub p99: u64,
+    pub max: u64,
+    pub mean: f64,
+}
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Histogram {
+    pub fn new() -> Self {
+        // 3 significant digits, auto-resizing: never drops a value for being large.
+        Self(hdrhistogram::Histogram::new(3).expect("3 significant digits is valid"))
+    }
+
+    pub fn record(&mut self, value: u64) {
+        self.record_n(value, 1);
+    }
+
+    pub fn record_n(&mut self, value: u64, count: u64) {
+        // Auto-resize is on, so recording cannot fail.
+        let _ = self.0.record_n(value, count);
+    }
+
+    pub fn count(&self) -> u64 {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn percentile(&self, p: f64) -> u64 {
+        if self.is_empty() {
+            0
+        } else {
+            self.0.value_at_quantile(p / 100.0)
+        }
+    }
+
+    pub fn summary(&self) -> Summary {
+        if self.is_empty() {
+            return Summary::default();
+        }
+        Summary {
+            count: self.count(),
+            min: self.0.min(),
+            p50: self.percentile(50.0),
+            p90: self.percentile(90.0),
+            p99: self.percentile(99.0),
+            max: self.0.max(),
+            mean: self.0.mean(),
+        }
+    }
+
+    /// Recorded (value, count) pairs, lowest first.
+    pub fn buckets(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.0
+            .iter_recorded()
+            .map(|v| (v.value_iterated_to(), v.count_at_value()))
+    }
+
+    /// Counts per power-of-two slot: `(slot, count)` where slot k holds values in [2^k, 2^(k+1))
+    /// and slot 0 also holds 0.
+    pub fn log2_slots(&self) -> Vec<(u32, u64)> {
+        let mut slots: Vec<(u32, u64)> = Vec::new();
+        for (value, count) in self.buckets() {
+            let slot = 63 - value.max(1).leading_zeros();
+            match slots.last_mut() {
+                Some((s, c)) if *s == slot => *c += count,
+                _ => slots.push((slot, count)),
+            }
+        }
+        slots
+    }
+
+    pub fn add(&mut self, other: &Histogram) {
+        let _ = self.0.add(&other.0);
+    }
+}
+
+impl Serialize for Histogram {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.buckets().map(|(v, c)| [v, c]))
+    }
+}
+
+impl<'de> Deserialize<'de> for Histogram {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let pairs = Vec::<[u64; 2]>::deserialize(d)?;
+        let mut h = Histogram::new();
+        for [v, c] in pairs {
+            h.record_n(v, c);
+        }
+        Ok(h)
+    }
+}
+
+impl PartialEq for Histogram {
+    fn eq(&self, other: &Self) -> bool {
+        self.buckets().eq(other.buckets())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_and_round_trip() {
+        let mut h = Histogram::new();
+        for v in 1..=1000u64 {
+            h.record(v * 1000);
+        }
+        let s = h.summary();
+        assert_eq!(s.count, 1000);
+        assert!((499_000..=501_000).contains(&s.p50), "p50 {}", s.p50);
+        assert!((989_000..=991_000).contains(&s.p99), "p99 {}", s.p99);
+        let json = serde_json::to_string(&h).unwrap();
+        let back: Histogram = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, h);
+        assert_eq!(back.summary(), s);
+    }
+
+    #[test]
+    fn log2_slots_partition_values() {
+        let mut h = Histogram::new();
+        for v in [0u64, 1, 2, 3, 4, 7, 8, 1023, 1024] {
+            h.record(v);
+        }
+        assert_eq!(
+            h.log2_slots(),
+            vec![(0, 2), (1, 2), (2, 2), (3, 1), (9, 1), (10, 1)]
+        );
+        assert_eq!(h.log2_slots().iter().map(|s| s.1).sum::<u64>(), h.count());
+    }
+
+    #[test]
+    fn empty_summary_is_zero() {
+        assert_eq!(Histogram::new().summary(), Summary::default());
+    }
+}

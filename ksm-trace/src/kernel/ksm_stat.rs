@@ -1,0 +1,56 @@
+//! /proc/<pid>/ksm_stat: the kernel's per-process KSM accounting.
+use std::fs;
+
+use anyhow::{Context as _, Result};
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KsmStat {
+    pub ksm_rmap_items: u64,
+    pub ksm_zero_pages: u64,
+    pub ksm_merging_pages: u64,
+    pub ksm_process_profit: i64,
+}
+
+impl KsmStat {
+    pub fn read(pid: u32) -> Result<Self> {
+        let path = format!("/proc/{pid}/ksm_stat");
+        let text = fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+        Ok(Self::parse(&text))
+    }
+
+    /// Parses `name value` lines; unknown lines (ksm_merge_any, ksm_mergeable, ...) are ignored.
+    pub fn parse(text: &str) -> Self {
+        let mut stat = Self::default();
+        for line in text.lines() {
+            let mut parts = line.split_whitespace();
+            let (Some(name), Some(value)) = (parts.next(), parts.next()) else {
+                continue;
+            };
+            match name {
+                "ksm_rmap_items" => stat.ksm_rmap_items = value.parse().unwrap_or(0),
+                "ksm_zero_pages" => stat.ksm_zero_pages = value.parse().unwrap_or(0),
+                "ksm_merging_pages" => stat.ksm_merging_pages = value.parse().unwrap_or(0),
+                "ksm_process_profit" => stat.ksm_process_profit = value.parse().unwrap_or(0),
+                _ => {}
+            }
+        }
+        stat
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_kernel_format() {
+        let text = "ksm_rmap_items 2048\nksm_zero_pages 3\nksm_merging_pages 1000\n\
+                    ksm_process_profit -4096\nksm_merge_any: no\nksm_mergeable: yes\n";
+        let s = KsmStat::parse(text);
+        assert_eq!(s.ksm_rmap_items, 2048);
+        assert_eq!(s.ksm_zero_pages, 3);
+        assert_eq!(s.ksm_merging_pages, 1000);
+        assert_eq!(s.ksm_process_profit, -4096);
+    }
+}

@@ -1,0 +1,87 @@
+//! Reading what the kernel itself counts: KSM's sysfs files, /proc/vmstat, /proc/<pid>/ksm_stat
+//! and ksmd's CPU time. These are the figures ksm-trace's own counts are checked against.
+pub mod ksm_stat;
+pub mod sysfs;
+
+use std::collections::BTreeMap;
+
+use anyhow::{Context as _, Result, anyhow};
+use serde::{Deserialize, Serialize};
+
+pub use ksm_stat::KsmStat;
+
+/// One snapshot of the global counters.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Counters {
+    /// Every readable file in /sys/kernel/mm/ksm (counters and knobs).
+    pub ksm: BTreeMap<String, i64>,
+    /// cow_ksm and ksm_swpin_copy from /proc/vmstat (absent on kernels without them).
+    pub vmstat: BTreeMap<String, i64>,
+    /// ksmd's run time as the scheduler counts it (/proc/<ksmd>/schedstat, ns; excludes
+    /// hypervisor steal time).
+    pub ksmd_cpu_ns: u64,
+}
+
+impl Counters {
+    pub fn read(ksmd_pid: u32) -> Result<Self> {
+        Ok(Self {
+            ksm: sysfs::read_all()?,
+            vmstat: vmstat()?,
+            ksmd_cpu_ns: cpu_time_ns(ksmd_pid)?,
+        })
+    }
+
+    pub fn ksm(&self, name: &str) -> i64 {
+        self.ksm.get(name).copied().unwrap_or(0)
+    }
+}
+
+/// KSM-related lines of /proc/vmstat.
+pub fn vmstat() -> Result<BTreeMap<String, i64>> {
+    let all = procfs::vmstat().context("reading /proc/vmstat")?;
+    Ok(all
+        .into_iter()
+        .filter(|(k, _)| k == "cow_ksm" || k == "ksm_swpin_copy")
+        .collect())
+}
+
+/// The ksmd kernel thread's pid.
+pub fn ksmd_pid() -> Result<u32> {
+    for process in procfs::process::all_processes().context("listing /proc")? {
+        let Ok(process) = process else { continue };
+        if let Ok(stat) = process.stat() {
+            if stat.comm == "ksmd" && stat.ppid == 2 {
+                return Ok(process.pid as u32);
+            }
+        }
+    }
+    Err(anyhow!(
+        "no ksmd kernel thread found: this kernel runs without KSM (CONFIG_KSM=n)"
+    ))
+}
+
+/// Time `pid` has run, in ns: schedstat's sum_exec_runtime (utime + stime would be tick-sampled,
+/// and ksmd's timer-aligned sleeps alias with the tick).
+pub fn cpu_time_ns(pid: u32) -> Result<u64> {
+    let schedstat = procfs::process::Process::new(pid as i32)
+        .and_then(|p| p.schedstat())
+        .with_context(|| format!("reading /proc/{pid}/schedstat"))?;
+    Ok(schedstat.sum_exec_runtime)
+}
+
+pub fn page_size() -> u64 {
+    procfs::page_size()
+}
+
+/// CLOCK_MONOTONIC in ns: the clock bpf_ktime_get_ns() reads.
+pub fn monotonic_ns() -> u64 {
+    let ts =
+        nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).expect("monotonic clock");
+    ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64
+}
+
+pub fn kernel_release() -> String {
+    nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_default()
+}

@@ -1,0 +1,47 @@
+//! /sys/kernel/mm/ksm: counters and knobs.
+use std::{collections::BTreeMap, fs, path::PathBuf};
+
+use anyhow::{Context as _, Result, bail};
+
+pub const KSM_DIR: &str = "/sys/kernel/mm/ksm";
+
+fn path(name: &str) -> PathBuf {
+    PathBuf::from(KSM_DIR).join(name)
+}
+
+pub fn available() -> bool {
+    path("run").exists()
+}
+
+pub fn read(name: &str) -> Result<String> {
+    Ok(fs::read_to_string(path(name))
+        .with_context(|| format!("reading {}", path(name).display()))?
+        .trim()
+        .to_owned())
+}
+
+pub fn read_i64(name: &str) -> Result<i64> {
+    let text = read(name)?;
+    text.parse()
+        .with_context(|| format!("{}: not a number: {text:?}", path(name).display()))
+}
+
+pub fn write(name: &str, value: &str) -> Result<()> {
+    fs::write(path(name), value)
+        .with_context(|| format!("writing {value:?} to {}", path(name).display()))
+}
+
+/// Every numeric file in the directory (advisor_mode and the like are skipped).
+pub fn read_all() -> Result<BTreeMap<String, i64>> {
+    if !available() {
+        bail!("{KSM_DIR} is missing: this kernel has no KSM (CONFIG_KSM=n)");
+    }
+    let mut out = BTreeMap::new();
+    for entry in fs::read_dir(KSM_DIR).with_context(|| format!("listing {KSM_DIR}"))? {
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        if let Ok(value) = read_i64(&name) {
+            out.insert(name, value);
+        }
+    }
+    Ok(out)
+}

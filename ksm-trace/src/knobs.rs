@@ -1,0 +1,118 @@
+//! KSM's sysfs knobs, set for one run and put back afterwards.
+//!
+//! Every value is saved before the first write; [`KnobGuard`] restores them on drop, and
+//! [`restore_saved`] does the same from the panic hook and the signal path, so the system is left
+//! as it was found on normal exit, error, Ctrl-C, SIGTERM and panic.
+use std::sync::Mutex;
+
+use anyhow::{Result, bail};
+
+use crate::kernel::sysfs;
+
+/// (knob, original value), in the order they were first changed.
+static SAVED: Mutex<Vec<(String, String)>> = Mutex::new(Vec::new());
+
+/// Writes back every saved knob, newest first. Idempotent.
+pub fn restore_saved() -> Vec<String> {
+    let mut errors = Vec::new();
+    let saved = match SAVED.lock() {
+        Ok(mut saved) => std::mem::take(&mut *saved),
+        Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
+    };
+    for (name, value) in saved.iter().rev() {
+        if let Err(e) = sysfs::write(name, value) {
+            errors.push(format!("{e:#}"));
+        }
+    }
+    errors
+}
+
+/// The knob settings a run asks for; `None` leaves the knob as it is.
+#[derive(Clone, Debug, Default)]
+pub struct KnobSettings {
+    pub pages_to_scan: Option<u32>,
+    pub sleep_ms: Option<u32>,
+}
+
+impl KnobSettings {
+    /// Checks the settings against the running kernel without changing anything.
+    pub fn validate(&self) -> Result<()> {
+        if self.pages_to_scan == Some(0) {
+            bail!("--pages-to-scan 0 would never scan: give a positive number of pages");
+        }
+        if self.pages_to_scan.is_some() {
+            if let Ok(mode) = sysfs::read("advisor_mode") {
+                if mode.contains("[scan-time]") {
+                    bail!(
+                        "pages_to_scan is managed by the KSM advisor (advisor_mode=scan-time): drop \
+                         --pages-to-scan or write none to {}/advisor_mode",
+                        sysfs::KSM_DIR
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+pub struct KnobGuard {
+    /// ksmd's `run` when the guard was made.
+    pub original_run: i64,
+}
+
+impl KnobGuard {
+    pub fn new() -> Result<Self> {
+        Ok(Self {
+            original_run: sysfs::read_i64("run")?,
+        })
+    }
+
+    /// Sets `name` to `value`, saving its original value the first time.
+    pub fn set(&mut self, name: &str, value: &str) -> Result<()> {
+        let current = sysfs::read(name)?;
+        {
+            let mut saved = SAVED.lock().unwrap_or_else(|p| p.into_inner());
+            if !saved.iter().any(|(n, _)| n == name) {
+                saved.push((name.to_owned(), current.clone()));
+            }
+        }
+        if current != value {
+            sysfs::write(name, value)?;
+        }
+        Ok(())
+    }
+
+    pub fn apply(&mut self, settings: &KnobSettings) -> Result<()> {
+        if let Some(p) = settings.pages_to_scan {
+            self.set("pages_to_scan", &p.to_string())?;
+        }
+        if let Some(s) = settings.sleep_ms {
+            self.set("sleep_millisecs", &s.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// Stops ksmd between batches: the write returns once ksmd has finished its current batch
+    /// (both take ksm_thread_mutex), so counters read afterwards describe a quiet ksmd. Pages
+    /// stay merged (run=0, not run=2).
+    pub fn pause_ksmd(&mut self) -> Result<()> {
+        self.set("run", "0")
+    }
+
+    pub fn run_ksmd(&mut self) -> Result<()> {
+        self.set("run", "1")
+    }
+
+    pub fn restore(self) -> Result<()> {
+        drop(self);
+        Ok(())
+    }
+}
+
+impl Drop for KnobGuard {
+    fn drop(&mut self) {
+        for e in restore_saved() {
+            eprintln!("ksm-trace: could not restore a KSM knob: {e}");
+        }
+    }
+}

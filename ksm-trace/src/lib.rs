@@ -1,0 +1,18 @@
+//! ksm-trace: an eBPF tracing profiler for Linux Kernel Samepage Merging.
+//!
+//! Data path: [`probes`] (kernel side, loaded and attached) → [`collect`] (events → per-process
+//! aggregates) → [`recording`] (one self-describing file) → [`report`]. Beside it:
+//! [`workload`] drives ksmd, [`knobs`] sets and restores KSM's settings, [`kernel`] reads the
+//! kernel's own counters that every figure is checked against.
+pub mod cli;
+pub mod collect;
+pub mod doctor;
+pub mod histogram;
+pub mod kernel;
+pub mod knobs;
+pub mod lock;
+pub mod probes;
+pub mod record;
+pub mod recording;
+pub mod report;
+pub mod workload;

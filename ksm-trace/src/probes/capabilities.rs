@@ -1,0 +1,153 @@
+//! What the running kernel allows, found without changing anything: the same answers drive the
+//! loader's choice of programs and `ksm-trace doctor`.
+use std::{collections::BTreeMap, fs, path::Path};
+
+use anyhow::{Result, bail};
+use ksm_trace_common::{Config, NO_OFFSET};
+use serde::{Deserialize, Serialize};
+
+use super::btf::{KernelBtf, VMLINUX_BTF};
+use crate::kernel::{self, sysfs};
+
+/// The KSM tracepoints every recording needs.
+pub const KSM_TRACEPOINTS: [&str; 9] = [
+    "ksm_start_scan",
+    "ksm_stop_scan",
+    "ksm_merge_with_ksm_page",
+    "ksm_merge_one_page",
+    "ksm_remove_ksm_page",
+    "ksm_remove_rmap_item",
+    "ksm_enter",
+    "ksm_exit",
+    "ksm_advisor",
+];
+
+/// Tracepoints behind the tracepoint-only measurements.
+pub const HELPER_TRACEPOINTS: [&str; 3] = [
+    "sched_switch",
+    "mmap_lock_acquire_returned",
+    "mmap_lock_released",
+];
+
+/// Functions fentry/fexit would use where allowed.
+pub const KSM_FUNCTIONS: [&str; 6] = [
+    "try_to_merge_one_page",
+    "try_to_merge_with_ksm_page",
+    "ksm_do_scan",
+    "cmp_and_merge_page",
+    "do_wp_page",
+    "wp_page_copy",
+];
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Capabilities {
+    pub kernel_release: String,
+    pub root: bool,
+    pub ksm: bool,
+    pub btf: bool,
+    pub lockdown: Option<String>,
+    pub tracefs_mounted: bool,
+    pub thp: Option<String>,
+    pub tracepoints: BTreeMap<String, bool>,
+    pub functions: BTreeMap<String, bool>,
+    pub offsets: BTreeMap<String, Option<u32>>,
+}
+
+impl Capabilities {
+    pub fn detect() -> Self {
+        let mut caps = Capabilities {
+            kernel_release: kernel::kernel_release(),
+            root: nix::unistd::geteuid().is_root(),
+            ksm: sysfs::available(),
+            btf: Path::new(VMLINUX_BTF).exists(),
+            lockdown: fs::read_to_string("/sys/kernel/security/lockdown")
+                .ok()
+                .and_then(|s| {
+                    let start = s.find('[')?;
+                    let end = s[start..].find(']')?;
+                    Some(s[start + 1..start + end].to_owned())
+                }),
+            tracefs_mounted: Path::new("/sys/kernel/tracing/events").exists(),
+            thp: fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
+                .ok()
+                .map(|s| s.trim().to_owned()),
+            ..Default::default()
+        };
+        if let Ok(btf) = KernelBtf::load().as_ref().map_err(|_| ()) {
+            for tp in KSM_TRACEPOINTS.iter().chain(&HELPER_TRACEPOINTS) {
+                caps.tracepoints
+                    .insert(tp.to_string(), btf.has_tracepoint(tp));
+            }
+            for f in KSM_FUNCTIONS {
+                caps.functions.insert(f.to_owned(), btf.has_function(f));
+            }
+            for (name, s, m) in OFFSETS {
+                caps.offsets
+                    .insert(name.to_owned(), btf.member_offset(s, m));
+            }
+        }
+        caps
+    }
+
+    pub fn has_tracepoint(&self, name: &str) -> bool {
+        self.tracepoints.get(name).copied().unwrap_or(false)
+    }
+
+    pub fn offset(&self, name: &str) -> u32 {
+        self.offsets
+            .get(name)
+            .copied()
+            .flatten()
+            .unwrap_or(NO_OFFSET)
+    }
+
+    /// Refuses, with what to do, when a recording cannot work here.
+    pub fn require_recording(&self) -> Result<()> {
+        if !self.root {
+            bail!(
+                "ksm-trace record must run as root (it loads eBPF programs and sets KSM knobs): run it as root, e.g. with sudo"
+            );
+        }
+        if !self.ksm {
+            bail!(
+                "this kernel has no KSM ({} is missing): use a kernel built with CONFIG_KSM=y",
+                sysfs::KSM_DIR
+            );
+        }
+        if !self.btf {
+            bail!(
+                "this kernel has no BTF ({VMLINUX_BTF} is missing): use a kernel built with CONFIG_DEBUG_INFO_BTF=y"
+            );
+        }
+        let missing: Vec<_> = KSM_TRACEPOINTS
+            .iter()
+            .filter(|tp| !self.has_tracepoint(tp))
+            .collect();
+        if missing.len() == KSM_TRACEPOINTS.len() {
+            bail!(
+                "this kernel ({}) has no ksm tracepoints (they arrived in Linux 6.7): run `ksm-trace doctor` to see what it can measure",
+                self.kernel_release
+            );
+        }
+        Ok(())
+    }
+
+    pub fn config(&self, ksmd_pid: u32) -> Config {
+        Config {
+            ksmd_pid,
+            mm_owner: self.offset("mm_struct.owner"),
+            task_tgid: self.offset("task_struct.tgid"),
+            task_pid: self.offset("task_struct.pid"),
+            task_comm: self.offset("task_struct.comm"),
+            vma_mm: self.offset("vm_area_struct.vm_mm"),
+        }
+    }
+}
+
+const OFFSETS: [(&str, &str, &str); 5] = [
+    ("mm_struct.owner", "mm_struct", "owner"),
+    ("task_struct.tgid", "task_struct", "tgid"),
+    ("task_struct.pid", "task_struct", "pid"),
+    ("task_struct.comm", "task_struct", "comm"),
+    ("vm_area_struct.vm_mm", "vm_area_struct", "vm_mm"),
+];

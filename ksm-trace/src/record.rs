@@ -1,0 +1,309 @@
+//! `ksm-trace record`: checks everything that can be checked without changing the system,
+//! attaches the programs, opens the window on a paused ksmd, runs, closes the window on a paused
+//! ksmd, and writes the recording. Pausing ksmd (run=0 returns only between batches) at both
+//! edges makes the kernel's counters and the traced events describe exactly the same interval.
+use std::{
+    collections::BTreeSet,
+    io::IsTerminal as _,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Result, bail};
+use aya::maps::{MapData, RingBuf};
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::{
+    collect::Collector,
+    kernel::{self, Counters, KsmStat, sysfs},
+    knobs::{KnobGuard, KnobSettings},
+    lock,
+    probes::{Capabilities, LatencyMode, Probes},
+    recording::{
+        self, EventCounts, LatencyCoverage, Meta, ProcessRecord, Recording, ScanRecord,
+        WorkloadRecord,
+    },
+    workload::{Workload, WorkloadSpec},
+};
+
+#[derive(Clone, Debug)]
+pub struct RecordOptions {
+    pub duration: Option<Duration>,
+    pub workload: Option<String>,
+    pub pids: Vec<u32>,
+    pub output: PathBuf,
+    pub knobs: KnobSettings,
+    pub merge_latency: LatencyMode,
+    pub progress: bool,
+}
+
+/// How long without merges before the auto-armed bracket is detached again.
+const BRACKET_IDLE: Duration = Duration::from_secs(2);
+const DRAIN_EVERY: Duration = Duration::from_millis(100);
+
+pub async fn record(opts: &RecordOptions, command_line: Vec<String>) -> Result<Recording> {
+    // Signals first, so a Ctrl-C or SIGTERM during set-up still takes the orderly path.
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+
+    // Checks that change nothing.
+    let caps = Capabilities::detect();
+    caps.require_recording()?;
+    let spec = opts
+        .workload
+        .as_deref()
+        .map(WorkloadSpec::parse)
+        .transpose()?;
+    if let Some(spec) = &spec {
+        Workload::check_fits(spec)?;
+    }
+    for pid in &opts.pids {
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            bail!("no process with pid {pid}: give the pid of a running process");
+        }
+    }
+    opts.knobs.validate()?;
+    if sysfs::read_i64("run")? == 2 {
+        bail!(
+            "ksmd is unmerging everything (run=2): write 0 or 1 to {}/run first",
+            sysfs::KSM_DIR
+        );
+    }
+    recording::check_writable(&opts.output)?;
+    let ksmd = kernel::ksmd_pid()?;
+    let _lock = lock::acquire()?;
+
+    let mut probes = Probes::load(&caps, caps.config(ksmd), opts.merge_latency)?;
+    let mut ring = probes.take_events()?;
+    let mut collector = Collector::default();
+    let mut bracket_windows = Vec::new();
+    let mut bracket_since = None;
+    if matches!(opts.merge_latency, LatencyMode::Always | LatencyMode::Both)
+        && probes.bracket_usable
+    {
+        probes.arm_bracket()?;
+        bracket_since = Some(kernel::monotonic_ns());
+    }
+
+    // Open the window on a paused ksmd.
+    let mut knobs = KnobGuard::new()?;
+    let ksmd_started_for_run = knobs.original_run == 0;
+    knobs.pause_ksmd()?;
+    knobs.apply(&opts.knobs)?;
+    let mut workload = spec.as_ref().map(Workload::start).transpose()?;
+    let mut pids: BTreeSet<u32> = opts.pids.iter().copied().collect();
+    if let Some(w) = &workload {
+        pids.extend(w.workers().iter().map(|w| w.pid));
+    }
+    let counters_start = Counters::read(ksmd)?;
+    let stat_start: Vec<(u32, Option<KsmStat>)> =
+        pids.iter().map(|&p| (p, KsmStat::read(p).ok())).collect();
+    let start_ns = kernel::monotonic_ns();
+    collector.open_window(start_ns);
+    drain(&mut ring, &mut collector);
+    if let Some(since) = bracket_since.as_mut() {
+        *since = start_ns;
+    }
+    knobs.run_ksmd()?;
+    if ksmd_started_for_run && opts.progress {
+        eprintln!(
+            "ksm-trace: ksmd was off (run=0): started it for this run; it is stopped again afterwards"
+        );
+    }
+    let knob_values = [
+        "run",
+        "pages_to_scan",
+        "sleep_millisecs",
+        "use_zero_pages",
+        "max_page_sharing",
+        "smart_scan",
+        "merge_across_nodes",
+        "advisor_mode",
+    ]
+    .iter()
+    .filter_map(|k| sysfs::read(k).ok().map(|v| (k.to_string(), v)))
+    .collect();
+
+    let started = Instant::now();
+    let deadline = opts.duration.map(|d| started + d);
+    let mut tick = tokio::time::interval(DRAIN_EVERY);
+    let mut last_merge = Instant::now();
+    let mut last_progress = Instant::now();
+    let progress = opts.progress && std::io::stderr().is_terminal();
+    let ended_by = loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                drain(&mut ring, &mut collector);
+                if opts.merge_latency == LatencyMode::Auto && probes.bracket_usable {
+                    if collector.take_recent_merges() > 0 {
+                        last_merge = Instant::now();
+                        if !probes.bracket_armed() {
+                            probes.arm_bracket()?;
+                            bracket_since = Some(kernel::monotonic_ns());
+                        }
+                    } else if probes.bracket_armed() && last_merge.elapsed() > BRACKET_IDLE {
+                        probes.disarm_bracket()?;
+                        if let Some(since) = bracket_since.take() {
+                            bracket_windows.push((since, kernel::monotonic_ns()));
+                        }
+                    }
+                }
+                if progress && last_progress.elapsed() >= Duration::from_secs(1) {
+                    last_progress = Instant::now();
+                    print_progress(started.elapsed(), &collector);
+                }
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    break "duration";
+                }
+                if workload.as_mut().is_some_and(|w| w.finished()) {
+                    break "workload-finished";
+                }
+            }
+            _ = sigint.recv() => break "interrupt",
+            _ = sigterm.recv() => break "terminate",
+        }
+    };
+    if progress {
+        eprintln!();
+    }
+
+    // Close the window on a paused ksmd.
+    knobs.pause_ksmd()?;
+    let end_ns = kernel::monotonic_ns();
+    let counters_end = Counters::read(ksmd)?;
+    drain(&mut ring, &mut collector);
+    collector.merges.finish();
+    if let Some(since) = bracket_since.take() {
+        bracket_windows.push((since, end_ns));
+    }
+    let lost = probes.lost_events()?;
+    let mechanisms = probes.mechanisms.clone();
+    drop(ring);
+    drop(probes);
+    // pid 0: activity whose mm had no owner any more (pages of exited processes being pruned).
+    pids.extend(collector.merges.by_pid.keys().copied());
+    if !opts.pids.is_empty() {
+        pids.retain(|p| opts.pids.contains(p));
+    }
+    let processes = pids
+        .iter()
+        .map(|&pid| ProcessRecord {
+            pid,
+            stats: collector
+                .merges
+                .by_pid
+                .get(&pid)
+                .cloned()
+                .unwrap_or_default(),
+            ksm_stat_start: stat_start
+                .iter()
+                .find(|(p, _)| *p == pid)
+                .and_then(|(_, s)| *s),
+            ksm_stat_end: (pid != 0).then(|| KsmStat::read(pid).ok()).flatten(),
+        })
+        .map(|mut p| {
+            if p.pid == 0 {
+                p.stats.comm = "(exited)".into();
+            } else if p.stats.comm.is_empty() {
+                p.stats.comm = process_comm(p.pid);
+            }
+            p
+        })
+        .collect();
+    let workers = workload
+        .as_ref()
+        .map(|w| w.workers().to_vec())
+        .unwrap_or_default();
+    if let Some(w) = workload.as_mut() {
+        w.stop();
+    }
+    drop(workload);
+    drop(knobs);
+
+    let first_scan = counters_start.ksm("full_scans") as u64;
+    let last_scan = counters_end.ksm("full_scans") as u64;
+    let scans = &collector.scans;
+    Ok(Recording {
+        format: recording::FORMAT.into(),
+        version: recording::VERSION,
+        meta: Meta {
+            tool_version: env!("CARGO_PKG_VERSION").into(),
+            command_line,
+            kernel_release: caps.kernel_release.clone(),
+            hostname: nix::unistd::gethostname()
+                .map(|h| h.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            started_unix_s: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0)
+                .saturating_sub(started.elapsed().as_secs()),
+            start_ns,
+            end_ns,
+            page_size: kernel::page_size(),
+            ksmd_pid: ksmd,
+            ended_by: ended_by.into(),
+            ksmd_started_for_run,
+            knobs: knob_values,
+            workload: spec.map(|spec| WorkloadRecord {
+                spec_text: opts.workload.clone().unwrap_or_default(),
+                spec,
+                workers,
+            }),
+            pid_filter: opts.pids.clone(),
+            capabilities: caps,
+        },
+        mechanisms,
+        processes,
+        scans: ScanRecord {
+            full_scans: scans.scans_in_window(first_scan, last_scan),
+            batch_on_cpu_ns: scans.batch_on_cpu_ns.clone(),
+            batch_wall_ns: scans.batch_wall_ns.clone(),
+            ksmd_on_cpu_ns: scans.ksmd_on_cpu_ns,
+            advisor: scans.advisor.clone(),
+        },
+        counters_start,
+        counters_end,
+        events: EventCounts {
+            received: collector
+                .received
+                .iter()
+                .map(|(k, v)| (k.to_string(), *v))
+                .collect(),
+            lost,
+            unpaired: collector.merges.unpaired,
+        },
+        latency: LatencyCoverage {
+            mode: opts.merge_latency,
+            bracket_windows,
+        },
+    })
+}
+
+fn drain(ring: &mut RingBuf<MapData>, collector: &mut Collector) {
+    while let Some(item) = ring.next() {
+        if let Some(event) = Collector::decode(&item) {
+            collector.handle(&event);
+        }
+    }
+}
+
+fn process_comm(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
+}
+
+fn print_progress(elapsed: Duration, collector: &Collector) {
+    let sharing = sysfs::read_i64("pages_sharing").unwrap_or(0);
+    let profit = sysfs::read_i64("general_profit").unwrap_or(0);
+    let merges: u64 = collector.merges.by_pid.values().map(|s| s.merges).sum();
+    eprint!(
+        "\r  {:>6.1}s  merges {:>9}  pages_sharing {:>9}  general_profit {:>8.1} MiB  full scans {:>4}   ",
+        elapsed.as_secs_f64(),
+        merges,
+        sharing,
+        profit as f64 / (1 << 20) as f64,
+        collector.scans.full_scans.len()
+    );
+}

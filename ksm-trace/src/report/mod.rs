@@ -1,0 +1,31 @@
+//! Reports read a recording and nothing else: [`model`] computes the figures once, [`text`] and
+//! JSON (serde of the model) present them, [`histogram`] draws every histogram.
+pub mod histogram;
+pub mod model;
+pub mod text;
+
+use std::path::Path;
+
+use anyhow::Result;
+
+pub use model::Report;
+
+use crate::recording::Recording;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Text,
+    Json,
+}
+
+pub fn render(rec: &Recording, format: Format) -> Result<String> {
+    let report = Report::from_recording(rec);
+    Ok(match format {
+        Format::Text => text::render(rec, &report),
+        Format::Json => serde_json::to_string_pretty(&report)? + "\n",
+    })
+}
+
+pub fn render_file(path: &Path, format: Format) -> Result<String> {
+    render(&Recording::read(path)?, format)
+}

@@ -1,0 +1,186 @@
+//! The figures a report shows, computed once from a recording; the text and JSON renderers only
+//! format them.
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    histogram::{Histogram, Summary},
+    probes::Mechanisms,
+    recording::Recording,
+};
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Report {
+    pub duration_s: f64,
+    pub kernel_release: String,
+    pub workload: Option<String>,
+    pub ended_by: String,
+    pub knobs: BTreeMap<String, String>,
+    pub processes: Vec<ProcessReport>,
+    pub scans: ScansReport,
+    /// end − start of /sys/kernel/mm/ksm counters and /proc/vmstat's cow_ksm, ksm_swpin_copy.
+    pub kernel_deltas: BTreeMap<String, i64>,
+    pub lost_events: u64,
+    pub unpaired_merges: u64,
+    pub merge_latency: LatencyReport,
+    pub mechanisms: Mechanisms,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ProcessReport {
+    pub pid: u32,
+    pub comm: String,
+    pub merges: u64,
+    pub new_pages: u64,
+    pub joins: u64,
+    pub failed: u64,
+    pub reverted: u64,
+    pub zero_page_merges: u64,
+    pub removals: u64,
+    pub ksm_merging_pages_start: Option<u64>,
+    pub ksm_merging_pages_end: Option<u64>,
+    pub ksm_zero_pages_start: Option<u64>,
+    pub ksm_zero_pages_end: Option<u64>,
+    pub merge_latency_ns: Summary,
+    pub untimed_merges: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ScansReport {
+    pub full_scans: u64,
+    pub full_scan_ns: Summary,
+    pub batches: u64,
+    pub batch_ns: Summary,
+    /// ksmd's on-CPU share from sched_switch (wall time between switch-in and switch-out, so it
+    /// includes hypervisor steal time on a VM).
+    pub ksmd_cpu_percent: f64,
+    /// The scheduler's own figure (/proc/<ksmd>/schedstat; excludes steal), as a cross-check.
+    pub ksmd_cpu_percent_schedstat: f64,
+    pub pages_scanned: i64,
+    pub pages_scanned_per_sec: f64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LatencyReport {
+    pub all_ns: Summary,
+    pub timed: u64,
+    pub untimed: u64,
+    /// Share of the window the mmap_lock bracket was attached (auto mode arms it on demand).
+    pub bracket_attached_percent: f64,
+}
+
+/// Counters that are knobs, not counts: not shown as deltas.
+const KNOBS: [&str; 12] = [
+    "run",
+    "pages_to_scan",
+    "sleep_millisecs",
+    "max_page_sharing",
+    "merge_across_nodes",
+    "use_zero_pages",
+    "smart_scan",
+    "stable_node_chains_prune_millisecs",
+    "advisor_max_cpu",
+    "advisor_max_pages_to_scan",
+    "advisor_min_pages_to_scan",
+    "advisor_target_scan_time",
+];
+
+impl Report {
+    pub fn from_recording(rec: &Recording) -> Self {
+        let duration_ns = rec.meta.duration_ns().max(1);
+        let duration_s = duration_ns as f64 / 1e9;
+        let mut processes: Vec<ProcessReport> = rec
+            .processes
+            .iter()
+            .map(|p| ProcessReport {
+                pid: p.pid,
+                comm: p.stats.comm.clone(),
+                merges: p.stats.merges,
+                new_pages: p.stats.new_pages,
+                joins: p.stats.joins,
+                failed: p.stats.failed,
+                reverted: p.stats.reverted,
+                zero_page_merges: p.stats.zero_page_merges,
+                removals: p.stats.removals,
+                ksm_merging_pages_start: p.ksm_stat_start.map(|s| s.ksm_merging_pages),
+                ksm_merging_pages_end: p.ksm_stat_end.map(|s| s.ksm_merging_pages),
+                ksm_zero_pages_start: p.ksm_stat_start.map(|s| s.ksm_zero_pages),
+                ksm_zero_pages_end: p.ksm_stat_end.map(|s| s.ksm_zero_pages),
+                merge_latency_ns: p.stats.merge_latency_ns.summary(),
+                untimed_merges: p.stats.untimed_merges,
+            })
+            .collect();
+        processes.sort_by(|a, b| b.merges.cmp(&a.merges).then(a.pid.cmp(&b.pid)));
+
+        let mut kernel_deltas = BTreeMap::new();
+        for (name, end) in &rec.counters_end.ksm {
+            if KNOBS.contains(&name.as_str()) || name.starts_with("advisor") {
+                continue;
+            }
+            let start = rec.counters_start.ksm.get(name).copied().unwrap_or(0);
+            kernel_deltas.insert(name.clone(), end - start);
+        }
+        for (name, end) in &rec.counters_end.vmstat {
+            let start = rec.counters_start.vmstat.get(name).copied().unwrap_or(0);
+            kernel_deltas.insert(name.clone(), end - start);
+        }
+        let pages_scanned = kernel_deltas.get("pages_scanned").copied().unwrap_or(0);
+
+        let all = all_latencies(rec);
+        let timed = all.count();
+        let untimed = rec.processes.iter().map(|p| p.stats.untimed_merges).sum();
+        let attached: u64 = rec.latency.bracket_windows.iter().map(|(a, b)| b - a).sum();
+
+        Report {
+            duration_s,
+            kernel_release: rec.meta.kernel_release.clone(),
+            workload: rec.meta.workload.as_ref().map(|w| w.spec_text.clone()),
+            ended_by: rec.meta.ended_by.clone(),
+            knobs: rec.meta.knobs.clone(),
+            processes,
+            scans: ScansReport {
+                full_scans: rec.scans.full_scans.len() as u64,
+                full_scan_ns: full_scan_histogram(rec).summary(),
+                batches: rec.scans.batch_on_cpu_ns.count(),
+                batch_ns: rec.scans.batch_on_cpu_ns.summary(),
+                ksmd_cpu_percent: rec.scans.ksmd_on_cpu_ns as f64 * 100.0 / duration_ns as f64,
+                ksmd_cpu_percent_schedstat: rec
+                    .counters_end
+                    .ksmd_cpu_ns
+                    .saturating_sub(rec.counters_start.ksmd_cpu_ns)
+                    as f64
+                    * 100.0
+                    / duration_ns as f64,
+                pages_scanned,
+                pages_scanned_per_sec: pages_scanned as f64 / duration_s,
+            },
+            kernel_deltas,
+            lost_events: rec.events.lost,
+            unpaired_merges: rec.events.unpaired,
+            merge_latency: LatencyReport {
+                all_ns: all.summary(),
+                timed,
+                untimed,
+                bracket_attached_percent: attached as f64 * 100.0 / duration_ns as f64,
+            },
+            mechanisms: rec.mechanisms.clone(),
+        }
+    }
+}
+
+pub fn all_latencies(rec: &Recording) -> Histogram {
+    let mut all = Histogram::new();
+    for p in &rec.processes {
+        all.add(&p.stats.merge_latency_ns);
+    }
+    all
+}
+
+pub fn full_scan_histogram(rec: &Recording) -> Histogram {
+    let mut h = Histogram::new();
+    for d in rec.scans.full_scans.iter().filter_map(|s| s.duration_ns()) {
+        h.record(d);
+    }
+    h
+}

@@ -1,0 +1,182 @@
+//! The text report.
+use std::fmt::Write as _;
+
+use super::{
+    histogram::{Unit, fmt_ns, render_log2},
+    model::{Report, all_latencies, full_scan_histogram},
+};
+use crate::recording::Recording;
+
+pub fn render(rec: &Recording, r: &Report) -> String {
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "ksm-trace: {:.1} s on Linux {}, ended by {}",
+        r.duration_s, r.kernel_release, r.ended_by
+    );
+    if let Some(w) = &rec.meta.workload {
+        let bytes = w.spec.memory_bytes(rec.meta.page_size) / w.workers.len().max(1) as u64;
+        let rates: Vec<String> = w
+            .workers
+            .iter()
+            .filter(|wk| wk.fill_ns > 0)
+            .map(|wk| {
+                format!(
+                    "{:.1}",
+                    bytes as f64 / (1 << 30) as f64 / (wk.fill_ns as f64 / 1e9)
+                )
+            })
+            .collect();
+        let _ = writeln!(
+            o,
+            "workload: {} ({} workers; fill GiB/s per worker: {})",
+            w.spec_text,
+            w.workers.len(),
+            rates.join(" ")
+        );
+    }
+    let knobs: Vec<String> = r.knobs.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let _ = writeln!(
+        o,
+        "knobs: {}{}",
+        knobs.join(" "),
+        if rec.meta.ksmd_started_for_run {
+            " (ksmd was off: started for this run)"
+        } else {
+            ""
+        }
+    );
+
+    let _ = writeln!(
+        o,
+        "\nPer process (merges = pages that entered the stable tree)"
+    );
+    let _ = writeln!(
+        o,
+        "  {:>7} {:<16} {:>7} {:>6} {:>6} {:>6} {:>6} {:>6} {:>15} {:>8} {:>8} {:>8} {:>8}",
+        "PID",
+        "COMM",
+        "MERGES",
+        "NEW",
+        "JOINS",
+        "FAILED",
+        "ZERO",
+        "REMOVED",
+        "KSM_PAGES",
+        "LAT_P50",
+        "P90",
+        "P99",
+        "MAX"
+    );
+    for p in &r.processes {
+        let pages = match (p.ksm_merging_pages_start, p.ksm_merging_pages_end) {
+            (Some(s), Some(e)) => format!("{s}→{e}"),
+            (None, Some(e)) => format!("?→{e}"),
+            (Some(s), None) => format!("{s}→gone"),
+            (None, None) => "-".into(),
+        };
+        let l = &p.merge_latency_ns;
+        let lat = |v: u64| {
+            if l.count == 0 {
+                "-".to_owned()
+            } else {
+                fmt_ns(v)
+            }
+        };
+        let _ = writeln!(
+            o,
+            "  {:>7} {:<16} {:>7} {:>6} {:>6} {:>6} {:>6} {:>6} {:>15} {:>8} {:>8} {:>8} {:>8}",
+            p.pid,
+            p.comm,
+            p.merges,
+            p.new_pages,
+            p.joins,
+            p.failed,
+            p.zero_page_merges,
+            p.removals,
+            pages,
+            lat(l.p50),
+            lat(l.p90),
+            lat(l.p99),
+            lat(l.max)
+        );
+    }
+    if r.processes.is_empty() {
+        let _ = writeln!(o, "  (no KSM activity attributed to a process)");
+    }
+
+    let lat = &r.merge_latency;
+    let _ = writeln!(
+        o,
+        "\nMerge latency, all processes: {} of {} merges timed{}",
+        lat.timed,
+        lat.timed + lat.untimed,
+        if lat.bracket_attached_percent > 0.0 {
+            format!(
+                " (mmap_lock bracket attached {:.0}% of the time)",
+                lat.bracket_attached_percent
+            )
+        } else {
+            String::new()
+        }
+    );
+    o.push_str(&render_log2(&all_latencies(rec), Unit::Nanoseconds));
+
+    let s = &r.scans;
+    let _ = writeln!(
+        o,
+        "\nFull scans: {} (kernel full_scans {:+}); duration p50 {} max {}",
+        s.full_scans,
+        r.kernel_deltas.get("full_scans").copied().unwrap_or(0),
+        fmt_ns(s.full_scan_ns.p50),
+        fmt_ns(s.full_scan_ns.max)
+    );
+    o.push_str(&render_log2(&full_scan_histogram(rec), Unit::Nanoseconds));
+    let _ = writeln!(
+        o,
+        "\nksmd batches: {} (on-CPU p50 {} p99 {} max {}); ksmd CPU {:.1}% on-CPU by sched_switch, {:.1}% by schedstat; {} pages scanned ({:.0}/s)",
+        s.batches,
+        fmt_ns(s.batch_ns.p50),
+        fmt_ns(s.batch_ns.p99),
+        fmt_ns(s.batch_ns.max),
+        s.ksmd_cpu_percent,
+        s.ksmd_cpu_percent_schedstat,
+        s.pages_scanned,
+        s.pages_scanned_per_sec
+    );
+    o.push_str(&render_log2(&rec.scans.batch_on_cpu_ns, Unit::Nanoseconds));
+
+    let _ = writeln!(o, "\nKernel counters (end − start)");
+    for (name, delta) in &r.kernel_deltas {
+        let end = rec
+            .counters_end
+            .ksm
+            .get(name)
+            .or(rec.counters_end.vmstat.get(name))
+            .copied()
+            .unwrap_or(0);
+        let _ = writeln!(o, "  {name:<28} {delta:>+12}   (now {end})");
+    }
+
+    let received: u64 = rec.events.received.values().sum();
+    let _ = writeln!(
+        o,
+        "\nEvents: {received} received, {} lost{}",
+        r.lost_events,
+        if r.unpaired_merges > 0 {
+            format!(", {} new-page merges unpaired", r.unpaired_merges)
+        } else {
+            String::new()
+        }
+    );
+    let m = &r.mechanisms;
+    let _ = writeln!(
+        o,
+        "Mechanisms:\n  events: {}\n  merge latency: {}\n  batches: {}\n  attribution: {}",
+        m.events, m.merge_latency, m.batches, m.attribution
+    );
+    for f in &m.fallbacks {
+        let _ = writeln!(o, "  fallback: {f}");
+    }
+    o
+}
