@@ -1,1 +1,113 @@
-fn main() {}
+//! `cargo xtask`: everything a fresh machine needs, from toolchain set-up to tests.
+//!
+//! - `setup`: installs what the eBPF build needs, only what is missing;
+//! - `build`, `run -- ARGS`: builds ksm-trace (eBPF included) and runs it as root;
+//! - `test`: unit tests and the root integration tests against the real kernel.
+mod setup;
+
+use std::process::Command;
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install the eBPF toolchain pieces that are missing (idempotent).
+    Setup,
+    /// Build ksm-trace with its eBPF programs.
+    Build {
+        #[arg(long)]
+        release: bool,
+    },
+    /// Build (release) and run ksm-trace as root with ARGS.
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Run all tests: unit tests and the root integration tests on the real kernel.
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Cmd::Setup => setup::run().map(|_| ()),
+        Cmd::Build { release } => {
+            let env = setup::run()?;
+            cargo(&env, &["build", "--package", "ksm-trace"], release)
+        }
+        Cmd::Run { args } => {
+            let env = setup::run()?;
+            cargo(&env, &["build", "--package", "ksm-trace"], true)?;
+            let bin = setup::workspace_root()?.join("target/release/ksm-trace");
+            let status = as_root(&bin.to_string_lossy(), &args)
+                .status()
+                .context("running ksm-trace")?;
+            std::process::exit(status.code().unwrap_or(1));
+        }
+        Cmd::Test { args } => {
+            let env = setup::run()?;
+            if !is_root() {
+                bail!(
+                    "the integration tests load eBPF programs and drive KSM: run `cargo xtask test` as root"
+                );
+            }
+            let mut test_args = vec!["test", "--workspace", "--exclude", "ksm-trace-ebpf"];
+            test_args.extend(args.iter().map(String::as_str));
+            cargo(&env, &test_args, false)
+        }
+    }
+}
+
+fn cargo(env: &setup::BuildEnv, args: &[&str], release: bool) -> Result<()> {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.args(args).current_dir(setup::workspace_root()?);
+    if release {
+        cmd.arg("--release");
+    }
+    env.apply(&mut cmd);
+    let status = cmd
+        .status()
+        .with_context(|| format!("running cargo {}", args.join(" ")))?;
+    if !status.success() {
+        bail!("cargo {} failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout.trim_ascii() == b"0")
+        .unwrap_or(false)
+}
+
+/// ksm-trace needs root; use sudo when it is there, else let ksm-trace say what is wrong.
+fn as_root(bin: &str, args: &[String]) -> Command {
+    if !is_root()
+        && Command::new("sudo")
+            .arg("-n")
+            .arg("true")
+            .status()
+            .is_ok_and(|s| s.success())
+    {
+        let mut cmd = Command::new("sudo");
+        cmd.arg(bin).args(args);
+        cmd
+    } else {
+        let mut cmd = Command::new(bin);
+        cmd.args(args);
+        cmd
+    }
+}

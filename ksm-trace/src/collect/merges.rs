@@ -245,10 +245,11 @@ mod tests {
     #[test]
     fn fexit_latency_preferred_and_both_kept() {
         let mut t = MergeTracker::default();
-        let mut e = merge(5, 0xaaaa, 9, 0, 4000);
-        e.lat_fexit_ns = 3000;
+        // Values below 2048 are exact at 3 significant digits.
+        let mut e = merge(5, 0xaaaa, 9, 0, 1500);
+        e.lat_fexit_ns = 1200;
         t.handle(&e);
-        assert_eq!(t.by_pid[&5].merge_latency_ns.summary().max, 3000);
-        assert_eq!(t.by_pid[&5].merge_latency_bracket_ns.summary().max, 4000);
+        assert_eq!(t.by_pid[&5].merge_latency_ns.summary().max, 1200);
+        assert_eq!(t.by_pid[&5].merge_latency_bracket_ns.summary().max, 1500);
     }
 }

@@ -1,0 +1,196 @@
+//! Shared by the root integration tests: they drive the one global ksmd, so each test takes a
+//! machine-wide lock, starts from known knobs, and puts the knobs back afterwards.
+#![allow(dead_code)]
+
+use std::{
+    fs,
+    os::unix::process::CommandExt as _,
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use nix::fcntl::{Flock, FlockArg};
+
+pub const KSM: &str = "/sys/kernel/mm/ksm";
+const KNOBS: [&str; 4] = ["run", "pages_to_scan", "sleep_millisecs", "use_zero_pages"];
+
+pub fn knob(name: &str) -> String {
+    fs::read_to_string(Path::new(KSM).join(name))
+        .unwrap()
+        .trim()
+        .to_owned()
+}
+
+pub fn set_knob(name: &str, value: &str) {
+    fs::write(Path::new(KSM).join(name), value)
+        .unwrap_or_else(|e| panic!("writing {name}={value}: {e}"));
+}
+
+pub fn knob_u64(name: &str) -> u64 {
+    knob(name).parse().unwrap()
+}
+
+/// Holds the test lock and restores the knobs it found.
+pub struct KsmSession {
+    _lock: Flock<fs::File>,
+    saved: Vec<(&'static str, String)>,
+    pub dir: PathBuf,
+}
+
+impl KsmSession {
+    /// Waits for the lock, saves the knobs, and sets ksmd off with odd values, so a test can
+    /// tell whether ksm-trace restored them.
+    pub fn start(name: &str) -> Self {
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "integration tests run as root: cargo xtask test"
+        );
+        let file = fs::File::create("/run/lock/ksm-trace-tests.lock").unwrap();
+        let lock = Flock::lock(file, FlockArg::LockExclusive)
+            .map_err(|(_, e)| e)
+            .unwrap();
+        let saved = KNOBS.iter().map(|k| (*k, knob(k))).collect();
+        set_knob("run", "0");
+        set_knob("pages_to_scan", "123");
+        set_knob("sleep_millisecs", "45");
+        let dir =
+            std::env::temp_dir().join(format!("ksm-trace-test-{name}-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        Self {
+            _lock: lock,
+            saved,
+            dir,
+        }
+    }
+
+    pub fn path(&self, file: &str) -> PathBuf {
+        self.dir.join(file)
+    }
+
+    /// The knobs as `start` set them: what ksm-trace must leave behind.
+    pub fn assert_knobs_restored(&self) {
+        assert_eq!(knob("run"), "0", "run restored");
+        assert_eq!(knob("pages_to_scan"), "123", "pages_to_scan restored");
+        assert_eq!(knob("sleep_millisecs"), "45", "sleep_millisecs restored");
+    }
+}
+
+impl Drop for KsmSession {
+    fn drop(&mut self) {
+        for (k, v) in self.saved.iter().rev() {
+            let _ = fs::write(Path::new(KSM).join(k), v);
+        }
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_ksm-trace")
+}
+
+pub fn ksm_trace(args: &[&str]) -> Output {
+    Command::new(bin())
+        .args(args)
+        .output()
+        .expect("running ksm-trace")
+}
+
+pub fn json(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// `ksm-trace report FILE --json`.
+pub fn report(path: &Path) -> serde_json::Value {
+    let out = ksm_trace(&["report", path.to_str().unwrap(), "--json"]);
+    assert!(
+        out.status.success(),
+        "report failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Pids of live processes whose comm starts with `prefix`.
+pub fn pids_named(prefix: &str) -> Vec<u32> {
+    let mut pids = Vec::new();
+    for entry in fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if let Ok(comm) = fs::read_to_string(format!("/proc/{pid}/comm")) {
+            // Zombies are gone for our purposes only once reaped; count them as alive.
+            if comm.trim().starts_with(prefix) {
+                pids.push(pid);
+            }
+        }
+    }
+    pids
+}
+
+pub fn alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// `ksm_merging_pages` from /proc/<pid>/ksm_stat, read by the test itself.
+pub fn ksm_merging_pages(pid: u32) -> u64 {
+    let text = fs::read_to_string(format!("/proc/{pid}/ksm_stat")).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("ksm_merging_pages "))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// A mergeable process the test owns (ksm-trace's own worker body, started directly).
+pub struct TestProcess {
+    pub child: Child,
+}
+
+impl TestProcess {
+    pub fn start(index: u32, pages: u64, dup: f64, nonce: u64) -> Self {
+        let mut child = Command::new(bin())
+            .args([
+                "__procs-worker",
+                &index.to_string(),
+                &pages.to_string(),
+                &dup.to_string(),
+                &nonce.to_string(),
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        use std::io::BufRead as _;
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert!(line.starts_with("ready"), "worker not ready: {line:?}");
+        Self { child }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for TestProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    f()
+}

@@ -1,0 +1,298 @@
+//! `ksm-trace record` against the real kernel: the eBPF counts must equal what the kernel
+//! itself counts (/proc/<pid>/ksm_stat, /sys/kernel/mm/ksm/full_scans), knobs must come back,
+//! and no worker may survive.
+mod common;
+
+use std::{
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use common::*;
+
+const PAGES: u64 = 1500;
+const DUP: f64 = 0.6;
+
+fn record_procs(session: &KsmSession, extra: &[&str]) -> (serde_json::Value, serde_json::Value) {
+    let out = session.path("rec.json");
+    let workload = format!("procs:3,pages={PAGES},dup={DUP}");
+    let mut args = vec![
+        "record",
+        "--workload",
+        &workload,
+        "--duration",
+        "6s",
+        "--pages-to-scan",
+        "1000",
+        "--sleep-ms",
+        "10",
+        "-q",
+        "-o",
+        out.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let scans_before = knob_u64("full_scans");
+    let result = ksm_trace(&args);
+    assert!(
+        result.status.success(),
+        "record failed: {}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    let scans_after = knob_u64("full_scans");
+    let rec = json(&out);
+    let rep = report(&out);
+    // ksmd is off before and after (run=0 restored), so the kernel's full_scans moved only
+    // inside ksm-trace's window.
+    assert_eq!(
+        rep["scans"]["full_scans"].as_u64().unwrap(),
+        scans_after - scans_before,
+        "full scans vs kernel"
+    );
+    assert_eq!(
+        rep["kernel_deltas"]["full_scans"].as_u64().unwrap(),
+        scans_after - scans_before
+    );
+    (rec, rep)
+}
+
+#[test]
+fn merges_equal_ksm_merging_pages_per_process() {
+    let session = KsmSession::start("merges");
+    let (rec, rep) = record_procs(&session, &["--merge-latency", "always"]);
+    let workers = rec["meta"]["workload"]["workers"].as_array().unwrap();
+    assert_eq!(workers.len(), 3);
+    let processes = rep["processes"].as_array().unwrap();
+    for (i, worker) in workers.iter().enumerate() {
+        let pid = worker["pid"].as_u64().unwrap();
+        let p = processes
+            .iter()
+            .find(|p| p["pid"].as_u64() == Some(pid))
+            .expect("worker in report");
+        assert_eq!(p["comm"], format!("ksm-procs-{i}"), "attribution by comm");
+        let merges = p["merges"].as_u64().unwrap();
+        let start = p["ksm_merging_pages_start"].as_u64().unwrap();
+        let end = p["ksm_merging_pages_end"].as_u64().unwrap();
+        assert_eq!(
+            merges,
+            end - start,
+            "pid {pid}: merges vs Δksm_merging_pages"
+        );
+        // Every shared page of every worker merges within a few full scans.
+        assert_eq!(
+            merges,
+            (PAGES as f64 * DUP).round() as u64,
+            "pid {pid}: all shared pages merged"
+        );
+        // With the bracket attached throughout, every merge is timed.
+        assert_eq!(
+            p["merge_latency_ns"]["count"].as_u64().unwrap(),
+            merges,
+            "pid {pid}: latency count"
+        );
+        assert!(p["merge_latency_ns"]["p50"].as_u64().unwrap() > 0);
+        assert!(!alive(pid as u32), "worker {pid} survived");
+    }
+    assert_eq!(rep["lost_events"], 0);
+    assert!(rep["scans"]["full_scan_ns"]["count"].as_u64().unwrap() > 0);
+    assert!(rep["scans"]["full_scan_ns"]["p50"].as_u64().unwrap() > 0);
+    assert!(rep["scans"]["batches"].as_u64().unwrap() > 0);
+    assert!(rep["mechanisms"]["merge_latency"].as_str().unwrap().len() > 10);
+    assert!(pids_named("ksm-procs-").is_empty(), "a worker survived");
+    session.assert_knobs_restored();
+}
+
+#[test]
+fn auto_latency_mode_keeps_exact_counts() {
+    let session = KsmSession::start("auto");
+    let (_rec, rep) = record_procs(&session, &[]);
+    for p in rep["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["comm"].as_str().unwrap().starts_with("ksm-procs-"))
+    {
+        let merges = p["merges"].as_u64().unwrap();
+        assert_eq!(
+            merges,
+            p["ksm_merging_pages_end"].as_u64().unwrap()
+                - p["ksm_merging_pages_start"].as_u64().unwrap()
+        );
+        let timed = p["merge_latency_ns"]["count"].as_u64().unwrap();
+        assert_eq!(
+            timed + p["untimed_merges"].as_u64().unwrap(),
+            merges,
+            "timed + untimed = merges"
+        );
+    }
+    session.assert_knobs_restored();
+}
+
+#[test]
+fn existing_processes_by_pid_match_ksm_stat_read_by_the_test() {
+    let session = KsmSession::start("pids");
+    let nonce = std::process::id() as u64 * 7919;
+    let procs: Vec<TestProcess> = (0..2)
+        .map(|i| TestProcess::start(i, 1000, 0.5, nonce))
+        .collect();
+    let before: Vec<u64> = procs.iter().map(|p| ksm_merging_pages(p.pid())).collect();
+    let out = session.path("pids.json");
+    let pid_args: Vec<String> = procs
+        .iter()
+        .flat_map(|p| ["--pid".to_string(), p.pid().to_string()])
+        .collect();
+    let mut args = vec![
+        "record",
+        "--duration",
+        "5s",
+        "--pages-to-scan",
+        "1000",
+        "--sleep-ms",
+        "10",
+        "-q",
+        "-o",
+        out.to_str().unwrap(),
+    ];
+    args.extend(pid_args.iter().map(String::as_str));
+    let result = ksm_trace(&args);
+    assert!(
+        result.status.success(),
+        "{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    let rep = report(&out);
+    let processes = rep["processes"].as_array().unwrap();
+    assert_eq!(processes.len(), 2, "only the requested pids are reported");
+    for (p, before) in procs.iter().zip(before) {
+        // ksmd is paused again (run=0 restored): the test's own read is final.
+        let after = ksm_merging_pages(p.pid());
+        let row = processes
+            .iter()
+            .find(|r| r["pid"].as_u64() == Some(p.pid() as u64))
+            .unwrap();
+        assert_eq!(
+            row["merges"].as_u64().unwrap(),
+            after - before,
+            "pid {}",
+            p.pid()
+        );
+        assert_eq!(after - before, 500);
+    }
+    session.assert_knobs_restored();
+}
+
+#[test]
+fn sigterm_mid_run_restores_knobs_and_stops_workers() {
+    let session = KsmSession::start("sigterm");
+    let out = session.path("term.json");
+    let mut child = Command::new(bin())
+        .args([
+            "record",
+            "--workload",
+            "procs:2,pages=500",
+            "--duration",
+            "60s",
+            "-q",
+            "--sleep-ms",
+            "10",
+            "-o",
+            out.to_str().unwrap(),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(20), || pids_named("ksm-procs-").len()
+            == 2),
+        "workers started"
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || knob("run") == "1"),
+        "ksmd started for the run"
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "exit after SIGTERM: {status}");
+    let rec = json(&out);
+    assert_eq!(rec["meta"]["ended_by"], "terminate");
+    assert!(
+        wait_until(Duration::from_secs(2), || pids_named("ksm-procs-")
+            .is_empty()),
+        "workers stopped"
+    );
+    session.assert_knobs_restored();
+}
+
+fn assert_clean_error(args: &[&str], needle: &str) {
+    let out = ksm_trace(args);
+    assert!(!out.status.success(), "{args:?} should fail");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+    assert!(stderr.contains(needle), "{args:?}: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn bad_input_is_one_clear_line_and_changes_nothing() {
+    let session = KsmSession::start("errors");
+    let out = session.path("x.json");
+    let o = out.to_str().unwrap();
+    assert_clean_error(
+        &["record", "--workload", "disks:2", "-o", o],
+        "unknown workload kind",
+    );
+    assert_clean_error(
+        &["record", "--workload", "procs:2,color=red", "-o", o],
+        "unknown procs option",
+    );
+    assert_clean_error(
+        &["record", "--workload", "procs:256,pages=67108864", "-o", o],
+        "available",
+    );
+    assert_clean_error(
+        &["record", "--pid", "999999999", "-o", o],
+        "no process with pid 999999999",
+    );
+    assert_clean_error(
+        &[
+            "record",
+            "--duration",
+            "1s",
+            "-o",
+            "/proc/no/such/dir/x.json",
+        ],
+        "cannot write the recording",
+    );
+    assert_clean_error(
+        &["record", "--pages-to-scan", "0", "-o", o],
+        "--pages-to-scan 0",
+    );
+    assert_clean_error(&["report", "/nonexistent.json"], "cannot read recording");
+    std::fs::write(&out, "{\"hello\": 1}").unwrap();
+    assert_clean_error(&["report", o], "not a ksm-trace recording");
+    // Not root: say so, before anything else.
+    let unprivileged = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            bin(),
+            "record",
+            "--duration",
+            "1s",
+            "-o",
+            "/tmp/x.json",
+        ])
+        .output()
+        .unwrap();
+    assert!(!unprivileged.status.success());
+    let stderr = String::from_utf8_lossy(&unprivileged.stderr);
+    assert!(stderr.contains("must run as root"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    session.assert_knobs_restored();
+    assert!(pids_named("ksm-procs-").is_empty());
+}
