@@ -121,7 +121,7 @@ pub async fn record(opts: &RecordOptions, command_line: Vec<String>) -> Result<R
         "advisor_mode",
     ]
     .iter()
-    .filter_map(|k| sysfs::read(k).ok().map(|v| (k.to_string(), v)))
+    .filter_map(|k| sysfs::read(k).ok().map(|v| (k.to_string(), sysfs::selected(&v))))
     .collect();
 
     let started = Instant::now();

@@ -45,3 +45,21 @@ pub fn read_all() -> Result<BTreeMap<String, i64>> {
     }
     Ok(out)
 }
+
+/// The selected value of a choice file (`[none] scan-time` → `none`); other values unchanged.
+pub fn selected(value: &str) -> String {
+    match (value.find('['), value.find(']')) {
+        (Some(a), Some(b)) if a < b => value[a + 1..b].to_owned(),
+        _ => value.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn selected_choice() {
+        assert_eq!(super::selected("[none] scan-time"), "none");
+        assert_eq!(super::selected("always [madvise] never"), "madvise");
+        assert_eq!(super::selected("100"), "100");
+    }
+}

@@ -62,11 +62,7 @@ impl Capabilities {
             btf: Path::new(VMLINUX_BTF).exists(),
             lockdown: fs::read_to_string("/sys/kernel/security/lockdown")
                 .ok()
-                .and_then(|s| {
-                    let start = s.find('[')?;
-                    let end = s[start..].find(']')?;
-                    Some(s[start + 1..start + end].to_owned())
-                }),
+                .map(|s| sysfs::selected(s.trim())),
             tracefs_mounted: Path::new("/sys/kernel/tracing/events").exists(),
             thp: fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
                 .ok()

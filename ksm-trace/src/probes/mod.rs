@@ -226,10 +226,14 @@ fn attach_fexit(ebpf: &mut Ebpf, caps: &Capabilities) -> Result<()> {
     }
     let btf = aya::Btf::from_sys_fs().context("reading kernel BTF")?;
     let why = |e: aya::programs::ProgramError| {
-        let lockdown = caps.lockdown.as_deref().filter(|l| *l != "none");
-        match lockdown {
-            Some(l) => anyhow!("the kernel refused to load it (lockdown={l}): {e}"),
-            None => anyhow!("the kernel refused to load it: {e}"),
+        let eperm = matches!(&e, aya::programs::ProgramError::LoadError { io_error, .. }
+            if io_error.raw_os_error() == Some(libc::EPERM));
+        match (caps.lockdown.as_deref().filter(|l| *l != "none"), eperm) {
+            (Some(l), _) => anyhow!("the kernel refused to load it: lockdown={l}"),
+            (None, true) => anyhow!(
+                "BPF_PROG_LOAD returned EPERM as root, which is how kernel lockdown refuses tracing programs"
+            ),
+            (None, false) => anyhow!("the kernel refused to load it: {e}"),
         }
     };
     let entry = program::<FEntry>(ebpf, "merge_one_page_entry")?;
