@@ -34,9 +34,13 @@ pub struct RecordArgs {
     /// Stop after this long (e.g. 30s, 2m); default: until the workload ends or Ctrl-C.
     #[arg(short, long, value_parser = parse_duration)]
     pub duration: Option<Duration>,
-    /// Start a workload for the run: procs:N[,pages=P][,dup=F].
+    /// Start a workload for the run: procs:N[,pages=P,dup=F,zero=F,rounds=R,wait=D,write=F,
+    /// mode=madvise|prctl,thp=on|off] or vms:N[,mem=256M,shared=32M,private=16M,churn=1M/2s].
     #[arg(short, long)]
     pub workload: Option<String>,
+    /// Rebuild cached workload assets (guest kernel and initramfs for vms).
+    #[arg(long)]
+    pub refresh: bool,
     /// Report only these processes (repeatable); their ksm_stat is read at start and end.
     #[arg(short, long = "pid")]
     pub pids: Vec<u32>,

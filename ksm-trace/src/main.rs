@@ -41,6 +41,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 },
                 merge_latency: args.merge_latency,
                 progress: !args.quiet,
+                refresh: args.refresh,
             };
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()

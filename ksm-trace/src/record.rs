@@ -35,6 +35,8 @@ pub struct RecordOptions {
     pub knobs: KnobSettings,
     pub merge_latency: LatencyMode,
     pub progress: bool,
+    /// Rebuild cached workload assets (guest kernel, initramfs).
+    pub refresh: bool,
 }
 
 /// How long without merges before the auto-armed bracket is detached again.
@@ -90,7 +92,10 @@ pub async fn record(opts: &RecordOptions, command_line: Vec<String>) -> Result<R
     let ksmd_started_for_run = knobs.original_run == 0;
     knobs.pause_ksmd()?;
     knobs.apply(&opts.knobs)?;
-    let mut workload = spec.as_ref().map(Workload::start).transpose()?;
+    let mut workload = spec
+        .as_ref()
+        .map(|s| Workload::start(s, opts.refresh))
+        .transpose()?;
     let mut pids: BTreeSet<u32> = opts.pids.iter().copied().collect();
     if let Some(w) = &workload {
         pids.extend(w.workers().iter().map(|w| w.pid));
@@ -121,7 +126,11 @@ pub async fn record(opts: &RecordOptions, command_line: Vec<String>) -> Result<R
         "advisor_mode",
     ]
     .iter()
-    .filter_map(|k| sysfs::read(k).ok().map(|v| (k.to_string(), sysfs::selected(&v))))
+    .filter_map(|k| {
+        sysfs::read(k)
+            .ok()
+            .map(|v| (k.to_string(), sysfs::selected(&v)))
+    })
     .collect();
 
     let started = Instant::now();

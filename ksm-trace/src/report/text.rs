@@ -5,7 +5,7 @@ use super::{
     histogram::{Unit, fmt_ns, render_log2},
     model::{Report, all_latencies, full_scan_histogram},
 };
-use crate::recording::Recording;
+use crate::{recording::Recording, workload::WorkloadSpec};
 
 pub fn render(rec: &Recording, r: &Report) -> String {
     let mut o = String::new();
@@ -15,25 +15,30 @@ pub fn render(rec: &Recording, r: &Report) -> String {
         r.duration_s, r.kernel_release, r.ended_by
     );
     if let Some(w) = &rec.meta.workload {
-        let bytes = w.spec.memory_bytes(rec.meta.page_size) / w.workers.len().max(1) as u64;
-        let rates: Vec<String> = w
-            .workers
-            .iter()
-            .filter(|wk| wk.fill_ns > 0)
-            .map(|wk| {
+        let _ = writeln!(o, "workload: {} ({} workers)", w.spec_text, w.workers.len());
+        for wk in &w.workers {
+            let ready = match w.spec {
+                WorkloadSpec::Procs(_) => format!(
+                    "filled {} MiB at {:.2} GiB/s",
+                    wk.bytes >> 20,
+                    wk.bytes as f64 / (1u64 << 30) as f64 / (wk.ready_ns.max(1) as f64 / 1e9)
+                ),
+                WorkloadSpec::Vms(_) => format!("booted to ready in {}", fmt_ns(wk.ready_ns)),
+            };
+            let writes = wk.write_fault_ns.summary();
+            let faults = if writes.count > 0 {
                 format!(
-                    "{:.1}",
-                    bytes as f64 / (1 << 30) as f64 / (wk.fill_ns as f64 / 1e9)
+                    "; writes to shared pages p50 {} p99 {} max {} ({} writes)",
+                    fmt_ns(writes.p50),
+                    fmt_ns(writes.p99),
+                    fmt_ns(writes.max),
+                    writes.count
                 )
-            })
-            .collect();
-        let _ = writeln!(
-            o,
-            "workload: {} ({} workers; fill GiB/s per worker: {})",
-            w.spec_text,
-            w.workers.len(),
-            rates.join(" ")
-        );
+            } else {
+                String::new()
+            };
+            let _ = writeln!(o, "  {:>7} {:<16} {ready}{faults}", wk.pid, wk.comm);
+        }
     }
     let knobs: Vec<String> = r.knobs.iter().map(|(k, v)| format!("{k}={v}")).collect();
     let _ = writeln!(

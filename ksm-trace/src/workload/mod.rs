@@ -2,15 +2,35 @@
 //! which kind runs.
 pub mod procs;
 pub mod spec;
+pub mod vms;
 
 use anyhow::{Result, bail};
 use procfs::Current as _;
+use serde::{Deserialize, Serialize};
 
-pub use procs::Worker;
 pub use spec::WorkloadSpec;
+
+use crate::histogram::Histogram;
+
+/// One process of a workload, as reports attribute merges to it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Worker {
+    pub pid: u32,
+    /// The process's comm: `ksm-procs-N` or `ksm-vmN`.
+    pub comm: String,
+    /// procs: time to fill its memory; vms: time from QEMU start to the guest's ready marker.
+    pub ready_ns: u64,
+    /// Bytes the worker made resident (procs: its pages; vms: guest RAM size).
+    pub bytes: u64,
+    /// procs: latency of the worker's own writes to the pages it made identical, each a
+    /// copy-on-write fault when KSM had merged the page (the user-side view of a COW break).
+    #[serde(default)]
+    pub write_fault_ns: Histogram,
+}
 
 pub enum Workload {
     Procs(procs::ProcsWorkload),
+    Vms(vms::VmsWorkload),
 }
 
 impl Workload {
@@ -21,35 +41,45 @@ impl Workload {
         let available = meminfo.mem_available.unwrap_or(meminfo.mem_free);
         if need > available / 10 * 9 {
             bail!(
-                "workload needs {} MiB but only {} MiB is available: use fewer processes or pages",
+                "workload needs {} MiB but only {} MiB is available: use fewer or smaller workers",
                 need >> 20,
                 available >> 20
             );
         }
+        if let WorkloadSpec::Vms(_) = spec {
+            vms::check_prerequisites()?;
+        }
         Ok(())
     }
 
-    pub fn start(spec: &WorkloadSpec) -> Result<Self> {
-        match spec {
-            WorkloadSpec::Procs(p) => Ok(Self::Procs(procs::ProcsWorkload::start(p)?)),
-        }
+    /// Starts the workload and waits until every worker is ready.
+    pub fn start(spec: &WorkloadSpec, refresh: bool) -> Result<Self> {
+        Ok(match spec {
+            WorkloadSpec::Procs(p) => Self::Procs(procs::ProcsWorkload::start(p)?),
+            WorkloadSpec::Vms(v) => Self::Vms(vms::VmsWorkload::start(v, refresh)?),
+        })
     }
 
     pub fn workers(&self) -> &[Worker] {
         match self {
             Self::Procs(p) => &p.workers,
+            Self::Vms(v) => &v.workers,
         }
     }
 
+    /// True once the workload has run its course (procs with rounds) or every worker exited.
     pub fn finished(&mut self) -> bool {
         match self {
             Self::Procs(p) => p.finished(),
+            Self::Vms(v) => v.finished(),
         }
     }
 
+    /// Stops every worker; idempotent. procs workers report their write-fault histograms here.
     pub fn stop(&mut self) {
         match self {
             Self::Procs(p) => p.stop(),
+            Self::Vms(v) => v.stop(),
         }
     }
 }

@@ -14,19 +14,11 @@ use std::{
 use anyhow::{Context as _, Result, anyhow, bail};
 use nix::sys::mman::{MapFlags, MmapAdvise, ProtFlags, madvise, mmap_anonymous};
 
-use super::spec::ProcsSpec;
+use super::{Worker, spec::ProcsSpec};
 
 pub struct ProcsWorkload {
     children: Vec<Child>,
     pub workers: Vec<Worker>,
-}
-
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct Worker {
-    pub pid: u32,
-    pub comm: String,
-    /// Time the worker took to fill its memory, ns.
-    pub fill_ns: u64,
 }
 
 pub fn worker_comm(index: u32) -> String {
@@ -80,7 +72,9 @@ impl ProcsWorkload {
             workload.workers.push(Worker {
                 pid: child.id(),
                 comm: worker_comm(index as u32),
-                fill_ns,
+                ready_ns: fill_ns,
+                bytes: spec.pages * crate::kernel::page_size(),
+                ..Default::default()
             });
         }
         Ok(workload)

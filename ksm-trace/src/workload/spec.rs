@@ -1,8 +1,19 @@
-//! Workload specs: `KIND:COUNT[,key=value...]`, e.g. `procs:4,pages=25600,dup=0.5`.
-use std::collections::BTreeMap;
+//! Workload specs: `KIND:COUNT[,key=value...]`, e.g. `procs:8,pages=25600,dup=0.5,rounds=5,wait=2s`
+//! or `vms:4,mem=256M,shared=32M,churn=1M/2s`.
+use std::{collections::BTreeMap, time::Duration};
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use serde::{Deserialize, Serialize};
+
+/// How a procs worker makes its memory mergeable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MergeMode {
+    /// madvise(MADV_MERGEABLE) on the region.
+    Madvise,
+    /// prctl(PR_SET_MEMORY_MERGE): the whole process.
+    Prctl,
+}
 
 /// Processes with mergeable anonymous memory.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -12,52 +23,167 @@ pub struct ProcsSpec {
     pub pages: u64,
     /// Fraction of each process's pages that is identical across processes.
     pub dup: f64,
+    /// Fraction that is zero-filled.
+    pub zero: f64,
+    /// Number of memory patterns each process writes; every round after the first rewrites all
+    /// its pages (breaking merged pages, which KSM then merges again).
+    pub rounds: u32,
+    /// Time between rounds; after the last round the workload ends once this has passed again.
+    #[serde(with = "humantime_serde_compat")]
+    pub wait: Duration,
+    /// Fraction of the identical pages written per second (copy-on-write pressure).
+    pub write: f64,
+    pub mode: MergeMode,
+    /// Some(true): MADV_HUGEPAGE, Some(false): MADV_NOHUGEPAGE, None: system default.
+    pub thp: Option<bool>,
+}
+
+/// Guest VMs under QEMU.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VmsSpec {
+    pub count: u32,
+    /// Guest RAM, bytes.
+    pub mem: u64,
+    /// Seeded payload identical in every guest, bytes.
+    pub shared: u64,
+    /// Random memory private to each guest, bytes.
+    pub private: u64,
+    /// Overwrite then restore `bytes` of the shared payload every `every`.
+    pub churn: Option<Churn>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Churn {
+    pub bytes: u64,
+    #[serde(with = "humantime_serde_compat")]
+    pub every: Duration,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum WorkloadSpec {
     Procs(ProcsSpec),
+    Vms(VmsSpec),
 }
 
-const PROCS_HELP: &str = "procs:N[,pages=P][,dup=F] (e.g. procs:4,pages=25600,dup=0.5)";
+const PROCS_HELP: &str = "procs:N[,pages=P][,dup=F][,zero=F][,rounds=R][,wait=D][,write=F][,mode=madvise|prctl][,thp=on|off]";
+const VMS_HELP: &str = "vms:N[,mem=256M][,shared=32M][,private=16M][,churn=1M/2s]";
 
 impl WorkloadSpec {
     pub fn parse(text: &str) -> Result<Self> {
-        let (kind, rest) = text
-            .split_once(':')
-            .ok_or_else(|| anyhow!("workload spec {text:?} has no count: use {PROCS_HELP}"))?;
+        let (kind, rest) = text.split_once(':').ok_or_else(|| {
+            anyhow!("workload spec {text:?} has no count: use {PROCS_HELP} or {VMS_HELP}")
+        })?;
         let mut parts = rest.split(',');
         let count_text = parts.next().unwrap_or_default();
         let options = parse_options(parts)?;
         match kind {
-            "procs" => {
-                let count = parse_count(count_text, 1, 256, "procs")?;
-                let mut spec = ProcsSpec {
-                    count,
-                    pages: 25_600,
-                    dup: 0.5,
-                };
-                for (key, value) in options {
-                    match key.as_str() {
-                        "pages" => spec.pages = parse_count(&value, 1, 64 << 20, "pages")? as u64,
-                        "dup" => spec.dup = parse_fraction(&value, "dup")?,
-                        _ => bail!("unknown procs option {key:?}: use {PROCS_HELP}"),
-                    }
-                }
-                Ok(Self::Procs(spec))
-            }
-            "vms" => bail!("the vms workload is not available in this build yet: use {PROCS_HELP}"),
-            _ => bail!("unknown workload kind {kind:?}: use {PROCS_HELP}"),
+            "procs" => parse_procs(count_text, options).map(Self::Procs),
+            "vms" => parse_vms(count_text, options).map(Self::Vms),
+            _ => bail!("unknown workload kind {kind:?}: use {PROCS_HELP} or {VMS_HELP}"),
         }
     }
 
-    /// Anonymous memory the workload will fill, in bytes.
+    /// Host memory the workload will use, in bytes.
     pub fn memory_bytes(&self, page_size: u64) -> u64 {
         match self {
             Self::Procs(p) => p.count as u64 * p.pages * page_size,
+            // QEMU's own overhead (TCG translation buffer, devices) on top of guest RAM.
+            Self::Vms(v) => v.count as u64 * (v.mem + (64 << 20)),
         }
     }
+}
+
+fn parse_procs(count_text: &str, options: BTreeMap<String, String>) -> Result<ProcsSpec> {
+    let mut spec = ProcsSpec {
+        count: parse_count(count_text, 1, 256, "procs")?,
+        pages: 25_600,
+        dup: 0.5,
+        zero: 0.0,
+        rounds: 1,
+        wait: Duration::from_secs(10),
+        write: 0.0,
+        mode: MergeMode::Madvise,
+        thp: None,
+    };
+    for (key, value) in options {
+        match key.as_str() {
+            "pages" => spec.pages = parse_count(&value, 1, 64 << 20, "pages")? as u64,
+            "dup" => spec.dup = parse_fraction(&value, "dup")?,
+            "zero" => spec.zero = parse_fraction(&value, "zero")?,
+            "rounds" => spec.rounds = parse_count(&value, 1, 10_000, "rounds")?,
+            "wait" => spec.wait = parse_duration(&value, "wait")?,
+            "write" => spec.write = parse_fraction(&value, "write")?,
+            "mode" => {
+                spec.mode = match value.as_str() {
+                    "madvise" => MergeMode::Madvise,
+                    "prctl" => MergeMode::Prctl,
+                    _ => bail!("mode={value} is not madvise or prctl"),
+                }
+            }
+            "thp" => spec.thp = Some(parse_on_off(&value, "thp")?),
+            _ => bail!("unknown procs option {key:?}: use {PROCS_HELP}"),
+        }
+    }
+    if spec.dup + spec.zero > 1.0 {
+        bail!(
+            "dup={} plus zero={} is more than all pages: make them add up to at most 1",
+            spec.dup,
+            spec.zero
+        );
+    }
+    Ok(spec)
+}
+
+fn parse_vms(count_text: &str, options: BTreeMap<String, String>) -> Result<VmsSpec> {
+    let mut spec = VmsSpec {
+        count: parse_count(count_text, 1, 64, "vms")?,
+        mem: 256 << 20,
+        shared: 32 << 20,
+        private: 16 << 20,
+        churn: None,
+    };
+    for (key, value) in options {
+        match key.as_str() {
+            "mem" => spec.mem = parse_size(&value, "mem")?,
+            "shared" => spec.shared = parse_size(&value, "shared")?,
+            "private" => spec.private = parse_size(&value, "private")?,
+            "churn" => {
+                let (bytes, every) = value
+                    .split_once('/')
+                    .ok_or_else(|| anyhow!("churn={value} is not SIZE/INTERVAL (e.g. 1M/2s)"))?;
+                spec.churn = Some(Churn {
+                    bytes: parse_size(bytes, "churn size")?,
+                    every: parse_duration(every, "churn interval")?,
+                });
+            }
+            _ => bail!("unknown vms option {key:?}: use {VMS_HELP}"),
+        }
+    }
+    if spec.mem < 96 << 20 {
+        bail!(
+            "mem={} MiB is too small for a guest: use at least 96M",
+            spec.mem >> 20
+        );
+    }
+    // The guest kernel and busybox need room besides the payloads.
+    if spec.shared + spec.private + (64 << 20) > spec.mem {
+        bail!(
+            "shared ({} MiB) + private ({} MiB) do not fit in mem={} MiB with 64 MiB for the guest kernel: raise mem or lower them",
+            spec.shared >> 20,
+            spec.private >> 20,
+            spec.mem >> 20
+        );
+    }
+    if let Some(churn) = spec.churn {
+        if churn.bytes > spec.shared {
+            bail!(
+                "churn size {} is larger than the shared payload: lower it or raise shared",
+                churn.bytes
+            );
+        }
+    }
+    Ok(spec)
 }
 
 fn parse_options<'a>(parts: impl Iterator<Item = &'a str>) -> Result<BTreeMap<String, String>> {
@@ -93,27 +219,104 @@ fn parse_fraction(text: &str, what: &str) -> Result<f64> {
     Ok(f)
 }
 
+fn parse_on_off(text: &str, what: &str) -> Result<bool> {
+    match text {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => bail!("{what}={text} is not on or off"),
+    }
+}
+
+fn parse_duration(text: &str, what: &str) -> Result<Duration> {
+    crate::cli::parse_duration(text).map_err(|e| anyhow!("{what}: {e}"))
+}
+
+/// `256M`, `1G`, `512K`, or bytes.
+pub fn parse_size(text: &str, what: &str) -> Result<u64> {
+    let (digits, shift) = match text.as_bytes().last() {
+        Some(b'K' | b'k') => (&text[..text.len() - 1], 10),
+        Some(b'M' | b'm') => (&text[..text.len() - 1], 20),
+        Some(b'G' | b'g') => (&text[..text.len() - 1], 30),
+        _ => (text, 0),
+    };
+    let n: u64 = digits
+        .parse()
+        .with_context(|| format!("{what} must be a size like 256M or 1G, not {text:?}"))?;
+    let bytes = n
+        .checked_shl(shift)
+        .filter(|b| b >> shift == n && *b <= 1 << 40);
+    match bytes {
+        Some(b) if b > 0 => Ok(b),
+        _ => bail!("{what}={text} is out of range: use 1 byte to 1T"),
+    }
+}
+
+/// Durations in recordings as seconds (f64), readable by any tool.
+mod humantime_serde_compat {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(d.as_secs_f64())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let secs = f64::deserialize(d)?;
+        Duration::try_from_secs_f64(secs).map_err(serde::de::Error::custom)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn parses_procs_with_defaults_and_options() {
+        let WorkloadSpec::Procs(p) = WorkloadSpec::parse("procs:4").unwrap() else {
+            panic!()
+        };
         assert_eq!(
-            WorkloadSpec::parse("procs:4").unwrap(),
-            WorkloadSpec::Procs(ProcsSpec {
-                count: 4,
-                pages: 25_600,
-                dup: 0.5
-            })
+            (p.count, p.pages, p.dup, p.rounds, p.mode, p.thp),
+            (4, 25_600, 0.5, 1, MergeMode::Madvise, None)
+        );
+        let WorkloadSpec::Procs(p) = WorkloadSpec::parse(
+            "procs:8,pages=100,dup=0.5,zero=0.1,rounds=5,wait=2s,write=0.05,mode=prctl,thp=off",
+        )
+        .unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            (p.count, p.pages, p.rounds, p.wait),
+            (8, 100, 5, Duration::from_secs(2))
         );
         assert_eq!(
-            WorkloadSpec::parse("procs:2,pages=100,dup=1").unwrap(),
-            WorkloadSpec::Procs(ProcsSpec {
-                count: 2,
-                pages: 100,
-                dup: 1.0
+            (p.zero, p.write, p.mode, p.thp),
+            (0.1, 0.05, MergeMode::Prctl, Some(false))
+        );
+    }
+
+    #[test]
+    fn parses_vms() {
+        let WorkloadSpec::Vms(v) =
+            WorkloadSpec::parse("vms:4,mem=256M,shared=32M,churn=1M/2s").unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!((v.count, v.mem, v.shared), (4, 256 << 20, 32 << 20));
+        assert_eq!(
+            v.churn,
+            Some(Churn {
+                bytes: 1 << 20,
+                every: Duration::from_secs(2)
             })
+        );
+        let WorkloadSpec::Vms(v) = WorkloadSpec::parse("vms:2,mem=128M").unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            (v.mem, v.shared, v.private, v.churn),
+            (128 << 20, 32 << 20, 16 << 20, None)
         );
     }
 
@@ -126,14 +329,34 @@ mod tests {
             ("procs:2,pages=0", "out of range"),
             ("procs:2,dup=1.5", "out of range"),
             ("procs:2,dup=x", "fraction"),
+            ("procs:2,dup=0.8,zero=0.5", "at most 1"),
+            ("procs:2,mode=mmap", "madvise or prctl"),
+            ("procs:2,thp=maybe", "on or off"),
+            ("procs:2,wait=-2s", "duration"),
             ("procs:2,color=red", "unknown procs option"),
             ("procs:2,pages", "key=value"),
             ("procs:2,pages=1,pages=2", "twice"),
+            ("vms:0", "out of range"),
+            ("vms:2,mem=-1M", "size"),
+            ("vms:2,mem=64M", "too small"),
+            ("vms:2,mem=128M,shared=100M", "do not fit"),
+            ("vms:2,mem=99999999999G", "out of range"),
+            ("vms:2,churn=1M", "SIZE/INTERVAL"),
+            ("vms:2,churn=64M/1s", "larger than the shared"),
+            ("vms:2,disk=1G", "unknown vms option"),
             ("disks:2", "unknown workload kind"),
         ] {
             let err = WorkloadSpec::parse(spec).unwrap_err().to_string();
             assert!(err.contains(needle), "{spec}: {err}");
         }
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("256M", "x").unwrap(), 256 << 20);
+        assert_eq!(parse_size("1G", "x").unwrap(), 1 << 30);
+        assert_eq!(parse_size("4096", "x").unwrap(), 4096);
+        assert!(parse_size("0", "x").is_err());
     }
 
     #[test]
