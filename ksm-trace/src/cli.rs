@@ -24,6 +24,8 @@ pub enum Command {
     Report(ReportArgs),
     /// Show what this kernel lets ksm-trace measure, and how.
     Doctor(DoctorArgs),
+    /// Run a workload without tracing (for use with other tools), printing KSM's counters.
+    Workload(WorkloadArgs),
     /// Internal: one process of the procs workload.
     #[command(name = "__procs-worker", hide = true)]
     ProcsWorker { args: Vec<String> },
@@ -47,12 +49,8 @@ pub struct RecordArgs {
     /// Where to write the recording.
     #[arg(short, long, default_value = "ksm-trace.json")]
     pub output: PathBuf,
-    /// KSM pages_to_scan for the run (restored afterwards).
-    #[arg(long)]
-    pub pages_to_scan: Option<u32>,
-    /// KSM sleep_millisecs for the run (restored afterwards).
-    #[arg(long)]
-    pub sleep_ms: Option<u32>,
+    #[command(flatten)]
+    pub knobs: KnobArgs,
     /// How to time merges.
     #[arg(long, value_enum, default_value = "auto")]
     pub merge_latency: LatencyMode,
@@ -72,6 +70,44 @@ pub struct ReportArgs {
     /// JSON instead of text.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct WorkloadArgs {
+    /// procs:N[,...] or vms:N[,...] (see `record --help`).
+    pub spec: String,
+    /// Stop after this long; default: until the workload ends or Ctrl-C.
+    #[arg(short, long, value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+    #[command(flatten)]
+    pub knobs: KnobArgs,
+    /// Rebuild cached workload assets (guest kernel and initramfs for vms).
+    #[arg(long)]
+    pub refresh: bool,
+}
+
+/// KSM knobs set for a run and restored afterwards.
+#[derive(Debug, Clone, Args)]
+pub struct KnobArgs {
+    /// KSM pages_to_scan for the run.
+    #[arg(long)]
+    pub pages_to_scan: Option<u32>,
+    /// KSM sleep_millisecs for the run.
+    #[arg(long)]
+    pub sleep_ms: Option<u32>,
+    /// KSM use_zero_pages for the run (merge zero-filled pages with the kernel's zero page).
+    #[arg(long, value_parser = ["on", "off"])]
+    pub use_zero_pages: Option<String>,
+}
+
+impl KnobArgs {
+    pub fn settings(&self) -> crate::knobs::KnobSettings {
+        crate::knobs::KnobSettings {
+            pages_to_scan: self.pages_to_scan,
+            sleep_ms: self.sleep_ms,
+            use_zero_pages: self.use_zero_pages.as_deref().map(|v| v == "on"),
+        }
+    }
 }
 
 #[derive(Debug, Args)]

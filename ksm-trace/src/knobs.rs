@@ -32,6 +32,7 @@ pub fn restore_saved() -> Vec<String> {
 pub struct KnobSettings {
     pub pages_to_scan: Option<u32>,
     pub sleep_ms: Option<u32>,
+    pub use_zero_pages: Option<bool>,
 }
 
 impl KnobSettings {
@@ -89,6 +90,9 @@ impl KnobGuard {
         if let Some(s) = settings.sleep_ms {
             self.set("sleep_millisecs", &s.to_string())?;
         }
+        if let Some(z) = settings.use_zero_pages {
+            self.set("use_zero_pages", if z { "1" } else { "0" })?;
+        }
         Ok(())
     }
 
@@ -101,11 +105,6 @@ impl KnobGuard {
 
     pub fn run_ksmd(&mut self) -> Result<()> {
         self.set("run", "1")
-    }
-
-    pub fn restore(self) -> Result<()> {
-        drop(self);
-        Ok(())
     }
 }
 

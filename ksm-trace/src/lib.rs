@@ -15,4 +15,5 @@ pub mod probes;
 pub mod record;
 pub mod recording;
 pub mod report;
+pub mod session;
 pub mod workload;

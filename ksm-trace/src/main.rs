@@ -35,10 +35,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 workload: args.workload,
                 pids: args.pids,
                 output: args.output,
-                knobs: knobs::KnobSettings {
-                    pages_to_scan: args.pages_to_scan,
-                    sleep_ms: args.sleep_ms,
-                },
+                knobs: args.knobs.settings(),
                 merge_latency: args.merge_latency,
                 progress: !args.quiet,
                 refresh: args.refresh,
@@ -68,6 +65,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             print(&report::render_file(&args.file, format)?)
         }
         Command::Doctor(args) => print(&doctor::run(args.json)?),
+        Command::Workload(args) => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(workload::standalone::run(
+                &args.spec,
+                args.duration,
+                &args.knobs.settings(),
+                args.refresh,
+            ))
+        }
         Command::ProcsWorker { args } => workload::procs::worker_main(&args),
     }
 }

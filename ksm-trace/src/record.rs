@@ -17,13 +17,13 @@ use crate::{
     collect::Collector,
     kernel::{self, Counters, KsmStat, sysfs},
     knobs::{KnobGuard, KnobSettings},
-    lock,
     probes::{Capabilities, LatencyMode, Probes},
     recording::{
         self, EventCounts, LatencyCoverage, Meta, ProcessRecord, Recording, ScanRecord,
         WorkloadRecord,
     },
-    workload::{Workload, WorkloadSpec},
+    session::{self, Progress},
+    workload::Workload,
 };
 
 #[derive(Clone, Debug)]
@@ -51,29 +51,14 @@ pub async fn record(opts: &RecordOptions, command_line: Vec<String>) -> Result<R
     // Checks that change nothing.
     let caps = Capabilities::detect();
     caps.require_recording()?;
-    let spec = opts
-        .workload
-        .as_deref()
-        .map(WorkloadSpec::parse)
-        .transpose()?;
-    if let Some(spec) = &spec {
-        Workload::check_fits(spec)?;
-    }
     for pid in &opts.pids {
         if !Path::new(&format!("/proc/{pid}")).exists() {
             bail!("no process with pid {pid}: give the pid of a running process");
         }
     }
-    opts.knobs.validate()?;
-    if sysfs::read_i64("run")? == 2 {
-        bail!(
-            "ksmd is unmerging everything (run=2): write 0 or 1 to {}/run first",
-            sysfs::KSM_DIR
-        );
-    }
     recording::check_writable(&opts.output)?;
+    let (spec, _lock) = session::preflight(opts.workload.as_deref(), &opts.knobs)?;
     let ksmd = kernel::ksmd_pid()?;
-    let _lock = lock::acquire()?;
 
     let mut probes = Probes::load(&caps, caps.config(ksmd), opts.merge_latency)?;
     let mut ring = probes.take_events()?;
@@ -139,6 +124,7 @@ pub async fn record(opts: &RecordOptions, command_line: Vec<String>) -> Result<R
     let mut last_merge = Instant::now();
     let mut last_progress = Instant::now();
     let progress = opts.progress && std::io::stderr().is_terminal();
+    let mut progress_line = Progress::new(ksmd);
     let ended_by = loop {
         tokio::select! {
             _ = tick.tick() => {
@@ -159,7 +145,8 @@ pub async fn record(opts: &RecordOptions, command_line: Vec<String>) -> Result<R
                 }
                 if progress && last_progress.elapsed() >= Duration::from_secs(1) {
                     last_progress = Instant::now();
-                    print_progress(started.elapsed(), &collector);
+                    let merges = collector.merges.by_pid.values().map(|s| s.merges).sum();
+                    eprint!("\r{}   ", progress_line.line(Some(merges)));
                 }
                 if deadline.is_some_and(|d| Instant::now() >= d) {
                     break "duration";
@@ -219,13 +206,14 @@ pub async fn record(opts: &RecordOptions, command_line: Vec<String>) -> Result<R
             p
         })
         .collect();
+    // Stopping first: procs workers hand over their write-fault histograms when stopped.
+    if let Some(w) = workload.as_mut() {
+        w.stop();
+    }
     let workers = workload
         .as_ref()
         .map(|w| w.workers().to_vec())
         .unwrap_or_default();
-    if let Some(w) = workload.as_mut() {
-        w.stop();
-    }
     drop(workload);
     drop(knobs);
 
@@ -281,6 +269,7 @@ pub async fn record(opts: &RecordOptions, command_line: Vec<String>) -> Result<R
                 .collect(),
             lost,
             unpaired: collector.merges.unpaired,
+            unattributed_unmerges: collector.merges.unattributed_unmerges,
         },
         latency: LatencyCoverage {
             mode: opts.merge_latency,
@@ -301,18 +290,4 @@ fn process_comm(pid: u32) -> String {
     std::fs::read_to_string(format!("/proc/{pid}/comm"))
         .map(|s| s.trim().to_owned())
         .unwrap_or_default()
-}
-
-fn print_progress(elapsed: Duration, collector: &Collector) {
-    let sharing = sysfs::read_i64("pages_sharing").unwrap_or(0);
-    let profit = sysfs::read_i64("general_profit").unwrap_or(0);
-    let merges: u64 = collector.merges.by_pid.values().map(|s| s.merges).sum();
-    eprint!(
-        "\r  {:>6.1}s  merges {:>9}  pages_sharing {:>9}  general_profit {:>8.1} MiB  full scans {:>4}   ",
-        elapsed.as_secs_f64(),
-        merges,
-        sharing,
-        profit as f64 / (1 << 20) as f64,
-        collector.scans.full_scans.len()
-    );
 }

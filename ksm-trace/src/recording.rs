@@ -100,6 +100,9 @@ pub struct EventCounts {
     pub lost: u64,
     /// New-page first halves whose second half never arrived (only with lost events).
     pub unpaired: u64,
+    /// Stale KSM pages dropped whose last sharer merged before tracing began.
+    #[serde(default)]
+    pub unattributed_unmerges: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

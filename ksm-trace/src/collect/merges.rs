@@ -5,7 +5,13 @@
 //! then for the unstable-tree page it pairs with, with `ksm_page != 0` and the same pfn. Only
 //! when the second call succeeds do both pages enter the stable tree (the kernel breaks the first
 //! again otherwise). Zero-page merges (`use_zero_pages=1`) come from `ksm_merge_one_page`.
-use std::collections::BTreeMap;
+//!
+//! Unmerges: when ksmd drops a stale KSM page (every sharer wrote its copy, or exited), it
+//! fires `ksm_remove_rmap_item` for every sharer but the last, then `ksm_remove_ksm_page`. The
+//! tracker remembers which mm joined which KSM page (by pfn) to attribute all of them. A sharer
+//! that leaves a KSM page others still map fires nothing: those unmerges are not observable
+//! from tracepoints (the report shows them as the remainder against ksm_merging_pages).
+use std::collections::{BTreeMap, HashMap};
 
 use ksm_trace_common::{Event, kind};
 use serde::{Deserialize, Serialize};
@@ -30,6 +36,8 @@ pub struct MergeStats {
     pub zero_page_failed: u64,
     /// Sharers dropped with a stale stable node (ksm_remove_rmap_item).
     pub removals: u64,
+    /// Pages that left the stable tree, as far as tracepoints show (stale KSM pages dropped).
+    pub unmerges: u64,
     pub entered: u64,
     pub exited: u64,
     /// Latency of successful merges (stable-tree and zero-page) that were timed: fentry/fexit
@@ -54,6 +62,10 @@ pub struct MergeTracker {
     pending: Option<FirstHalf>,
     /// First halves whose second half never came (only possible when events were lost).
     pub unpaired: u64,
+    /// KSM page pfn → (mm, tgid) of each sharer merged while tracing.
+    sharers: HashMap<u64, Vec<(u64, u32)>>,
+    /// Last sharers of KSM pages merged before tracing began (owner unknown).
+    pub unattributed_unmerges: u64,
 }
 
 impl MergeTracker {
@@ -67,6 +79,10 @@ impl MergeTracker {
     }
 
     fn merged(&mut self, event: &Event, new_page: bool) {
+        self.sharers
+            .entry(event.pfn)
+            .or_default()
+            .push((event.mm, event.tgid));
         let stats = self.stats(event);
         stats.merges += 1;
         if new_page {
@@ -89,7 +105,25 @@ impl MergeTracker {
                     stats.zero_page_failed += 1;
                 }
             }
-            kind::REMOVE_RMAP_ITEM => self.stats(event).removals += 1,
+            kind::REMOVE_RMAP_ITEM => {
+                let sharer = self.sharers.get_mut(&event.pfn).and_then(|list| {
+                    let at = list.iter().position(|(mm, _)| *mm == event.mm)?;
+                    Some(list.swap_remove(at))
+                });
+                // The tgid recorded at merge time; the owner may have exited since.
+                let tgid = sharer.map_or(event.tgid, |(_, tgid)| tgid);
+                let stats = self.by_pid.entry(tgid).or_default();
+                stats.removals += 1;
+                stats.unmerges += 1;
+            }
+            kind::REMOVE_KSM_PAGE => match self.sharers.remove(&event.pfn) {
+                Some(last) => {
+                    for (_, tgid) in last {
+                        self.by_pid.entry(tgid).or_default().unmerges += 1;
+                    }
+                }
+                None => self.unattributed_unmerges += 1,
+            },
             kind::ENTER => self.stats(event).entered += 1,
             kind::EXIT => self.stats(event).exited += 1,
             _ => {}
@@ -165,6 +199,43 @@ pub fn comm_str(comm: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn remove(kind: u32, pfn: u64, mm: u64) -> Event {
+        Event {
+            kind,
+            pfn,
+            mm,
+            ..Event::default()
+        }
+    }
+
+    #[test]
+    fn stale_ksm_page_unmerges_every_sharer() {
+        let mut t = MergeTracker::default();
+        let (mut a, mut b, mut c) = (
+            merge(1, 0, 100, 0, 0),
+            merge(2, 0xffff, 100, 0, 0),
+            merge(3, 0xffff, 100, 0, 0),
+        );
+        (a.mm, b.mm, c.mm) = (0xa, 0xb, 0xc);
+        c.pfn = 100; // a join of the same KSM page
+        for e in [a, b, c] {
+            t.handle(&e);
+        }
+        assert_eq!(t.by_pid[&3].joins, 1);
+        // ksmd drops the stale page: two rmap items reported, the last one implied.
+        t.handle(&remove(kind::REMOVE_RMAP_ITEM, 100, 0xc));
+        t.handle(&remove(kind::REMOVE_RMAP_ITEM, 100, 0xa));
+        t.handle(&remove(kind::REMOVE_KSM_PAGE, 100, 0));
+        for pid in [1, 2, 3] {
+            assert_eq!(t.by_pid[&pid].unmerges, 1, "pid {pid}");
+        }
+        assert_eq!(t.by_pid[&1].removals, 1);
+        assert_eq!(t.by_pid[&2].removals, 0);
+        // A KSM page merged before tracing: its last sharer is unattributed.
+        t.handle(&remove(kind::REMOVE_KSM_PAGE, 555, 0));
+        assert_eq!(t.unattributed_unmerges, 1);
+    }
 
     fn merge(tgid: u32, ksm_page: u64, pfn: u64, err: i32, lat: u64) -> Event {
         let mut comm = [0u8; 16];

@@ -15,6 +15,8 @@ pub struct Report {
     pub duration_s: f64,
     pub kernel_release: String,
     pub workload: Option<String>,
+    /// The workload's processes (or guests), with their own measurements.
+    pub workers: Vec<WorkerReport>,
     pub ended_by: String,
     pub knobs: BTreeMap<String, String>,
     pub processes: Vec<ProcessReport>,
@@ -38,12 +40,27 @@ pub struct ProcessReport {
     pub reverted: u64,
     pub zero_page_merges: u64,
     pub removals: u64,
+    /// Pages seen leaving the stable tree (stale KSM pages dropped by ksmd).
+    pub unmerges: u64,
+    /// merges − unmerges − Δksm_merging_pages: sharers that left a KSM page others still map,
+    /// which no tracepoint reports. 0 for a workload that does not write after merging.
+    pub silent_unmerges: Option<i64>,
     pub ksm_merging_pages_start: Option<u64>,
     pub ksm_merging_pages_end: Option<u64>,
     pub ksm_zero_pages_start: Option<u64>,
     pub ksm_zero_pages_end: Option<u64>,
     pub merge_latency_ns: Summary,
     pub untimed_merges: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct WorkerReport {
+    pub pid: u32,
+    pub comm: String,
+    /// procs: fill time; vms: boot to ready.
+    pub ready_ns: u64,
+    /// procs: the worker's writes to pages that were KSM pages (copy-on-write breaks).
+    pub write_fault_ns: Summary,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -103,6 +120,15 @@ impl Report {
                 reverted: p.stats.reverted,
                 zero_page_merges: p.stats.zero_page_merges,
                 removals: p.stats.removals,
+                unmerges: p.stats.unmerges,
+                silent_unmerges: match (p.ksm_stat_start, p.ksm_stat_end) {
+                    (Some(a), Some(b)) => Some(
+                        p.stats.merges as i64
+                            - p.stats.unmerges as i64
+                            - (b.ksm_merging_pages as i64 - a.ksm_merging_pages as i64),
+                    ),
+                    _ => None,
+                },
                 ksm_merging_pages_start: p.ksm_stat_start.map(|s| s.ksm_merging_pages),
                 ksm_merging_pages_end: p.ksm_stat_end.map(|s| s.ksm_merging_pages),
                 ksm_zero_pages_start: p.ksm_stat_start.map(|s| s.ksm_zero_pages),
@@ -136,6 +162,18 @@ impl Report {
             duration_s,
             kernel_release: rec.meta.kernel_release.clone(),
             workload: rec.meta.workload.as_ref().map(|w| w.spec_text.clone()),
+            workers: rec
+                .meta
+                .workload
+                .iter()
+                .flat_map(|w| &w.workers)
+                .map(|w| WorkerReport {
+                    pid: w.pid,
+                    comm: w.comm.clone(),
+                    ready_ns: w.ready_ns,
+                    write_fault_ns: w.write_fault_ns.summary(),
+                })
+                .collect(),
             ended_by: rec.meta.ended_by.clone(),
             knobs: rec.meta.knobs.clone(),
             processes,

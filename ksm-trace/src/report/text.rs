@@ -28,16 +28,24 @@ pub fn render(rec: &Recording, r: &Report) -> String {
             let writes = wk.write_fault_ns.summary();
             let faults = if writes.count > 0 {
                 format!(
-                    "; writes to shared pages p50 {} p99 {} max {} ({} writes)",
+                    "; {} writes to KSM pages (COW breaks), fault p50 {} p99 {} max {}",
+                    writes.count,
                     fmt_ns(writes.p50),
                     fmt_ns(writes.p99),
-                    fmt_ns(writes.max),
-                    writes.count
+                    fmt_ns(writes.max)
                 )
             } else {
                 String::new()
             };
             let _ = writeln!(o, "  {:>7} {:<16} {ready}{faults}", wk.pid, wk.comm);
+        }
+        let breaks: u64 = w.workers.iter().map(|wk| wk.write_fault_ns.count()).sum();
+        if breaks > 0 {
+            let _ = writeln!(
+                o,
+                "  COW breaks seen by the workload: {breaks}; kernel cow_ksm {:+}",
+                r.kernel_deltas.get("cow_ksm").copied().unwrap_or(0)
+            );
         }
     }
     let knobs: Vec<String> = r.knobs.iter().map(|(k, v)| format!("{k}={v}")).collect();
@@ -54,25 +62,27 @@ pub fn render(rec: &Recording, r: &Report) -> String {
 
     let _ = writeln!(
         o,
-        "\nPer process (merges = pages that entered the stable tree)"
+        "\nPer process (merges: pages that entered the stable tree; unmerged: seen leaving it)"
     );
-    let _ = writeln!(
-        o,
-        "  {:>7} {:<16} {:>7} {:>6} {:>6} {:>6} {:>6} {:>6} {:>15} {:>8} {:>8} {:>8} {:>8}",
-        "PID",
-        "COMM",
-        "MERGES",
-        "NEW",
-        "JOINS",
-        "FAILED",
-        "ZERO",
-        "REMOVED",
-        "KSM_PAGES",
-        "LAT_P50",
-        "P90",
-        "P99",
-        "MAX"
-    );
+    let mut rows = vec![
+        [
+            "PID",
+            "COMM",
+            "MERGES",
+            "NEW",
+            "JOINS",
+            "FAILED",
+            "ZERO",
+            "UNMERGED",
+            "KSM_PAGES",
+            "LAT_P50",
+            "P90",
+            "P99",
+            "MAX",
+        ]
+        .map(String::from)
+        .to_vec(),
+    ];
     for p in &r.processes {
         let pages = match (p.ksm_merging_pages_start, p.ksm_merging_pages_end) {
             (Some(s), Some(e)) => format!("{s}→{e}"),
@@ -88,26 +98,31 @@ pub fn render(rec: &Recording, r: &Report) -> String {
                 fmt_ns(v)
             }
         };
-        let _ = writeln!(
-            o,
-            "  {:>7} {:<16} {:>7} {:>6} {:>6} {:>6} {:>6} {:>6} {:>15} {:>8} {:>8} {:>8} {:>8}",
-            p.pid,
-            p.comm,
-            p.merges,
-            p.new_pages,
-            p.joins,
-            p.failed,
-            p.zero_page_merges,
-            p.removals,
-            pages,
-            lat(l.p50),
-            lat(l.p90),
-            lat(l.p99),
-            lat(l.max)
+        let mut row = vec![p.pid.to_string(), p.comm.clone()];
+        row.extend(
+            [
+                p.merges,
+                p.new_pages,
+                p.joins,
+                p.failed,
+                p.zero_page_merges,
+                p.unmerges,
+            ]
+            .map(|v| v.to_string()),
         );
+        row.extend([pages, lat(l.p50), lat(l.p90), lat(l.p99), lat(l.max)]);
+        rows.push(row);
     }
+    o.push_str(&table(&rows, &[1]));
     if r.processes.is_empty() {
         let _ = writeln!(o, "  (no KSM activity attributed to a process)");
+    }
+    let silent: i64 = r.processes.iter().filter_map(|p| p.silent_unmerges).sum();
+    if silent != 0 {
+        let _ = writeln!(
+            o,
+            "  {silent} pages left the stable tree without a tracepoint (a sharer wrote its copy of a KSM page others still map): merges − unmerged − Δksm_merging_pages"
+        );
     }
 
     let lat = &r.merge_latency;
@@ -184,4 +199,36 @@ pub fn render(rec: &Recording, r: &Report) -> String {
         let _ = writeln!(o, "  fallback: {f}");
     }
     o
+}
+
+/// Left-aligns the columns in `left`, right-aligns the rest, two spaces of indent.
+fn table(rows: &[Vec<String>], left: &[usize]) -> String {
+    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..columns)
+        .map(|c| {
+            rows.iter()
+                .filter_map(|r| r.get(c))
+                .map(|v| v.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for row in rows {
+        out.push(' ');
+        for (c, value) in row.iter().enumerate() {
+            let pad = widths[c] - value.chars().count();
+            out.push(' ');
+            if left.contains(&c) {
+                out.push_str(value);
+                out.push_str(&" ".repeat(pad));
+            } else {
+                out.push_str(&" ".repeat(pad));
+                out.push_str(value);
+            }
+        }
+        out.truncate(out.trim_end().len());
+        out.push('\n');
+    }
+    out
 }

@@ -2,6 +2,7 @@
 //! which kind runs.
 pub mod procs;
 pub mod spec;
+pub mod standalone;
 pub mod vms;
 
 use anyhow::{Result, bail};
