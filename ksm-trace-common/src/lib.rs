@@ -94,8 +94,10 @@ impl Config {
 pub mod counter {
     /// Ring buffer full: an event was dropped.
     pub const EVENTS_LOST: u32 = 0;
+    /// A ksmd sample whose stack could not be stored (stack map or count map full).
+    pub const STACKS_LOST: u32 = 1;
     /// Number of counters.
-    pub const COUNT: u32 = 1;
+    pub const COUNT: u32 = 2;
 }
 
 /// Names of maps and globals, as the loader looks them up.
@@ -103,7 +105,12 @@ pub mod names {
     pub const EVENTS: &str = "EVENTS";
     pub const COUNTERS: &str = "COUNTERS";
     pub const CONFIG: &str = "CONFIG";
+    pub const STACKS: &str = "STACKS";
+    pub const STACK_COUNTS: &str = "STACK_COUNTS";
 }
+
+/// Distinct ksmd kernel stacks kept by the profiler.
+pub const PROFILE_STACKS: u32 = 16384;
 
 /// Ring buffer size in bytes (a power of two, multiple of the page size).
 pub const EVENTS_BYTES: u32 = 8 << 20;

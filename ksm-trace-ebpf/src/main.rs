@@ -8,6 +8,7 @@ mod maps;
 mod membership;
 mod merge;
 mod owner;
+mod profile;
 mod scan;
 
 #[cfg(not(test))]

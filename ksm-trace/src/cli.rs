@@ -22,6 +22,10 @@ pub enum Command {
     Record(RecordArgs),
     /// Print the report of a recording.
     Report(ReportArgs),
+    /// Flame graph (SVG) or folded stacks of ksmd's cost; two files give a differential graph.
+    Flame(FlameArgs),
+    /// SVG charts of a recording's time series.
+    Plot(PlotArgs),
     /// Show what this kernel lets ksm-trace measure, and how.
     Doctor(DoctorArgs),
     /// Run a workload without tracing (for use with other tools), printing KSM's counters.
@@ -54,6 +58,9 @@ pub struct RecordArgs {
     /// How to time merges.
     #[arg(long, value_enum, default_value = "auto")]
     pub merge_latency: LatencyMode,
+    /// Interval of the kernel-counter time series (e.g. 1s, 500ms).
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub interval: Duration,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -68,8 +75,11 @@ pub struct ReportArgs {
     #[arg(default_value = "ksm-trace.json")]
     pub file: PathBuf,
     /// JSON instead of text.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "csv")]
     pub json: bool,
+    /// The counter time series as CSV.
+    #[arg(long)]
+    pub csv: bool,
 }
 
 #[derive(Debug, Args)]
@@ -108,6 +118,32 @@ impl KnobArgs {
             use_zero_pages: self.use_zero_pages.as_deref().map(|v| v == "on"),
         }
     }
+}
+
+#[derive(Debug, Args)]
+pub struct FlameArgs {
+    /// Recording (with a second one: differential graph of the change from the first).
+    #[arg(required = true, num_args = 1..=2)]
+    pub files: Vec<PathBuf>,
+    /// Output file (SVG, or folded text with --folded); folded goes to stdout without it.
+    #[arg(short, long)]
+    pub output: Option<PathBuf>,
+    /// Write folded stacks (`a;b;c N`) instead of an SVG.
+    #[arg(long)]
+    pub folded: bool,
+    /// What the frames are.
+    #[arg(long, value_enum, default_value = "stack")]
+    pub by: crate::flame::View,
+}
+
+#[derive(Debug, Args)]
+pub struct PlotArgs {
+    /// Recording to read.
+    #[arg(default_value = "ksm-trace.json")]
+    pub file: PathBuf,
+    /// Directory for the charts.
+    #[arg(short, long, default_value = "ksm-trace-plots")]
+    pub output: PathBuf,
 }
 
 #[derive(Debug, Args)]

@@ -7,13 +7,17 @@
 pub mod cli;
 pub mod collect;
 pub mod doctor;
+pub mod flame;
 pub mod histogram;
 pub mod kernel;
 pub mod knobs;
 pub mod lock;
+pub mod plot;
 pub mod probes;
 pub mod record;
 pub mod recording;
 pub mod report;
+pub mod sample;
 pub mod session;
+pub mod timeseries;
 pub mod workload;

@@ -4,8 +4,9 @@ use std::{io::Write as _, process::ExitCode};
 use clap::Parser as _;
 use ksm_trace::{
     cli::{Cli, Command},
-    doctor, knobs,
+    doctor, flame, knobs,
     record::{self, RecordOptions},
+    recording::Recording,
     report::{self, Format},
     workload,
 };
@@ -39,6 +40,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 merge_latency: args.merge_latency,
                 progress: !args.quiet,
                 refresh: args.refresh,
+                interval: args.interval,
             };
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -57,14 +59,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Report(args) => {
-            let format = if args.json {
-                Format::Json
-            } else {
-                Format::Text
+            let format = match (args.json, args.csv) {
+                (true, _) => Format::Json,
+                (_, true) => Format::Csv,
+                _ => Format::Text,
             };
             print(&report::render_file(&args.file, format)?)
         }
+        Command::Plot(args) => {
+            let files = ksm_trace::plot::plot(&Recording::read(&args.file)?, &args.output)?;
+            for f in files {
+                eprintln!("ksm-trace: wrote {}", f.display());
+            }
+            Ok(())
+        }
         Command::Doctor(args) => print(&doctor::run(args.json)?),
+        Command::Flame(args) => flame_command(&args),
         Command::Workload(args) => {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -78,6 +88,45 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::ProcsWorker { args } => workload::procs::worker_main(&args),
     }
+}
+
+fn flame_command(args: &ksm_trace::cli::FlameArgs) -> anyhow::Result<()> {
+    let folded: Vec<flame::Folded> = args
+        .files
+        .iter()
+        .map(|f| {
+            flame::folded(&Recording::read(f)?, args.by)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    if args.folded {
+        if folded.len() > 1 {
+            anyhow::bail!("--folded takes one recording: drop the second file");
+        }
+        let text = folded[0].lines.join("\n") + "\n";
+        return match &args.output {
+            Some(path) => Ok(std::fs::write(path, text)?),
+            None => print(&text),
+        };
+    }
+    let path = args
+        .output
+        .clone()
+        .ok_or_else(|| anyhow::anyhow!("give the SVG's path with -o (e.g. -o merge-cost.svg)"))?;
+    let mut svg = Vec::new();
+    match folded.as_slice() {
+        [one] => flame::svg(one, &mut svg)?,
+        [before, after] => flame::diff_svg(before, after, &mut svg)?,
+        _ => unreachable!("clap allows one or two files"),
+    }
+    std::fs::write(&path, svg).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot write {} ({e}): choose a writable path with -o",
+            path.display()
+        )
+    })?;
+    eprintln!("ksm-trace: flame graph written to {}", path.display());
+    Ok(())
 }
 
 /// Writes to stdout; a closed pipe (`| head`) is not an error worth a message.

@@ -22,6 +22,7 @@ use crate::{
         self, EventCounts, LatencyCoverage, Meta, ProcessRecord, Recording, ScanRecord,
         WorkloadRecord,
     },
+    sample::Sampler,
     session::{self, Progress},
     workload::Workload,
 };
@@ -37,6 +38,8 @@ pub struct RecordOptions {
     pub progress: bool,
     /// Rebuild cached workload assets (guest kernel, initramfs).
     pub refresh: bool,
+    /// Interval of the counter time series.
+    pub interval: Duration,
 }
 
 /// How long without merges before the auto-armed bracket is detached again.
@@ -65,9 +68,7 @@ pub async fn record(opts: &RecordOptions, command_line: Vec<String>) -> Result<R
     let mut collector = Collector::default();
     let mut bracket_windows = Vec::new();
     let mut bracket_since = None;
-    if matches!(opts.merge_latency, LatencyMode::Always | LatencyMode::Both)
-        && probes.bracket_usable
-    {
+    if opts.merge_latency != LatencyMode::Off && probes.bracket_usable {
         probes.arm_bracket()?;
         bracket_since = Some(kernel::monotonic_ns());
     }
@@ -94,6 +95,14 @@ pub async fn record(opts: &RecordOptions, command_line: Vec<String>) -> Result<R
     if let Some(since) = bracket_since.as_mut() {
         *since = start_ns;
     }
+    if let Err(e) = probes.start_profile(ksmd) {
+        probes
+            .mechanisms
+            .fallbacks
+            .push(format!("no ksmd profile (flame graphs): {e:#}"));
+    }
+    let mut sampler = Sampler::new(opts.interval, start_ns, ksmd);
+    let mut timeseries = vec![sampler.take(&pids, 0)?];
     knobs.run_ksmd()?;
     if ksmd_started_for_run && opts.progress {
         eprintln!(
@@ -129,6 +138,10 @@ pub async fn record(opts: &RecordOptions, command_line: Vec<String>) -> Result<R
         tokio::select! {
             _ = tick.tick() => {
                 drain(&mut ring, &mut collector);
+                if sampler.due() {
+                    pids.extend(collector.merges.by_pid.keys().copied().filter(|&p| p != 0));
+                    timeseries.push(sampler.take(&pids, collector.merged_total())?);
+                }
                 if opts.merge_latency == LatencyMode::Auto && probes.bracket_usable {
                     if collector.take_recent_merges() > 0 {
                         last_merge = Instant::now();
@@ -145,7 +158,7 @@ pub async fn record(opts: &RecordOptions, command_line: Vec<String>) -> Result<R
                 }
                 if progress && last_progress.elapsed() >= Duration::from_secs(1) {
                     last_progress = Instant::now();
-                    let merges = collector.merges.by_pid.values().map(|s| s.merges).sum();
+                    let merges = collector.merged_total();
                     eprint!("\r{}   ", progress_line.line(Some(merges)));
                 }
                 if deadline.is_some_and(|d| Instant::now() >= d) {
@@ -166,13 +179,22 @@ pub async fn record(opts: &RecordOptions, command_line: Vec<String>) -> Result<R
     // Close the window on a paused ksmd.
     knobs.pause_ksmd()?;
     let end_ns = kernel::monotonic_ns();
-    let counters_end = Counters::read(ksmd)?;
     drain(&mut ring, &mut collector);
+    let end_sample = sampler.take(&pids, collector.merged_total())?;
+    let counters_end = end_sample.counters.clone();
+    timeseries.push(end_sample);
     collector.merges.finish();
     if let Some(since) = bracket_since.take() {
         bracket_windows.push((since, end_ns));
     }
     let lost = probes.lost_events()?;
+    let profile = probes.profile().unwrap_or_else(|e| {
+        probes
+            .mechanisms
+            .fallbacks
+            .push(format!("ksmd profile unreadable: {e:#}"));
+        Default::default()
+    });
     let mechanisms = probes.mechanisms.clone();
     drop(ring);
     drop(probes);
@@ -271,6 +293,8 @@ pub async fn record(opts: &RecordOptions, command_line: Vec<String>) -> Result<R
             unpaired: collector.merges.unpaired,
             unattributed_unmerges: collector.merges.unattributed_unmerges,
         },
+        profile,
+        timeseries,
         latency: LatencyCoverage {
             mode: opts.merge_latency,
             bracket_windows,

@@ -14,7 +14,8 @@ use crate::{
     collect::{FullScan, MergeStats, scans::AdvisorStep},
     histogram::Histogram,
     kernel::{Counters, KsmStat},
-    probes::{Capabilities, LatencyMode, Mechanisms},
+    probes::{Capabilities, LatencyMode, Mechanisms, profile::Profile},
+    sample::Sample,
     workload::{Worker, WorkloadSpec},
 };
 
@@ -33,6 +34,10 @@ pub struct Recording {
     pub counters_end: Counters,
     pub events: EventCounts,
     pub latency: LatencyCoverage,
+    /// ksmd's kernel stacks sampled on-CPU.
+    pub profile: Profile,
+    /// The kernel's counters at a fixed interval.
+    pub timeseries: Vec<Sample>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

@@ -48,6 +48,18 @@ pub struct MergeStats {
     pub merge_latency_bracket_ns: Histogram,
     /// Successful merges without a latency (mechanism not armed, or no matching bracket).
     pub untimed_merges: u64,
+    /// Measured merge time per outcome, ns (what the `--by process` flame graph weighs).
+    #[serde(default)]
+    pub time_ns: OutcomeTimes,
+}
+
+/// Sums of measured latency by outcome.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct OutcomeTimes {
+    pub new_page: u64,
+    pub join: u64,
+    pub zero_page: u64,
+    pub failed: u64,
 }
 
 /// The first half of a new-page pair, waiting for its second half.
@@ -85,12 +97,20 @@ impl MergeTracker {
             .push((event.mm, event.tgid));
         let stats = self.stats(event);
         stats.merges += 1;
+        let ns = record_latency(stats, event);
         if new_page {
             stats.new_pages += 1;
+            stats.time_ns.new_page += ns;
         } else {
             stats.joins += 1;
+            stats.time_ns.join += ns;
         }
-        record_latency(stats, event);
+    }
+
+    fn failed(&mut self, event: &Event) {
+        let stats = self.stats(event);
+        stats.failed += 1;
+        stats.time_ns.failed += latency(event);
     }
 
     pub fn handle(&mut self, event: &Event) {
@@ -100,9 +120,10 @@ impl MergeTracker {
                 let stats = self.stats(event);
                 if event.err == 0 {
                     stats.zero_page_merges += 1;
-                    record_latency(stats, event);
+                    stats.time_ns.zero_page += record_latency(stats, event);
                 } else {
                     stats.zero_page_failed += 1;
+                    stats.time_ns.failed += latency(event);
                 }
             }
             kind::REMOVE_RMAP_ITEM => {
@@ -136,7 +157,7 @@ impl MergeTracker {
             if event.err == 0 {
                 self.pending = Some(FirstHalf { event: *event });
             } else {
-                self.stats(event).failed += 1;
+                self.failed(event);
             }
             return;
         }
@@ -147,7 +168,7 @@ impl MergeTracker {
                     self.merged(event, true);
                 } else {
                     self.stats(&first.event).reverted += 1;
-                    self.stats(event).failed += 1;
+                    self.failed(event);
                 }
             }
             other => {
@@ -156,7 +177,7 @@ impl MergeTracker {
                 if event.err == 0 {
                     self.merged(event, false);
                 } else {
-                    self.stats(event).failed += 1;
+                    self.failed(event);
                 }
             }
         }
@@ -174,20 +195,27 @@ impl MergeTracker {
     }
 }
 
-fn record_latency(stats: &mut MergeStats, event: &Event) {
-    let primary = if event.lat_fexit_ns != 0 {
+/// The event's latency from the best mechanism that measured it (0: not measured).
+fn latency(event: &Event) -> u64 {
+    if event.lat_fexit_ns != 0 {
         event.lat_fexit_ns
     } else {
         event.lat_lock_ns
-    };
+    }
+}
+
+/// Records a successful merge's latency; returns it (0 when untimed).
+fn record_latency(stats: &mut MergeStats, event: &Event) -> u64 {
+    let primary = latency(event);
     if primary == 0 {
         stats.untimed_merges += 1;
-        return;
+        return 0;
     }
     stats.merge_latency_ns.record(primary);
     if event.lat_fexit_ns != 0 && event.lat_lock_ns != 0 {
         stats.merge_latency_bracket_ns.record(event.lat_lock_ns);
     }
+    primary
 }
 
 /// The NUL-terminated comm as a string.

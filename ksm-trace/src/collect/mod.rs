@@ -53,6 +53,11 @@ impl Collector {
         }
     }
 
+    /// Pages merged into the stable tree so far, all processes.
+    pub fn merged_total(&self) -> u64 {
+        self.merges.by_pid.values().map(|s| s.merges).sum()
+    }
+
     /// Merge tracepoint hits since the last call (drives arming of the latency bracket).
     pub fn take_recent_merges(&mut self) -> u64 {
         std::mem::take(&mut self.recent_merges)

@@ -3,6 +3,7 @@
 //! everything.
 pub mod btf;
 pub mod capabilities;
+pub mod profile;
 
 use anyhow::{Context as _, Result, anyhow};
 use aya::{
@@ -19,8 +20,9 @@ pub use capabilities::Capabilities;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum LatencyMode {
-    /// fentry/fexit where allowed; otherwise the mmap_lock bracket, attached only while merges
-    /// are happening (it costs ksmd ~35% of its scan rate while attached).
+    /// fentry/fexit where allowed; otherwise the mmap_lock bracket, attached from the start and
+    /// detached after 2 s without merges, re-attached when merges resume (while attached it
+    /// costs ksmd a large share of its scan rate).
     Auto,
     /// fentry/fexit where allowed; otherwise the mmap_lock bracket for the whole run.
     Always,
@@ -139,7 +141,7 @@ impl Probes {
             (LatencyMode::Off, ..) => "off (--merge-latency off)".into(),
             (LatencyMode::Both, true, true) => "fexit on try_to_merge_one_page, and the mmap_lock bracket alongside for comparison".into(),
             (_, true, _) => "fentry/fexit on try_to_merge_one_page".into(),
-            (LatencyMode::Auto, false, true) => "mmap_lock bracket (mmap_lock_acquire_returned → mmap_lock_released in ksmd on the merged mm), attached only while merges are happening".into(),
+            (LatencyMode::Auto, false, true) => "mmap_lock bracket (mmap_lock_acquire_returned → mmap_lock_released in ksmd on the merged mm), attached from the start and while merges are happening, detached after 2 s without".into(),
             (_, false, true) => "mmap_lock bracket (mmap_lock_acquire_returned → mmap_lock_released in ksmd on the merged mm), attached for the whole run".into(),
             (_, false, false) => "unavailable (no fentry/fexit and no mmap_lock tracepoints)".into(),
         };
@@ -179,6 +181,15 @@ impl Probes {
         Ok(())
     }
 
+    /// Starts sampling ksmd's kernel stacks; says why not if the kernel refuses.
+    pub fn start_profile(&mut self, ksmd: u32) -> Result<()> {
+        profile::attach(&mut self.ebpf, ksmd)
+    }
+
+    pub fn profile(&self) -> Result<profile::Profile> {
+        profile::collect(&self.ebpf, self.counter(counter::STACKS_LOST)?)
+    }
+
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>> {
         let map = self
             .ebpf
@@ -189,12 +200,16 @@ impl Probes {
 
     /// Events the kernel side dropped because the ring buffer was full.
     pub fn lost_events(&self) -> Result<u64> {
+        self.counter(counter::EVENTS_LOST)
+    }
+
+    fn counter(&self, index: u32) -> Result<u64> {
         let map = self
             .ebpf
             .map(names::COUNTERS)
             .ok_or_else(|| anyhow!("map {} missing", names::COUNTERS))?;
         let counters = PerCpuArray::<_, u64>::try_from(map)?;
-        Ok(counters.get(&counter::EVENTS_LOST, 0)?.iter().sum())
+        Ok(counters.get(&index, 0)?.iter().sum())
     }
 }
 

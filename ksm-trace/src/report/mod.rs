@@ -16,6 +16,8 @@ use crate::recording::Recording;
 pub enum Format {
     Text,
     Json,
+    /// The counter time series.
+    Csv,
 }
 
 pub fn render(rec: &Recording, format: Format) -> Result<String> {
@@ -23,6 +25,7 @@ pub fn render(rec: &Recording, format: Format) -> Result<String> {
     Ok(match format {
         Format::Text => text::render(rec, &report),
         Format::Json => serde_json::to_string_pretty(&report)? + "\n",
+        Format::Csv => crate::timeseries::csv(rec),
     })
 }
 

@@ -23,8 +23,13 @@ pub struct Report {
     pub scans: ScansReport,
     /// end − start of /sys/kernel/mm/ksm counters and /proc/vmstat's cow_ksm, ksm_swpin_copy.
     pub kernel_deltas: BTreeMap<String, i64>,
+    /// Seconds until pages_sharing changed by less than 5 % over a full scan (None: not settled).
+    pub settle_s: Option<f64>,
     pub lost_events: u64,
     pub unpaired_merges: u64,
+    /// ksmd samples (flame graphs) and samples whose stack was lost.
+    pub profile_samples: u64,
+    pub profile_lost: u64,
     pub merge_latency: LatencyReport,
     pub mechanisms: Mechanisms,
 }
@@ -86,6 +91,9 @@ pub struct LatencyReport {
     /// Share of the window the mmap_lock bracket was attached (auto mode arms it on demand).
     pub bracket_attached_percent: f64,
 }
+
+/// "Settled": pages_sharing changes by less than this fraction per full scan.
+pub const SETTLE_THRESHOLD: f64 = 0.05;
 
 /// Counters that are knobs, not counts: not shown as deltas.
 const KNOBS: [&str; 12] = [
@@ -194,6 +202,9 @@ impl Report {
                 pages_scanned_per_sec: pages_scanned as f64 / duration_s,
             },
             kernel_deltas,
+            settle_s: crate::sample::settle_time_s(&rec.timeseries, SETTLE_THRESHOLD),
+            profile_samples: rec.profile.samples(),
+            profile_lost: rec.profile.lost,
             lost_events: rec.events.lost,
             unpaired_merges: rec.events.unpaired,
             merge_latency: LatencyReport {

@@ -178,6 +178,17 @@ pub fn render(rec: &Recording, r: &Report) -> String {
         let _ = writeln!(o, "  {name:<28} {delta:>+12}   (now {end})");
     }
 
+    let _ = writeln!(
+        o,
+        "\nSettled (pages_sharing moved < 5% over a full scan): {}; {} time-series samples; {} ksmd profile samples ({} lost) for `ksm-trace flame`",
+        r.settle_s
+            .map_or("not within the recording".to_owned(), |s| format!(
+                "after {s:.1} s"
+            )),
+        rec.timeseries.len(),
+        r.profile_samples,
+        r.profile_lost
+    );
     let received: u64 = rec.events.received.values().sum();
     let _ = writeln!(
         o,

@@ -1,0 +1,126 @@
+//! Flame graphs of what ksmd costs, from a recording only: ksmd's sampled kernel stacks
+//! (`--by stack`), or a semantic view `ksmd;<comm>[pid];<outcome>` weighted by measured merge
+//! time (`--by process`). Folded stacks (`a;b;c N`) are what flamegraph.pl, inferno and
+//! speedscope read; SVGs are drawn by inferno, and two recordings give a differential graph.
+use std::io::Write;
+
+use anyhow::{Result, bail};
+use inferno::{differential, flamegraph};
+
+use crate::recording::Recording;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum View {
+    /// ksmd's kernel stacks, from cpu-clock samples.
+    Stack,
+    /// Merge time per process and outcome.
+    Process,
+}
+
+/// Folded stacks and the unit their counts are in.
+pub struct Folded {
+    pub lines: Vec<String>,
+    pub unit: &'static str,
+    pub title: &'static str,
+}
+
+pub fn folded(rec: &Recording, view: View) -> Result<Folded> {
+    match view {
+        View::Stack => {
+            if rec.profile.stacks.is_empty() {
+                bail!(
+                    "the recording has no ksmd samples (ksmd did not run, or the profiler was unavailable: see the report's mechanisms)"
+                );
+            }
+            Ok(Folded {
+                lines: rec
+                    .profile
+                    .stacks
+                    .iter()
+                    .map(|(stack, n)| format!("{stack} {n}"))
+                    .collect(),
+                unit: "samples",
+                title: "ksmd on-CPU kernel stacks",
+            })
+        }
+        View::Process => by_process(rec),
+    }
+}
+
+/// `ksmd;<comm>[pid];<outcome> weight`: merge time where it was measured, pages otherwise.
+fn by_process(rec: &Recording) -> Result<Folded> {
+    let timed = rec.processes.iter().any(|p| {
+        let t = &p.stats.time_ns;
+        t.new_page + t.join + t.zero_page + t.failed > 0
+    });
+    let mut lines = Vec::new();
+    for p in &rec.processes {
+        let s = &p.stats;
+        let outcomes = if timed {
+            [
+                ("new_ksm_page", s.time_ns.new_page),
+                ("join_ksm_page", s.time_ns.join),
+                ("zero_page", s.time_ns.zero_page),
+                ("failed", s.time_ns.failed),
+            ]
+        } else {
+            [
+                ("new_ksm_page", s.new_pages),
+                ("join_ksm_page", s.joins),
+                ("zero_page", s.zero_page_merges),
+                ("failed", s.failed),
+            ]
+        };
+        let comm = if s.comm.is_empty() {
+            "?"
+        } else {
+            s.comm.as_str()
+        };
+        for (outcome, weight) in outcomes.into_iter().filter(|(_, w)| *w > 0) {
+            lines.push(format!("ksmd;{comm}[{}];{outcome} {weight}", p.pid));
+        }
+    }
+    if lines.is_empty() {
+        bail!("the recording has no merges to attribute: record a workload that KSM merges");
+    }
+    lines.sort();
+    Ok(Folded {
+        lines,
+        unit: if timed { "ns" } else { "pages" },
+        title: if timed {
+            "KSM merge time by process and outcome"
+        } else {
+            "KSM merges by process and outcome (pages; no latency measured)"
+        },
+    })
+}
+
+fn options<'a>(title: String, unit: &str) -> flamegraph::Options<'a> {
+    let mut opts = flamegraph::Options::default();
+    opts.title = title;
+    opts.count_name = unit.to_owned();
+    opts
+}
+
+pub fn svg(folded: &Folded, out: impl Write) -> Result<()> {
+    let mut opts = options(folded.title.to_owned(), folded.unit);
+    flamegraph::from_lines(&mut opts, folded.lines.iter().map(String::as_str), out)?;
+    Ok(())
+}
+
+/// Differential flame graph: frames coloured by how `after` differs from `before`.
+pub fn diff_svg(before: &Folded, after: &Folded, out: impl Write) -> Result<()> {
+    let mut diff = Vec::new();
+    differential::from_readers(
+        differential::Options::default(),
+        before.lines.join("\n").as_bytes(),
+        after.lines.join("\n").as_bytes(),
+        &mut diff,
+    )?;
+    let mut opts = options(
+        format!("{} (differential: red grew, blue shrank)", after.title),
+        after.unit,
+    );
+    flamegraph::from_reader(&mut opts, diff.as_slice(), out)?;
+    Ok(())
+}

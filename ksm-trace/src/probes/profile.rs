@@ -1,0 +1,99 @@
+//! ksmd's on-CPU profile: attaches the cpu-clock sampler to ksmd and, at the end, turns the
+//! kernel's stack counts into folded stacks with symbols resolved now (kallsyms can change).
+use std::collections::BTreeMap;
+
+use anyhow::{Context as _, Result, anyhow};
+use aya::{
+    Ebpf,
+    maps::{HashMap, StackTraceMap},
+    programs::{
+        PerfEvent,
+        perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
+    },
+};
+use ksm_trace_common::names;
+use serde::{Deserialize, Serialize};
+
+/// Samples per second, off the tick so sampling does not alias with timer-driven work.
+pub const FREQUENCY_HZ: u64 = 999;
+
+/// ksmd's kernel stacks, root first, with sample counts.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Profile {
+    pub frequency_hz: u64,
+    /// `frame;frame;...` (root first) → samples.
+    pub stacks: BTreeMap<String, u64>,
+    /// Samples whose stack could not be stored.
+    pub lost: u64,
+}
+
+impl Profile {
+    pub fn samples(&self) -> u64 {
+        self.stacks.values().sum()
+    }
+}
+
+/// Attaches the sampler to ksmd only (a per-task perf event follows ksmd across CPUs).
+pub fn attach(ebpf: &mut Ebpf, ksmd: u32) -> Result<()> {
+    let prog: &mut PerfEvent = ebpf
+        .program_mut("ksmd_profile")
+        .ok_or_else(|| anyhow!("program ksmd_profile missing"))?
+        .try_into()?;
+    prog.load().context("loading the ksmd profiler")?;
+    prog.attach(
+        PerfEventConfig::Software(SoftwareEvent::CpuClock),
+        PerfEventScope::OneProcess {
+            pid: ksmd,
+            cpu: None,
+        },
+        SamplePolicy::Frequency(FREQUENCY_HZ),
+        false,
+    )
+    .context("attaching the cpu-clock sampler to ksmd")?;
+    Ok(())
+}
+
+/// Reads the stack counts and symbolizes them.
+pub fn collect(ebpf: &Ebpf, lost: u64) -> Result<Profile> {
+    let counts: HashMap<_, u32, u64> = HashMap::try_from(
+        ebpf.map(names::STACK_COUNTS)
+            .ok_or_else(|| anyhow!("map {} missing", names::STACK_COUNTS))?,
+    )?;
+    let traces = StackTraceMap::try_from(
+        ebpf.map(names::STACKS)
+            .ok_or_else(|| anyhow!("map {} missing", names::STACKS))?,
+    )?;
+    let symbols = aya::util::kernel_symbols().context("reading /proc/kallsyms")?;
+    let mut profile = Profile {
+        frequency_hz: FREQUENCY_HZ,
+        lost,
+        ..Default::default()
+    };
+    for entry in counts.iter() {
+        let (id, count) = entry?;
+        let Ok(trace) = traces.get(&id, 0) else {
+            profile.lost += count;
+            continue;
+        };
+        // The kernel gives the leaf first; folded stacks are root first.
+        let frames: Vec<&str> = trace
+            .frames()
+            .iter()
+            .rev()
+            .map(|f| symbol(&symbols, f.ip))
+            .collect();
+        let key = std::iter::once("ksmd")
+            .chain(frames)
+            .collect::<Vec<_>>()
+            .join(";");
+        *profile.stacks.entry(key).or_default() += count;
+    }
+    Ok(profile)
+}
+
+fn symbol(symbols: &BTreeMap<u64, String>, ip: u64) -> &str {
+    symbols
+        .range(..=ip)
+        .next_back()
+        .map_or("[unknown]", |(_, name)| name.as_str())
+}
