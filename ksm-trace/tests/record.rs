@@ -296,3 +296,85 @@ fn bad_input_is_one_clear_line_and_changes_nothing() {
     session.assert_knobs_restored();
     assert!(pids_named("ksm-procs-").is_empty());
 }
+
+#[test]
+fn flame_graph_and_time_series_from_a_real_recording() {
+    let session = KsmSession::start("flame");
+    let out = session.path("flame.json");
+    let args = [
+        "record",
+        "--workload",
+        "procs:3,pages=2000,dup=0.5",
+        "--duration",
+        "6s",
+        "--interval",
+        "500ms",
+        "--pages-to-scan",
+        "2000",
+        "--sleep-ms",
+        "10",
+        "-q",
+        "-o",
+        out.to_str().unwrap(),
+    ];
+    let result = ksm_trace(&args);
+    assert!(
+        result.status.success(),
+        "{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+
+    // ksmd's stacks: rooted at ksmd, through ksm's own scan thread.
+    let folded = ksm_trace(&["flame", out.to_str().unwrap(), "--folded"]);
+    assert!(
+        folded.status.success(),
+        "{}",
+        String::from_utf8_lossy(&folded.stderr)
+    );
+    let folded = String::from_utf8(folded.stdout).unwrap();
+    assert!(folded.lines().all(|l| l.starts_with("ksmd;")), "{folded}");
+    assert!(
+        folded.lines().any(|l| l.contains(";ksm_scan_thread")),
+        "{folded}"
+    );
+    let svg = session.path("flame.svg");
+    assert!(
+        ksm_trace(&["flame", out.to_str().unwrap(), "-o", svg.to_str().unwrap()])
+            .status
+            .success()
+    );
+    assert!(
+        std::fs::read_to_string(&svg)
+            .unwrap()
+            .contains("ksm_scan_thread")
+    );
+
+    // One row per interval (plus the edges), monotonic.
+    let rec = json(&out);
+    let series = rec["timeseries"].as_array().unwrap();
+    assert!(
+        (12..=16).contains(&series.len()),
+        "{} samples for 6 s at 500 ms",
+        series.len()
+    );
+    let times: Vec<u64> = series.iter().map(|s| s["t_ns"].as_u64().unwrap()).collect();
+    assert!(times.windows(2).all(|w| w[0] < w[1]), "{times:?}");
+    let csv = ksm_trace(&["report", out.to_str().unwrap(), "--csv"]);
+    assert_eq!(
+        String::from_utf8(csv.stdout).unwrap().lines().count(),
+        series.len() + 1
+    );
+
+    // Nothing writes after merging, so KSM settles within the run.
+    let rep = report(&out);
+    let settle = rep["settle_s"].as_f64().expect("settle time reported");
+    assert!(settle > 0.0 && settle <= rep["duration_s"].as_f64().unwrap());
+    let plots = session.path("plots");
+    assert!(
+        ksm_trace(&["plot", out.to_str().unwrap(), "-o", plots.to_str().unwrap()])
+            .status
+            .success()
+    );
+    assert!(plots.join("processes.svg").exists());
+    session.assert_knobs_restored();
+}

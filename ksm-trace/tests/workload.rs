@@ -6,15 +6,39 @@ use common::*;
 
 fn cow_ksm() -> u64 {
     let text = std::fs::read_to_string("/proc/vmstat").unwrap();
-    text.lines().find_map(|l| l.strip_prefix("cow_ksm ")).unwrap().trim().parse().unwrap()
+    text.lines()
+        .find_map(|l| l.strip_prefix("cow_ksm "))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
 }
 
-fn record(session: &KsmSession, workload: &str, extra: &[&str]) -> (serde_json::Value, serde_json::Value) {
+fn record(
+    session: &KsmSession,
+    workload: &str,
+    extra: &[&str],
+) -> (serde_json::Value, serde_json::Value) {
     let out = session.path("rec.json");
-    let mut args = vec!["record", "--workload", workload, "--pages-to-scan", "2000", "--sleep-ms", "10", "-q", "-o", out.to_str().unwrap()];
+    let mut args = vec![
+        "record",
+        "--workload",
+        workload,
+        "--pages-to-scan",
+        "2000",
+        "--sleep-ms",
+        "10",
+        "-q",
+        "-o",
+        out.to_str().unwrap(),
+    ];
     args.extend_from_slice(extra);
     let result = ksm_trace(&args);
-    assert!(result.status.success(), "record failed: {}", String::from_utf8_lossy(&result.stderr));
+    assert!(
+        result.status.success(),
+        "record failed: {}",
+        String::from_utf8_lossy(&result.stderr)
+    );
     (json(&out), report(&out))
 }
 
@@ -36,19 +60,29 @@ fn delta(p: &serde_json::Value, field: &str) -> i64 {
 fn rounds_and_writes_are_explained_by_observed_unmerges_and_cow_ksm() {
     let session = KsmSession::start("rounds");
     let cow_before = cow_ksm();
-    let (rec, rep) = record(&session, "procs:3,pages=1500,dup=0.6,rounds=3,wait=2s,write=0.05", &["--merge-latency", "off"]);
+    let (rec, rep) = record(
+        &session,
+        "procs:3,pages=1500,dup=0.6,rounds=3,wait=2s,write=0.05",
+        &["--merge-latency", "off"],
+    );
     let cow_delta = cow_ksm() - cow_before;
     assert_eq!(rec["meta"]["ended_by"], "workload-finished");
     let ws = workers(&rep);
     assert_eq!(ws.len(), 3);
     for p in &ws {
-        let (merges, unmerges) = (p["merges"].as_i64().unwrap(), p["unmerges"].as_i64().unwrap());
+        let (merges, unmerges) = (
+            p["merges"].as_i64().unwrap(),
+            p["unmerges"].as_i64().unwrap(),
+        );
         let silent = merges - unmerges - delta(p, "ksm_merging_pages");
         assert_eq!(p["silent_unmerges"].as_i64().unwrap(), silent);
         // Every page that left the stable tree either fired a tracepoint or was a sharer that
         // wrote its copy (a COW break the kernel counted).
         assert!(silent >= 0, "{p}");
-        assert!(silent as u64 <= cow_delta, "{p}: silent {silent} > cow_ksm {cow_delta}");
+        assert!(
+            silent as u64 <= cow_delta,
+            "{p}: silent {silent} > cow_ksm {cow_delta}"
+        );
         // Rounds rewrote merged pages and KSM merged them again.
         assert!(merges > delta(p, "ksm_merging_pages"), "{p}");
         assert!(unmerges > 0, "{p}");
@@ -59,10 +93,20 @@ fn rounds_and_writes_are_explained_by_observed_unmerges_and_cow_ksm() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|w| w["write_fault_ns"].as_array().unwrap().iter().map(|b| b[1].as_u64().unwrap()).sum::<u64>())
+        .map(|w| {
+            w["write_fault_ns"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|b| b[1].as_u64().unwrap())
+                .sum::<u64>()
+        })
         .sum();
     assert!(seen > 0);
-    assert!(seen <= cow_delta && seen * 100 >= cow_delta * 99, "workload saw {seen} COW breaks, kernel counted {cow_delta}");
+    assert!(
+        seen <= cow_delta && seen * 100 >= cow_delta * 99,
+        "workload saw {seen} COW breaks, kernel counted {cow_delta}"
+    );
     assert!(pids_named("ksm-procs-").is_empty());
     session.assert_knobs_restored();
 }
@@ -71,21 +115,41 @@ fn rounds_and_writes_are_explained_by_observed_unmerges_and_cow_ksm() {
 fn zero_pages_are_zero_page_merges_with_use_zero_pages() {
     let session = KsmSession::start("zero");
     let zero_before = knob("use_zero_pages");
-    let (_rec, rep) = record(&session, "procs:2,pages=1000,dup=0.4,zero=0.2", &["--duration", "4s", "--use-zero-pages", "on"]);
+    let (_rec, rep) = record(
+        &session,
+        "procs:2,pages=1000,dup=0.4,zero=0.2",
+        &["--duration", "4s", "--use-zero-pages", "on"],
+    );
     for p in workers(&rep) {
-        assert_eq!(p["zero_page_merges"].as_i64().unwrap(), delta(&p, "ksm_zero_pages"), "{p}");
+        assert_eq!(
+            p["zero_page_merges"].as_i64().unwrap(),
+            delta(&p, "ksm_zero_pages"),
+            "{p}"
+        );
         assert_eq!(p["zero_page_merges"], 200, "{p}");
-        assert_eq!(p["merges"].as_i64().unwrap(), delta(&p, "ksm_merging_pages"), "{p}");
+        assert_eq!(
+            p["merges"].as_i64().unwrap(),
+            delta(&p, "ksm_merging_pages"),
+            "{p}"
+        );
         assert_eq!(p["merges"], 400, "{p}");
     }
-    assert_eq!(knob("use_zero_pages"), zero_before, "use_zero_pages restored");
+    assert_eq!(
+        knob("use_zero_pages"),
+        zero_before,
+        "use_zero_pages restored"
+    );
     session.assert_knobs_restored();
 }
 
 #[test]
 fn prctl_mode_merges_the_whole_process() {
     let session = KsmSession::start("prctl");
-    let (_rec, rep) = record(&session, "procs:2,pages=1000,dup=0.5,mode=prctl", &["--duration", "4s"]);
+    let (_rec, rep) = record(
+        &session,
+        "procs:2,pages=1000,dup=0.5,mode=prctl",
+        &["--duration", "4s"],
+    );
     for p in workers(&rep) {
         let merges = p["merges"].as_i64().unwrap();
         assert_eq!(merges, delta(&p, "ksm_merging_pages"), "{p}");
@@ -98,10 +162,30 @@ fn prctl_mode_merges_the_whole_process() {
 #[test]
 fn workload_command_runs_without_tracing_and_cleans_up() {
     let session = KsmSession::start("standalone");
-    let out = ksm_trace(&["workload", "procs:2,pages=500", "--duration", "3s", "--pages-to-scan", "1000", "--sleep-ms", "10"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = ksm_trace(&[
+        "workload",
+        "procs:2,pages=500",
+        "--duration",
+        "3s",
+        "--pages-to-scan",
+        "1000",
+        "--sleep-ms",
+        "10",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.lines().filter(|l| l.contains("pages_sharing")).count() >= 2, "{stdout}");
+    assert!(
+        stdout
+            .lines()
+            .filter(|l| l.contains("pages_sharing"))
+            .count()
+            >= 2,
+        "{stdout}"
+    );
     assert!(stdout.contains("started ksm-procs-1"), "{stdout}");
     assert!(pids_named("ksm-procs-").is_empty());
     session.assert_knobs_restored();

@@ -2,7 +2,9 @@
 //!
 //! - `setup`: installs what the eBPF build needs, only what is missing;
 //! - `build`, `run -- ARGS`: builds ksm-trace (eBPF included) and runs it as root;
-//! - `test`: unit tests and the root integration tests against the real kernel.
+//! - `test`: unit tests and the root integration tests against the real kernel;
+//! - `fixture`: re-records the small recording the rendering tests read, and their golden files.
+mod fixture;
 mod setup;
 
 use std::process::Command;
@@ -30,6 +32,8 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Regenerate the committed rendering fixture (a small real recording) and its golden outputs.
+    Fixture,
     /// Run all tests: unit tests and the root integration tests on the real kernel.
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
@@ -54,6 +58,11 @@ fn main() -> Result<()> {
                 .status()
                 .context("running ksm-trace")?;
             std::process::exit(status.code().unwrap_or(1));
+        }
+        Cmd::Fixture => {
+            let env = setup::run()?;
+            cargo(&env, &["build", "--package", "ksm-trace"], false)?;
+            fixture::regenerate()
         }
         Cmd::Test { args } => {
             let env = setup::run()?;

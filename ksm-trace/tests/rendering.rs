@@ -1,0 +1,191 @@
+//! Rendering from a committed recording (made by ksm-trace itself; `cargo xtask fixture`
+//! regenerates it and the golden folded files). No root and no kernel needed.
+use std::path::PathBuf;
+
+use ksm_trace::{
+    flame::{self, View},
+    plot,
+    recording::Recording,
+    report::{self, Format},
+    timeseries,
+};
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+fn recording() -> Recording {
+    Recording::read(&fixture("procs-small.json")).expect("fixture reads")
+}
+
+fn golden(name: &str) -> String {
+    std::fs::read_to_string(fixture(name)).unwrap()
+}
+
+#[test]
+fn folded_stacks_are_exactly_the_golden_ones() {
+    let rec = recording();
+    let stacks = flame::folded(&rec, View::Stack).unwrap();
+    assert_eq!(stacks.lines.join("\n") + "\n", golden("procs-small.folded"));
+    let by_process = flame::folded(&rec, View::Process).unwrap();
+    assert_eq!(
+        by_process.lines.join("\n") + "\n",
+        golden("procs-small.by-process.folded")
+    );
+    assert_eq!(by_process.unit, "ns");
+    // Counts add up to what the recording holds.
+    let total: u64 = stacks
+        .lines
+        .iter()
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(total, rec.profile.samples());
+}
+
+fn assert_well_formed_svg(svg: &str) {
+    assert!(svg.starts_with("<?xml"), "{}", &svg[..80.min(svg.len())]);
+    assert!(svg.trim_end().ends_with("</svg>"));
+    assert_eq!(svg.matches("<svg").count(), svg.matches("</svg>").count());
+    assert_eq!(
+        svg.matches("<g").count(),
+        svg.matches("</g>").count(),
+        "balanced groups"
+    );
+}
+
+#[test]
+fn flame_svg_has_ksmd_frames() {
+    let rec = recording();
+    let mut svg = Vec::new();
+    flame::svg(&flame::folded(&rec, View::Stack).unwrap(), &mut svg).unwrap();
+    let svg = String::from_utf8(svg).unwrap();
+    assert_well_formed_svg(&svg);
+    for frame in ["ksmd", "ksm_scan_thread"] {
+        assert!(svg.contains(frame), "frame {frame} missing");
+    }
+    let mut by_process = Vec::new();
+    flame::svg(
+        &flame::folded(&rec, View::Process).unwrap(),
+        &mut by_process,
+    )
+    .unwrap();
+    let by_process = String::from_utf8(by_process).unwrap();
+    assert_well_formed_svg(&by_process);
+    for p in &rec.processes {
+        if p.stats.merges > 0 {
+            assert!(by_process.contains(&format!("{}[{}]", p.stats.comm, p.pid)));
+        }
+    }
+}
+
+#[test]
+fn differential_flame_of_a_recording_with_itself_renders() {
+    let rec = recording();
+    let folded = flame::folded(&rec, View::Stack).unwrap();
+    let mut svg = Vec::new();
+    flame::diff_svg(&folded, &folded, &mut svg).unwrap();
+    let svg = String::from_utf8(svg).unwrap();
+    assert_well_formed_svg(&svg);
+    assert!(svg.contains("differential"));
+}
+
+#[test]
+fn charts_are_written() {
+    let rec = recording();
+    let dir = std::env::temp_dir().join(format!("ksm-trace-plot-test-{}", std::process::id()));
+    let files = plot::plot(&rec, &dir).unwrap();
+    let names: Vec<String> = files
+        .iter()
+        .map(|f| f.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "memory.svg",
+            "ksmd-cpu.svg",
+            "rates.svg",
+            "full-scans.svg",
+            "processes.svg"
+        ]
+    );
+    for f in &files {
+        let svg = std::fs::read_to_string(f).unwrap();
+        assert!(
+            svg.contains("<svg") && svg.trim_end().ends_with("</svg>"),
+            "{}",
+            f.display()
+        );
+    }
+    assert!(
+        std::fs::read_to_string(dir.join("memory.svg"))
+            .unwrap()
+            .contains("pages_sharing")
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn csv_has_a_row_per_sample_with_monotonic_time() {
+    let rec = recording();
+    let csv = timeseries::csv(&rec);
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines.len(), rec.timeseries.len() + 1);
+    let header: Vec<&str> = lines[0].split(',').collect();
+    assert_eq!(header[0], "t_s");
+    let times: Vec<f64> = lines[1..]
+        .iter()
+        .map(|l| l.split(',').next().unwrap().parse().unwrap())
+        .collect();
+    assert!(times.windows(2).all(|w| w[0] < w[1]), "{times:?}");
+    for l in &lines[1..] {
+        assert_eq!(l.split(',').count(), header.len(), "{l}");
+    }
+}
+
+#[test]
+fn text_and_json_reports_render() {
+    let rec = recording();
+    let text = report::render(&rec, Format::Text).unwrap();
+    assert!(text.contains("Per process"));
+    assert!(text.contains("Full scans"));
+    assert!(text.contains("|@"), "histogram bars");
+    let json: serde_json::Value =
+        serde_json::from_str(&report::render(&rec, Format::Json).unwrap()).unwrap();
+    for key in [
+        "processes",
+        "scans",
+        "kernel_deltas",
+        "lost_events",
+        "mechanisms",
+        "settle_s",
+    ] {
+        assert!(json.get(key).is_some(), "{key}");
+    }
+    for p in json["processes"].as_array().unwrap() {
+        for key in [
+            "pid",
+            "comm",
+            "merges",
+            "ksm_merging_pages_start",
+            "ksm_merging_pages_end",
+            "merge_latency_ns",
+        ] {
+            assert!(p.get(key).is_some(), "{key}");
+        }
+    }
+    for key in ["count", "p50", "max"] {
+        assert!(json["scans"]["full_scan_ns"].get(key).is_some());
+    }
+}
+
+#[test]
+fn recording_round_trips() {
+    let rec = recording();
+    let path =
+        std::env::temp_dir().join(format!("ksm-trace-roundtrip-{}.json", std::process::id()));
+    rec.write(&path).unwrap();
+    assert_eq!(Recording::read(&path).unwrap(), rec);
+    std::fs::remove_file(path).unwrap();
+}
