@@ -3,7 +3,8 @@
 //!
 //! - a nightly with rust-src (the eBPF crate builds core with `-Z build-std`), whose LLVM major
 //!   matches bpf-linker's; the default nightly if it does, else a pinned one;
-//! - LLVM dev files of that major from apt, and bpf-linker built against them.
+//! - LLVM dev files of that major from apt, and bpf-linker built against them;
+//! - QEMU and a static busybox for the `vms` workload's guests.
 use std::{
     path::{Path, PathBuf},
     process::Command,
@@ -37,6 +38,7 @@ pub fn run() -> Result<BuildEnv> {
     ensure_rust_src(&toolchain)?;
     ensure_llvm_dev()?;
     ensure_bpf_linker()?;
+    ensure_guest_tools()?;
     Ok(BuildEnv {
         ebpf_toolchain: toolchain,
     })
@@ -126,6 +128,26 @@ fn ensure_rust_src(toolchain: &str) -> Result<()> {
         ]))?;
     }
     Ok(())
+}
+
+/// Debian packages the vms workload runs guests with (the guest kernel is fetched by
+/// ksm-trace itself, into its cache).
+fn ensure_guest_tools() -> Result<()> {
+    let installed = |package: &str| {
+        output(Command::new("dpkg-query").args(["-W", "-f=${Status}", package]))
+            .is_some_and(|s| s.contains("install ok installed"))
+    };
+    let missing: Vec<&str> = ["qemu-system-x86", "busybox-static"].into_iter().filter(|p| !installed(p)).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    run_checked(Command::new("apt-get").args(["update", "-qq"]))?;
+    run_checked(
+        Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
 }
 
 fn llvm_prefix() -> PathBuf {
