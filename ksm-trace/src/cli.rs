@@ -26,6 +26,8 @@ pub enum Command {
     Flame(FlameArgs),
     /// SVG charts of a recording's time series.
     Plot(PlotArgs),
+    /// Record a workload under every combination of KSM settings and summarize the trade-off.
+    Sweep(SweepArgs),
     /// Show what this kernel lets ksm-trace measure, and how.
     Doctor(DoctorArgs),
     /// Run a workload without tracing (for use with other tools), printing KSM's counters.
@@ -58,6 +60,10 @@ pub struct RecordArgs {
     /// How to time merges.
     #[arg(long, value_enum, default_value = "auto")]
     pub merge_latency: LatencyMode,
+    /// Stop once KSM has settled (pages_sharing moved < 5% over a full scan); --duration is
+    /// then the timeout.
+    #[arg(long)]
+    pub until_settled: bool,
     /// Interval of the kernel-counter time series (e.g. 1s, 500ms).
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     pub interval: Duration,
@@ -108,6 +114,15 @@ pub struct KnobArgs {
     /// KSM use_zero_pages for the run (merge zero-filled pages with the kernel's zero page).
     #[arg(long, value_parser = ["on", "off"])]
     pub use_zero_pages: Option<String>,
+    /// KSM smart_scan for the run (skip pages that did not merge recently).
+    #[arg(long, value_parser = ["on", "off"])]
+    pub smart_scan: Option<String>,
+    /// KSM max_page_sharing for the run (only changeable while no KSM pages exist).
+    #[arg(long)]
+    pub max_page_sharing: Option<u32>,
+    /// KSM advisor_mode for the run: none or scan-time.
+    #[arg(long, value_parser = ["none", "scan-time"])]
+    pub advisor: Option<String>,
 }
 
 impl KnobArgs {
@@ -116,6 +131,9 @@ impl KnobArgs {
             pages_to_scan: self.pages_to_scan,
             sleep_ms: self.sleep_ms,
             use_zero_pages: self.use_zero_pages.as_deref().map(|v| v == "on"),
+            smart_scan: self.smart_scan.as_deref().map(|v| v == "on"),
+            max_page_sharing: self.max_page_sharing,
+            advisor: self.advisor.clone(),
         }
     }
 }
@@ -134,6 +152,56 @@ pub struct FlameArgs {
     /// What the frames are.
     #[arg(long, value_enum, default_value = "stack")]
     pub by: crate::flame::View,
+}
+
+#[derive(Debug, Args)]
+pub struct SweepArgs {
+    /// The workload each configuration starts afresh.
+    #[arg(short, long)]
+    pub workload: String,
+    /// pages_to_scan values, e.g. 100,1000,5000.
+    #[arg(long, value_delimiter = ',')]
+    pub pages_to_scan: Vec<u32>,
+    /// sleep_millisecs values, e.g. 20,200.
+    #[arg(long, value_delimiter = ',')]
+    pub sleep_ms: Vec<u32>,
+    /// smart_scan values: on,off.
+    #[arg(long, value_delimiter = ',', value_parser = parse_on_off)]
+    pub smart_scan: Vec<bool>,
+    /// use_zero_pages values: on,off.
+    #[arg(long, value_delimiter = ',', value_parser = parse_on_off)]
+    pub use_zero_pages: Vec<bool>,
+    /// max_page_sharing values.
+    #[arg(long, value_delimiter = ',')]
+    pub max_page_sharing: Vec<u32>,
+    /// advisor_mode values: none,scan-time.
+    #[arg(long, value_delimiter = ',', value_parser = ["none", "scan-time"])]
+    pub advisor: Vec<String>,
+    /// Length of each configuration's recording (the timeout with --until-settled).
+    #[arg(short, long, value_parser = parse_duration, default_value = "30s")]
+    pub duration: Duration,
+    /// End each configuration once KSM has settled.
+    #[arg(long)]
+    pub until_settled: bool,
+    /// Same as --duration, for use with --until-settled.
+    #[arg(long, value_parser = parse_duration)]
+    pub timeout: Option<Duration>,
+    /// Interval of each recording's time series.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub interval: Duration,
+    #[arg(long, value_enum, default_value = "auto")]
+    pub merge_latency: LatencyMode,
+    /// Directory for the recordings and the summary.
+    #[arg(short, long, default_value = "ksm-trace-sweep")]
+    pub output: PathBuf,
+}
+
+fn parse_on_off(text: &str) -> Result<bool, String> {
+    match text {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err(format!("{text:?} is not on or off")),
+    }
 }
 
 #[derive(Debug, Args)]

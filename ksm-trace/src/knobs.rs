@@ -28,11 +28,15 @@ pub fn restore_saved() -> Vec<String> {
 }
 
 /// The knob settings a run asks for; `None` leaves the knob as it is.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct KnobSettings {
     pub pages_to_scan: Option<u32>,
     pub sleep_ms: Option<u32>,
     pub use_zero_pages: Option<bool>,
+    pub smart_scan: Option<bool>,
+    pub max_page_sharing: Option<u32>,
+    /// advisor_mode: `none` or `scan-time` (the advisor then sets pages_to_scan itself).
+    pub advisor: Option<String>,
 }
 
 impl KnobSettings {
@@ -41,7 +45,20 @@ impl KnobSettings {
         if self.pages_to_scan == Some(0) {
             bail!("--pages-to-scan 0 would never scan: give a positive number of pages");
         }
-        if self.pages_to_scan.is_some() {
+        if let Some(a) = &self.advisor {
+            if a != "none" && a != "scan-time" {
+                bail!("--advisor {a} is not none or scan-time");
+            }
+        }
+        if self.max_page_sharing.is_some_and(|m| m < 2) {
+            bail!("--max-page-sharing must be at least 2");
+        }
+        if self.pages_to_scan.is_some() && self.advisor.as_deref() == Some("scan-time") {
+            bail!(
+                "--pages-to-scan and --advisor scan-time conflict: the advisor sets pages_to_scan itself"
+            );
+        }
+        if self.pages_to_scan.is_some() && self.advisor.is_none() {
             if let Ok(mode) = sysfs::read("advisor_mode") {
                 if mode.contains("[scan-time]") {
                     bail!(
@@ -70,7 +87,7 @@ impl KnobGuard {
 
     /// Sets `name` to `value`, saving its original value the first time.
     pub fn set(&mut self, name: &str, value: &str) -> Result<()> {
-        let current = sysfs::read(name)?;
+        let current = sysfs::selected(&sysfs::read(name)?);
         {
             let mut saved = SAVED.lock().unwrap_or_else(|p| p.into_inner());
             if !saved.iter().any(|(n, _)| n == name) {
@@ -84,6 +101,18 @@ impl KnobGuard {
     }
 
     pub fn apply(&mut self, settings: &KnobSettings) -> Result<()> {
+        // The advisor first: pages_to_scan cannot be written while it is in scan-time mode.
+        if let Some(a) = &settings.advisor {
+            self.set("advisor_mode", a)?;
+        }
+        if let Some(m) = settings.max_page_sharing {
+            self.set("max_page_sharing", &m.to_string()).map_err(|e| {
+                anyhow::anyhow!("{e:#}: the kernel changes max_page_sharing only while no KSM pages exist (stop other KSM users)")
+            })?;
+        }
+        if let Some(s) = settings.smart_scan {
+            self.set("smart_scan", if s { "1" } else { "0" })?;
+        }
         if let Some(p) = settings.pages_to_scan {
             self.set("pages_to_scan", &p.to_string())?;
         }

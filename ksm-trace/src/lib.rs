@@ -19,5 +19,6 @@ pub mod recording;
 pub mod report;
 pub mod sample;
 pub mod session;
+pub mod sweep;
 pub mod timeseries;
 pub mod workload;

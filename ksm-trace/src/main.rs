@@ -41,6 +41,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 progress: !args.quiet,
                 refresh: args.refresh,
                 interval: args.interval,
+                until_settled: args.until_settled,
             };
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -65,6 +66,33 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 _ => Format::Text,
             };
             print(&report::render_file(&args.file, format)?)
+        }
+        Command::Sweep(args) => {
+            let opts = ksm_trace::sweep::SweepOptions {
+                workload: args.workload,
+                pages_to_scan: args.pages_to_scan,
+                sleep_ms: args.sleep_ms,
+                smart_scan: args.smart_scan,
+                use_zero_pages: args.use_zero_pages,
+                max_page_sharing: args.max_page_sharing,
+                advisor: args.advisor,
+                duration: args.timeout.unwrap_or(args.duration),
+                until_settled: args.until_settled,
+                interval: args.interval,
+                merge_latency: args.merge_latency,
+                out_dir: args.output,
+            };
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let summaries =
+                runtime.block_on(ksm_trace::sweep::run(&opts, std::env::args().collect()))?;
+            print(&ksm_trace::sweep::render(&summaries))?;
+            eprintln!(
+                "ksm-trace: recordings, summary.csv, summary.json and charts in {}",
+                opts.out_dir.display()
+            );
+            Ok(())
         }
         Command::Plot(args) => {
             let files = ksm_trace::plot::plot(&Recording::read(&args.file)?, &args.output)?;

@@ -8,7 +8,23 @@ use plotters::prelude::*;
 
 use crate::{recording::Recording, timeseries};
 
-type Series = (String, Vec<(f64, f64)>);
+/// A named set of points, joined by a line or drawn as dots only.
+pub struct Series {
+    pub name: String,
+    pub points: Vec<(f64, f64)>,
+    pub line: bool,
+}
+
+fn lines(series: Vec<(&str, Vec<(f64, f64)>)>) -> Vec<Series> {
+    series
+        .into_iter()
+        .map(|(name, points)| Series {
+            name: name.to_owned(),
+            points,
+            line: true,
+        })
+        .collect()
+}
 
 /// Writes every chart into `dir`; returns the files written.
 pub fn plot(rec: &Recording, dir: &Path) -> Result<Vec<PathBuf>> {
@@ -31,7 +47,13 @@ pub fn plot(rec: &Recording, dir: &Path) -> Result<Vec<PathBuf>> {
     let mut written = Vec::new();
     let mut chart = |file: &str, title: &str, y: &str, series: Vec<Series>| -> Result<()> {
         let path = dir.join(file);
-        line_chart(&path, title, y, &series)?;
+        draw(
+            &path,
+            title,
+            "seconds since the recording began",
+            y,
+            &series,
+        )?;
         written.push(path);
         Ok(())
     };
@@ -39,32 +61,29 @@ pub fn plot(rec: &Recording, dir: &Path) -> Result<Vec<PathBuf>> {
         "memory.svg",
         "Memory KSM saves",
         "MiB",
-        vec![
-            ("pages_shared".into(), line(&|r| mib(r.pages_shared))),
+        lines(vec![
+            ("pages_shared", line(&|r| mib(r.pages_shared))),
+            ("pages_sharing (saved)", line(&|r| mib(r.pages_sharing))),
             (
-                "pages_sharing (saved)".into(),
-                line(&|r| mib(r.pages_sharing)),
-            ),
-            (
-                "general_profit".into(),
+                "general_profit",
                 line(&|r| r.general_profit as f64 / (1 << 20) as f64),
             ),
-        ],
+        ]),
     )?;
     chart(
         "ksmd-cpu.svg",
         "ksmd CPU",
         "% of one CPU",
-        vec![("ksmd".into(), line(&|r| r.ksmd_cpu_percent))],
+        lines(vec![("ksmd", line(&|r| r.ksmd_cpu_percent))]),
     )?;
     chart(
         "rates.svg",
         "Merges and copy-on-write breaks",
         "per second",
-        vec![
-            ("merges/s (traced)".into(), line(&|r| r.merges_per_s)),
-            ("cow_ksm/s (kernel)".into(), line(&|r| r.cow_ksm_per_s)),
-        ],
+        lines(vec![
+            ("merges/s (traced)", line(&|r| r.merges_per_s)),
+            ("cow_ksm/s (kernel)", line(&|r| r.cow_ksm_per_s)),
+        ]),
     )?;
     let scans: Vec<(f64, f64)> = rec
         .scans
@@ -81,7 +100,7 @@ pub fn plot(rec: &Recording, dir: &Path) -> Result<Vec<PathBuf>> {
         "full-scans.svg",
         "Full-scan duration",
         "ms",
-        vec![("full scan".into(), scans)],
+        lines(vec![("full scan", scans)]),
     )?;
     let per_process: Vec<Series> = timeseries::process_columns(rec)
         .iter()
@@ -91,7 +110,11 @@ pub fn plot(rec: &Recording, dir: &Path) -> Result<Vec<PathBuf>> {
                 .iter()
                 .filter_map(|r| Some((r.t_s, r.processes[i]? as f64)))
                 .collect();
-            (format!("{comm}[{pid}]"), points)
+            Series {
+                name: format!("{comm}[{pid}]"),
+                points,
+                line: true,
+            }
         })
         .collect();
     if !per_process.is_empty() {
@@ -105,9 +128,16 @@ pub fn plot(rec: &Recording, dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(written)
 }
 
-fn line_chart(path: &Path, title: &str, y_label: &str, series: &[Series]) -> Result<()> {
-    let points = || series.iter().flat_map(|(_, p)| p.iter());
-    let x_max = points().map(|p| p.0).fold(1.0_f64, f64::max);
+/// The one chart drawer: axes from 0 (or the lowest value), a legend, lines and/or dots.
+pub fn draw(
+    path: &Path,
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    series: &[Series],
+) -> Result<()> {
+    let points = || series.iter().flat_map(|s| s.points.iter());
+    let x_max = points().map(|p| p.0).fold(1.0_f64, f64::max) * 1.05;
     let y_max = points().map(|p| p.1).fold(0.0_f64, f64::max).max(1.0) * 1.05;
     let y_min = points().map(|p| p.1).fold(0.0_f64, f64::min);
     let root = SVGBackend::new(path, (900, 500)).into_drawing_area();
@@ -121,22 +151,29 @@ fn line_chart(path: &Path, title: &str, y_label: &str, series: &[Series]) -> Res
             .build_cartesian_2d(0.0..x_max, y_min..y_max)?;
         chart
             .configure_mesh()
-            .x_desc("seconds since the recording began")
+            .x_desc(x_label)
             .y_desc(y_label)
             .draw()?;
-        for (i, (name, points)) in series.iter().enumerate() {
+        for (i, s) in series.iter().enumerate() {
             let color = Palette99::pick(i).to_rgba();
-            chart
-                .draw_series(LineSeries::new(
-                    points.iter().copied(),
-                    color.stroke_width(2),
-                ))?
-                .label(name.as_str())
-                .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
-                });
-            if points.len() < 60 {
-                chart.draw_series(points.iter().map(|p| Circle::new(*p, 3, color.filled())))?;
+            let legend = move |(x, y): (i32, i32)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            };
+            if s.line {
+                chart
+                    .draw_series(LineSeries::new(
+                        s.points.iter().copied(),
+                        color.stroke_width(2),
+                    ))?
+                    .label(s.name.as_str())
+                    .legend(legend);
+            }
+            if !s.line || s.points.len() < 60 {
+                let dots = chart
+                    .draw_series(s.points.iter().map(|p| Circle::new(*p, 4, color.filled())))?;
+                if !s.line {
+                    dots.label(s.name.as_str()).legend(legend);
+                }
             }
         }
         chart

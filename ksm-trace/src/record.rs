@@ -22,7 +22,8 @@ use crate::{
         self, EventCounts, LatencyCoverage, Meta, ProcessRecord, Recording, ScanRecord,
         WorkloadRecord,
     },
-    sample::Sampler,
+    report::model::SETTLE_THRESHOLD,
+    sample::{Sampler, settle_time_s},
     session::{self, Progress},
     workload::Workload,
 };
@@ -40,6 +41,8 @@ pub struct RecordOptions {
     pub refresh: bool,
     /// Interval of the counter time series.
     pub interval: Duration,
+    /// Stop when KSM has settled.
+    pub until_settled: bool,
 }
 
 /// How long without merges before the auto-armed bracket is detached again.
@@ -141,6 +144,9 @@ pub async fn record(opts: &RecordOptions, command_line: Vec<String>) -> Result<R
                 if sampler.due() {
                     pids.extend(collector.merges.by_pid.keys().copied().filter(|&p| p != 0));
                     timeseries.push(sampler.take(&pids, collector.merged_total())?);
+                    if opts.until_settled && settle_time_s(&timeseries, SETTLE_THRESHOLD).is_some() {
+                        break "settled";
+                    }
                 }
                 if opts.merge_latency == LatencyMode::Auto && probes.bracket_usable {
                     if collector.take_recent_merges() > 0 {

@@ -17,12 +17,13 @@ use serde::{Deserialize, Serialize};
 pub use capabilities::Capabilities;
 
 /// How merge latency is measured.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum LatencyMode {
     /// fentry/fexit where allowed; otherwise the mmap_lock bracket, attached from the start and
     /// detached after 2 s without merges, re-attached when merges resume (while attached it
     /// costs ksmd a large share of its scan rate).
+    #[default]
     Auto,
     /// fentry/fexit where allowed; otherwise the mmap_lock bracket for the whole run.
     Always,
