@@ -137,7 +137,10 @@ fn ensure_guest_tools() -> Result<()> {
         output(Command::new("dpkg-query").args(["-W", "-f=${Status}", package]))
             .is_some_and(|s| s.contains("install ok installed"))
     };
-    let missing: Vec<&str> = ["qemu-system-x86", "busybox-static"].into_iter().filter(|p| !installed(p)).collect();
+    let missing: Vec<&str> = ["qemu-system-x86", "busybox-static"]
+        .into_iter()
+        .filter(|p| !installed(p))
+        .collect();
     if missing.is_empty() {
         return Ok(());
     }
