@@ -28,6 +28,9 @@ pub enum Command {
     Plot(PlotArgs),
     /// Record a workload under every combination of KSM settings and summarize the trade-off.
     Sweep(SweepArgs),
+    /// Benchmarks comparable with the kernel's own.
+    #[command(subcommand)]
+    Bench(BenchCommand),
     /// Show what this kernel lets ksm-trace measure, and how.
     Doctor(DoctorArgs),
     /// Run a workload without tracing (for use with other tools), printing KSM's counters.
@@ -152,6 +155,33 @@ pub struct FlameArgs {
     /// What the frames are.
     #[arg(long, value_enum, default_value = "stack")]
     pub by: crate::flame::View,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// The kernel selftest's merge time (ksm_tests -P, or -H with --thp), as a recording.
+    Merge(MergeBenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct MergeBenchArgs {
+    /// Size of the region of identical pages (e.g. 100M).
+    #[arg(long, default_value = "100M")]
+    pub size: String,
+    /// Back the region with transparent huge pages (ksm_tests -H).
+    #[arg(long)]
+    pub thp: bool,
+    /// pages_to_scan during the run (the selftest's default -p is 10).
+    #[arg(long, default_value_t = 10)]
+    pub pages_to_scan: u32,
+    /// How to time merges (off by default: tracing merges slows ksmd).
+    #[arg(long, value_enum, default_value = "off")]
+    pub merge_latency: LatencyMode,
+    /// Give up after this long.
+    #[arg(long, default_value = "120s", value_parser = parse_duration)]
+    pub timeout: Duration,
+    #[arg(short, long, default_value = "ksm-trace-bench.json")]
+    pub output: PathBuf,
 }
 
 #[derive(Debug, Args)]

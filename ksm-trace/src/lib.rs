@@ -4,6 +4,7 @@
 //! aggregates) → [`recording`] (one self-describing file) → [`report`]. Beside it:
 //! [`workload`] drives ksmd, [`knobs`] sets and restores KSM's settings, [`kernel`] reads the
 //! kernel's own counters that every figure is checked against.
+pub mod bench;
 pub mod cli;
 pub mod collect;
 pub mod doctor;

@@ -42,6 +42,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 refresh: args.refresh,
                 interval: args.interval,
                 until_settled: args.until_settled,
+                until_full_scans: None,
             };
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -93,6 +94,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 opts.out_dir.display()
             );
             Ok(())
+        }
+        Command::Bench(ksm_trace::cli::BenchCommand::Merge(args)) => {
+            let bench = ksm_trace::bench::MergeBench {
+                size: ksm_trace::workload::spec::parse_size(&args.size, "--size")?,
+                thp: args.thp,
+                pages_to_scan: args.pages_to_scan,
+                merge_latency: args.merge_latency,
+                timeout: args.timeout,
+                output: args.output,
+            };
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let (_, summary) =
+                runtime.block_on(ksm_trace::bench::merge(&bench, std::env::args().collect()))?;
+            print(&summary)
         }
         Command::Plot(args) => {
             let files = ksm_trace::plot::plot(&Recording::read(&args.file)?, &args.output)?;

@@ -43,6 +43,8 @@ pub struct RecordOptions {
     pub interval: Duration,
     /// Stop when KSM has settled.
     pub until_settled: bool,
+    /// Stop once this many full scans have completed in the window.
+    pub until_full_scans: Option<u64>,
 }
 
 /// How long without merges before the auto-armed bracket is detached again.
@@ -169,6 +171,11 @@ pub async fn record(opts: &RecordOptions, command_line: Vec<String>) -> Result<R
                 }
                 if deadline.is_some_and(|d| Instant::now() >= d) {
                     break "duration";
+                }
+                if opts.until_full_scans.is_some_and(|n| {
+                    collector.scans.scans_in_window(counters_start.ksm("full_scans") as u64, u64::MAX).len() as u64 >= n
+                }) {
+                    break "full-scans";
                 }
                 if workload.as_mut().is_some_and(|w| w.finished()) {
                     break "workload-finished";

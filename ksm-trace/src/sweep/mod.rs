@@ -122,6 +122,7 @@ pub async fn run(o: &SweepOptions, command_line: Vec<String>) -> Result<Vec<Conf
             refresh: false,
             interval: o.interval,
             until_settled: o.until_settled,
+            until_full_scans: None,
         };
         let rec = record::record(&opts, command_line.clone()).await?;
         rec.write(&opts.output)?;

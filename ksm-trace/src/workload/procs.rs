@@ -339,10 +339,15 @@ pub fn worker_main(args: &[String]) -> Result<()> {
         nonce,
     };
     let started = Instant::now();
-    for p in 0..memory.pages() {
-        // Zero pages are written too, so they are resident for KSM to find.
-        let value = memory.header(p, 0);
-        memory.write(p, value);
+    if spec.same {
+        // The kernel selftest's fill: every page identical.
+        memory.words.fill(u64::from_ne_bytes([b'*'; 8]));
+    } else {
+        for p in 0..memory.pages() {
+            // Zero pages are written too, so they are resident for KSM to find.
+            let value = memory.header(p, 0);
+            memory.write(p, value);
+        }
     }
     let fill_ns = started.elapsed().as_nanos() as u64;
     if spec.mode == MergeMode::Madvise {

@@ -36,6 +36,10 @@ pub struct ProcsSpec {
     pub mode: MergeMode,
     /// Some(true): MADV_HUGEPAGE, Some(false): MADV_NOHUGEPAGE, None: system default.
     pub thp: Option<bool>,
+    /// `same`: every byte of every page is '*' (the kernel selftest's fill; dup and zero are
+    /// ignored); `distinct`: the dup/zero/unique pattern.
+    #[serde(default)]
+    pub same: bool,
 }
 
 /// Guest VMs under QEMU.
@@ -66,7 +70,7 @@ pub enum WorkloadSpec {
     Vms(VmsSpec),
 }
 
-const PROCS_HELP: &str = "procs:N[,pages=P][,dup=F][,zero=F][,rounds=R][,wait=D][,write=F][,mode=madvise|prctl][,thp=on|off]";
+const PROCS_HELP: &str = "procs:N[,pages=P][,dup=F][,zero=F][,rounds=R][,wait=D][,write=F][,mode=madvise|prctl][,thp=on|off][,pattern=distinct|same]";
 const VMS_HELP: &str = "vms:N[,mem=256M][,shared=32M][,private=16M][,churn=1M/2s]";
 
 impl WorkloadSpec {
@@ -105,6 +109,7 @@ fn parse_procs(count_text: &str, options: BTreeMap<String, String>) -> Result<Pr
         write: 0.0,
         mode: MergeMode::Madvise,
         thp: None,
+        same: false,
     };
     for (key, value) in options {
         match key.as_str() {
@@ -122,6 +127,13 @@ fn parse_procs(count_text: &str, options: BTreeMap<String, String>) -> Result<Pr
                 }
             }
             "thp" => spec.thp = Some(parse_on_off(&value, "thp")?),
+            "pattern" => {
+                spec.same = match value.as_str() {
+                    "same" => true,
+                    "distinct" => false,
+                    _ => bail!("pattern={value} is not distinct or same"),
+                }
+            }
             _ => bail!("unknown procs option {key:?}: use {PROCS_HELP}"),
         }
     }
