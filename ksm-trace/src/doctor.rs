@@ -92,19 +92,8 @@ pub fn run(json: bool) -> Result<String> {
     }
     if caps.ksm {
         let _ = writeln!(o, "KSM knobs:");
-        for k in [
-            "run",
-            "pages_to_scan",
-            "sleep_millisecs",
-            "use_zero_pages",
-            "max_page_sharing",
-            "smart_scan",
-            "merge_across_nodes",
-            "advisor_mode",
-        ] {
-            if let Ok(v) = sysfs::read(k) {
-                let _ = writeln!(o, "  {k}: {v}");
-            }
+        for (k, v) in sysfs::knob_values() {
+            let _ = writeln!(o, "  {k}: {v}");
         }
     }
     Ok(o)

@@ -114,23 +114,7 @@ pub async fn record(opts: &RecordOptions, command_line: Vec<String>) -> Result<R
             "ksm-trace: ksmd was off (run=0): started it for this run; it is stopped again afterwards"
         );
     }
-    let knob_values = [
-        "run",
-        "pages_to_scan",
-        "sleep_millisecs",
-        "use_zero_pages",
-        "max_page_sharing",
-        "smart_scan",
-        "merge_across_nodes",
-        "advisor_mode",
-    ]
-    .iter()
-    .filter_map(|k| {
-        sysfs::read(k)
-            .ok()
-            .map(|v| (k.to_string(), sysfs::selected(&v)))
-    })
-    .collect();
+    let knob_values = sysfs::knob_values();
 
     let started = Instant::now();
     let deadline = opts.duration.map(|d| started + d);

@@ -13,11 +13,9 @@ use common::*;
 const PAGES: u64 = 1500;
 const DUP: f64 = 0.6;
 
-fn record_procs(session: &KsmSession, extra: &[&str]) -> (serde_json::Value, serde_json::Value) {
-    let out = session.path("rec.json");
+fn record_procs(extra: &[&str], session: &KsmSession) -> (serde_json::Value, serde_json::Value) {
     let workload = format!("procs:3,pages={PAGES},dup={DUP}");
     let mut args = vec![
-        "record",
         "--workload",
         &workload,
         "--duration",
@@ -26,21 +24,11 @@ fn record_procs(session: &KsmSession, extra: &[&str]) -> (serde_json::Value, ser
         "1000",
         "--sleep-ms",
         "10",
-        "-q",
-        "-o",
-        out.to_str().unwrap(),
     ];
     args.extend_from_slice(extra);
     let scans_before = knob_u64("full_scans");
-    let result = ksm_trace(&args);
-    assert!(
-        result.status.success(),
-        "record failed: {}",
-        String::from_utf8_lossy(&result.stderr)
-    );
+    let (rec, rep) = record(session, &args);
     let scans_after = knob_u64("full_scans");
-    let rec = json(&out);
-    let rep = report(&out);
     // ksmd is off before and after (run=0 restored), so the kernel's full_scans moved only
     // inside ksm-trace's window.
     assert_eq!(
@@ -58,7 +46,7 @@ fn record_procs(session: &KsmSession, extra: &[&str]) -> (serde_json::Value, ser
 #[test]
 fn merges_equal_ksm_merging_pages_per_process() {
     let session = KsmSession::start("merges");
-    let (rec, rep) = record_procs(&session, &["--merge-latency", "always"]);
+    let (rec, rep) = record_procs(&["--merge-latency", "always"], &session);
     let workers = rec["meta"]["workload"]["workers"].as_array().unwrap();
     assert_eq!(workers.len(), 3);
     let processes = rep["processes"].as_array().unwrap();
@@ -104,7 +92,7 @@ fn merges_equal_ksm_merging_pages_per_process() {
 #[test]
 fn auto_latency_mode_keeps_exact_counts() {
     let session = KsmSession::start("auto");
-    let (_rec, rep) = record_procs(&session, &[]);
+    let (_rec, rep) = record_procs(&[], &session);
     for p in rep["processes"]
         .as_array()
         .unwrap()

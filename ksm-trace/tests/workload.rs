@@ -14,32 +14,21 @@ fn cow_ksm() -> u64 {
         .unwrap()
 }
 
-fn record(
+fn record_workload(
     session: &KsmSession,
     workload: &str,
     extra: &[&str],
 ) -> (serde_json::Value, serde_json::Value) {
-    let out = session.path("rec.json");
     let mut args = vec![
-        "record",
         "--workload",
         workload,
         "--pages-to-scan",
         "2000",
         "--sleep-ms",
         "10",
-        "-q",
-        "-o",
-        out.to_str().unwrap(),
     ];
     args.extend_from_slice(extra);
-    let result = ksm_trace(&args);
-    assert!(
-        result.status.success(),
-        "record failed: {}",
-        String::from_utf8_lossy(&result.stderr)
-    );
-    (json(&out), report(&out))
+    record(session, &args)
 }
 
 fn workers(rep: &serde_json::Value) -> Vec<serde_json::Value> {
@@ -60,7 +49,7 @@ fn delta(p: &serde_json::Value, field: &str) -> i64 {
 fn rounds_and_writes_are_explained_by_observed_unmerges_and_cow_ksm() {
     let session = KsmSession::start("rounds");
     let cow_before = cow_ksm();
-    let (rec, rep) = record(
+    let (rec, rep) = record_workload(
         &session,
         "procs:3,pages=1500,dup=0.6,rounds=3,wait=2s,write=0.05",
         &["--merge-latency", "off"],
@@ -115,7 +104,7 @@ fn rounds_and_writes_are_explained_by_observed_unmerges_and_cow_ksm() {
 fn zero_pages_are_zero_page_merges_with_use_zero_pages() {
     let session = KsmSession::start("zero");
     let zero_before = knob("use_zero_pages");
-    let (_rec, rep) = record(
+    let (_rec, rep) = record_workload(
         &session,
         "procs:2,pages=1000,dup=0.4,zero=0.2",
         &["--duration", "4s", "--use-zero-pages", "on"],
@@ -145,7 +134,7 @@ fn zero_pages_are_zero_page_merges_with_use_zero_pages() {
 #[test]
 fn prctl_mode_merges_the_whole_process() {
     let session = KsmSession::start("prctl");
-    let (_rec, rep) = record(
+    let (_rec, rep) = record_workload(
         &session,
         "procs:2,pages=1000,dup=0.5,mode=prctl",
         &["--duration", "4s"],

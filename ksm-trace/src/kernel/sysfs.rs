@@ -31,6 +31,31 @@ pub fn write(name: &str, value: &str) -> Result<()> {
         .with_context(|| format!("writing {value:?} to {}", path(name).display()))
 }
 
+/// The files in /sys/kernel/mm/ksm that are settings, not counters.
+pub const KNOBS: [&str; 13] = [
+    "run",
+    "pages_to_scan",
+    "sleep_millisecs",
+    "use_zero_pages",
+    "max_page_sharing",
+    "smart_scan",
+    "merge_across_nodes",
+    "stable_node_chains_prune_millisecs",
+    "advisor_mode",
+    "advisor_max_cpu",
+    "advisor_min_pages_to_scan",
+    "advisor_max_pages_to_scan",
+    "advisor_target_scan_time",
+];
+
+/// Current value of every knob this kernel has (choice files as their selected value).
+pub fn knob_values() -> BTreeMap<String, String> {
+    KNOBS
+        .iter()
+        .filter_map(|k| read(k).ok().map(|v| (k.to_string(), selected(&v))))
+        .collect()
+}
+
 /// Every numeric file in the directory (advisor_mode and the like are skipped).
 pub fn read_all() -> Result<BTreeMap<String, i64>> {
     if !available() {

@@ -95,22 +95,6 @@ pub struct LatencyReport {
 /// "Settled": pages_sharing changes by less than this fraction per full scan.
 pub const SETTLE_THRESHOLD: f64 = 0.05;
 
-/// Counters that are knobs, not counts: not shown as deltas.
-const KNOBS: [&str; 12] = [
-    "run",
-    "pages_to_scan",
-    "sleep_millisecs",
-    "max_page_sharing",
-    "merge_across_nodes",
-    "use_zero_pages",
-    "smart_scan",
-    "stable_node_chains_prune_millisecs",
-    "advisor_max_cpu",
-    "advisor_max_pages_to_scan",
-    "advisor_min_pages_to_scan",
-    "advisor_target_scan_time",
-];
-
 impl Report {
     pub fn from_recording(rec: &Recording) -> Self {
         let duration_ns = rec.meta.duration_ns().max(1);
@@ -149,7 +133,7 @@ impl Report {
 
         let mut kernel_deltas = BTreeMap::new();
         for (name, end) in &rec.counters_end.ksm {
-            if KNOBS.contains(&name.as_str()) || name.starts_with("advisor") {
+            if crate::kernel::sysfs::KNOBS.contains(&name.as_str()) {
                 continue;
             }
             let start = rec.counters_start.ksm.get(name).copied().unwrap_or(0);

@@ -111,6 +111,22 @@ pub fn report(path: &Path) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// Runs `ksm-trace record ARGS -q -o <session>/rec.json`, asserts it succeeded, and returns
+/// the recording and its JSON report.
+pub fn record(session: &KsmSession, args: &[&str]) -> (serde_json::Value, serde_json::Value) {
+    let out = session.path("rec.json");
+    let mut all = vec!["record"];
+    all.extend_from_slice(args);
+    all.extend(["-q", "-o", out.to_str().unwrap()]);
+    let result = ksm_trace(&all);
+    assert!(
+        result.status.success(),
+        "record failed: {}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    (json(&out), report(&out))
+}
+
 /// Pids of live processes whose comm starts with `prefix`.
 pub fn pids_named(prefix: &str) -> Vec<u32> {
     let mut pids = Vec::new();
