@@ -1,0 +1,279 @@
+//! Guest assets cached in /var/cache/ksm-trace: Debian's cloud kernel (downloaded with apt,
+//! never installed) and one initramfs per set of payload parameters.
+use std::{
+    fs,
+    io::Read as _,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+
+use super::initramfs;
+use crate::workload::spec::VmsSpec;
+
+pub const CACHE_DIR: &str = "/var/cache/ksm-trace";
+pub const BUSYBOX: &str = "/bin/busybox";
+/// Its dependency is the current cloud kernel: boots fastest under TCG, serial console and
+/// devtmpfs built in.
+const KERNEL_META_PACKAGE: &str = "linux-image-cloud-amd64";
+
+pub struct Assets {
+    pub kernel: PathBuf,
+    pub initramfs: PathBuf,
+}
+
+/// Reuses what the cache holds unless `refresh`; downloads or builds the rest.
+pub fn prepare(spec: &VmsSpec, refresh: bool) -> Result<Assets> {
+    let dir = Path::new(CACHE_DIR);
+    fs::create_dir_all(dir).with_context(|| format!("creating {CACHE_DIR}"))?;
+    Ok(Assets {
+        kernel: guest_kernel(dir, refresh)?,
+        initramfs: initramfs(dir, spec, refresh)?,
+    })
+}
+
+/// `initramfs-<shared>-<private>-<churn>.cpio.gz`: one archive per payload configuration.
+pub fn initramfs_name(spec: &VmsSpec) -> String {
+    let churn = match spec.churn {
+        Some(c) => format!("{}x{}ms", c.bytes, c.every.as_millis()),
+        None => "none".into(),
+    };
+    format!("initramfs-{}-{}-{churn}.cpio.gz", spec.shared, spec.private)
+}
+
+fn initramfs(dir: &Path, spec: &VmsSpec, refresh: bool) -> Result<PathBuf> {
+    let path = dir.join(initramfs_name(spec));
+    if path.is_file() && !refresh {
+        return Ok(path);
+    }
+    eprintln!(
+        "ksm-trace: building guest initramfs in {CACHE_DIR} ({} MiB shared payload)",
+        spec.shared >> 20
+    );
+    // Written aside and renamed, so an interrupted build never looks like a cached archive.
+    let tmp = dir.join(format!(
+        ".{}.{}.tmp",
+        initramfs_name(spec),
+        std::process::id()
+    ));
+    let result = initramfs::write(spec, Path::new(BUSYBOX), &tmp).and_then(|()| {
+        fs::rename(&tmp, &path).with_context(|| format!("renaming to {}", path.display()))
+    });
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result.context("building the guest initramfs")?;
+    Ok(path)
+}
+
+/// The newest cached `vmlinuz-*`.
+fn cached_kernel(dir: &Path) -> Result<Option<PathBuf>> {
+    let mut found = Vec::new();
+    for entry in fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let entry = entry.with_context(|| format!("reading {}", dir.display()))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with("vmlinuz-") && entry.path().is_file() {
+            found.push(entry.path());
+        }
+    }
+    found.sort();
+    Ok(found.pop())
+}
+
+fn guest_kernel(dir: &Path, refresh: bool) -> Result<PathBuf> {
+    if !refresh && let Some(path) = cached_kernel(dir)? {
+        return Ok(path);
+    }
+    let package = with_apt_update(kernel_package)?;
+    eprintln!("ksm-trace: downloading guest kernel {package} into {CACHE_DIR}");
+    // Old downloads go first, so the package's file is the only one that matches.
+    remove_matching(dir, |n| {
+        n.starts_with(&format!("{package}_")) && n.ends_with(".deb")
+    })?;
+    with_apt_update(|| {
+        run(
+            Command::new("apt-get")
+                .args(["download", "-qq", &package])
+                .current_dir(dir),
+            "apt-get download",
+        )
+        .map(drop)
+    })?;
+    let deb = fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| {
+            p.file_name()
+                .map(|n| n.to_string_lossy())
+                .is_some_and(|n| n.starts_with(&format!("{package}_")) && n.ends_with(".deb"))
+        })
+        .ok_or_else(|| anyhow!("apt-get download left no {package}_*.deb in {CACHE_DIR}"))?;
+
+    let listing = String::from_utf8_lossy(&deb_tar(&deb, &["-t"])?).into_owned();
+    let member = listing
+        .lines()
+        .find(|l| l.starts_with("./boot/vmlinuz-"))
+        .ok_or_else(|| anyhow!("{} holds no /boot/vmlinuz-*", deb.display()))?
+        .to_owned();
+    let name = member.trim_start_matches("./boot/");
+    let image = deb_tar(&deb, &["-xO", &member])?;
+    if image.len() < 1 << 20 {
+        bail!(
+            "{member} in {} is only {} bytes",
+            deb.display(),
+            image.len()
+        );
+    }
+    let path = dir.join(name);
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    fs::write(&tmp, &image)
+        .and_then(|()| fs::rename(&tmp, &path))
+        .with_context(|| format!("writing {}", path.display()))?;
+    // Only the kernel just extracted stays, so `cached_kernel` cannot pick a stale one.
+    remove_matching(dir, |n| n.starts_with("vmlinuz-") && n != name)?;
+    Ok(path)
+}
+
+/// The versioned kernel package the cloud meta-package depends on.
+fn kernel_package() -> Result<String> {
+    let out = run(
+        Command::new("apt-cache").args(["depends", KERNEL_META_PACKAGE]),
+        "apt-cache depends",
+    )?;
+    String::from_utf8_lossy(&out)
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("Depends:"))
+        .map(str::trim)
+        .find(|p| p.starts_with("linux-image-"))
+        .map(str::to_owned)
+        .ok_or_else(|| anyhow!("apt knows no kernel package behind {KERNEL_META_PACKAGE}"))
+}
+
+/// Runs `f`; if it fails, refreshes apt's package lists once and tries again (a fresh
+/// machine may have none, or stale ones pointing at superseded packages).
+fn with_apt_update<T>(mut f: impl FnMut() -> Result<T>) -> Result<T> {
+    match f() {
+        Ok(v) => Ok(v),
+        Err(first) => {
+            log::debug!("{first:#}: running apt-get update");
+            run(
+                Command::new("apt-get").args(["update", "-qq"]),
+                "apt-get update",
+            )
+            .with_context(|| format!("{first:#}"))?;
+            f().context("fetching the guest kernel (Debian's linux-image-cloud-amd64) with apt")
+        }
+    }
+}
+
+/// `dpkg-deb --fsys-tarfile DEB | tar ARGS`, returning tar's output.
+fn deb_tar(deb: &Path, tar_args: &[&str]) -> Result<Vec<u8>> {
+    let mut dpkg = Command::new("dpkg-deb")
+        .arg("--fsys-tarfile")
+        .arg(deb)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("running dpkg-deb (needed to unpack the guest kernel)")?;
+    let tar_in = dpkg
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow!("dpkg-deb has no stdout"))?;
+    let tar = Command::new("tar")
+        .args(tar_args)
+        .stdin(tar_in)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn();
+    let tar = match tar {
+        Ok(t) => t,
+        Err(e) => {
+            let _ = dpkg.kill();
+            let _ = dpkg.wait();
+            return Err(e).context("running tar");
+        }
+    };
+    let tar_out = tar.wait_with_output().context("running tar")?;
+    let mut dpkg_err = String::new();
+    if let Some(mut e) = dpkg.stderr.take() {
+        let _ = e.read_to_string(&mut dpkg_err);
+    }
+    let dpkg_status = dpkg.wait().context("running dpkg-deb")?;
+    if !dpkg_status.success() {
+        bail!(
+            "dpkg-deb --fsys-tarfile {} failed: {}",
+            deb.display(),
+            dpkg_err.trim()
+        );
+    }
+    if !tar_out.status.success() {
+        bail!(
+            "tar {} on {} failed: {}",
+            tar_args.join(" "),
+            deb.display(),
+            String::from_utf8_lossy(&tar_out.stderr).trim()
+        );
+    }
+    Ok(tar_out.stdout)
+}
+
+/// Runs `cmd`, returning its stdout, or an error with the end of its stderr.
+fn run(cmd: &mut Command, what: &str) -> Result<Vec<u8>> {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {what} (the guest kernel is fetched with apt)"))?;
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let tail: Vec<&str> = stderr.trim().lines().rev().take(3).collect();
+        bail!(
+            "{what} failed ({}): {}",
+            out.status,
+            tail.into_iter().rev().collect::<Vec<_>>().join(" / ")
+        );
+    }
+    Ok(out.stdout)
+}
+
+fn remove_matching(dir: &Path, mut matches: impl FnMut(&str) -> bool) -> Result<()> {
+    for entry in fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let entry = entry.with_context(|| format!("reading {}", dir.display()))?;
+        if matches(&entry.file_name().to_string_lossy()) {
+            fs::remove_file(entry.path())
+                .with_context(|| format!("removing {}", entry.path().display()))?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::workload::spec::Churn;
+
+    #[test]
+    fn initramfs_is_keyed_by_its_parameters() {
+        let mut spec = VmsSpec {
+            count: 2,
+            mem: 256 << 20,
+            shared: 32 << 20,
+            private: 16 << 20,
+            churn: None,
+        };
+        assert_eq!(
+            initramfs_name(&spec),
+            "initramfs-33554432-16777216-none.cpio.gz"
+        );
+        spec.churn = Some(Churn {
+            bytes: 1 << 20,
+            every: Duration::from_secs(2),
+        });
+        assert_eq!(
+            initramfs_name(&spec),
+            "initramfs-33554432-16777216-1048576x2000ms.cpio.gz"
+        );
+    }
+}

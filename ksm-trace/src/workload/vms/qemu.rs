@@ -1,0 +1,217 @@
+//! One QEMU guest (TCG): starting it, watching its serial console for the ready marker, and
+//! ending it (QMP quit → SIGTERM → SIGKILL).
+use std::{
+    fs::{self, File},
+    os::unix::process::CommandExt as _,
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result};
+use nix::{
+    sys::signal::{Signal, kill},
+    unistd::Pid,
+};
+
+use super::{assets::Assets, initramfs::READY_MARKER, qmp};
+use crate::workload::spec::VmsSpec;
+
+pub const QEMU: &str = "qemu-system-x86_64";
+/// How long each stage of `stop_all` waits before the next, harsher one.
+const GRACE: Duration = Duration::from_secs(2);
+
+pub struct Guest {
+    pub name: String,
+    log: PathBuf,
+    stderr_log: PathBuf,
+    qmp: PathBuf,
+    child: Child,
+    spawned: Instant,
+    /// Time from spawn to the ready marker, once seen.
+    pub ready: Option<Duration>,
+    exited: Option<ExitStatus>,
+}
+
+/// `ksm-vmN`: QEMU's process name, so reports attribute merges by comm.
+pub fn guest_name(index: u32) -> String {
+    format!("ksm-vm{index}")
+}
+
+impl Guest {
+    /// Starts guest `index` with its console log and QMP socket in `run_dir`.
+    pub fn spawn(index: u32, spec: &VmsSpec, assets: &Assets, run_dir: &Path) -> Result<Self> {
+        let name = guest_name(index);
+        let log = run_dir.join(format!("{name}.log"));
+        let stderr_log = run_dir.join(format!("{name}.stderr"));
+        let qmp = run_dir.join(format!("{name}.qmp"));
+        let stderr = File::create(&stderr_log)
+            .with_context(|| format!("creating {}", stderr_log.display()))?;
+        let mut cmd = Command::new(QEMU);
+        cmd.args(["-name", &format!("{name},process={name}")])
+            // /dev/kvm is unusable for stock guests here; a small translation cache keeps
+            // QEMU's own memory low.
+            .args(["-accel", "tcg,tb-size=32", "-machine", "q35", "-cpu", "max"])
+            .args(["-smp", "1", "-m", &format!("{}M", spec.mem >> 20)])
+            .args([
+                "-nodefaults",
+                "-no-user-config",
+                "-display",
+                "none",
+                "-no-reboot",
+            ])
+            // A file, never a pipe: an unread pipe would stall the guest.
+            .arg("-serial")
+            .arg(format!("file:{}", log.display()))
+            .arg("-qmp")
+            .arg(format!("unix:{},server=on,wait=off", qmp.display()))
+            .arg("-kernel")
+            .arg(&assets.kernel)
+            .arg("-initrd")
+            .arg(&assets.initramfs)
+            // ramfs, not the default tmpfs, as the root: tmpfs is capped at half the RAM the
+            // kernel sees at boot, too little for payload plus private data in a 128M guest.
+            .args([
+                "-append",
+                "console=ttyS0 quiet panic=-1 rdinit=/init rootfstype=ramfs",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            // Its own process group: a terminal's Ctrl-C reaches ksm-trace only, which then
+            // stops the guests in order.
+            .process_group(0);
+        let parent = std::process::id() as i32;
+        // SAFETY: prctl and getppid are async-signal-safe.
+        unsafe {
+            cmd.pre_exec(move || {
+                // No guest may outlive ksm-trace, even if it is killed.
+                nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)?;
+                // The parent may have died before the line above took effect.
+                if libc::getppid() != parent {
+                    return Err(std::io::Error::other("ksm-trace exited"));
+                }
+                Ok(())
+            });
+        }
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting {QEMU} for {name}"))?;
+        Ok(Self {
+            name,
+            log,
+            stderr_log,
+            qmp,
+            child,
+            spawned: Instant::now(),
+            ready: None,
+            exited: None,
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Whether the console has shown the ready marker (remembered once seen).
+    pub fn check_ready(&mut self) -> bool {
+        if self.ready.is_none() {
+            // The console is small (quiet kernel), so rereading it whole is cheap.
+            let seen = fs::read(&self.log).is_ok_and(|bytes| {
+                String::from_utf8_lossy(&bytes)
+                    .lines()
+                    .any(|l| l.trim() == READY_MARKER)
+            });
+            if seen {
+                self.ready = Some(self.spawned.elapsed());
+            }
+        }
+        self.ready.is_some()
+    }
+
+    /// The exit status once QEMU has exited (reaped here, so its pid is never signalled
+    /// after it could have been reused).
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        if self.exited.is_none() {
+            match self.child.try_wait() {
+                Ok(status) => self.exited = status,
+                Err(e) => log::warn!("waiting for {}: {e}", self.name),
+            }
+        }
+        self.exited
+    }
+
+    /// The last `lines` lines of the console, then QEMU's own error output if any.
+    pub fn console_tail(&self, lines: usize) -> String {
+        let mut text = tail(&self.log, lines).unwrap_or_else(|| "(no console output)".into());
+        if let Some(stderr) = tail(&self.stderr_log, lines) {
+            text += &format!("\n{QEMU} said:\n{stderr}");
+        }
+        text
+    }
+
+    fn signal(&mut self, signal: Signal) {
+        if self.exited().is_none() {
+            let _ = kill(Pid::from_raw(self.child.id() as i32), signal);
+        }
+    }
+}
+
+fn tail(path: &Path, lines: usize) -> Option<String> {
+    let bytes = fs::read(path).ok()?;
+    let text = String::from_utf8_lossy(&bytes);
+    let all: Vec<&str> = text
+        .lines()
+        .map(|l| l.trim_end_matches('\r'))
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    if all.is_empty() {
+        return None;
+    }
+    Some(all[all.len().saturating_sub(lines)..].join("\n"))
+}
+
+/// Ends every guest still running: QMP quit, then SIGTERM, then SIGKILL, `GRACE` apart.
+pub fn stop_all(guests: &mut [Guest]) {
+    for guest in guests.iter_mut() {
+        if guest.exited().is_some() {
+            continue;
+        }
+        if let Err(e) = qmp::quit(&guest.qmp, Duration::from_millis(500)) {
+            log::debug!("{}: {e:#}", guest.name);
+        }
+    }
+    if wait_all(guests, GRACE) {
+        return;
+    }
+    for guest in guests.iter_mut() {
+        guest.signal(Signal::SIGTERM);
+    }
+    if wait_all(guests, GRACE) {
+        return;
+    }
+    for guest in guests.iter_mut() {
+        if guest.exited().is_none() {
+            log::warn!("{} ignored quit and SIGTERM: killing it", guest.name);
+            guest.signal(Signal::SIGKILL);
+            match guest.child.wait() {
+                Ok(status) => guest.exited = Some(status),
+                Err(e) => log::warn!("waiting for {}: {e}", guest.name),
+            }
+        }
+    }
+}
+
+/// True once every guest has exited, or false after `timeout`.
+fn wait_all(guests: &mut [Guest], timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if guests.iter_mut().all(|g| g.exited().is_some()) {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -1,0 +1,147 @@
+//! `ksm-trace record --workload vms:N` against the real kernel: merges must be attributed to
+//! each QEMU guest by name, and no guest, console log or QMP socket may outlive the run, also
+//! when ksm-trace is stopped by SIGTERM.
+mod common;
+
+use std::{
+    fs,
+    path::PathBuf,
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use common::*;
+
+/// Per-run directories of guest consoles and QMP sockets.
+fn run_dirs() -> Vec<PathBuf> {
+    fs::read_dir("/tmp")
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("ksm-trace-vms-")
+        })
+        .map(|e| e.path())
+        .collect()
+}
+
+fn assert_no_guests_left() {
+    assert!(
+        wait_until(Duration::from_secs(5), || pids_named("ksm-vm").is_empty()),
+        "a guest survived: {:?}",
+        pids_named("ksm-vm")
+    );
+    assert!(run_dirs().is_empty(), "left behind: {:?}", run_dirs());
+}
+
+#[test]
+fn record_vms_attributes_merges_to_each_guest() {
+    let session = KsmSession::start("vms");
+    let out = session.path("vms.json");
+    let result = ksm_trace(&[
+        "record",
+        "--workload",
+        "vms:2,mem=128M",
+        "--duration",
+        "40s",
+        "--pages-to-scan",
+        "2000",
+        "--sleep-ms",
+        "20",
+        "-q",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        result.status.success(),
+        "record failed: {}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    let rec = json(&out);
+    let rep = report(&out);
+    let workers = rec["meta"]["workload"]["workers"].as_array().unwrap();
+    assert_eq!(workers.len(), 2);
+    let processes = rep["processes"].as_array().unwrap();
+    for (i, worker) in workers.iter().enumerate() {
+        let comm = format!("ksm-vm{i}");
+        assert_eq!(worker["comm"], comm.as_str());
+        assert_eq!(worker["bytes"].as_u64(), Some(128 << 20));
+        assert!(
+            worker["ready_ns"].as_u64().unwrap() > 0,
+            "{comm} ready time"
+        );
+        let pid = worker["pid"].as_u64().unwrap();
+        let p = processes
+            .iter()
+            .find(|p| p["pid"].as_u64() == Some(pid))
+            .unwrap_or_else(|| panic!("guest {comm} (pid {pid}) not in the report"));
+        assert_eq!(p["comm"], comm.as_str(), "attribution by comm");
+        let merges = p["merges"].as_u64().unwrap();
+        assert!(merges > 0, "{comm}: no merges");
+        let start = p["ksm_merging_pages_start"].as_u64().unwrap();
+        let end = p["ksm_merging_pages_end"].as_u64().unwrap();
+        // Guests write their memory, so some merged pages leave again: only ≥ holds.
+        assert!(
+            merges >= end.saturating_sub(start),
+            "{comm}: merges {merges} < Δksm_merging_pages {start}→{end}"
+        );
+        assert!(!alive(pid as u32), "{comm} (pid {pid}) survived");
+    }
+    assert_no_guests_left();
+    session.assert_knobs_restored();
+}
+
+#[test]
+fn sigterm_stops_guests() {
+    let session = KsmSession::start("vms-sigterm");
+    let out = session.path("vms-term.json");
+    let child = Command::new(bin())
+        .args([
+            "record",
+            "--workload",
+            "vms:2,mem=128M",
+            "--duration",
+            "120s",
+            "-q",
+            "-o",
+            out.to_str().unwrap(),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let dir = PathBuf::from(format!("/tmp/ksm-trace-vms-{}", child.id()));
+    // Both guests booted: their consoles show the marker their /init prints when ready.
+    let ready = |i: u32| {
+        fs::read_to_string(dir.join(format!("ksm-vm{i}.log")))
+            .is_ok_and(|log| log.contains("KSM-TRACE-READY"))
+    };
+    assert!(
+        wait_until(Duration::from_secs(180), || pids_named("ksm-vm").len() == 2
+            && ready(0)
+            && ready(1)),
+        "guests ready"
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || knob("run") == "1"),
+        "ksmd started for the run"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "exit after SIGTERM: {} {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let rec = json(&out);
+    assert_eq!(rec["meta"]["ended_by"], "terminate");
+    assert_no_guests_left();
+    session.assert_knobs_restored();
+}
