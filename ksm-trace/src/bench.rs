@@ -119,3 +119,138 @@ fn summarize(rec: &Recording, b: &MergeBench) -> Result<String> {
     );
     Ok(o)
 }
+
+/// `ksm-trace bench overhead`: what tracing costs ksmd. A settled workload keeps ksmd scanning
+/// flat out (sleep_millisecs=0); pages scanned per second is measured in alternating windows,
+/// untraced and traced in each mode, and each traced window is divided by the mean of its
+/// untraced neighbours, so drift in the machine's speed cancels out.
+pub struct OverheadBench {
+    pub workload: String,
+    pub pages_to_scan: u32,
+    pub window: Duration,
+    pub repetitions: u32,
+}
+
+/// What a traced window attaches.
+const MODES: [(&str, Option<LatencyMode>); 3] = [
+    (
+        "ksm:* tracepoints, sched_switch, profiler (--merge-latency off)",
+        Some(LatencyMode::Off),
+    ),
+    (
+        "as record's default (--merge-latency auto; bracket idle at steady state)",
+        Some(LatencyMode::Auto),
+    ),
+    (
+        "with the mmap_lock bracket always attached (--merge-latency always)",
+        Some(LatencyMode::Always),
+    ),
+];
+
+pub async fn overhead(b: &OverheadBench) -> Result<String> {
+    use crate::{
+        kernel::{self, sysfs},
+        knobs::KnobGuard,
+        probes::{Capabilities, Probes},
+        session,
+        workload::Workload,
+    };
+    let caps = Capabilities::detect();
+    caps.require_recording()?;
+    let knobs = KnobSettings {
+        pages_to_scan: Some(b.pages_to_scan),
+        sleep_ms: Some(0),
+        ..Default::default()
+    };
+    let (spec, _lock) = session::preflight(Some(&b.workload), &knobs)?;
+    let spec = spec.expect("a spec was given");
+    let ksmd = kernel::ksmd_pid()?;
+    let mut guard = KnobGuard::new()?;
+    guard.pause_ksmd()?;
+    guard.apply(&knobs)?;
+    let mut workload = Workload::start(&spec, false)?;
+    guard.run_ksmd()?;
+
+    // Let KSM settle first: the benchmark is about steady-state scanning.
+    let settle_deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut last = -1;
+    while std::time::Instant::now() < settle_deadline {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let sharing = sysfs::read_i64("pages_sharing")?;
+        if sharing > 0 && sharing == last {
+            break;
+        }
+        last = sharing;
+    }
+
+    let mut untraced: Vec<f64> = Vec::new();
+    let mut traced: Vec<Vec<(usize, f64)>> = vec![Vec::new(); MODES.len()];
+    untraced.push(scan_rate(None, b.window).await?);
+    for _ in 0..b.repetitions {
+        for (m, (_, mode)) in MODES.iter().enumerate() {
+            let mut probes =
+                Probes::load(&caps, caps.config(ksmd), mode.unwrap_or(LatencyMode::Off))?;
+            if *mode == Some(LatencyMode::Always) {
+                probes.arm_bracket()?;
+            }
+            probes.start_profile(ksmd)?;
+            let r = scan_rate(Some(&mut probes), b.window).await?;
+            drop(probes);
+            traced[m].push((untraced.len() - 1, r));
+            untraced.push(scan_rate(None, b.window).await?);
+        }
+    }
+    workload.stop();
+    drop(guard);
+
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "ksmd overhead: {} with pages_to_scan={} sleep_millisecs=0, {} s windows, {} repetitions",
+        b.workload,
+        b.pages_to_scan,
+        b.window.as_secs_f64(),
+        b.repetitions
+    );
+    let _ = writeln!(
+        o,
+        "  untraced: {:.0} pages scanned/s (windows {:.0}–{:.0})",
+        mean(&untraced),
+        untraced.iter().cloned().fold(f64::MAX, f64::min),
+        untraced.iter().cloned().fold(0.0, f64::max)
+    );
+    for (m, (name, _)) in MODES.iter().enumerate() {
+        // Each traced window against the untraced windows just before and after it.
+        let ratios: Vec<f64> = traced[m]
+            .iter()
+            .map(|&(i, r)| r / ((untraced[i] + untraced[i + 1]) / 2.0))
+            .collect();
+        let rates: Vec<f64> = traced[m].iter().map(|&(_, r)| r).collect();
+        let _ = writeln!(
+            o,
+            "  {name}: {:.0} pages/s, ratio to untraced {:.2} (min {:.2}, max {:.2})",
+            mean(&rates),
+            mean(&ratios),
+            ratios.iter().cloned().fold(f64::MAX, f64::min),
+            ratios.iter().cloned().fold(0.0, f64::max)
+        );
+    }
+    Ok(o)
+}
+
+/// ksmd's pages scanned per second over `window`, draining the probes' events if tracing.
+async fn scan_rate(probes: Option<&mut crate::probes::Probes>, window: Duration) -> Result<f64> {
+    use crate::{collect::Collector, kernel::sysfs};
+    let mut ring = probes.map(|p| p.take_events()).transpose()?;
+    let mut collector = Collector::default();
+    let start = sysfs::read_i64("pages_scanned")?;
+    let t0 = std::time::Instant::now();
+    while t0.elapsed() < window {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if let Some(ring) = ring.as_mut() {
+            record::drain(ring, &mut collector);
+        }
+    }
+    Ok((sysfs::read_i64("pages_scanned")? - start) as f64 / t0.elapsed().as_secs_f64())
+}

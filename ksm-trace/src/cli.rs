@@ -161,6 +161,23 @@ pub struct FlameArgs {
 pub enum BenchCommand {
     /// The kernel selftest's merge time (ksm_tests -P, or -H with --thp), as a recording.
     Merge(MergeBenchArgs),
+    /// What tracing costs ksmd: pages scanned per second, traced vs untraced, in one run.
+    Overhead(OverheadBenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct OverheadBenchArgs {
+    /// The workload kept merged while ksmd scans flat out.
+    #[arg(long, default_value = "procs:3,pages=12000,dup=0.67")]
+    pub workload: String,
+    #[arg(long, default_value_t = 5000)]
+    pub pages_to_scan: u32,
+    /// Length of each measured window.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub window: Duration,
+    /// Rounds of (traced window per mode, untraced window).
+    #[arg(long, default_value_t = 3)]
+    pub repetitions: u32,
 }
 
 #[derive(Debug, Args)]

@@ -111,6 +111,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 runtime.block_on(ksm_trace::bench::merge(&bench, std::env::args().collect()))?;
             print(&summary)
         }
+        Command::Bench(ksm_trace::cli::BenchCommand::Overhead(args)) => {
+            let bench = ksm_trace::bench::OverheadBench {
+                workload: args.workload,
+                pages_to_scan: args.pages_to_scan,
+                window: args.window,
+                repetitions: args.repetitions,
+            };
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            print(&runtime.block_on(ksm_trace::bench::overhead(&bench))?)
+        }
         Command::Plot(args) => {
             let files = ksm_trace::plot::plot(&Recording::read(&args.file)?, &args.output)?;
             for f in files {

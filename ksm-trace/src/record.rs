@@ -299,7 +299,7 @@ pub async fn record(opts: &RecordOptions, command_line: Vec<String>) -> Result<R
     })
 }
 
-fn drain(ring: &mut RingBuf<MapData>, collector: &mut Collector) {
+pub fn drain(ring: &mut RingBuf<MapData>, collector: &mut Collector) {
     while let Some(item) = ring.next() {
         if let Some(event) = Collector::decode(&item) {
             collector.handle(&event);
