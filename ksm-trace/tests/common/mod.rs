@@ -166,13 +166,17 @@ pub struct TestProcess {
 
 impl TestProcess {
     pub fn start(index: u32, pages: u64, dup: f64, nonce: u64) -> Self {
+        // The worker's protocol: index, nonce, the procs spec as JSON.
+        let spec = serde_json::json!({
+            "count": 1, "pages": pages, "dup": dup, "zero": 0.0, "rounds": 1, "wait": 10.0,
+            "write": 0.0, "mode": "madvise", "thp": null,
+        });
         let mut child = Command::new(bin())
             .args([
                 "__procs-worker",
                 &index.to_string(),
-                &pages.to_string(),
-                &dup.to_string(),
                 &nonce.to_string(),
+                &spec.to_string(),
             ])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
