@@ -3,6 +3,7 @@
 //! - `setup`: installs what the eBPF build needs, only what is missing;
 //! - `build`, `run -- ARGS`: builds ksm-trace (eBPF included) and runs it as root;
 //! - `test`: unit tests and the root integration tests against the real kernel;
+//! - `bench`: what tracing costs ksmd, and the selftest's merge time;
 //! - `fixture`: re-records the small recording the rendering tests read, and their golden files.
 mod fixture;
 mod setup;
@@ -32,6 +33,9 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Benchmarks, each printing ratios measured in one run: ksmd traced vs untraced, and the
+    /// kernel selftest's merge time.
+    Bench,
     /// Regenerate the committed rendering fixture (a small real recording) and its golden outputs.
     Fixture,
     /// Run all tests: unit tests and the root integration tests on the real kernel.
@@ -58,6 +62,33 @@ fn main() -> Result<()> {
                 .status()
                 .context("running ksm-trace")?;
             std::process::exit(status.code().unwrap_or(1));
+        }
+        Cmd::Bench => {
+            let env = setup::run()?;
+            cargo(&env, &["build", "--package", "ksm-trace"], true)?;
+            let bin = setup::workspace_root()?.join("target/release/ksm-trace");
+            for args in [
+                &["bench", "overhead"][..],
+                &[
+                    "bench",
+                    "merge",
+                    "--size",
+                    "100M",
+                    "-o",
+                    "/tmp/ksm-trace-bench.json",
+                ],
+            ] {
+                let status = as_root(
+                    &bin.to_string_lossy(),
+                    &args.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+                )
+                .status()
+                .context("running ksm-trace bench")?;
+                if !status.success() {
+                    bail!("ksm-trace {} failed", args.join(" "));
+                }
+            }
+            Ok(())
         }
         Cmd::Fixture => {
             let env = setup::run()?;
