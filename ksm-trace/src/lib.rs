@@ -12,6 +12,7 @@ pub mod flame;
 pub mod histogram;
 pub mod kernel;
 pub mod knobs;
+pub mod lab;
 pub mod lock;
 pub mod plot;
 pub mod probes;

@@ -131,6 +131,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Doctor(args) => print(&doctor::run(args.json)?),
+        Command::Lab(args) => ksm_trace::lab::run(&args),
         Command::Flame(args) => flame_command(&args),
         Command::Workload(args) => {
             let runtime = tokio::runtime::Builder::new_current_thread()
