@@ -35,6 +35,9 @@ pub mod kind {
     pub const ADVISOR: u32 = 9;
     /// ksmd went to sleep: `arg0` = on-CPU ns since it last woke, `arg1` = wall ns.
     pub const KSMD_BATCH: u32 = 10;
+    /// A write fault copied a KSM page (what /proc/vmstat counts as cow_ksm): `tgid`/`comm` of
+    /// the faulting process, `pfn` of the KSM page, `arg0` = do_wp_page's duration in ns.
+    pub const COW_BREAK: u32 = 11;
 }
 
 /// One record in the `EVENTS` ring buffer. Fields a kind does not use are zero.
@@ -75,6 +78,14 @@ pub struct Config {
     pub task_comm: u32,
     /// `vm_area_struct.vm_mm`.
     pub vma_mm: u32,
+    /// `vm_fault.orig_pte`, `page.mapping` and `sizeof(struct page)`: finding whether a write
+    /// fault hits a KSM page.
+    pub vmf_orig_pte: u32,
+    pub page_mapping: u32,
+    pub page_size_of: u32,
+    pub _pad: u32,
+    /// Address of the kernel's `vmemmap_base` variable (0: unknown, COW probes stay off).
+    pub vmemmap_base_addr: u64,
 }
 
 impl Config {
@@ -86,6 +97,11 @@ impl Config {
             task_pid: NO_OFFSET,
             task_comm: NO_OFFSET,
             vma_mm: NO_OFFSET,
+            vmf_orig_pte: NO_OFFSET,
+            page_mapping: NO_OFFSET,
+            page_size_of: 0,
+            _pad: 0,
+            vmemmap_base_addr: 0,
         }
     }
 }

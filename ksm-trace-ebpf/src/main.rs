@@ -4,6 +4,7 @@
 #![no_std]
 #![no_main]
 
+mod cow;
 mod maps;
 mod membership;
 mod merge;

@@ -48,6 +48,12 @@ pub struct MergeStats {
     pub merge_latency_bracket_ns: Histogram,
     /// Successful merges without a latency (mechanism not armed, or no matching bracket).
     pub untimed_merges: u64,
+    /// Copy-on-write breaks of KSM pages by this process (fentry on do_wp_page) and how long
+    /// each fault took.
+    #[serde(default)]
+    pub cow_breaks: u64,
+    #[serde(default)]
+    pub cow_fault_ns: Histogram,
     /// Measured merge time per outcome, ns (what the `--by process` flame graph weighs).
     #[serde(default)]
     pub time_ns: OutcomeTimes,
@@ -146,6 +152,11 @@ impl MergeTracker {
                 None => self.unattributed_unmerges += 1,
             },
             kind::ENTER => self.stats(event).entered += 1,
+            kind::COW_BREAK => {
+                let stats = self.stats(event);
+                stats.cow_breaks += 1;
+                stats.cow_fault_ns.record(event.arg0);
+            }
             kind::EXIT => self.stats(event).exited += 1,
             _ => {}
         }

@@ -83,6 +83,7 @@ pub fn kind_name(kind: u32) -> &'static str {
         kind::EXIT => "ksm_exit",
         kind::ADVISOR => "ksm_advisor",
         kind::KSMD_BATCH => "ksmd_batch",
+        kind::COW_BREAK => "cow_break",
         _ => "unknown",
     }
 }

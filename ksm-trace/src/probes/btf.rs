@@ -30,6 +30,15 @@ impl KernelBtf {
         })
     }
 
+    /// `sizeof(struct name)`.
+    pub fn struct_size(&self, name: &str) -> Option<u32> {
+        let types = self.btf.resolve_types_by_name(name).ok()?;
+        types.iter().find_map(|t| match t {
+            Type::Struct(s) if !s.members.is_empty() => Some(s.size() as u32),
+            _ => None,
+        })
+    }
+
     fn find_member(&self, s: &btf_rs::Struct, member: &str, base_bits: u32) -> Option<u32> {
         for m in &s.members {
             let name = self.btf.resolve_name(m).unwrap_or_default();
@@ -106,6 +115,12 @@ mod tests {
         assert!(btf.member_offset("task_struct", "comm").is_some());
         assert_eq!(btf.member_offset("task_struct", "no_such_member"), None);
         assert_eq!(btf.member_offset("no_such_struct", "pid"), None);
+        // struct page is 64 bytes on x86-64 kernels without debug options.
+        let page = btf.struct_size("page").expect("struct page");
+        assert!(
+            btf.member_offset("page", "mapping")
+                .is_some_and(|m| m < page)
+        );
     }
 
     #[test]

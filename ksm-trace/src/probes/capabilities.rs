@@ -51,6 +51,13 @@ pub struct Capabilities {
     pub tracepoints: BTreeMap<String, bool>,
     pub functions: BTreeMap<String, bool>,
     pub offsets: BTreeMap<String, Option<u32>>,
+    /// `sizeof(struct page)`.
+    #[serde(default)]
+    pub page_struct_size: Option<u32>,
+    /// Address of `vmemmap_base` from /proc/kallsyms (absent without KASLR memory
+    /// randomization or CONFIG_KALLSYMS_ALL).
+    #[serde(default)]
+    pub vmemmap_base: Option<u64>,
 }
 
 impl Capabilities {
@@ -136,11 +143,18 @@ impl Capabilities {
             task_pid: self.offset("task_struct.pid"),
             task_comm: self.offset("task_struct.comm"),
             vma_mm: self.offset("vm_area_struct.vm_mm"),
+            vmf_orig_pte: self.offset("vm_fault.orig_pte"),
+            page_mapping: self.offset("page.mapping"),
+            page_size_of: self.page_struct_size.unwrap_or(0),
+            _pad: 0,
+            vmemmap_base_addr: self.vmemmap_base.unwrap_or(0),
         }
     }
 }
 
-const OFFSETS: [(&str, &str, &str); 5] = [
+const OFFSETS: [(&str, &str, &str); 7] = [
+    ("vm_fault.orig_pte", "vm_fault", "orig_pte"),
+    ("page.mapping", "page", "mapping"),
     ("mm_struct.owner", "mm_struct", "owner"),
     ("task_struct.tgid", "task_struct", "tgid"),
     ("task_struct.pid", "task_struct", "pid"),

@@ -40,6 +40,9 @@ pub struct Mechanisms {
     pub merge_latency: String,
     pub batches: String,
     pub attribution: String,
+    /// Per-process copy-on-write breaks of KSM pages.
+    #[serde(default)]
+    pub cow: String,
     /// What the kernel refused and what was used instead.
     pub fallbacks: Vec<String>,
 }
@@ -127,6 +130,21 @@ impl Probes {
                 Err(e) => mechanisms.fallbacks.push(format!(
                     "fentry/fexit on try_to_merge_one_page unavailable ({e}); merge latency from the mmap_lock tracepoint bracket instead"
                 )),
+            }
+        }
+        match attach_cow(&mut ebpf, caps) {
+            Ok(()) => {
+                mechanisms.cow =
+                    "fentry/fexit on do_wp_page, faults on KSM pages only (the kernel's cow_ksm)"
+                        .into()
+            }
+            Err(e) => {
+                mechanisms.cow =
+                    "per-process COW breaks unavailable: only the global cow_ksm from /proc/vmstat"
+                        .into();
+                mechanisms
+                    .fallbacks
+                    .push(format!("fentry/fexit on do_wp_page unavailable ({e})"));
             }
         }
         let bracket_usable = latency != LatencyMode::Off
@@ -232,6 +250,52 @@ fn attach_raw(ebpf: &mut Ebpf, prog: &str, tp: &str) -> Result<()> {
     Ok(())
 }
 
+/// Why a tracing program could not load, in words a user can act on.
+fn refused(caps: &Capabilities, e: aya::programs::ProgramError) -> anyhow::Error {
+    let eperm = matches!(&e, aya::programs::ProgramError::LoadError { io_error, .. }
+        if io_error.raw_os_error() == Some(libc::EPERM));
+    match (caps.lockdown.as_deref().filter(|l| *l != "none"), eperm) {
+        (Some(l), _) => anyhow!("the kernel refused to load it: lockdown={l}"),
+        (None, true) => anyhow!(
+            "BPF_PROG_LOAD returned EPERM as root, which is how kernel lockdown refuses tracing programs"
+        ),
+        (None, false) => anyhow!("the kernel refused to load it: {e}"),
+    }
+}
+
+/// fentry/fexit on `do_wp_page`, counting write faults on KSM pages.
+fn attach_cow(ebpf: &mut Ebpf, caps: &Capabilities) -> Result<()> {
+    const FUNCTION: &str = "do_wp_page";
+    if !caps.functions.get(FUNCTION).copied().unwrap_or(false) {
+        return Err(anyhow!("{FUNCTION} is not in BTF (inlined)"));
+    }
+    if !cfg!(target_arch = "x86_64") {
+        return Err(anyhow!(
+            "the KSM-page check reads x86-64 page table entries"
+        ));
+    }
+    for needed in ["vm_fault.orig_pte", "page.mapping"] {
+        if caps.offset(needed) == ksm_trace_common::NO_OFFSET {
+            return Err(anyhow!("{needed} missing from BTF"));
+        }
+    }
+    if caps.vmemmap_base.is_none() || caps.page_struct_size.is_none() {
+        return Err(anyhow!(
+            "vmemmap_base not in /proc/kallsyms or struct page not in BTF"
+        ));
+    }
+    let btf = aya::Btf::from_sys_fs().context("reading kernel BTF")?;
+    program::<FEntry>(ebpf, "cow_entry")?
+        .load(FUNCTION, &btf)
+        .map_err(|e| refused(caps, e))?;
+    program::<FExit>(ebpf, "cow_exit")?
+        .load(FUNCTION, &btf)
+        .map_err(|e| refused(caps, e))?;
+    program::<FEntry>(ebpf, "cow_entry")?.attach()?;
+    program::<FExit>(ebpf, "cow_exit")?.attach()?;
+    Ok(())
+}
+
 fn attach_fexit(ebpf: &mut Ebpf, caps: &Capabilities) -> Result<()> {
     const FUNCTION: &str = "try_to_merge_one_page";
     if !caps.functions.get(FUNCTION).copied().unwrap_or(false) {
@@ -241,17 +305,7 @@ fn attach_fexit(ebpf: &mut Ebpf, caps: &Capabilities) -> Result<()> {
         return Err(anyhow!("vm_area_struct.vm_mm missing from BTF"));
     }
     let btf = aya::Btf::from_sys_fs().context("reading kernel BTF")?;
-    let why = |e: aya::programs::ProgramError| {
-        let eperm = matches!(&e, aya::programs::ProgramError::LoadError { io_error, .. }
-            if io_error.raw_os_error() == Some(libc::EPERM));
-        match (caps.lockdown.as_deref().filter(|l| *l != "none"), eperm) {
-            (Some(l), _) => anyhow!("the kernel refused to load it: lockdown={l}"),
-            (None, true) => anyhow!(
-                "BPF_PROG_LOAD returned EPERM as root, which is how kernel lockdown refuses tracing programs"
-            ),
-            (None, false) => anyhow!("the kernel refused to load it: {e}"),
-        }
-    };
+    let why = |e| refused(caps, e);
     let entry = program::<FEntry>(ebpf, "merge_one_page_entry")?;
     entry.load(FUNCTION, &btf).map_err(why)?;
     let exit = program::<FExit>(ebpf, "merge_one_page_exit")?;

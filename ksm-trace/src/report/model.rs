@@ -56,6 +56,9 @@ pub struct ProcessReport {
     pub ksm_zero_pages_end: Option<u64>,
     pub merge_latency_ns: Summary,
     pub untimed_merges: u64,
+    /// Copy-on-write breaks of KSM pages by this process (where fentry/fexit is allowed).
+    pub cow_breaks: u64,
+    pub cow_fault_ns: Summary,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -127,6 +130,8 @@ impl Report {
                 ksm_zero_pages_end: p.ksm_stat_end.map(|s| s.ksm_zero_pages),
                 merge_latency_ns: p.stats.merge_latency_ns.summary(),
                 untimed_merges: p.stats.untimed_merges,
+                cow_breaks: p.stats.cow_breaks,
+                cow_fault_ns: p.stats.cow_fault_ns.summary(),
             })
             .collect();
         processes.sort_by(|a, b| b.merges.cmp(&a.merges).then(a.pid.cmp(&b.pid)));

@@ -74,6 +74,7 @@ pub fn render(rec: &Recording, r: &Report) -> String {
             "FAILED",
             "ZERO",
             "UNMERGED",
+            "COW",
             "KSM_PAGES",
             "LAT_P50",
             "P90",
@@ -107,6 +108,7 @@ pub fn render(rec: &Recording, r: &Report) -> String {
                 p.failed,
                 p.zero_page_merges,
                 p.unmerges,
+                p.cow_breaks,
             ]
             .map(|v| v.to_string()),
         );
@@ -116,6 +118,14 @@ pub fn render(rec: &Recording, r: &Report) -> String {
     o.push_str(&table(&rows, &[1]));
     if r.processes.is_empty() {
         let _ = writeln!(o, "  (no KSM activity attributed to a process)");
+    }
+    let cow: u64 = r.processes.iter().map(|p| p.cow_breaks).sum();
+    if cow > 0 {
+        let _ = writeln!(
+            o,
+            "  COW breaks of KSM pages traced: {cow}; kernel cow_ksm {:+}",
+            r.kernel_deltas.get("cow_ksm").copied().unwrap_or(0)
+        );
     }
     let silent: i64 = r.processes.iter().filter_map(|p| p.silent_unmerges).sum();
     if silent != 0 {
