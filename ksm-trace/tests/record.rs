@@ -3,10 +3,7 @@
 //! and no worker may survive.
 mod common;
 
-use std::{
-    process::{Command, Stdio},
-    time::Duration,
-};
+use std::{process::Command, time::Duration};
 
 use common::*;
 
@@ -172,23 +169,18 @@ fn existing_processes_by_pid_match_ksm_stat_read_by_the_test() {
 fn sigterm_mid_run_restores_knobs_and_stops_workers() {
     let session = KsmSession::start("sigterm");
     let out = session.path("term.json");
-    let mut child = Command::new(bin())
-        .args([
-            "record",
-            "--workload",
-            "procs:2,pages=500",
-            "--duration",
-            "60s",
-            "-q",
-            "--sleep-ms",
-            "10",
-            "-o",
-            out.to_str().unwrap(),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_ksm_trace(&[
+        "record",
+        "--workload",
+        "procs:2,pages=500",
+        "--duration",
+        "60s",
+        "-q",
+        "--sleep-ms",
+        "10",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
     assert!(
         wait_until(Duration::from_secs(20), || pids_named("ksm-procs-").len()
             == 2),

@@ -3,12 +3,7 @@
 //! when ksm-trace is stopped by SIGTERM.
 mod common;
 
-use std::{
-    fs,
-    path::PathBuf,
-    process::{Command, Stdio},
-    time::Duration,
-};
+use std::{fs, path::PathBuf, time::Duration};
 
 use common::*;
 
@@ -96,21 +91,16 @@ fn record_vms_attributes_merges_to_each_guest() {
 fn sigterm_stops_guests() {
     let session = KsmSession::start("vms-sigterm");
     let out = session.path("vms-term.json");
-    let child = Command::new(bin())
-        .args([
-            "record",
-            "--workload",
-            "vms:2,mem=128M",
-            "--duration",
-            "120s",
-            "-q",
-            "-o",
-            out.to_str().unwrap(),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn_ksm_trace(&[
+        "record",
+        "--workload",
+        "vms:2,mem=128M",
+        "--duration",
+        "120s",
+        "-q",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
     let dir = PathBuf::from(format!("/tmp/ksm-trace-vms-{}", child.id()));
     // Both guests booted: their consoles show the marker their /init prints when ready.
     let ready = |i: u32| {

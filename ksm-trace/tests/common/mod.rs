@@ -127,6 +127,16 @@ pub fn record(session: &KsmSession, args: &[&str]) -> (serde_json::Value, serde_
     (json(&out), report(&out))
 }
 
+/// Starts `ksm-trace ARGS` in the background (stdout discarded, stderr kept for assertions).
+pub fn spawn_ksm_trace(args: &[&str]) -> Child {
+    Command::new(bin())
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting ksm-trace")
+}
+
 /// Pids of live processes whose comm starts with `prefix`.
 pub fn pids_named(prefix: &str) -> Vec<u32> {
     let mut pids = Vec::new();
