@@ -108,6 +108,11 @@ impl Probes {
             mechanisms.batches = "sched:sched_switch: ksmd's on-CPU time from wake-up to sleep \
                                   (one batch of pages_to_scan pages)"
                 .into();
+            mechanisms.fallbacks.push(if caps.functions.get("ksm_do_scan").copied().unwrap_or(false) {
+                "ksm_do_scan is a function on this kernel, but batches still come from sched_switch (fentry on it is not implemented)".into()
+            } else {
+                "ksm_do_scan is inlined on this kernel (not in BTF): batches are ksmd's on-CPU stretches from sched_switch".into()
+            });
         } else {
             mechanisms.batches =
                 "unavailable (no sched_switch tracepoint or task_struct.pid offset)".into();
