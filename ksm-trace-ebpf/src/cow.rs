@@ -1,6 +1,7 @@
 //! Copy-on-write breaks of KSM pages, where the kernel allows fentry/fexit: `do_wp_page`
 //! entered on a PTE that maps a KSM page is exactly a fault the kernel counts as cow_ksm (KSM
-//! pages are never reused in place). The PTE's page is found through vmemmap, its KSM-ness in
+//! pages are never reused in place). The PTE's page is found through vmemmap (its base from
+//! kallsyms, or learned from merge events), its KSM-ness in
 //! `page->mapping`'s low bits; entry time is kept per thread until `do_wp_page` returns.
 use aya_ebpf::{
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_probe_read_kernel},
@@ -10,7 +11,7 @@ use aya_ebpf::{
 };
 use ksm_trace_common::{Event, NO_OFFSET, kind};
 
-use crate::maps::{config, emit, now};
+use crate::maps::{VMEMMAP, config, emit, now};
 
 /// pid_tgid → (entry time, pfn) of a fault on a KSM page in progress.
 #[map]
@@ -29,7 +30,7 @@ fn ksm_pfn(vmf: u64) -> Option<u64> {
     if vmf == 0
         || cfg.vmf_orig_pte == NO_OFFSET
         || cfg.page_mapping == NO_OFFSET
-        || cfg.vmemmap_base_addr == 0
+        || cfg.page_size_of == 0
     {
         return None;
     }
@@ -40,8 +41,14 @@ fn ksm_pfn(vmf: u64) -> Option<u64> {
         return None;
     }
     let pfn = (pte & PTE_PFN_MASK) >> 12;
-    let vmemmap: u64 =
-        unsafe { bpf_probe_read_kernel(cfg.vmemmap_base_addr as *const u64) }.ok()?;
+    let vmemmap: u64 = if cfg.vmemmap_base_addr != 0 {
+        unsafe { bpf_probe_read_kernel(cfg.vmemmap_base_addr as *const u64) }.ok()?
+    } else {
+        VMEMMAP.get(0).copied().unwrap_or(0)
+    };
+    if vmemmap == 0 {
+        return None;
+    }
     let page = vmemmap + pfn * cfg.page_size_of as u64;
     let mapping: u64 =
         unsafe { bpf_probe_read_kernel((page + cfg.page_mapping as u64) as *const u64) }.ok()?;

@@ -3,7 +3,7 @@
 use aya_ebpf::{
     helpers::bpf_ktime_get_ns,
     macros::map,
-    maps::{PerCpuArray, RingBuf},
+    maps::{Array, PerCpuArray, RingBuf},
 };
 use ksm_trace_common::{Config, EVENTS_BYTES, Event, counter};
 
@@ -13,6 +13,11 @@ static CONFIG: Config = Config::empty();
 
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
+
+/// vmemmap's base address, learned from merge events (a `struct page *` and its pfn) for
+/// kernels that do not list `vmemmap_base` in kallsyms.
+#[map]
+pub static VMEMMAP: Array<u64> = Array::with_max_entries(1, 0);
 
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);

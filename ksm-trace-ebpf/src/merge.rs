@@ -19,7 +19,7 @@ use aya_ebpf::{
 use ksm_trace_common::{Event, MAX_BRACKET_GAP_NS, NO_OFFSET, kind};
 
 use crate::{
-    maps::{config, emit, now},
+    maps::{VMEMMAP, config, emit, now},
     owner::{current_is_ksmd, fill_owner},
 };
 
@@ -79,8 +79,23 @@ fn merge_event(kind: u32, ksm_page: u64, pfn: u64, mm: u64, err: i32) {
     emit(&event);
 }
 
+/// `ksm_page` is a `struct page *` and `pfn` its frame number: together they give vmemmap's
+/// base, which the COW probe needs where kallsyms does not list `vmemmap_base`.
+#[inline(always)]
+fn learn_vmemmap(ksm_page: u64, pfn: u64) {
+    let size = config().page_size_of as u64;
+    if ksm_page == 0 || size == 0 {
+        return;
+    }
+    if let Some(base) = VMEMMAP.get_ptr_mut(0) {
+        // SAFETY: one u64, written only here; readers tolerate any value.
+        unsafe { *base = ksm_page - pfn * size };
+    }
+}
+
 #[raw_tracepoint(tracepoint = "ksm_merge_with_ksm_page")]
 pub fn ksm_merge_with_ksm_page(ctx: RawTracePointContext) -> u32 {
+    learn_vmemmap(ctx.arg(0), ctx.arg(1));
     merge_event(
         kind::MERGE_WITH_KSM_PAGE,
         ctx.arg(0),

@@ -175,7 +175,11 @@ pub async fn record(opts: &RecordOptions, command_line: Vec<String>) -> Result<R
 
     // Close the window on a paused ksmd.
     knobs.pause_ksmd()?;
+    if let Some(w) = &workload {
+        w.freeze();
+    }
     let end_ns = kernel::monotonic_ns();
+    collector.close_window(end_ns);
     drain(&mut ring, &mut collector);
     let end_sample = sampler.take(&pids, collector.merged_total())?;
     let counters_end = end_sample.counters.clone();
@@ -225,6 +229,9 @@ pub async fn record(opts: &RecordOptions, command_line: Vec<String>) -> Result<R
             p
         })
         .collect();
+    if let Some(w) = &workload {
+        w.thaw();
+    }
     // Stopping first: procs workers hand over their write-fault histograms when stopped.
     if let Some(w) = workload.as_mut() {
         w.stop();

@@ -21,6 +21,8 @@ pub struct Collector {
     window_start: u64,
     /// Events from before the window that were not counted.
     pub before_window: u64,
+    /// CLOCK_MONOTONIC ns at which the window closed (0 while open).
+    window_end: u64,
 }
 
 impl Collector {
@@ -31,12 +33,19 @@ impl Collector {
         self.window_start = start_ns;
     }
 
+    /// Events stamped after `end_ns` (a workload still writing while ksm-trace stops) fall
+    /// outside the end snapshot of the kernel's counters: they are not counted.
+    pub fn close_window(&mut self, end_ns: u64) {
+        self.window_end = end_ns;
+    }
+
     pub fn handle(&mut self, event: &Event) {
         let context_only = matches!(
             event.kind,
             kind::START_SCAN | kind::STOP_SCAN | kind::ENTER | kind::EXIT
         );
-        if event.ts_ns < self.window_start && !context_only {
+        let after = self.window_end != 0 && event.ts_ns > self.window_end;
+        if (event.ts_ns < self.window_start || after) && !context_only {
             self.before_window += 1;
             return;
         }

@@ -88,7 +88,15 @@ impl Capabilities {
                 caps.offsets
                     .insert(name.to_owned(), btf.member_offset(s, m));
             }
+            caps.page_struct_size = btf.struct_size("page");
         }
+        // A data symbol: listed only with CONFIG_KALLSYMS_ALL. Without it the COW probe learns
+        // vmemmap's base from the first merge event (a struct page pointer and its pfn).
+        caps.vmemmap_base = aya::util::kernel_symbols()
+            .ok()
+            .and_then(|symbols| symbols.into_iter().find(|(_, name)| name == "vmemmap_base"))
+            .map(|(addr, _)| addr)
+            .filter(|addr| *addr != 0);
         caps
     }
 

@@ -139,9 +139,10 @@ impl Probes {
         }
         match attach_cow(&mut ebpf, caps) {
             Ok(()) => {
-                mechanisms.cow =
-                    "fentry/fexit on do_wp_page, faults on KSM pages only (the kernel's cow_ksm)"
-                        .into()
+                mechanisms.cow = match caps.vmemmap_base {
+                    Some(_) => "fentry/fexit on do_wp_page, faults on KSM pages only (the kernel's cow_ksm)".into(),
+                    None => "fentry/fexit on do_wp_page, faults on KSM pages only (the kernel's cow_ksm); vmemmap's base is learned from the first traced merge, so breaks before it are missed".into(),
+                }
             }
             Err(e) => {
                 mechanisms.cow =
@@ -284,10 +285,8 @@ fn attach_cow(ebpf: &mut Ebpf, caps: &Capabilities) -> Result<()> {
             return Err(anyhow!("{needed} missing from BTF"));
         }
     }
-    if caps.vmemmap_base.is_none() || caps.page_struct_size.is_none() {
-        return Err(anyhow!(
-            "vmemmap_base not in /proc/kallsyms or struct page not in BTF"
-        ));
+    if caps.page_struct_size.is_none() {
+        return Err(anyhow!("struct page not in BTF"));
     }
     let btf = aya::Btf::from_sys_fs().context("reading kernel BTF")?;
     program::<FEntry>(ebpf, "cow_entry")?

@@ -76,11 +76,45 @@ impl Workload {
         }
     }
 
+    /// Stops (SIGSTOP) every worker and waits until the kernel shows them stopped, so the
+    /// recording window closes on a workload that cannot write (copy-on-write breaks would
+    /// otherwise race the end snapshot of cow_ksm).
+    pub fn freeze(&self) {
+        self.signal_all(nix::sys::signal::Signal::SIGSTOP);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+        for w in self.workers() {
+            while std::time::Instant::now() < deadline && !is_stopped(w.pid) {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        }
+    }
+
+    /// Resumes workers stopped by [`Workload::freeze`].
+    pub fn thaw(&self) {
+        self.signal_all(nix::sys::signal::Signal::SIGCONT);
+    }
+
+    fn signal_all(&self, signal: nix::sys::signal::Signal) {
+        for w in self.workers() {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(w.pid as i32), signal);
+        }
+    }
+
     /// Stops every worker; idempotent. procs workers report their write-fault histograms here.
     pub fn stop(&mut self) {
+        // A frozen worker could not exit or answer QMP.
+        self.thaw();
         match self {
             Self::Procs(p) => p.stop(),
             Self::Vms(v) => v.stop(),
         }
     }
+}
+
+/// Whether `pid` is stopped (or gone).
+fn is_stopped(pid: u32) -> bool {
+    procfs::process::Process::new(pid as i32)
+        .and_then(|p| p.stat())
+        .map(|s| matches!(s.state, 'T' | 't' | 'Z' | 'X'))
+        .unwrap_or(true)
 }
