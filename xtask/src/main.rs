@@ -4,6 +4,7 @@
 //! - `build`, `run -- ARGS`: builds ksm-trace (eBPF included) and runs it as root;
 //! - `test`: unit tests and the root integration tests against the real kernel;
 //! - `bench`: what tracing costs ksmd, and the selftest's merge time;
+//! - `lab --kernel K`: runs ksm-trace in a QEMU guest booting kernel K (e.g. debian-6.12);
 //! - `fixture`: re-records the small recording the rendering tests read, and their golden files.
 mod fixture;
 mod setup;
@@ -36,6 +37,13 @@ enum Cmd {
     /// Benchmarks, each printing ratios measured in one run: ksmd traced vs untraced, and the
     /// kernel selftest's merge time.
     Bench,
+    /// Boot another kernel in a QEMU (TCG) guest, run ksm-trace's scenario there and check the
+    /// results (`ksm-trace lab`).
+    Lab {
+        /// debian-6.12 (fentry/fexit allowed) or debian-6.1 (no ksm tracepoints).
+        #[arg(long, default_value = "debian-6.12")]
+        kernel: String,
+    },
     /// Regenerate the committed rendering fixture (a small real recording) and its golden outputs.
     Fixture,
     /// Run all tests: unit tests and the root integration tests on the real kernel.
@@ -87,6 +95,19 @@ fn main() -> Result<()> {
                 if !status.success() {
                     bail!("ksm-trace {} failed", args.join(" "));
                 }
+            }
+            Ok(())
+        }
+        Cmd::Lab { kernel } => {
+            let env = setup::run()?;
+            cargo(&env, &["build", "--package", "ksm-trace"], true)?;
+            let bin = setup::workspace_root()?.join("target/release/ksm-trace");
+            let args = ["lab".to_owned(), "--kernel".to_owned(), kernel.clone()];
+            let status = as_root(&bin.to_string_lossy(), &args)
+                .status()
+                .context("running ksm-trace lab")?;
+            if !status.success() {
+                bail!("ksm-trace lab --kernel {kernel} failed");
             }
             Ok(())
         }

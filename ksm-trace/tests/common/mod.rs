@@ -31,6 +31,15 @@ pub fn knob_u64(name: &str) -> u64 {
     knob(name).parse().unwrap()
 }
 
+/// The machine-wide lock every root test holds: ksmd is global, and guests under TCG starve
+/// each other on two cores.
+pub fn test_lock() -> Flock<fs::File> {
+    let file = fs::File::create("/run/lock/ksm-trace-tests.lock").unwrap();
+    Flock::lock(file, FlockArg::LockExclusive)
+        .map_err(|(_, e)| e)
+        .unwrap()
+}
+
 /// Holds the test lock and restores the knobs it found.
 pub struct KsmSession {
     _lock: Flock<fs::File>,
@@ -46,10 +55,7 @@ impl KsmSession {
             nix::unistd::geteuid().is_root(),
             "integration tests run as root: cargo xtask test"
         );
-        let file = fs::File::create("/run/lock/ksm-trace-tests.lock").unwrap();
-        let lock = Flock::lock(file, FlockArg::LockExclusive)
-            .map_err(|(_, e)| e)
-            .unwrap();
+        let lock = test_lock();
         let saved = KNOBS.iter().map(|k| (*k, knob(k))).collect();
         set_knob("run", "0");
         set_knob("pages_to_scan", "123");

@@ -1,5 +1,5 @@
-//! Guest assets cached in /var/cache/ksm-trace: Debian's cloud kernel (downloaded with apt,
-//! never installed) and one initramfs per set of payload parameters.
+//! Guest assets cached in /var/cache/ksm-trace: Debian kernels (downloaded with apt, never
+//! installed) and one initramfs per set of payload parameters.
 use std::{
     fs,
     io::Read as _,
@@ -86,7 +86,43 @@ fn guest_kernel(dir: &Path, refresh: bool) -> Result<PathBuf> {
         return Ok(path);
     }
     let package = with_apt_update(kernel_package)?;
-    eprintln!("ksm-trace: downloading guest kernel {package} into {CACHE_DIR}");
+    Ok(download_kernel(dir, &package)?.vmlinuz)
+}
+
+/// A kernel extracted from a Debian package.
+#[derive(Clone, Debug)]
+pub struct KernelImage {
+    pub vmlinuz: PathBuf,
+    /// Its `/boot/config-*`, when the package has one.
+    pub config: Option<PathBuf>,
+}
+
+/// The `vmlinuz-*` and `config-*` that `download_kernel` left in `dir`, if any.
+pub fn cached_kernel_image(dir: &Path) -> Result<Option<KernelImage>> {
+    let Some(vmlinuz) = cached_kernel(dir)? else {
+        return Ok(None);
+    };
+    let name = vmlinuz
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned());
+    let config = name
+        .and_then(|n| {
+            n.strip_prefix("vmlinuz-")
+                .map(|v| dir.join(format!("config-{v}")))
+        })
+        .filter(|p| p.is_file());
+    Ok(Some(KernelImage { vmlinuz, config }))
+}
+
+/// Downloads `package` (a Debian kernel image package) into `dir` with `apt-get download`,
+/// never installing it, and extracts its `/boot/vmlinuz-*` and `/boot/config-*` there. Other
+/// kernels in `dir` are removed, so [`cached_kernel_image`] finds this one.
+pub fn download_kernel(dir: &Path, package: &str) -> Result<KernelImage> {
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    eprintln!(
+        "ksm-trace: downloading guest kernel {package} into {}",
+        dir.display()
+    );
     // Old downloads go first, so the package's file is the only one that matches.
     remove_matching(dir, |n| {
         n.starts_with(&format!("{package}_")) && n.ends_with(".deb")
@@ -94,7 +130,7 @@ fn guest_kernel(dir: &Path, refresh: bool) -> Result<PathBuf> {
     with_apt_update(|| {
         run(
             Command::new("apt-get")
-                .args(["download", "-qq", &package])
+                .args(["download", "-qq", package])
                 .current_dir(dir),
             "apt-get download",
         )
@@ -108,7 +144,12 @@ fn guest_kernel(dir: &Path, refresh: bool) -> Result<PathBuf> {
                 .map(|n| n.to_string_lossy())
                 .is_some_and(|n| n.starts_with(&format!("{package}_")) && n.ends_with(".deb"))
         })
-        .ok_or_else(|| anyhow!("apt-get download left no {package}_*.deb in {CACHE_DIR}"))?;
+        .ok_or_else(|| {
+            anyhow!(
+                "apt-get download left no {package}_*.deb in {}",
+                dir.display()
+            )
+        })?;
 
     let listing = String::from_utf8_lossy(&deb_tar(&deb, &["-t"])?).into_owned();
     let member = listing
@@ -125,14 +166,76 @@ fn guest_kernel(dir: &Path, refresh: bool) -> Result<PathBuf> {
             image.len()
         );
     }
+    let path = write_aside(dir, name, &image)?;
+    let config_name = format!("config-{}", name.trim_start_matches("vmlinuz-"));
+    let config = match listing
+        .lines()
+        .find(|l| l.trim_start_matches("./boot/") == config_name)
+    {
+        Some(member) => Some(write_aside(
+            dir,
+            &config_name,
+            &deb_tar(&deb, &["-xO", member])?,
+        )?),
+        None => None,
+    };
+    // Only the kernel just extracted stays, so `cached_kernel` cannot pick a stale one.
+    remove_matching(dir, |n| {
+        (n.starts_with("vmlinuz-") && n != name) || (n.starts_with("config-") && n != config_name)
+    })?;
+    Ok(KernelImage {
+        vmlinuz: path,
+        config,
+    })
+}
+
+/// Writes `dir/name` through a temporary file, so an interrupted write never looks complete.
+fn write_aside(dir: &Path, name: &str, data: &[u8]) -> Result<PathBuf> {
     let path = dir.join(name);
     let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    fs::write(&tmp, &image)
+    fs::write(&tmp, data)
         .and_then(|()| fs::rename(&tmp, &path))
         .with_context(|| format!("writing {}", path.display()))?;
-    // Only the kernel just extracted stays, so `cached_kernel` cannot pick a stale one.
-    remove_matching(dir, |n| n.starts_with("vmlinuz-") && n != name)?;
     Ok(path)
+}
+
+/// The newest package (by version order of the digits in its name) whose name starts with
+/// `prefix` and ends with `suffix`, from apt's package lists.
+pub fn newest_package(prefix: &str, suffix: &str) -> Result<String> {
+    with_apt_update(|| {
+        let out = run(
+            Command::new("apt-cache").args(["pkgnames", prefix]),
+            "apt-cache pkgnames",
+        )?;
+        let mut names: Vec<String> = String::from_utf8_lossy(&out)
+            .lines()
+            .map(str::trim)
+            .filter(|n| n.starts_with(prefix) && n.ends_with(suffix))
+            .map(str::to_owned)
+            .collect();
+        names.sort_by_key(|n| version_key(n));
+        names
+            .pop()
+            .ok_or_else(|| anyhow!("apt knows no package {prefix}*{suffix}"))
+    })
+}
+
+/// Sort key comparing runs of digits as numbers: `6.12.9` < `6.12.117`.
+fn version_key(name: &str) -> Vec<(u64, String)> {
+    let mut key = Vec::new();
+    let mut rest = name;
+    while !rest.is_empty() {
+        let digits = rest.len() - rest.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+        if digits > 0 {
+            key.push((rest[..digits].parse().unwrap_or(u64::MAX), String::new()));
+            rest = &rest[digits..];
+        } else {
+            let text = rest.len() - rest.trim_start_matches(|c: char| !c.is_ascii_digit()).len();
+            key.push((0, rest[..text].to_owned()));
+            rest = &rest[text..];
+        }
+    }
+    key
 }
 
 /// The versioned kernel package the cloud meta-package depends on.
@@ -152,7 +255,7 @@ fn kernel_package() -> Result<String> {
 
 /// Runs `f`; if it fails, refreshes apt's package lists once and tries again (a fresh
 /// machine may have none, or stale ones pointing at superseded packages).
-fn with_apt_update<T>(mut f: impl FnMut() -> Result<T>) -> Result<T> {
+pub fn with_apt_update<T>(mut f: impl FnMut() -> Result<T>) -> Result<T> {
     match f() {
         Ok(v) => Ok(v),
         Err(first) => {
@@ -162,7 +265,7 @@ fn with_apt_update<T>(mut f: impl FnMut() -> Result<T>) -> Result<T> {
                 "apt-get update",
             )
             .with_context(|| format!("{first:#}"))?;
-            f().context("fetching the guest kernel (Debian's linux-image-cloud-amd64) with apt")
+            f().context("fetching the guest kernel (a Debian linux-image package) with apt")
         }
     }
 }
@@ -253,6 +356,18 @@ mod tests {
 
     use super::*;
     use crate::workload::spec::Churn;
+
+    #[test]
+    fn versions_sort_numerically() {
+        let mut v = [
+            "linux-image-6.12.117+deb12-cloud-amd64-unsigned",
+            "linux-image-6.12.9+deb12-cloud-amd64-unsigned",
+            "linux-image-6.12.113+deb12-cloud-amd64-unsigned",
+        ];
+        v.sort_by_key(|n| version_key(n));
+        assert_eq!(v[2], "linux-image-6.12.117+deb12-cloud-amd64-unsigned");
+        assert_eq!(v[0], "linux-image-6.12.9+deb12-cloud-amd64-unsigned");
+    }
 
     #[test]
     fn initramfs_is_keyed_by_its_parameters() {

@@ -1,5 +1,6 @@
-//! Writes a guest's initramfs: a gzip-compressed newc cpio with a static busybox, the `/init`
-//! script, a console device node and the seeded payload that every guest holds byte for byte.
+//! Writes a guest's initramfs: a gzip-compressed newc cpio ([`Archive`]) with a static busybox,
+//! the `/init` script, a console device node and, for `vms`, the seeded payload that every
+//! guest holds byte for byte.
 //!
 //! Why compressed, with a compressible payload: while the kernel unpacks an initramfs, the
 //! archive and the unpacked files are both in guest RAM. An uncompressed 32 MiB random payload
@@ -112,68 +113,147 @@ pub fn write(spec: &VmsSpec, busybox: &Path, out: &Path) -> Result<()> {
             spec.shared >> 20
         );
     }
-    let file = File::create(out).with_context(|| format!("creating {}", out.display()))?;
-    // Fast level: the payload's repetition is found at any level, and busybox barely shrinks.
-    let mut w = GzEncoder::new(BufWriter::with_capacity(1 << 20, file), Compression::fast());
-    let mut ino = 0u32;
-    let mut entry = |name: &str, mode: u32, kind: ModeFileType| {
-        ino += 1;
-        NewcBuilder::new(name)
-            .ino(ino)
-            .mode(mode)
-            .set_mode_file_type(kind)
-    };
-    let context = || format!("writing {}", out.display());
-
+    let mut a = Archive::create(out)?;
     // Directories first: the kernel unpacks entries in order.
-    for (dir, mode) in [
-        ("bin", 0o755),
-        ("dev", 0o755),
-        ("proc", 0o555),
-        ("sys", 0o555),
-        ("tmp", 0o1777),
-    ] {
-        w = entry(dir, mode, ModeFileType::Directory)
-            .write(w, 0)
-            .finish()
-            .with_context(context)?;
+    for (dir, mode) in BASE_DIRS {
+        a.dir(dir, mode)?;
     }
     // So the kernel opens a console for /init before devtmpfs is mounted.
-    w = entry("dev/console", 0o600, ModeFileType::Char)
-        .rdev_major(5)
-        .rdev_minor(1)
-        .write(w, 0)
-        .finish()
-        .with_context(context)?;
-
-    let mut bb = File::open(busybox).with_context(|| format!("opening {}", busybox.display()))?;
-    let bb_len = bb
-        .metadata()
-        .with_context(|| format!("reading {}", busybox.display()))?
-        .len();
-    let mut writer = entry("bin/busybox", 0o755, ModeFileType::Regular).write(w, bb_len as u32);
-    let copied = io::copy(&mut (&mut bb).take(bb_len), &mut writer)
-        .with_context(|| format!("copying {}", busybox.display()))?;
-    if copied != bb_len {
-        bail!("{} changed while it was copied", busybox.display());
-    }
-    w = writer.finish().with_context(context)?;
-
-    let script = init_script(spec);
-    let mut writer = entry("init", 0o755, ModeFileType::Regular).write(w, script.len() as u32);
-    writer.write_all(script.as_bytes()).with_context(context)?;
-    w = writer.finish().with_context(context)?;
-
-    let mut writer = entry("payload", 0o644, ModeFileType::Regular).write(w, spec.shared as u32);
+    a.console()?;
+    a.host_file("bin/busybox", 0o755, busybox)?;
+    a.file("init", 0o755, init_script(spec).as_bytes())?;
+    let context = || format!("writing {}", out.display());
+    let w = a.take()?;
+    let mut writer = a
+        .entry("payload", 0o644, ModeFileType::Regular)
+        .write(w, spec.shared as u32);
     write_payload(&mut writer, spec.shared).with_context(context)?;
-    w = writer.finish().with_context(context)?;
+    a.put(writer.finish().with_context(context)?);
+    a.finish()
+}
 
-    let w = trailer(w).with_context(context)?;
-    w.finish()
-        .and_then(|buf| buf.into_inner().map_err(|e| e.into_error()))
-        .and_then(|f| f.sync_all())
-        .with_context(context)?;
-    Ok(())
+/// The directories every guest's root starts with.
+pub const BASE_DIRS: [(&str, u32); 5] = [
+    ("bin", 0o755),
+    ("dev", 0o755),
+    ("proc", 0o555),
+    ("sys", 0o555),
+    ("tmp", 0o1777),
+];
+
+type Sink = GzEncoder<BufWriter<File>>;
+
+/// A gzip'd newc archive being written entry by entry (directories before their contents:
+/// the kernel unpacks entries in order).
+pub struct Archive {
+    out: std::path::PathBuf,
+    w: Option<Sink>,
+    ino: u32,
+}
+
+impl Archive {
+    pub fn create(out: &Path) -> Result<Self> {
+        let file = File::create(out).with_context(|| format!("creating {}", out.display()))?;
+        // Fast level: repetitive payloads compress at any level, and binaries barely shrink.
+        Ok(Self {
+            out: out.to_owned(),
+            w: Some(GzEncoder::new(
+                BufWriter::with_capacity(1 << 20, file),
+                Compression::fast(),
+            )),
+            ino: 0,
+        })
+    }
+
+    fn context(&self) -> String {
+        format!("writing {}", self.out.display())
+    }
+
+    fn take(&mut self) -> Result<Sink> {
+        self.w
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("{}: an earlier entry failed", self.context()))
+    }
+
+    fn put(&mut self, w: Sink) {
+        self.w = Some(w);
+    }
+
+    fn entry(&mut self, name: &str, mode: u32, kind: ModeFileType) -> NewcBuilder {
+        self.ino += 1;
+        NewcBuilder::new(name)
+            .ino(self.ino)
+            .mode(mode)
+            .set_mode_file_type(kind)
+    }
+
+    /// A directory (its parent must already be in the archive).
+    pub fn dir(&mut self, name: &str, mode: u32) -> Result<()> {
+        let w = self.take()?;
+        let b = self.entry(name, mode, ModeFileType::Directory);
+        let w = b.write(w, 0).finish().with_context(|| self.context())?;
+        self.put(w);
+        Ok(())
+    }
+
+    /// `dev/console` (5:1), so the kernel opens a console for /init before devtmpfs is mounted.
+    pub fn console(&mut self) -> Result<()> {
+        let w = self.take()?;
+        let b = self
+            .entry("dev/console", 0o600, ModeFileType::Char)
+            .rdev_major(5)
+            .rdev_minor(1);
+        let w = b.write(w, 0).finish().with_context(|| self.context())?;
+        self.put(w);
+        Ok(())
+    }
+
+    /// A regular file with `data`.
+    pub fn file(&mut self, name: &str, mode: u32, data: &[u8]) -> Result<()> {
+        let len = u32::try_from(data.len())
+            .map_err(|_| anyhow::anyhow!("{name} is too large for a newc archive"))?;
+        let w = self.take()?;
+        let mut writer = self.entry(name, mode, ModeFileType::Regular).write(w, len);
+        writer.write_all(data).with_context(|| self.context())?;
+        let w = writer.finish().with_context(|| self.context())?;
+        self.put(w);
+        Ok(())
+    }
+
+    /// A regular file copied from the host's `source` (symlinks followed).
+    pub fn host_file(&mut self, name: &str, mode: u32, source: &Path) -> Result<()> {
+        let mut f = File::open(source).with_context(|| format!("opening {}", source.display()))?;
+        let len = f
+            .metadata()
+            .with_context(|| format!("reading {}", source.display()))?
+            .len();
+        let len32 = u32::try_from(len)
+            .map_err(|_| anyhow::anyhow!("{} is too large for a newc archive", source.display()))?;
+        let w = self.take()?;
+        let mut writer = self
+            .entry(name, mode, ModeFileType::Regular)
+            .write(w, len32);
+        let copied = io::copy(&mut (&mut f).take(len), &mut writer)
+            .with_context(|| format!("copying {}", source.display()))?;
+        if copied != len {
+            bail!("{} changed while it was copied", source.display());
+        }
+        let w = writer.finish().with_context(|| self.context())?;
+        self.put(w);
+        Ok(())
+    }
+
+    /// Writes the trailer and syncs the file.
+    pub fn finish(mut self) -> Result<()> {
+        let context = self.context();
+        let w = self.take()?;
+        let w = trailer(w).with_context(|| context.clone())?;
+        w.finish()
+            .and_then(|buf| buf.into_inner().map_err(|e| e.into_error()))
+            .and_then(|f| f.sync_all())
+            .with_context(|| context)?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]

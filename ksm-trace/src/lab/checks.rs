@@ -1,0 +1,337 @@
+//! What the host concludes from the guest's console: the JSON blocks cut out at their markers,
+//! and the checks on them (fentry/fexit allowed, record exactness, fexit vs bracket latency,
+//! and on a kernel without ksm:* tracepoints, a clean refusal).
+use std::fmt::Write as _;
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use serde_json::Value;
+
+use crate::{histogram::Histogram, report::model::Report};
+
+/// The text between the lines `<marker>-BEGIN` and `<marker>-END`.
+pub fn block(console: &str, marker: &str) -> Option<String> {
+    let begin = format!("{marker}-BEGIN");
+    let end = format!("{marker}-END");
+    let mut lines = console.lines().skip_while(|l| l.trim_end() != begin);
+    lines.next()?;
+    let mut text = String::new();
+    for line in lines {
+        if line.trim_end() == end {
+            return Some(text);
+        }
+        text.push_str(line);
+        text.push('\n');
+    }
+    None
+}
+
+/// `key=value` from the first line starting with `prefix`.
+pub fn field(console: &str, prefix: &str, key: &str) -> Option<String> {
+    let line = console.lines().find(|l| l.starts_with(prefix))?;
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(&format!("{key}=")))
+        .map(str::to_owned)
+}
+
+/// The JSON in block `marker`, or an error naming it.
+pub fn json_block(console: &str, marker: &str) -> Result<Value> {
+    let text =
+        block(console, marker).ok_or_else(|| anyhow!("the guest printed no {marker} block"))?;
+    serde_json::from_str(&text).with_context(|| format!("the guest's {marker} block is not JSON"))
+}
+
+/// Exactness of one workload process, as on the host.
+pub struct Exactness {
+    pub comm: String,
+    pub merges: u64,
+    pub unmerges: u64,
+    pub merging_pages_delta: i64,
+    pub silent_unmerges: i64,
+}
+
+/// The results of the checks on a record that succeeded.
+pub struct RecordChecks {
+    pub merge_latency_mechanism: String,
+    pub fallbacks: Vec<String>,
+    pub exactness: Vec<Exactness>,
+    pub full_scans: u64,
+    pub kernel_full_scans: i64,
+    pub fexit: Histogram,
+    pub bracket: Histogram,
+    pub lost_events: u64,
+    /// Copy-on-write breaks of KSM pages traced by the do_wp_page probe, per process (comm,
+    /// count, p50, p99 ns), and the guest kernel's cow_ksm delta they must add up to.
+    pub cow: Vec<(String, u64, u64, u64)>,
+    pub cow_kernel: i64,
+}
+
+/// Checks the report and recording of a kernel where fentry/fexit should be allowed; the
+/// error names the first thing that was wrong.
+pub fn check_record(report: &Report, recording: &Value) -> Result<RecordChecks> {
+    let m = &report.mechanisms;
+    if !m.merge_latency.contains("fexit") {
+        bail!(
+            "merge latency did not come from fexit in the guest: mechanisms.merge_latency = {:?}",
+            m.merge_latency
+        );
+    }
+    if let Some(f) = m
+        .fallbacks
+        .iter()
+        .find(|f| f.contains("try_to_merge_one_page"))
+    {
+        bail!("the guest kernel refused fentry/fexit: {f}");
+    }
+
+    let mut exactness = Vec::new();
+    for p in report
+        .processes
+        .iter()
+        .filter(|p| p.comm.starts_with("ksm-procs-"))
+    {
+        let (Some(start), Some(end), Some(silent)) = (
+            p.ksm_merging_pages_start,
+            p.ksm_merging_pages_end,
+            p.silent_unmerges,
+        ) else {
+            bail!(
+                "{} (pid {}) has no ksm_merging_pages at both edges of the window",
+                p.comm,
+                p.pid
+            );
+        };
+        let delta = end as i64 - start as i64;
+        let expected = p.merges as i64 - p.unmerges as i64 - delta;
+        if silent != expected || silent < 0 {
+            bail!(
+                "{} is not exact: merges {} - unmerges {} - Δksm_merging_pages {delta} = {expected}, silent_unmerges {silent} (must be equal and >= 0)",
+                p.comm,
+                p.merges,
+                p.unmerges
+            );
+        }
+        exactness.push(Exactness {
+            comm: p.comm.clone(),
+            merges: p.merges,
+            unmerges: p.unmerges,
+            merging_pages_delta: delta,
+            silent_unmerges: silent,
+        });
+    }
+    if exactness.is_empty() {
+        bail!("the guest's report has no ksm-procs-* process");
+    }
+    if exactness.iter().all(|e| e.merges == 0) {
+        bail!("no ksm-procs-* process merged anything in the guest");
+    }
+    let kernel_full_scans = report
+        .kernel_deltas
+        .get("full_scans")
+        .copied()
+        .ok_or_else(|| anyhow!("the guest's report has no kernel full_scans delta"))?;
+    if report.scans.full_scans as i64 != kernel_full_scans {
+        bail!(
+            "full scans differ in the guest: traced {} vs kernel full_scans delta {kernel_full_scans}",
+            report.scans.full_scans
+        );
+    }
+
+    if !m.cow.starts_with("fentry/fexit on do_wp_page") {
+        bail!("the COW probe did not attach in the guest: {}", m.cow);
+    }
+    let cow_kernel = report.kernel_deltas.get("cow_ksm").copied().unwrap_or(0);
+    let cow_traced: u64 = report.processes.iter().map(|p| p.cow_breaks).sum();
+    if cow_kernel <= 0 {
+        bail!("the guest scenario caused no copy-on-write of KSM pages (cow_ksm {cow_kernel:+})");
+    }
+    if cow_traced as i64 != cow_kernel {
+        bail!(
+            "COW breaks differ in the guest: traced {cow_traced} vs kernel cow_ksm delta {cow_kernel}"
+        );
+    }
+    let cow = report
+        .processes
+        .iter()
+        .filter(|p| p.cow_breaks > 0)
+        .map(|p| {
+            (
+                p.comm.clone(),
+                p.cow_breaks,
+                p.cow_fault_ns.p50,
+                p.cow_fault_ns.p99,
+            )
+        })
+        .collect();
+
+    let (fexit, bracket) = latencies(recording)?;
+    if fexit.is_empty() {
+        bail!("fexit timed no merge in the guest (merge_latency_ns empty in every process)");
+    }
+    if bracket.is_empty() {
+        bail!(
+            "the mmap_lock bracket timed none of the {} merges fexit timed (merge_latency_bracket_ns empty)",
+            fexit.count()
+        );
+    }
+    Ok(RecordChecks {
+        merge_latency_mechanism: m.merge_latency.clone(),
+        fallbacks: m.fallbacks.clone(),
+        exactness,
+        full_scans: report.scans.full_scans,
+        kernel_full_scans,
+        fexit,
+        bracket,
+        lost_events: report.lost_events,
+        cow,
+        cow_kernel,
+    })
+}
+
+/// All processes' fexit and bracket histograms from a recording, each summed.
+fn latencies(recording: &Value) -> Result<(Histogram, Histogram)> {
+    let processes = recording
+        .get("processes")
+        .and_then(Value::as_array)
+        .ok_or_else(|| anyhow!("the guest's recording has no processes array"))?;
+    let mut fexit = Histogram::new();
+    let mut bracket = Histogram::new();
+    for p in processes {
+        for (key, sum) in [
+            ("merge_latency_ns", &mut fexit),
+            ("merge_latency_bracket_ns", &mut bracket),
+        ] {
+            if let Some(v) = p.get(key) {
+                let h: Histogram = serde_json::from_value(v.clone())
+                    .with_context(|| format!("the guest's recording has a malformed {key}"))?;
+                sum.add(&h);
+            }
+        }
+    }
+    Ok((fexit, bracket))
+}
+
+impl RecordChecks {
+    /// The comparison table: count, p50, p99 of each, and bracket ÷ fexit at p50.
+    pub fn latency_table(&self) -> String {
+        let mut o = String::new();
+        let _ = writeln!(
+            o,
+            "  {:<28} {:>8} {:>10} {:>10}",
+            "merge latency", "count", "p50 ns", "p99 ns"
+        );
+        for (name, h) in [
+            ("fexit (try_to_merge_one_page)", &self.fexit),
+            ("mmap_lock bracket", &self.bracket),
+        ] {
+            let _ = writeln!(
+                o,
+                "  {:<28} {:>8} {:>10} {:>10}",
+                name,
+                h.count(),
+                h.percentile(50.0),
+                h.percentile(99.0)
+            );
+        }
+        let _ = writeln!(
+            o,
+            "  bracket / fexit at p50: {:.2}",
+            self.bracket.percentile(50.0) as f64 / self.fexit.percentile(50.0).max(1) as f64
+        );
+        o
+    }
+
+    pub fn exactness_lines(&self) -> String {
+        let mut o = String::new();
+        for e in &self.exactness {
+            let _ = writeln!(
+                o,
+                "  {}: merges {} - unmerges {} - Δksm_merging_pages {} = silent_unmerges {} (>= 0): ok",
+                e.comm, e.merges, e.unmerges, e.merging_pages_delta, e.silent_unmerges
+            );
+        }
+        let _ = writeln!(
+            o,
+            "  full scans: traced {} = kernel delta {}: ok; events lost: {}",
+            self.full_scans, self.kernel_full_scans, self.lost_events
+        );
+        let traced: u64 = self.cow.iter().map(|c| c.1).sum();
+        let _ = writeln!(
+            o,
+            "  COW breaks of KSM pages: traced {traced} = kernel cow_ksm delta {}: ok",
+            self.cow_kernel
+        );
+        for (comm, n, p50, p99) in &self.cow {
+            let _ = writeln!(
+                o,
+                "    {comm}: {n} breaks, do_wp_page p50 {p50} ns, p99 {p99} ns"
+            );
+        }
+        o
+    }
+}
+
+/// The ksm:* tracepoints doctor found missing (from its JSON).
+pub fn missing_tracepoints(doctor: &Value) -> Vec<String> {
+    doctor
+        .pointer("/capabilities/tracepoints")
+        .and_then(Value::as_object)
+        .map(|m| {
+            m.iter()
+                .filter(|(name, present)| {
+                    name.starts_with("ksm_") && present.as_bool() == Some(false)
+                })
+                .map(|(name, _)| name.clone())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// On a kernel without ksm:* tracepoints: record must have failed with one line naming them.
+pub fn check_refusal(record_rc: Option<i32>, record_stderr: &str) -> Result<String> {
+    let lines: Vec<&str> = record_stderr
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    match record_rc {
+        Some(0) => bail!("ksm-trace record succeeded on a kernel without ksm tracepoints"),
+        None => bail!("the guest printed no record exit code"),
+        Some(_) => {}
+    }
+    let [line] = lines[..] else {
+        bail!(
+            "ksm-trace record's refusal is not one line ({} lines): {}",
+            lines.len(),
+            lines.join(" / ")
+        );
+    };
+    if !line.contains("tracepoint") {
+        bail!("ksm-trace record failed, but not about missing tracepoints: {line}");
+    }
+    Ok(line.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocks_are_cut_at_their_markers() {
+        let console =
+            "boot\nA-BEGIN\n{\"x\": 1}\n\nA-END\nA-STDERR-BEGIN\noops\nA-STDERR-END\nS a=1 b=two\n";
+        assert_eq!(block(console, "A").unwrap(), "{\"x\": 1}\n\n");
+        assert_eq!(block(console, "A-STDERR").unwrap(), "oops\n");
+        assert!(block(console, "B").is_none());
+        assert_eq!(json_block(console, "A").unwrap()["x"], 1);
+        assert_eq!(field(console, "S ", "b").as_deref(), Some("two"));
+    }
+
+    #[test]
+    fn refusal_must_be_one_line_about_tracepoints() {
+        let ok = check_refusal(Some(1), "ksm-trace: error: no ksm tracepoints\n").unwrap();
+        assert!(ok.contains("tracepoints"));
+        assert!(check_refusal(Some(0), "").is_err());
+        assert!(check_refusal(Some(1), "a\nb tracepoint\n").is_err());
+        assert!(check_refusal(Some(1), "something else\n").is_err());
+    }
+}
