@@ -2,17 +2,18 @@
 //! the scenario's DONE line, ended over QMP (then SIGKILL) and never left behind.
 use std::{
     fs::{self, File},
-    os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
-    process::{Child, Command, ExitStatus, Stdio},
+    process::{Child, ExitStatus},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result};
-use nix::sys::signal::Signal;
 
 use super::image::DONE;
-use crate::workload::vms::{qemu::QEMU, qmp};
+use crate::workload::vms::{
+    qemu::{Launch, QEMU, launch},
+    qmp,
+};
 
 pub struct LabGuest {
     pub log: PathBuf,
@@ -38,49 +39,19 @@ impl LabGuest {
         let qmp = run_dir.join("qmp.sock");
         let stderr = File::create(&stderr_log)
             .with_context(|| format!("creating {}", stderr_log.display()))?;
-        let mut cmd = Command::new(QEMU);
-        cmd.args(["-name", "ksm-lab,process=ksm-lab"])
-            .args(["-accel", "tcg", "-cpu", "max", "-smp", "2", "-m", "1536M"])
+        let child = launch(&Launch {
+            name: "ksm-lab",
+            accel: "tcg",
             // mem-merge=off: the host's KSM (and anyone recording it) never sees this guest.
-            .args(["-machine", "q35,mem-merge=off"])
-            .args([
-                "-nodefaults",
-                "-no-user-config",
-                "-display",
-                "none",
-                "-no-reboot",
-            ])
-            // A file, never a pipe: an unread pipe would stall the guest.
-            .arg("-serial")
-            .arg(format!("file:{}", log.display()))
-            .arg("-qmp")
-            .arg(format!("unix:{},server=on,wait=off", qmp.display()))
-            .arg("-kernel")
-            .arg(kernel)
-            .arg("-initrd")
-            .arg(initramfs)
-            // ramfs root: tmpfs would be capped at half the RAM.
-            .args([
-                "-append",
-                "console=ttyS0 quiet panic=-1 rdinit=/init rootfstype=ramfs",
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .process_group(0);
-        let parent = std::process::id() as i32;
-        // SAFETY: prctl and getppid are async-signal-safe.
-        unsafe {
-            cmd.pre_exec(move || {
-                // The guest dies with ksm-trace, even if ksm-trace is killed.
-                nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)?;
-                if libc::getppid() != parent {
-                    return Err(std::io::Error::other("ksm-trace exited"));
-                }
-                Ok(())
-            });
-        }
-        let child = cmd.spawn().with_context(|| format!("starting {QEMU}"))?;
+            machine: "q35,mem-merge=off",
+            smp: 2,
+            mem_mib: 1536,
+            kernel,
+            initramfs,
+            log: &log,
+            qmp: &qmp,
+            stderr,
+        })?;
         Ok(Self {
             log,
             stderr_log,

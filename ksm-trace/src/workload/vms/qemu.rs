@@ -33,6 +33,77 @@ pub struct Guest {
     exited: Option<ExitStatus>,
 }
 
+/// What differs between the guests ksm-trace starts (vms workload, kernel lab).
+pub struct Launch<'a> {
+    /// QEMU's process name too (`process=`), so reports attribute merges by comm.
+    pub name: &'a str,
+    pub accel: &'a str,
+    pub machine: &'a str,
+    pub smp: u32,
+    pub mem_mib: u64,
+    pub kernel: &'a Path,
+    pub initramfs: &'a Path,
+    pub log: &'a Path,
+    pub qmp: &'a Path,
+    pub stderr: File,
+}
+
+/// Starts QEMU on a kernel and initramfs: serial console to a file, a QMP socket, a ramfs
+/// root, its own process group, and death with ksm-trace.
+pub fn launch(l: &Launch<'_>) -> Result<Child> {
+    let mut cmd = Command::new(QEMU);
+    cmd.args(["-name", &format!("{0},process={0}", l.name)])
+        .args(["-accel", l.accel, "-machine", l.machine, "-cpu", "max"])
+        .args(["-smp", &l.smp.to_string(), "-m", &format!("{}M", l.mem_mib)])
+        .args([
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-no-reboot",
+        ])
+        // A file, never a pipe: an unread pipe would stall the guest.
+        .arg("-serial")
+        .arg(format!("file:{}", l.log.display()))
+        .arg("-qmp")
+        .arg(format!("unix:{},server=on,wait=off", l.qmp.display()))
+        .arg("-kernel")
+        .arg(l.kernel)
+        .arg("-initrd")
+        .arg(l.initramfs)
+        // ramfs, not the default tmpfs, as the root: tmpfs is capped at half the RAM the
+        // kernel sees at boot, too little for payload plus private data in a 128M guest.
+        .args([
+            "-append",
+            "console=ttyS0 quiet panic=-1 rdinit=/init rootfstype=ramfs",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(
+            l.stderr
+                .try_clone()
+                .context("duplicating QEMU's stderr log")?,
+        )
+        // Its own process group: a terminal's Ctrl-C reaches ksm-trace only, which then stops
+        // the guests in order.
+        .process_group(0);
+    let parent = std::process::id() as i32;
+    // SAFETY: prctl and getppid are async-signal-safe.
+    unsafe {
+        cmd.pre_exec(move || {
+            // No guest may outlive ksm-trace, even if it is killed.
+            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)?;
+            // The parent may have died before the line above took effect.
+            if libc::getppid() != parent {
+                return Err(std::io::Error::other("ksm-trace exited"));
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn()
+        .with_context(|| format!("starting {QEMU} for {}", l.name))
+}
+
 /// `ksm-vmN`: QEMU's process name, so reports attribute merges by comm.
 pub fn guest_name(index: u32) -> String {
     format!("ksm-vm{index}")
@@ -47,56 +118,20 @@ impl Guest {
         let qmp = run_dir.join(format!("{name}.qmp"));
         let stderr = File::create(&stderr_log)
             .with_context(|| format!("creating {}", stderr_log.display()))?;
-        let mut cmd = Command::new(QEMU);
-        cmd.args(["-name", &format!("{name},process={name}")])
+        let child = launch(&Launch {
+            name: &name,
             // /dev/kvm is unusable for stock guests here; a small translation cache keeps
             // QEMU's own memory low.
-            .args(["-accel", "tcg,tb-size=32", "-machine", "q35", "-cpu", "max"])
-            .args(["-smp", "1", "-m", &format!("{}M", spec.mem >> 20)])
-            .args([
-                "-nodefaults",
-                "-no-user-config",
-                "-display",
-                "none",
-                "-no-reboot",
-            ])
-            // A file, never a pipe: an unread pipe would stall the guest.
-            .arg("-serial")
-            .arg(format!("file:{}", log.display()))
-            .arg("-qmp")
-            .arg(format!("unix:{},server=on,wait=off", qmp.display()))
-            .arg("-kernel")
-            .arg(&assets.kernel)
-            .arg("-initrd")
-            .arg(&assets.initramfs)
-            // ramfs, not the default tmpfs, as the root: tmpfs is capped at half the RAM the
-            // kernel sees at boot, too little for payload plus private data in a 128M guest.
-            .args([
-                "-append",
-                "console=ttyS0 quiet panic=-1 rdinit=/init rootfstype=ramfs",
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            // Its own process group: a terminal's Ctrl-C reaches ksm-trace only, which then
-            // stops the guests in order.
-            .process_group(0);
-        let parent = std::process::id() as i32;
-        // SAFETY: prctl and getppid are async-signal-safe.
-        unsafe {
-            cmd.pre_exec(move || {
-                // No guest may outlive ksm-trace, even if it is killed.
-                nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)?;
-                // The parent may have died before the line above took effect.
-                if libc::getppid() != parent {
-                    return Err(std::io::Error::other("ksm-trace exited"));
-                }
-                Ok(())
-            });
-        }
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("starting {QEMU} for {name}"))?;
+            accel: "tcg,tb-size=32",
+            machine: "q35",
+            smp: 1,
+            mem_mib: spec.mem >> 20,
+            kernel: &assets.kernel,
+            initramfs: &assets.initramfs,
+            log: &log,
+            qmp: &qmp,
+            stderr,
+        })?;
         Ok(Self {
             name,
             log,
