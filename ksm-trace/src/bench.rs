@@ -155,14 +155,14 @@ pub async fn overhead(b: &OverheadBench) -> Result<String> {
         session,
         workload::Workload,
     };
-    let caps = Capabilities::detect();
-    caps.require_recording()?;
     let knobs = KnobSettings {
         pages_to_scan: Some(b.pages_to_scan),
         sleep_ms: Some(0),
         ..Default::default()
     };
     let (spec, _lock) = session::preflight(Some(&b.workload), &knobs)?;
+    let caps = Capabilities::detect();
+    caps.require_tracing()?;
     let spec = spec.expect("a spec was given");
     let ksmd = kernel::ksmd_pid()?;
     let mut guard = KnobGuard::new()?;

@@ -57,15 +57,15 @@ pub async fn record(opts: &RecordOptions, command_line: Vec<String>) -> Result<R
     let mut sigterm = signal(SignalKind::terminate())?;
 
     // Checks that change nothing.
+    let (spec, _lock) = session::preflight(opts.workload.as_deref(), &opts.knobs)?;
     let caps = Capabilities::detect();
-    caps.require_recording()?;
+    caps.require_tracing()?;
     for pid in &opts.pids {
         if !Path::new(&format!("/proc/{pid}")).exists() {
             bail!("no process with pid {pid}: give the pid of a running process");
         }
     }
     recording::check_writable(&opts.output)?;
-    let (spec, _lock) = session::preflight(opts.workload.as_deref(), &opts.knobs)?;
     let ksmd = kernel::ksmd_pid()?;
 
     let mut probes = Probes::load(&caps, caps.config(ksmd), opts.merge_latency)?;

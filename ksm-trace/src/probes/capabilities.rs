@@ -113,18 +113,9 @@ impl Capabilities {
     }
 
     /// Refuses, with what to do, when a recording cannot work here.
-    pub fn require_recording(&self) -> Result<()> {
-        if !self.root {
-            bail!(
-                "ksm-trace record must run as root (it loads eBPF programs and sets KSM knobs): run it as root, e.g. with sudo"
-            );
-        }
-        if !self.ksm {
-            bail!(
-                "this kernel has no KSM ({} is missing): use a kernel built with CONFIG_KSM=y",
-                sysfs::KSM_DIR
-            );
-        }
+    /// Root and KSM itself are checked by `session::preflight`, which every command that
+    /// traces runs first.
+    pub fn require_tracing(&self) -> Result<()> {
         if !self.btf {
             bail!(
                 "this kernel has no BTF ({VMLINUX_BTF} is missing): use a kernel built with CONFIG_DEBUG_INFO_BTF=y"
