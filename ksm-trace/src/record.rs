@@ -15,7 +15,7 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     collect::Collector,
-    kernel::{self, Counters, KsmStat, sysfs},
+    kernel::{self, KsmStat, sysfs},
     knobs::{KnobGuard, KnobSettings},
     probes::{Capabilities, LatencyMode, Probes},
     recording::{
@@ -91,10 +91,11 @@ pub async fn record(opts: &RecordOptions, command_line: Vec<String>) -> Result<R
     if let Some(w) = &workload {
         pids.extend(w.workers().iter().map(|w| w.pid));
     }
-    let counters_start = Counters::read(ksmd)?;
-    let stat_start: Vec<(u32, Option<KsmStat>)> =
-        pids.iter().map(|&p| (p, KsmStat::read(p).ok())).collect();
-    let start_ns = kernel::monotonic_ns();
+    let (mut sampler, first) = Sampler::start(opts.interval, ksmd, &pids)?;
+    let start_ns = sampler.window_start_ns();
+    let counters_start = first.counters.clone();
+    let stat_start = first.processes.clone();
+    let mut timeseries = vec![first];
     collector.open_window(start_ns);
     drain(&mut ring, &mut collector);
     if let Some(since) = bracket_since.as_mut() {
@@ -106,8 +107,6 @@ pub async fn record(opts: &RecordOptions, command_line: Vec<String>) -> Result<R
             .fallbacks
             .push(format!("no ksmd profile (flame graphs): {e:#}"));
     }
-    let mut sampler = Sampler::new(opts.interval, start_ns, ksmd);
-    let mut timeseries = vec![sampler.take(&pids, 0)?];
     knobs.run_ksmd()?;
     if ksmd_started_for_run && opts.progress {
         eprintln!(
@@ -214,10 +213,7 @@ pub async fn record(opts: &RecordOptions, command_line: Vec<String>) -> Result<R
                 .get(&pid)
                 .cloned()
                 .unwrap_or_default(),
-            ksm_stat_start: stat_start
-                .iter()
-                .find(|(p, _)| *p == pid)
-                .and_then(|(_, s)| *s),
+            ksm_stat_start: stat_start.get(&pid).copied(),
             ksm_stat_end: (pid != 0).then(|| KsmStat::read(pid).ok()).flatten(),
         })
         .map(|mut p| {

@@ -30,13 +30,24 @@ pub struct Sampler {
 }
 
 impl Sampler {
-    pub fn new(interval: Duration, window_start_ns: u64, ksmd: u32) -> Self {
-        Self {
+    /// Takes the first sample, which is also the window's start snapshot, and opens the window
+    /// right after it (t = 0): events stamped before that are already in the snapshot.
+    pub fn start(interval: Duration, ksmd: u32, pids: &BTreeSet<u32>) -> Result<(Self, Sample)> {
+        let mut sampler = Self {
             interval,
             next: Instant::now(),
-            window_start_ns,
+            window_start_ns: 0,
             ksmd,
-        }
+        };
+        let mut first = sampler.take(pids, 0)?;
+        sampler.window_start_ns = crate::kernel::monotonic_ns();
+        first.t_ns = 0;
+        Ok((sampler, first))
+    }
+
+    /// CLOCK_MONOTONIC ns at which the window opened.
+    pub fn window_start_ns(&self) -> u64 {
+        self.window_start_ns
     }
 
     pub fn due(&self) -> bool {
