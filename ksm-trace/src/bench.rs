@@ -150,10 +150,8 @@ const MODES: [(&str, Option<LatencyMode>); 3] = [
 pub async fn overhead(b: &OverheadBench) -> Result<String> {
     use crate::{
         kernel::{self, sysfs},
-        knobs::KnobGuard,
         probes::{Capabilities, Probes},
         session,
-        workload::Workload,
     };
     let knobs = KnobSettings {
         pages_to_scan: Some(b.pages_to_scan),
@@ -165,10 +163,8 @@ pub async fn overhead(b: &OverheadBench) -> Result<String> {
     caps.require_tracing()?;
     let spec = spec.expect("a spec was given");
     let ksmd = kernel::ksmd_pid()?;
-    let mut guard = KnobGuard::new()?;
-    guard.pause_ksmd()?;
-    guard.apply(&knobs)?;
-    let mut workload = Workload::start(&spec, false)?;
+    let (mut guard, workload) = session::prepare(&knobs, Some(&spec), false)?;
+    let mut workload = workload.expect("a spec was given");
     guard.run_ksmd()?;
 
     // Let KSM settle first: the benchmark is about steady-state scanning.

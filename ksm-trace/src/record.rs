@@ -16,7 +16,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::{
     collect::Collector,
     kernel::{self, KsmStat, sysfs},
-    knobs::{KnobGuard, KnobSettings},
+    knobs::KnobSettings,
     probes::{Capabilities, LatencyMode, Probes},
     recording::{
         self, EventCounts, LatencyCoverage, Meta, ProcessRecord, Recording, ScanRecord,
@@ -25,7 +25,6 @@ use crate::{
     report::model::SETTLE_THRESHOLD,
     sample::{Sampler, settle_time_s},
     session::{self, Progress},
-    workload::Workload,
 };
 
 #[derive(Clone, Debug)]
@@ -79,14 +78,8 @@ pub async fn record(opts: &RecordOptions, command_line: Vec<String>) -> Result<R
     }
 
     // Open the window on a paused ksmd.
-    let mut knobs = KnobGuard::new()?;
+    let (mut knobs, mut workload) = session::prepare(&opts.knobs, spec.as_ref(), opts.refresh)?;
     let ksmd_started_for_run = knobs.original_run == 0;
-    knobs.pause_ksmd()?;
-    knobs.apply(&opts.knobs)?;
-    let mut workload = spec
-        .as_ref()
-        .map(|s| Workload::start(s, opts.refresh))
-        .transpose()?;
     let mut pids: BTreeSet<u32> = opts.pids.iter().copied().collect();
     if let Some(w) = &workload {
         pids.extend(w.workers().iter().map(|w| w.pid));

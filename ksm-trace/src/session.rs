@@ -6,7 +6,7 @@ use anyhow::{Result, bail};
 
 use crate::{
     kernel::{self, sysfs},
-    knobs::KnobSettings,
+    knobs::{KnobGuard, KnobSettings},
     lock::{self, RecorderLock},
     workload::{Workload, WorkloadSpec},
 };
@@ -40,6 +40,21 @@ pub fn preflight(
         );
     }
     Ok((spec, lock::acquire()?))
+}
+
+/// Saves the knobs, pauses ksmd, applies `knobs` and starts the workload (if any), waiting
+/// until it is ready. ksmd stays paused: the caller runs it (`run_ksmd`) once it is ready to
+/// measure. Dropping the guard puts every knob back.
+pub fn prepare(
+    knobs: &KnobSettings,
+    spec: Option<&WorkloadSpec>,
+    refresh: bool,
+) -> Result<(KnobGuard, Option<Workload>)> {
+    let mut guard = KnobGuard::new()?;
+    guard.pause_ksmd()?;
+    guard.apply(knobs)?;
+    let workload = spec.map(|s| Workload::start(s, refresh)).transpose()?;
+    Ok((guard, workload))
 }
 
 /// Elapsed time, memory saved and ksmd's CPU share since the previous line.

@@ -5,10 +5,9 @@ use std::time::Duration;
 use anyhow::Result;
 use tokio::signal::unix::{SignalKind, signal};
 
-use super::Workload;
 use crate::{
     kernel,
-    knobs::{KnobGuard, KnobSettings},
+    knobs::KnobSettings,
     report::histogram::fmt_ns,
     session::{self, Progress},
 };
@@ -25,9 +24,8 @@ pub async fn run(
     let spec = spec.expect("a spec was given");
     let ksmd = kernel::ksmd_pid()?;
 
-    let mut guard = KnobGuard::new()?;
-    guard.apply(knobs)?;
-    let mut workload = Workload::start(&spec, refresh)?;
+    let (mut guard, workload) = session::prepare(knobs, Some(&spec), refresh)?;
+    let mut workload = workload.expect("a spec was given");
     for w in workload.workers() {
         println!(
             "started {} (pid {}), ready in {}",
