@@ -45,10 +45,11 @@ impl KnobSettings {
         if self.pages_to_scan == Some(0) {
             bail!("--pages-to-scan 0 would never scan: give a positive number of pages");
         }
-        if let Some(a) = &self.advisor {
-            if a != "none" && a != "scan-time" {
-                bail!("--advisor {a} is not none or scan-time");
-            }
+        if let Some(a) = &self.advisor
+            && a != "none"
+            && a != "scan-time"
+        {
+            bail!("--advisor {a} is not none or scan-time");
         }
         if self.max_page_sharing.is_some_and(|m| m < 2) {
             bail!("--max-page-sharing must be at least 2");
@@ -58,16 +59,16 @@ impl KnobSettings {
                 "--pages-to-scan and --advisor scan-time conflict: the advisor sets pages_to_scan itself"
             );
         }
-        if self.pages_to_scan.is_some() && self.advisor.is_none() {
-            if let Ok(mode) = sysfs::read("advisor_mode") {
-                if mode.contains("[scan-time]") {
-                    bail!(
-                        "pages_to_scan is managed by the KSM advisor (advisor_mode=scan-time): drop \
+        if self.pages_to_scan.is_some()
+            && self.advisor.is_none()
+            && let Ok(mode) = sysfs::read("advisor_mode")
+            && mode.contains("[scan-time]")
+        {
+            bail!(
+                "pages_to_scan is managed by the KSM advisor (advisor_mode=scan-time): drop \
                          --pages-to-scan or write none to {}/advisor_mode",
-                        sysfs::KSM_DIR
-                    );
-                }
-            }
+                sysfs::KSM_DIR
+            );
         }
         Ok(())
     }

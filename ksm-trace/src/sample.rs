@@ -78,10 +78,12 @@ pub fn settle_time_s(samples: &[Sample], threshold: f64) -> Option<f64> {
         let sharing = s.counters.ksm("pages_sharing");
         match previous {
             Some((last_scans, _)) if scans == last_scans => continue,
-            Some((_, last_sharing)) if last_sharing > 0 => {
-                if ((sharing - last_sharing).abs() as f64) < threshold * last_sharing as f64 {
-                    return Some(s.t_ns as f64 / 1e9);
-                }
+            Some((_, last_sharing))
+                if last_sharing > 0
+                    && ((sharing - last_sharing).abs() as f64)
+                        < threshold * last_sharing as f64 =>
+            {
+                return Some(s.t_ns as f64 / 1e9);
             }
             _ => {}
         }

@@ -49,10 +49,11 @@ pub fn vmstat() -> Result<BTreeMap<String, i64>> {
 pub fn ksmd_pid() -> Result<u32> {
     for process in procfs::process::all_processes().context("listing /proc")? {
         let Ok(process) = process else { continue };
-        if let Ok(stat) = process.stat() {
-            if stat.comm == "ksmd" && stat.ppid == 2 {
-                return Ok(process.pid as u32);
-            }
+        if let Ok(stat) = process.stat()
+            && stat.comm == "ksmd"
+            && stat.ppid == 2
+        {
+            return Ok(process.pid as u32);
         }
     }
     Err(anyhow!(

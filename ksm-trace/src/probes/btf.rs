@@ -46,14 +46,12 @@ impl KernelBtf {
             if name == member {
                 return Some(bits / 8);
             }
-            if name.is_empty() {
-                if let Ok(Type::Struct(inner) | Type::Union(inner)) =
+            if name.is_empty()
+                && let Ok(Type::Struct(inner) | Type::Union(inner)) =
                     self.btf.resolve_chained_type(m)
-                {
-                    if let Some(off) = self.find_member(&inner, member, bits) {
-                        return Some(off);
-                    }
-                }
+                && let Some(off) = self.find_member(&inner, member, bits)
+            {
+                return Some(off);
             }
         }
         None

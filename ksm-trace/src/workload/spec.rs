@@ -187,13 +187,13 @@ fn parse_vms(count_text: &str, options: BTreeMap<String, String>) -> Result<VmsS
             spec.mem >> 20
         );
     }
-    if let Some(churn) = spec.churn {
-        if churn.bytes > spec.shared {
-            bail!(
-                "churn size {} is larger than the shared payload: lower it or raise shared",
-                churn.bytes
-            );
-        }
+    if let Some(churn) = spec.churn
+        && churn.bytes > spec.shared
+    {
+        bail!(
+            "churn size {} is larger than the shared payload: lower it or raise shared",
+            churn.bytes
+        );
     }
     Ok(spec)
 }
