@@ -33,7 +33,7 @@ pub enum Command {
     Bench(BenchCommand),
     /// Show what this kernel lets ksm-trace measure, and how.
     Doctor(DoctorArgs),
-    /// Run ksm-trace's scenario on another kernel in a QEMU guest.
+    /// Run ksm-trace's scenario on another kernel in a QEMU guest, or on this one (--kernel host).
     Lab(crate::lab::LabArgs),
     /// Run a workload without tracing (for use with other tools), printing KSM's counters.
     Workload(WorkloadArgs),

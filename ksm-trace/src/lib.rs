@@ -5,6 +5,7 @@
 //! [`workload`] drives ksmd, [`knobs`] sets and restores KSM's settings, [`kernel`] reads the
 //! kernel's own counters that every figure is checked against.
 pub mod bench;
+pub mod child;
 pub mod cli;
 pub mod collect;
 pub mod doctor;

@@ -2,6 +2,7 @@
 //! this ksm-trace inside, where fentry/fexit is allowed; the lab's own checks must pass and no
 //! guest or run directory may outlive it. It does not touch the host's KSM (the guest's RAM is
 //! not mergeable); it takes the test lock all the same, since two TCG guests starve each other.
+//! `--kernel host` runs the same scenario on this kernel, where it does drive KSM.
 mod common;
 
 use std::{
@@ -64,4 +65,78 @@ fn lab_degrades_clearly_on_debian_6_1() {
         "{stdout}"
     );
     assert!(pids_named("ksm-lab").is_empty());
+}
+
+/// The number after `prefix` on the line containing it.
+fn number_after(text: &str, prefix: &str) -> u64 {
+    let rest = &text[text
+        .find(prefix)
+        .unwrap_or_else(|| panic!("{prefix:?} missing from:\n{text}"))
+        + prefix.len()..];
+    rest.split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no number after {prefix:?} in:\n{text}"))
+}
+
+fn vmstat(name: &str) -> u64 {
+    std::fs::read_to_string("/proc/vmstat")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} missing from /proc/vmstat"))
+}
+
+#[test]
+fn lab_runs_the_scenario_on_the_host_kernel() {
+    let session = KsmSession::start("lab-host");
+    let cow_before = vmstat("cow_ksm");
+    let scans_before = knob_u64("full_scans");
+    let child = Command::new(bin())
+        .args(["lab", "--kernel", "host"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("running ksm-trace lab");
+    let pid = child.id();
+    let out = child.wait_with_output().expect("waiting for ksm-trace lab");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "lab failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("lab on host: ok"), "{stdout}");
+    // Whatever this kernel allows, the lab's figures must fit what the kernel counted around
+    // the whole run, read here independently.
+    let cow_delta = vmstat("cow_ksm") - cow_before;
+    let scans_delta = knob_u64("full_scans") - scans_before;
+    let cow_counted = if stdout.contains("COW breaks of KSM pages: traced") {
+        number_after(&stdout, "COW breaks of KSM pages: traced ")
+    } else {
+        number_after(&stdout, "COW breaks of KSM pages: seen by the workload ")
+    };
+    assert!(
+        cow_counted > 0 && cow_counted <= cow_delta,
+        "COW breaks {cow_counted} vs cow_ksm +{cow_delta}:\n{stdout}"
+    );
+    let scans = number_after(&stdout, "full scans: traced ");
+    assert!(
+        scans > 0 && scans <= scans_delta,
+        "full scans {scans} vs full_scans +{scans_delta}:\n{stdout}"
+    );
+    session.assert_knobs_restored();
+    assert!(pids_named("ksm-procs-").is_empty(), "workers left behind");
+    let run_dir = format!("/tmp/ksm-trace-lab-{pid}");
+    assert!(!Path::new(&run_dir).exists(), "{run_dir} left behind");
+}
+
+#[test]
+fn lab_refuses_guest_options_for_the_host() {
+    let out = ksm_trace(&["lab", "--kernel", "host", "--refresh"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("--refresh"), "{stderr}");
 }

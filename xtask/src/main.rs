@@ -4,7 +4,8 @@
 //! - `build`, `run -- ARGS`: builds ksm-trace (eBPF included) and runs it as root;
 //! - `test`: unit tests and the root integration tests against the real kernel;
 //! - `bench`: what tracing costs ksmd, and the selftest's merge time;
-//! - `lab --kernel K`: runs ksm-trace in a QEMU guest booting kernel K (e.g. debian-6.12);
+//! - `lab --kernel K`: runs ksm-trace's scenario in a QEMU guest booting kernel K (e.g.
+//!   debian-6.12), or on the running kernel (`host`);
 //! - `fixture`: re-records the small recording the rendering tests read, and their golden files.
 mod fixture;
 mod setup;
@@ -37,8 +38,8 @@ enum Cmd {
     /// Benchmarks, each printing ratios measured in one run: ksmd traced vs untraced, and the
     /// kernel selftest's merge time.
     Bench,
-    /// Boot another kernel in a QEMU (TCG) guest, run ksm-trace's scenario there and check the
-    /// results (`ksm-trace lab`).
+    /// Boot another kernel in a QEMU (TCG) guest (or take this one: `host`), run ksm-trace's
+    /// scenario there and check the results (`ksm-trace lab`).
     Lab {
         /// debian-6.12 (fentry/fexit allowed) or debian-6.1 (no ksm tracepoints).
         #[arg(long, default_value = "debian-6.12")]

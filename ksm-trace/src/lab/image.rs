@@ -8,6 +8,8 @@ use std::{
 
 use anyhow::{Context as _, Result, anyhow, bail};
 
+use super::scenario::RECORD_ARGS;
+
 use crate::workload::vms::{
     assets::BUSYBOX,
     initramfs::{Archive, BASE_DIRS},
@@ -28,12 +30,6 @@ pub const DONE: &str = "KSM-TRACE-LAB-DONE";
 
 /// Where ksm-trace lives in the guest.
 const GUEST_BIN: &str = "bin/ksm-trace";
-
-/// What `ksm-trace record` runs in the guest: two processes, a few thousand pages each, half
-/// identical, with writes after merging (so silent unmerges happen) and both latency
-/// mechanisms on the same merges.
-pub const RECORD_ARGS: &str = "record --workload procs:2,pages=3000,dup=0.5,rounds=2,wait=4s,write=0.02 \
-     --pages-to-scan 2000 --sleep-ms 10 --merge-latency both -q -o /tmp/r.json";
 
 /// The `/init` script (busybox sh): mounts, runs doctor, record and report, prints each result
 /// between markers, then powers off.
@@ -61,7 +57,7 @@ drc=$?
 block {DOCTOR} /tmp/doctor.json
 block {DOCTOR_STDERR} /tmp/doctor.err
 t0=$(cut -d' ' -f1 /proc/uptime)
-/{GUEST_BIN} {RECORD_ARGS} > /tmp/record.out 2> /tmp/record.err
+/{GUEST_BIN} {RECORD_ARGS} -o /tmp/r.json > /tmp/record.out 2> /tmp/record.err
 rrc=$?
 t1=$(cut -d' ' -f1 /proc/uptime)
 block {RECORD_STDERR} /tmp/record.err

@@ -48,8 +48,9 @@ pub fn find(name: &str) -> Result<LabKernel> {
         .ok_or_else(|| {
             let known: Vec<&str> = KERNELS.iter().map(|k| k.name).collect();
             anyhow::anyhow!(
-                "unknown lab kernel {name:?}: use one of {}",
-                known.join(", ")
+                "unknown lab kernel {name:?}: use one of {}, or {}",
+                known.join(", "),
+                super::HOST
             )
         })
 }

@@ -1,10 +1,13 @@
 //! `ksm-trace lab`: boots another kernel (e.g. Debian's 6.12, where fentry/fexit is allowed) in
-//! a QEMU (TCG) guest with this ksm-trace inside, runs a fixed scenario there (doctor, record,
-//! report), and checks and summarizes what came back on the guest's serial console.
+//! a QEMU (TCG) guest with this ksm-trace inside, or takes the running one (`--kernel host`),
+//! runs a fixed scenario there (doctor, record, report), and checks and summarizes what came
+//! back against what that kernel should allow.
 pub mod checks;
 pub mod guest;
+pub mod host;
 pub mod image;
 pub mod kernels;
+pub mod scenario;
 
 use std::{
     fs,
@@ -13,14 +16,17 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result, anyhow};
+use anyhow::{Context as _, Result, anyhow, bail};
 
 use crate::report::model::Report;
+use checks::Expect;
 use guest::{LabGuest, Outcome};
+use scenario::Transcript;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct LabArgs {
-    /// Kernel to boot: debian-6.12, debian-6.1.
+    /// Kernel to run the scenario on: debian-6.12, debian-6.1 (booted under QEMU), or host
+    /// (the running kernel, no guest: it drives the host's KSM and restores its knobs).
     #[arg(long, default_value = "debian-6.12")]
     pub kernel: String,
     /// Re-download the kernel and rebuild the guest image.
@@ -34,11 +40,66 @@ pub struct LabArgs {
     pub console: Option<PathBuf>,
 }
 
+/// `--kernel` naming the running kernel.
+pub const HOST: &str = "host";
+
 /// Console lines shown when the guest fails.
 const TAIL_LINES: usize = 40;
 
 pub fn run(args: &LabArgs) -> Result<()> {
-    let kernel = kernels::find(&args.kernel)?;
+    let started = Instant::now();
+    let progress = |line: &str| {
+        eprintln!(
+            "ksm-trace lab: [{:>5.0} s] {line}",
+            started.elapsed().as_secs_f64()
+        )
+    };
+    let (name, expect, transcript) = if args.kernel == HOST {
+        if args.refresh || args.console.is_some() {
+            bail!("--refresh and --console apply to guests only: drop them with --kernel host");
+        }
+        let run_dir = RunDir::create()?;
+        eprintln!("ksm-trace lab: running the scenario on this kernel (about 15 s)");
+        let transcript = host::run(&run_dir.0, progress)?;
+        let expect = transcript
+            .doctor
+            .as_ref()
+            .map(Expect::from_doctor)
+            .unwrap_or(Expect::Tracepoints);
+        (HOST.to_owned(), expect, transcript)
+    } else {
+        let kernel = kernels::find(&args.kernel)?;
+        let expect = if kernel.has_ksm_tracepoints {
+            Expect::Fexit
+        } else {
+            Expect::Refusal
+        };
+        (
+            kernel.name.to_owned(),
+            expect,
+            in_guest(&kernel, args, progress)?,
+        )
+    };
+    println!("ksm-trace lab: {name} — kernel {}", transcript.release);
+    println!(
+        "  time: {}record {}, whole run {:.0} s",
+        transcript
+            .boot_s
+            .map_or(String::new(), |s| format!("boot to /init {s:.1} s, ")),
+        transcript
+            .record_s
+            .map_or("?".into(), |s| format!("{s:.1} s")),
+        started.elapsed().as_secs_f64()
+    );
+    conclude(&name, expect, &transcript).inspect_err(|_| eprintln!("{}", transcript.diagnostics))
+}
+
+/// Boots `kernel` with this ksm-trace inside and returns what its scenario printed.
+fn in_guest(
+    kernel: &kernels::LabKernel,
+    args: &LabArgs,
+    progress: impl FnMut(&str),
+) -> Result<Transcript> {
     crate::workload::vms::check_prerequisites()?;
     let image = kernel.image(args.refresh)?;
     let run_dir = RunDir::create()?;
@@ -52,87 +113,56 @@ pub fn run(args: &LabArgs) -> Result<()> {
         kernel.name,
         image.vmlinuz.display()
     );
-    let started = Instant::now();
     let mut guest = LabGuest::spawn(&image.vmlinuz, &initramfs, &run_dir.0)?;
-    let outcome = guest.wait_done(args.timeout, |line| {
-        eprintln!(
-            "ksm-trace lab: [{:>5.0} s] {line}",
-            started.elapsed().as_secs_f64()
-        )
-    });
-    let wall = started.elapsed();
+    let outcome = guest.wait_done(args.timeout, progress);
     let console = guest.console();
     guest.stop();
     if let Some(path) = &args.console {
         fs::write(path, &console).with_context(|| format!("writing {}", path.display()))?;
     }
-    let fail = |what: String| -> anyhow::Error {
-        eprintln!(
-            "--- guest console (last {TAIL_LINES} lines) ---\n{}\n---",
-            guest.console_tail(TAIL_LINES)
-        );
-        anyhow!("{what}")
-    };
+    let tail = format!(
+        "--- guest console (last {TAIL_LINES} lines) ---\n{}\n---",
+        guest.console_tail(TAIL_LINES)
+    );
     match outcome {
-        Outcome::Done => {}
+        Outcome::Done => Ok(Transcript::from_console(&console, tail)),
         Outcome::Exited(status) => {
-            return Err(fail(format!(
+            eprintln!("{tail}");
+            bail!(
                 "the {} guest stopped before the scenario finished ({status})",
                 kernel.name
-            )));
+            )
         }
         Outcome::TimedOut => {
-            return Err(fail(format!(
+            eprintln!("{tail}");
+            bail!(
                 "the {} guest did not finish the scenario within {} (raise --timeout)",
                 kernel.name,
                 humantime::format_duration(args.timeout)
-            )));
+            )
         }
     }
+}
 
-    let booted = console
-        .lines()
-        .find(|l| l.starts_with(image::BOOTED))
-        .map(|l| l.split_whitespace().skip(1).collect::<Vec<_>>())
-        .unwrap_or_default();
-    let boot_s: Option<f64> = booted.first().and_then(|s| s.parse().ok());
-    let release = booted.get(1).copied().unwrap_or("?").to_owned();
-    let status = |key: &str| checks::field(&console, image::STATUS, key);
-    let num = |key: &str| status(key).and_then(|v| v.parse::<f64>().ok());
-    let record_s = num("record_end")
-        .zip(num("record_start"))
-        .map(|(b, a)| b - a);
-    let doctor_rc = status("doctor").and_then(|v| v.parse::<i32>().ok());
-    let record_rc = status("record").and_then(|v| v.parse::<i32>().ok());
-
-    let doctor = match checks::json_block(&console, image::DOCTOR) {
-        Ok(d) if doctor_rc == Some(0) => d,
-        Ok(_) => {
-            return Err(fail(format!(
-                "ksm-trace doctor failed in the guest (exit {doctor_rc:?}): {}",
-                one_line(&checks::block(&console, image::DOCTOR_STDERR).unwrap_or_default())
-            )));
-        }
-        Err(e) => return Err(fail(format!("{e:#}"))),
+/// Checks a transcript against what `expect`s of kernel `name` and prints the results.
+fn conclude(name: &str, expect: Expect, t: &Transcript) -> Result<()> {
+    let doctor = match &t.doctor {
+        Ok(d) if t.doctor_rc == Some(0) => d,
+        Ok(_) => bail!(
+            "ksm-trace doctor failed on {name} (exit {:?}): {}",
+            t.doctor_rc,
+            one_line(&t.doctor_stderr)
+        ),
+        Err(e) => bail!("{e}"),
     };
     let doctor_latency = doctor
         .pointer("/mechanisms/merge_latency")
         .and_then(|v| v.as_str())
-        .unwrap_or("not probed")
-        .to_owned();
-
-    println!("ksm-trace lab: {} — guest kernel {release}", kernel.name);
-    println!(
-        "  time: boot to /init {}, record {}, whole run (boot + scenario) {:.0} s",
-        boot_s.map_or("?".into(), |s| format!("{s:.1} s")),
-        record_s.map_or("?".into(), |s| format!("{s:.1} s")),
-        wall.as_secs_f64()
-    );
+        .unwrap_or("not probed");
     println!("  doctor: merge latency would come from: {doctor_latency}");
 
-    let record_stderr = checks::block(&console, image::RECORD_STDERR).unwrap_or_default();
-    if !kernel.has_ksm_tracepoints {
-        let missing = checks::missing_tracepoints(&doctor);
+    if expect == Expect::Refusal {
+        let missing = checks::missing_tracepoints(doctor);
         println!(
             "  doctor: ksm:* tracepoints missing: {}",
             if missing.is_empty() {
@@ -141,35 +171,29 @@ pub fn run(args: &LabArgs) -> Result<()> {
                 missing.join(", ")
             }
         );
-        let line = checks::check_refusal(record_rc, &record_stderr)
-            .map_err(|e| fail(format!("degradation check on {}: {e:#}", kernel.name)))?;
+        let line = checks::check_refusal(t.record_rc, &t.record_stderr)
+            .map_err(|e| anyhow!("degradation check on {name}: {e:#}"))?;
         println!(
             "  record refused (exit {}), as it must without ksm tracepoints:\n    {line}",
-            record_rc.unwrap_or(-1)
+            t.record_rc.unwrap_or(-1)
         );
-        println!("degradation check on {}: ok", kernel.name);
+        println!("degradation check on {name}: ok");
         return Ok(());
     }
 
-    if record_rc != Some(0) {
-        return Err(fail(format!(
-            "ksm-trace record failed in the {} guest (exit {record_rc:?}): {}",
-            kernel.name,
-            one_line(&record_stderr)
-        )));
+    if t.record_rc != Some(0) {
+        bail!(
+            "ksm-trace record failed on {name} (exit {:?}): {}",
+            t.record_rc,
+            one_line(&t.record_stderr)
+        );
     }
-    let report: Report = serde_json::from_value(
-        checks::json_block(&console, image::REPORT).map_err(|e| fail(format!("{e:#}")))?,
-    )
-    .map_err(|e| {
-        fail(format!(
-            "the guest's report JSON is not a ksm-trace report: {e}"
-        ))
-    })?;
-    let recording =
-        checks::json_block(&console, image::RECORDING).map_err(|e| fail(format!("{e:#}")))?;
-    let results = checks::check_record(&report, &recording)
-        .map_err(|e| anyhow!("{} guest: {e:#}", kernel.name))?;
+    let report = t.report.as_ref().map_err(|e| anyhow!("{e}"))?;
+    let report: Report = serde_json::from_value(report.clone())
+        .map_err(|e| anyhow!("the report JSON from {name} is not a ksm-trace report: {e}"))?;
+    let recording = t.recording.as_ref().map_err(|e| anyhow!("{e}"))?;
+    let results =
+        checks::check_record(&report, recording, expect).map_err(|e| anyhow!("{name}: {e:#}"))?;
 
     println!(
         "  mechanisms: merge latency: {}",
@@ -180,11 +204,15 @@ pub fn run(args: &LabArgs) -> Result<()> {
     for f in &results.fallbacks {
         println!("  fallback: {f}");
     }
-    println!("merge latency, all processes, the same merges timed by both:");
+    if expect == Expect::Fexit {
+        println!("merge latency, all processes, the same merges timed by both:");
+    } else {
+        println!("merge latency, all processes:");
+    }
     print!("{}", results.latency_table());
     println!("exactness:");
     print!("{}", results.exactness_lines());
-    println!("lab on {}: ok", kernel.name);
+    println!("lab on {name}: ok");
     Ok(())
 }
 

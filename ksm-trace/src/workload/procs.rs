@@ -11,7 +11,7 @@ use std::{
     fs::File,
     io::{BufRead as _, BufReader, Read as _},
     num::NonZeroUsize,
-    os::unix::{fs::FileExt as _, process::CommandExt as _},
+    os::unix::fs::FileExt as _,
     process::{Child, ChildStdout, Command, Stdio},
     ptr::NonNull,
     sync::{
@@ -75,13 +75,7 @@ impl ProcsWorkload {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
-            // SAFETY: prctl is async-signal-safe.
-            unsafe {
-                cmd.pre_exec(|| {
-                    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
-                        .map_err(std::io::Error::from)
-                });
-            }
+            crate::child::end_with_parent(&mut cmd, nix::sys::signal::Signal::SIGKILL);
             workload
                 .children
                 .push(cmd.spawn().context("starting a procs worker")?);
@@ -147,10 +141,10 @@ impl ProcsWorkload {
                 match reader.read_line(&mut line) {
                     Ok(0) => break,
                     Ok(_) => {
-                        if let Some(json) = line.strip_prefix("report ") {
-                            if let Ok(report) = serde_json::from_str::<WorkerReport>(json) {
-                                self.workers[i].write_fault_ns = report.write_fault_ns;
-                            }
+                        if let Some(json) = line.strip_prefix("report ")
+                            && let Ok(report) = serde_json::from_str::<WorkerReport>(json)
+                        {
+                            self.workers[i].write_fault_ns = report.write_fault_ns;
                         }
                         line.clear();
                     }

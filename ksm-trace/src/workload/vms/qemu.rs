@@ -87,19 +87,7 @@ pub fn launch(l: &Launch<'_>) -> Result<Child> {
         // Its own process group: a terminal's Ctrl-C reaches ksm-trace only, which then stops
         // the guests in order.
         .process_group(0);
-    let parent = std::process::id() as i32;
-    // SAFETY: prctl and getppid are async-signal-safe.
-    unsafe {
-        cmd.pre_exec(move || {
-            // No guest may outlive ksm-trace, even if it is killed.
-            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)?;
-            // The parent may have died before the line above took effect.
-            if libc::getppid() != parent {
-                return Err(std::io::Error::other("ksm-trace exited"));
-            }
-            Ok(())
-        });
-    }
+    crate::child::end_with_parent(&mut cmd, Signal::SIGKILL);
     cmd.spawn()
         .with_context(|| format!("starting {QEMU} for {}", l.name))
 }

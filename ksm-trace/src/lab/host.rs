@@ -1,0 +1,93 @@
+//! `ksm-trace lab --kernel host`: the lab's scenario on the running kernel, each step a child
+//! ksm-trace as in the guest, so the same checks apply. `record` saves and restores the KSM
+//! knobs itself; a child outliving this process gets SIGTERM and takes its orderly exit.
+use std::{
+    fs,
+    path::Path,
+    process::{Command, Stdio},
+    time::Instant,
+};
+
+use anyhow::{Context as _, Result};
+
+use super::scenario::{RECORD_ARGS, Transcript};
+
+/// One step's exit code and output.
+struct Step {
+    rc: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+fn step(exe: &Path, args: &[&str]) -> Result<Step> {
+    let mut cmd = Command::new(exe);
+    cmd.args(args).stdin(Stdio::null());
+    crate::child::end_with_parent(&mut cmd, nix::sys::signal::Signal::SIGTERM);
+    let out = cmd
+        .output()
+        .with_context(|| format!("running {} {}", exe.display(), args.join(" ")))?;
+    Ok(Step {
+        rc: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    })
+}
+
+fn exit(rc: Option<i32>) -> String {
+    rc.map_or("killed by a signal".into(), |rc| format!("exit {rc}"))
+}
+
+fn json(text: &str, what: &str) -> Result<serde_json::Value, String> {
+    serde_json::from_str(text).map_err(|e| format!("{what} is not JSON: {e}"))
+}
+
+/// Runs doctor, record (its recording in `run_dir`) and report with this executable.
+pub fn run(run_dir: &Path, mut progress: impl FnMut(&str)) -> Result<Transcript> {
+    let exe = std::env::current_exe().context("finding ksm-trace's own executable")?;
+    let release = nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_else(|_| "?".into());
+
+    let doctor = step(&exe, &["doctor", "--json"])?;
+    progress(&format!("doctor: {}", exit(doctor.rc)));
+
+    let recording_path = run_dir.join("r.json");
+    let recording_arg = recording_path.to_string_lossy();
+    let mut record_args: Vec<&str> = RECORD_ARGS.split_whitespace().collect();
+    record_args.extend(["-o", &recording_arg]);
+    let started = Instant::now();
+    let record = step(&exe, &record_args)?;
+    let record_s = started.elapsed().as_secs_f64();
+    progress(&format!(
+        "record: {} after {record_s:.1} s",
+        exit(record.rc)
+    ));
+
+    let mut diagnostics = format!("--- record's error output ---\n{}", record.stderr.trim());
+    let (report, recording) = if record.rc == Some(0) {
+        let report = step(&exe, &["report", &recording_arg, "--json"])?;
+        if report.rc != Some(0) {
+            diagnostics += &format!("\n--- report's error output ---\n{}", report.stderr.trim());
+        }
+        let recording = fs::read_to_string(&recording_path)
+            .map_err(|e| format!("reading {}: {e}", recording_path.display()))
+            .and_then(|text| json(&text, "the recording"));
+        (json(&report.stdout, "report --json's output"), recording)
+    } else {
+        let why = "record failed: no recording".to_owned();
+        (Err(why.clone()), Err(why))
+    };
+    Ok(Transcript {
+        release,
+        boot_s: None,
+        record_s: Some(record_s),
+        doctor_rc: doctor.rc,
+        doctor: json(&doctor.stdout, "doctor --json's output"),
+        doctor_stderr: doctor.stderr,
+        record_rc: record.rc,
+        record_stderr: record.stderr,
+        report,
+        recording,
+        diagnostics,
+    })
+}
