@@ -421,6 +421,28 @@ mod tests {
     }
 
     #[test]
+    fn expectations_follow_what_doctor_found() {
+        let doctor = |tracepoint: bool, latency: &str| {
+            serde_json::json!({
+                "capabilities": {"tracepoints": {"ksm_start_scan": tracepoint, "sched_switch": true}},
+                "mechanisms": {"merge_latency": latency},
+            })
+        };
+        assert_eq!(
+            Expect::from_doctor(&doctor(true, "fentry/fexit on try_to_merge_one_page")),
+            Expect::Fexit
+        );
+        assert_eq!(
+            Expect::from_doctor(&doctor(true, "mmap_lock bracket (…)")),
+            Expect::Tracepoints
+        );
+        assert_eq!(
+            Expect::from_doctor(&doctor(false, "fentry/fexit on try_to_merge_one_page")),
+            Expect::Refusal
+        );
+    }
+
+    #[test]
     fn refusal_must_be_one_line_about_tracepoints() {
         let ok = check_refusal(Some(1), "ksm-trace: error: no ksm tracepoints\n").unwrap();
         assert!(ok.contains("tracepoints"));
