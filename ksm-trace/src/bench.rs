@@ -147,7 +147,19 @@ const MODES: [(&str, Option<LatencyMode>); 3] = [
     ),
 ];
 
+/// Measures ksmd's scan rate with and without tracing; Ctrl-C or SIGTERM ends it early with
+/// an error, after everything it changed is put back (knobs, workload, probes).
 pub async fn overhead(b: &OverheadBench) -> Result<String> {
+    let mut interrupts = crate::interrupts::Interrupts::install()?;
+    tokio::select! {
+        result = measure_overhead(b) => result,
+        why = interrupts.recv() => {
+            anyhow::bail!("bench overhead stopped ({why}) before it had all its windows: no figures; knobs restored")
+        }
+    }
+}
+
+async fn measure_overhead(b: &OverheadBench) -> Result<String> {
     use crate::{
         kernel::{self, sysfs},
         probes::{Capabilities, Probes},

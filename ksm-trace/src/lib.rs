@@ -11,6 +11,7 @@ pub mod collect;
 pub mod doctor;
 pub mod flame;
 pub mod histogram;
+pub mod interrupts;
 pub mod kernel;
 pub mod knobs;
 pub mod lab;

@@ -11,10 +11,10 @@ use std::{
 
 use anyhow::{Result, bail};
 use aya::maps::{MapData, RingBuf};
-use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     collect::Collector,
+    interrupts::Interrupts,
     kernel::{self, KsmStat, sysfs},
     knobs::KnobSettings,
     probes::{Capabilities, LatencyMode, Probes},
@@ -52,8 +52,7 @@ const DRAIN_EVERY: Duration = Duration::from_millis(100);
 
 pub async fn record(opts: &RecordOptions, command_line: Vec<String>) -> Result<Recording> {
     // Signals first, so a Ctrl-C or SIGTERM during set-up still takes the orderly path.
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut interrupts = Interrupts::install()?;
 
     // Checks that change nothing.
     let (spec, _lock) = session::preflight(opts.workload.as_deref(), &opts.knobs)?;
@@ -157,8 +156,7 @@ pub async fn record(opts: &RecordOptions, command_line: Vec<String>) -> Result<R
                     break "workload-finished";
                 }
             }
-            _ = sigint.recv() => break "interrupt",
-            _ = sigterm.recv() => break "terminate",
+            why = interrupts.recv() => break why,
         }
     };
     if progress {

@@ -1,6 +1,9 @@
 //! `ksm-trace sweep` on the real kernel: every configuration is recorded and kept, and the
-//! summary's figures are exactly those recomputed from the kept recordings.
+//! summary's figures are exactly those recomputed from the kept recordings. And `bench
+//! overhead`, which runs ksmd flat out, must put everything back when stopped half-way.
 mod common;
+
+use std::time::Duration;
 
 use common::*;
 
@@ -60,5 +63,38 @@ fn two_configuration_sweep_summarizes_its_recordings() {
     assert!(dir.join("saved-vs-cpu.svg").exists());
     assert!(dir.join("settle-vs-pages-to-scan.svg").exists());
     assert!(pids_named("ksm-procs-").is_empty());
+    session.assert_knobs_restored();
+}
+
+#[test]
+fn bench_overhead_stopped_by_sigterm_restores_knobs_and_stops_workers() {
+    let session = KsmSession::start("bench-sigterm");
+    let mut child = spawn_ksm_trace(&[
+        "bench",
+        "overhead",
+        "--workload",
+        "procs:2,pages=2000",
+        "--window",
+        "5s",
+    ]);
+    assert!(
+        wait_until(Duration::from_secs(20), || knob("sleep_millisecs") == "0"
+            && knob("run") == "1"),
+        "the bench set ksmd scanning flat out"
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("knobs restored"), "{stderr}");
+    assert!(
+        wait_until(Duration::from_secs(2), || pids_named("ksm-procs-")
+            .is_empty()),
+        "workers stopped"
+    );
     session.assert_knobs_restored();
 }

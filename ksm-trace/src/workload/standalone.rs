@@ -3,9 +3,9 @@
 use std::time::Duration;
 
 use anyhow::Result;
-use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
+    interrupts::Interrupts,
     kernel,
     knobs::KnobSettings,
     report::histogram::fmt_ns,
@@ -18,8 +18,7 @@ pub async fn run(
     knobs: &KnobSettings,
     refresh: bool,
 ) -> Result<()> {
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut interrupts = Interrupts::install()?;
     let (spec, _lock) = session::preflight(Some(spec_text), knobs)?;
     let spec = spec.expect("a spec was given");
     let ksmd = kernel::ksmd_pid()?;
@@ -53,8 +52,7 @@ pub async fn run(
                     break "workload-finished";
                 }
             }
-            _ = sigint.recv() => break "interrupt",
-            _ = sigterm.recv() => break "terminate",
+            why = interrupts.recv() => break why,
         }
     };
     workload.stop();
