@@ -1,6 +1,7 @@
 //! `ksm-trace sweep` on the real kernel: every configuration is recorded and kept, and the
 //! summary's figures are exactly those recomputed from the kept recordings. And `bench
-//! overhead`, which runs ksmd flat out, must put everything back when stopped half-way.
+//! overhead`, which runs ksmd flat out, must put everything back — also when stopped
+//! half-way — and compare with bpftrace running the same measurements.
 mod common;
 
 use std::time::Duration;
@@ -69,7 +70,7 @@ fn two_configuration_sweep_summarizes_its_recordings() {
 #[test]
 fn bench_overhead_stopped_by_sigterm_restores_knobs_and_stops_workers() {
     let session = KsmSession::start("bench-sigterm");
-    let mut child = spawn_ksm_trace(&[
+    let child = spawn_ksm_trace(&[
         "bench",
         "overhead",
         "--workload",
@@ -96,5 +97,56 @@ fn bench_overhead_stopped_by_sigterm_restores_knobs_and_stops_workers() {
             .is_empty()),
         "workers stopped"
     );
+    session.assert_knobs_restored();
+}
+
+fn tracefs_mounted() -> bool {
+    std::fs::read_to_string("/proc/self/mounts")
+        .unwrap()
+        .lines()
+        .any(|l| l.split_whitespace().nth(2) == Some("tracefs"))
+}
+
+#[test]
+fn bench_overhead_compares_with_bpftrace_and_leaves_tracefs_as_found() {
+    let session = KsmSession::start("bench-bpftrace");
+    let tracefs_before = tracefs_mounted();
+    // Speed is not asserted here (that is the benchmark's job): only that every tracer ran,
+    // bpftrace's scripts counted ksmd's batches (the bench fails otherwise), and nothing stays.
+    let out = ksm_trace(&[
+        "bench",
+        "overhead",
+        "--workload",
+        "procs:2,pages=2000",
+        "--window",
+        "1s",
+        "--repetitions",
+        "1",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "bench failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for what in ["without merge latency", "with merge latency"] {
+        let line = stdout
+            .lines()
+            .find(|l| l.contains(&format!("ksm-trace vs bpftrace, {what}")))
+            .unwrap_or_else(|| panic!("no comparison {what:?} in:\n{stdout}"));
+        let ratio: f64 = line
+            .rsplit(' ')
+            .next()
+            .and_then(|r| r.parse().ok())
+            .unwrap_or_else(|| panic!("no ratio at the end of {line:?}"));
+        assert!(ratio.is_finite() && ratio > 0.0, "{line}");
+    }
+    assert_eq!(
+        tracefs_mounted(),
+        tracefs_before,
+        "tracefs mount state changed"
+    );
+    assert!(pids_named("bpftrace").is_empty(), "bpftrace left running");
+    assert!(pids_named("ksm-procs-").is_empty(), "workers left running");
     session.assert_knobs_restored();
 }

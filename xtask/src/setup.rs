@@ -4,7 +4,8 @@
 //! - a nightly with rust-src (the eBPF crate builds core with `-Z build-std`), whose LLVM major
 //!   matches bpf-linker's; the default nightly if it does, else a pinned one;
 //! - LLVM dev files of that major from apt, and bpf-linker built against them;
-//! - QEMU and a static busybox for the `vms` workload's guests.
+//! - QEMU and a static busybox for the `vms` workload's guests and the kernel lab, and bpftrace
+//!   for the benchmark's comparison.
 use std::{
     path::{Path, PathBuf},
     process::Command,
@@ -38,7 +39,7 @@ pub fn run() -> Result<BuildEnv> {
     ensure_rust_src(&toolchain)?;
     ensure_llvm_dev()?;
     ensure_bpf_linker()?;
-    ensure_guest_tools()?;
+    ensure_packages(&["qemu-system-x86", "busybox-static", "bpftrace"])?;
     Ok(BuildEnv {
         ebpf_toolchain: toolchain,
     })
@@ -132,15 +133,13 @@ fn ensure_rust_src(toolchain: &str) -> Result<()> {
 
 /// Debian packages the vms workload runs guests with (the guest kernel is fetched by
 /// ksm-trace itself, into its cache).
-fn ensure_guest_tools() -> Result<()> {
+/// Installs, from apt, those of `packages` that are not installed.
+fn ensure_packages(packages: &[&str]) -> Result<()> {
     let installed = |package: &str| {
         output(Command::new("dpkg-query").args(["-W", "-f=${Status}", package]))
             .is_some_and(|s| s.contains("install ok installed"))
     };
-    let missing: Vec<&str> = ["qemu-system-x86", "busybox-static"]
-        .into_iter()
-        .filter(|p| !installed(p))
-        .collect();
+    let missing: Vec<&str> = packages.iter().copied().filter(|p| !installed(p)).collect();
     if missing.is_empty() {
         return Ok(());
     }
@@ -161,13 +160,7 @@ fn ensure_llvm_dev() -> Result<()> {
     if llvm_prefix().join("lib/libLLVM.so").exists() || bpf_linker_ok() {
         return Ok(());
     }
-    let package = format!("llvm-{LLVM_MAJOR}-dev");
-    run_checked(Command::new("apt-get").args(["update", "-qq"]))?;
-    run_checked(
-        Command::new("apt-get")
-            .args(["install", "-y", "-qq", &package])
-            .env("DEBIAN_FRONTEND", "noninteractive"),
-    )
+    ensure_packages(&[&format!("llvm-{LLVM_MAJOR}-dev")])
 }
 
 /// bpf-linker is installed, of our version, and linked against LLVM `LLVM_MAJOR`.

@@ -70,7 +70,7 @@ impl Capabilities {
             lockdown: fs::read_to_string("/sys/kernel/security/lockdown")
                 .ok()
                 .map(|s| sysfs::selected(s.trim())),
-            tracefs_mounted: Path::new("/sys/kernel/tracing/events").exists(),
+            tracefs_mounted: crate::kernel::tracefs::mounted(),
             thp: fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
                 .ok()
                 .map(|s| s.trim().to_owned()),

@@ -1,0 +1,182 @@
+//! ksm-trace's measurements hand-written for bpftrace, as its users write them today — the
+//! comparison `bench overhead` makes. The scripts aggregate in the kernel (counts and log2
+//! histograms per process), which is bpftrace at its cheapest.
+use std::{
+    path::{Path, PathBuf},
+    process::Stdio,
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, bail};
+use tokio::{
+    io::{AsyncBufReadExt as _, AsyncReadExt as _, BufReader},
+    process::{Child, ChildStdout, Command},
+};
+
+/// What ksm-trace's `--merge-latency off` set measures: full scans, merges and removals per
+/// process (mm → owner → tgid), membership, ksmd's batches from sched_switch, and ksmd stacks.
+const BASE: &str = r#"
+BEGIN { printf("ready\n"); }
+tracepoint:ksm:ksm_start_scan { @scan_start = nsecs; }
+tracepoint:ksm:ksm_stop_scan /@scan_start/ { @full_scan_ns = hist(nsecs - @scan_start); }
+tracepoint:ksm:ksm_merge_with_ksm_page { @merges[((struct mm_struct *)args->mm)->owner->tgid, args->err] = count(); }
+tracepoint:ksm:ksm_merge_one_page { @zero_merges[((struct mm_struct *)args->mm)->owner->tgid] = count(); }
+tracepoint:ksm:ksm_remove_rmap_item { @removals[((struct mm_struct *)args->mm)->owner->tgid] = count(); }
+tracepoint:ksm:ksm_remove_ksm_page { @stable_nodes_removed = count(); }
+tracepoint:ksm:ksm_enter, tracepoint:ksm:ksm_exit { @membership = count(); }
+tracepoint:ksm:ksm_advisor { @advisor = count(); }
+tracepoint:sched:sched_switch /args->next_pid == KSMD/ { @on = nsecs; }
+tracepoint:sched:sched_switch /args->prev_pid == KSMD && @on/ { @batch_ns = hist(nsecs - @on); @batches = count(); }
+profile:hz:999 /pid == KSMD/ { @stacks[kstack] = count(); }
+"#;
+
+/// The mmap_lock bracket around each merge, as `--merge-latency always` attaches it.
+const BRACKET: &str = r#"
+tracepoint:mmap_lock:mmap_lock_acquire_returned /pid == KSMD/ { @locked = nsecs; @locked_mm = (uint64)args->mm; }
+tracepoint:mmap_lock:mmap_lock_released /pid == KSMD && (uint64)args->mm == @locked_mm/ { @held_ns = nsecs - @locked; @held_mm = (uint64)args->mm; }
+tracepoint:ksm:ksm_merge_with_ksm_page /args->err == 0 && (uint64)args->mm == @held_mm/ { @merge_ns = hist(@held_ns); }
+"#;
+
+/// A bpftrace script and what it matches in ksm-trace.
+pub struct Script {
+    pub name: &'static str,
+    text: String,
+}
+
+/// The two scripts, for ksmd `ksmd`: without and with merge latency.
+pub fn scripts(ksmd: u32) -> [Script; 2] {
+    let pid = ksmd.to_string();
+    [
+        Script {
+            name: "bpftrace, the same without merge latency (ksm:*, sched_switch, profile)",
+            text: BASE.replace("KSMD", &pid),
+        },
+        Script {
+            name: "bpftrace, the same with the mmap_lock bracket",
+            text: format!("{BASE}{BRACKET}").replace("KSMD", &pid),
+        },
+    ]
+}
+
+/// `bpftrace` on PATH, if installed.
+pub fn find() -> Option<PathBuf> {
+    std::env::var_os("PATH")?
+        .to_string_lossy()
+        .split(':')
+        .map(|dir| Path::new(dir).join("bpftrace"))
+        .find(|p| p.is_file())
+}
+
+/// A bpftrace process with its probes attached.
+pub struct Running {
+    child: Child,
+    stdout: BufReader<ChildStdout>,
+}
+
+/// How long bpftrace may take to compile and attach.
+const ATTACH_TIMEOUT: Duration = Duration::from_secs(60);
+
+impl Running {
+    /// Starts `script` and returns once its BEGIN probe ran (every probe is attached by then).
+    pub async fn start(bpftrace: &Path, script: &Script) -> Result<Self> {
+        let mut cmd = Command::new(bpftrace);
+        cmd.args(["-e", &script.text])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        crate::child::end_with_parent(cmd.as_std_mut(), nix::sys::signal::Signal::SIGKILL);
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("starting {}", bpftrace.display()))?;
+        let mut stdout = BufReader::new(child.stdout.take().expect("stdout is piped"));
+        let ready = tokio::time::timeout(ATTACH_TIMEOUT, async {
+            let mut line = String::new();
+            loop {
+                line.clear();
+                if stdout.read_line(&mut line).await? == 0 {
+                    return Ok::<bool, std::io::Error>(false);
+                }
+                if line.trim() == "ready" {
+                    return Ok(true);
+                }
+            }
+        })
+        .await;
+        if !matches!(ready, Ok(Ok(true))) {
+            let _ = child.start_kill();
+            let mut stderr = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                let _ = e.read_to_string(&mut stderr).await;
+            }
+            let why = stderr
+                .lines()
+                .find(|l| !l.contains("RLIMIT_MEMLOCK") && !l.trim().is_empty())
+                .unwrap_or("no error output");
+            bail!("bpftrace did not attach its probes: {why}");
+        }
+        Ok(Self { child, stdout })
+    }
+
+    /// Ends bpftrace as Ctrl-C would and returns how many ksmd batches it counted (its maps
+    /// are printed on exit, outside the measured window).
+    pub async fn stop(mut self) -> Result<u64> {
+        if let Some(pid) = self.child.id() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGINT,
+            );
+        }
+        let mut output = String::new();
+        tokio::time::timeout(Duration::from_secs(30), async {
+            self.stdout.read_to_string(&mut output).await?;
+            self.child.wait().await
+        })
+        .await
+        .context("bpftrace did not exit within 30 s of SIGINT")??;
+        Ok(batches(&output))
+    }
+}
+
+/// A bench stopped mid-window: bpftrace must be gone (its probes detached) before tracefs is
+/// unmounted, so it is killed and reaped here rather than left to the runtime.
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(pid) = self.child.id() {
+            let pid = nix::unistd::Pid::from_raw(pid as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            let _ = nix::sys::wait::waitpid(pid, None);
+        }
+    }
+}
+
+/// `@batches: N` from bpftrace's exit output (0 if absent).
+fn batches(output: &str) -> u64 {
+    output
+        .lines()
+        .find_map(|l| l.strip_prefix("@batches: "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scripts_name_ksmd_and_only_the_second_times_merges() {
+        let [base, bracket] = scripts(42);
+        assert!(!base.text.contains("KSMD"));
+        assert!(base.text.contains("args->next_pid == 42"));
+        assert!(!base.text.contains("mmap_lock"));
+        assert!(bracket.text.contains("mmap_lock_released /pid == 42"));
+    }
+
+    #[test]
+    fn batches_come_from_the_exit_output() {
+        assert_eq!(
+            batches("Attaching 3 probes...\nready\n\n@batches: 957\n@x: 1\n"),
+            957
+        );
+        assert_eq!(batches("ready\n"), 0);
+    }
+}

@@ -1,0 +1,8 @@
+//! `ksm-trace bench`: the kernel selftest's merge time, and what tracing costs ksmd (against
+//! bpftrace doing the same).
+pub mod bpftrace;
+pub mod merge;
+pub mod overhead;
+
+pub use merge::{MergeBench, merge};
+pub use overhead::{OverheadBench, overhead};
