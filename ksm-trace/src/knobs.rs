@@ -3,7 +3,10 @@
 //! Every value is saved before the first write; [`KnobGuard`] restores them on drop, and
 //! [`restore_saved`] does the same from the panic hook and the signal path, so the system is left
 //! as it was found on normal exit, error, Ctrl-C, SIGTERM and panic.
-use std::sync::Mutex;
+use std::{
+    sync::Mutex,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Result, bail};
 
@@ -77,12 +80,18 @@ impl KnobSettings {
 pub struct KnobGuard {
     /// ksmd's `run` when the guard was made.
     pub original_run: i64,
+    /// Whether this run started ksmd.
+    ran_ksmd: bool,
 }
+
+/// How long ksmd may take to drop what exited processes left in its trees.
+const REAP_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl KnobGuard {
     pub fn new() -> Result<Self> {
         Ok(Self {
             original_run: sysfs::read_i64("run")?,
+            ran_ksmd: false,
         })
     }
 
@@ -134,12 +143,40 @@ impl KnobGuard {
     }
 
     pub fn run_ksmd(&mut self) -> Result<()> {
+        self.ran_ksmd = true;
         self.set("run", "1")
+    }
+
+    /// A process that exits leaves its rmap items for ksmd to drop on its next visit (ksm_exit
+    /// moves the mm right after the scan cursor), so if ksmd is stopped again they stay counted
+    /// in pages_shared/pages_sharing with no process behind them. When this run started ksmd,
+    /// let it finish one more full scan — it visits those mms first — before stopping it.
+    fn reap_exited(&mut self) -> Result<()> {
+        let start = sysfs::read_i64("full_scans")?;
+        self.set("sleep_millisecs", "0")?;
+        self.set("run", "1")?;
+        let deadline = Instant::now() + REAP_TIMEOUT;
+        while sysfs::read_i64("full_scans")? == start {
+            if Instant::now() >= deadline {
+                bail!(
+                    "ksmd did not finish a full scan within {} s: pages of exited workers may stay counted in pages_shared until it next runs",
+                    REAP_TIMEOUT.as_secs()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(())
     }
 }
 
 impl Drop for KnobGuard {
     fn drop(&mut self) {
+        if self.ran_ksmd
+            && self.original_run == 0
+            && let Err(e) = self.reap_exited()
+        {
+            eprintln!("ksm-trace: {e:#}");
+        }
         for e in restore_saved() {
             eprintln!("ksm-trace: could not restore a KSM knob: {e}");
         }

@@ -127,6 +127,7 @@ fn lab_runs_the_scenario_on_the_host_kernel() {
         "full scans {scans} vs full_scans +{scans_delta}:\n{stdout}"
     );
     session.assert_knobs_restored();
+    session.assert_worker_pages_released();
     assert!(pids_named("ksm-procs-").is_empty(), "workers left behind");
     let run_dir = format!("/tmp/ksm-trace-lab-{pid}");
     assert!(!Path::new(&run_dir).exists(), "{run_dir} left behind");

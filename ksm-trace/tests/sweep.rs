@@ -98,6 +98,7 @@ fn bench_overhead_stopped_by_sigterm_restores_knobs_and_stops_workers() {
         "workers stopped"
     );
     session.assert_knobs_restored();
+    session.assert_worker_pages_released();
 }
 
 fn tracefs_mounted() -> bool {

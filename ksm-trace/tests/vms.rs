@@ -85,6 +85,7 @@ fn record_vms_attributes_merges_to_each_guest() {
     }
     assert_no_guests_left();
     session.assert_knobs_restored();
+    session.assert_worker_pages_released();
 }
 
 #[test]

@@ -44,6 +44,8 @@ pub fn test_lock() -> Flock<fs::File> {
 pub struct KsmSession {
     _lock: Flock<fs::File>,
     saved: Vec<(&'static str, String)>,
+    /// pages_shared + pages_sharing at the start.
+    ksm_pages: u64,
     pub dir: PathBuf,
 }
 
@@ -66,6 +68,7 @@ impl KsmSession {
         Self {
             _lock: lock,
             saved,
+            ksm_pages: knob_u64("pages_shared") + knob_u64("pages_sharing"),
             dir,
         }
     }
@@ -79,6 +82,19 @@ impl KsmSession {
         assert_eq!(knob("run"), "0", "run restored");
         assert_eq!(knob("pages_to_scan"), "123", "pages_to_scan restored");
         assert_eq!(knob("sleep_millisecs"), "45", "sleep_millisecs restored");
+    }
+}
+
+impl KsmSession {
+    /// No KSM page of an exited worker stays counted: ksm-trace let ksmd drop them before
+    /// stopping it again.
+    pub fn assert_worker_pages_released(&self) {
+        let now = knob_u64("pages_shared") + knob_u64("pages_sharing");
+        assert!(
+            now <= self.ksm_pages,
+            "pages_shared + pages_sharing {now} after the run, {} before: exited workers' pages still counted",
+            self.ksm_pages
+        );
     }
 }
 
