@@ -7,23 +7,31 @@ mod common;
 
 use std::{
     path::Path,
-    process::{Command, Stdio},
+    process::{Command, Output, Stdio},
     time::Duration,
 };
 
 use common::*;
 
-#[test]
-fn lab_runs_the_scenario_on_debian_6_12() {
-    let _lock = test_lock();
+/// `ksm-trace lab --kernel KERNEL`: its pid (which names its run directory) and its output.
+fn run_lab(kernel: &str) -> (u32, Output) {
     let child = Command::new(bin())
-        .args(["lab", "--kernel", "debian-6.12"])
+        .args(["lab", "--kernel", kernel])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("running ksm-trace lab");
     let pid = child.id();
-    let out = child.wait_with_output().expect("waiting for ksm-trace lab");
+    (
+        pid,
+        child.wait_with_output().expect("waiting for ksm-trace lab"),
+    )
+}
+
+#[test]
+fn lab_runs_the_scenario_on_debian_6_12() {
+    let _lock = test_lock();
+    let (pid, out) = run_lab("debian-6.12");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "lab failed:\n{stdout}\n{stderr}");
@@ -93,14 +101,7 @@ fn lab_runs_the_scenario_on_the_host_kernel() {
     let session = KsmSession::start("lab-host");
     let cow_before = vmstat("cow_ksm");
     let scans_before = knob_u64("full_scans");
-    let child = Command::new(bin())
-        .args(["lab", "--kernel", "host"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("running ksm-trace lab");
-    let pid = child.id();
-    let out = child.wait_with_output().expect("waiting for ksm-trace lab");
+    let (pid, out) = run_lab("host");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),

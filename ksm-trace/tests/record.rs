@@ -190,22 +190,12 @@ fn sigterm_mid_run_restores_knobs_and_stops_workers() {
         wait_until(Duration::from_secs(10), || knob("run") == "1"),
         "ksmd started for the run"
     );
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
+    terminate(&child);
     let status = child.wait().unwrap();
     assert!(status.success(), "exit after SIGTERM: {status}");
     let rec = json(&out);
     assert_eq!(rec["meta"]["ended_by"], "terminate");
-    assert!(
-        wait_until(Duration::from_secs(2), || pids_named("ksm-procs-")
-            .is_empty()),
-        "workers stopped"
-    );
-    session.assert_knobs_restored();
-    session.assert_worker_pages_released();
+    session.assert_left_as_found();
 }
 
 fn assert_clean_error(args: &[&str], needle: &str) {

@@ -83,22 +83,12 @@ fn bench_overhead_stopped_by_sigterm_restores_knobs_and_stops_workers() {
             && knob("run") == "1"),
         "the bench set ksmd scanning flat out"
     );
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
+    terminate(&child);
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("knobs restored"), "{stderr}");
-    assert!(
-        wait_until(Duration::from_secs(2), || pids_named("ksm-procs-")
-            .is_empty()),
-        "workers stopped"
-    );
-    session.assert_knobs_restored();
-    session.assert_worker_pages_released();
+    session.assert_left_as_found();
 }
 
 fn tracefs_mounted() -> bool {

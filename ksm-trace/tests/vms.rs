@@ -119,11 +119,7 @@ fn sigterm_stops_guests() {
         "ksmd started for the run"
     );
     std::thread::sleep(Duration::from_secs(2));
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
+    terminate(&child);
     let output = child.wait_with_output().unwrap();
     assert!(
         output.status.success(),

@@ -98,6 +98,19 @@ impl KsmSession {
     }
 }
 
+impl KsmSession {
+    /// After a run ended early: workers gone (within 2 s), knobs back, their pages released.
+    pub fn assert_left_as_found(&self) {
+        assert!(
+            wait_until(Duration::from_secs(2), || pids_named("ksm-procs-")
+                .is_empty()),
+            "workers stopped"
+        );
+        self.assert_knobs_restored();
+        self.assert_worker_pages_released();
+    }
+}
+
 impl Drop for KsmSession {
     fn drop(&mut self) {
         for (k, v) in self.saved.iter().rev() {
@@ -157,6 +170,15 @@ pub fn spawn_ksm_trace(args: &[&str]) -> Child {
         .stderr(Stdio::piped())
         .spawn()
         .expect("starting ksm-trace")
+}
+
+/// SIGTERM to a ksm-trace child, as a service manager would stop it.
+pub fn terminate(child: &Child) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
 }
 
 /// Pids of live processes whose comm starts with `prefix`.
