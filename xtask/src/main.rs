@@ -41,7 +41,8 @@ enum Cmd {
     /// Boot another kernel in a QEMU (TCG) guest (or take this one: `host`), run ksm-trace's
     /// scenario there and check the results (`ksm-trace lab`).
     Lab {
-        /// debian-6.12 (fentry/fexit allowed) or debian-6.1 (no ksm tracepoints).
+        /// debian-6.12 (fentry/fexit allowed), debian-6.1 (no ksm tracepoints), or host (the
+        /// running kernel, no guest).
         #[arg(long, default_value = "debian-6.12")]
         kernel: String,
     },

@@ -59,7 +59,7 @@ pub fn run(args: &LabArgs) -> Result<()> {
             bail!("--refresh and --console apply to guests only: drop them with --kernel host");
         }
         let run_dir = RunDir::create()?;
-        eprintln!("ksm-trace lab: running the scenario on this kernel (about 15 s)");
+        eprintln!("ksm-trace lab: running the scenario on this kernel (about 10 s)");
         let transcript = host::run(&run_dir.0, progress)?;
         let expect = transcript
             .doctor
