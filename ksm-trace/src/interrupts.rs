@@ -1,6 +1,11 @@
-//! Ctrl-C and SIGTERM as one awaitable stop request, so every command that changes the system
-//! ends through its orderly path (knobs restored, workload stopped) instead of dying.
+//! Ctrl-C and SIGTERM as one stop request, so every command that changes the system ends
+//! through its orderly path (knobs restored, workload stopped, guests ended, temp files
+//! removed) instead of dying: awaitable for the async commands, a polled flag for the lab's
+//! blocking waits.
+use std::sync::atomic::{AtomicI32, Ordering};
+
 use anyhow::Result;
+use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal as Sig, sigaction};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
 pub struct Interrupts {
@@ -23,5 +28,36 @@ impl Interrupts {
             _ = self.sigint.recv() => "interrupt",
             _ = self.sigterm.recv() => "terminate",
         }
+    }
+}
+
+/// The signal number of the first stop request the flag saw (0: none).
+static STOP_REQUESTED: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn note_stop(signal: libc::c_int) {
+    // Only an atomic store: async-signal-safe.
+    let _ = STOP_REQUESTED.compare_exchange(0, signal, Ordering::SeqCst, Ordering::SeqCst);
+}
+
+/// Turns SIGINT and SIGTERM into a flag that blocking loops poll with [`stop_requested`].
+pub fn install_stop_flag() -> Result<()> {
+    let action = SigAction::new(
+        SigHandler::Handler(note_stop),
+        SaFlags::SA_RESTART,
+        SigSet::empty(),
+    );
+    for signal in [Sig::SIGINT, Sig::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic.
+        unsafe { sigaction(signal, &action) }?;
+    }
+    Ok(())
+}
+
+/// The stop request the flag saw, if any: "interrupt" or "terminate".
+pub fn stop_requested() -> Option<&'static str> {
+    match STOP_REQUESTED.load(Ordering::SeqCst) {
+        0 => None,
+        libc::SIGINT => Some("interrupt"),
+        _ => Some("terminate"),
     }
 }

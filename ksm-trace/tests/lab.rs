@@ -142,3 +142,25 @@ fn lab_refuses_guest_options_for_the_host() {
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
     assert!(stderr.contains("--refresh"), "{stderr}");
 }
+
+#[test]
+fn lab_on_the_host_stopped_by_sigterm_cleans_up() {
+    let session = KsmSession::start("lab-host-sigterm");
+    let child = spawn_ksm_trace(&["lab", "--kernel", "host"]);
+    let run_dir = format!("/tmp/ksm-trace-lab-{}", child.id());
+    assert!(
+        wait_until(Duration::from_secs(30), || pids_named("ksm-procs-").len()
+            == 2),
+        "the scenario's workers started"
+    );
+    terminate(&child);
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("the lab was stopped (terminate)"),
+        "{stderr}"
+    );
+    assert!(!Path::new(&run_dir).exists(), "{run_dir} left behind");
+    session.assert_left_as_found();
+}

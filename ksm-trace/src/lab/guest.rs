@@ -30,6 +30,8 @@ pub enum Outcome {
     /// QEMU exited before it (e.g. a kernel panic with panic=-1).
     Exited(ExitStatus),
     TimedOut,
+    /// Ctrl-C or SIGTERM ("interrupt", "terminate").
+    Stopped(&'static str),
 }
 
 impl LabGuest {
@@ -107,6 +109,9 @@ impl LabGuest {
             }
             if started.elapsed() >= timeout {
                 return Outcome::TimedOut;
+            }
+            if let Some(why) = crate::interrupts::stop_requested() {
+                return Outcome::Stopped(why);
             }
             if last_report.elapsed() >= Duration::from_secs(30) {
                 progress(&format!(

@@ -3,12 +3,13 @@
 //! knobs itself; a child outliving this process gets SIGTERM and takes its orderly exit.
 use std::{
     fs,
+    io::Read,
     path::Path,
     process::{Command, Stdio},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result};
+use anyhow::{Context as _, Result, bail};
 
 use super::scenario::{RECORD_ARGS, Transcript};
 
@@ -21,15 +22,61 @@ struct Step {
 
 fn step(exe: &Path, args: &[&str]) -> Result<Step> {
     let mut cmd = Command::new(exe);
-    cmd.args(args).stdin(Stdio::null());
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     crate::child::end_with_parent(&mut cmd, nix::sys::signal::Signal::SIGTERM);
-    let out = cmd
-        .output()
+    let mut child = cmd
+        .spawn()
         .with_context(|| format!("running {} {}", exe.display(), args.join(" ")))?;
+    // Read both pipes while waiting, so a large report cannot fill one and stall the child.
+    let read_all = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut bytes);
+            }
+            String::from_utf8_lossy(&bytes).into_owned()
+        })
+    };
+    let stdout = read_all(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let stderr = read_all(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    // A Ctrl-C from a terminal reaches the child too; a SIGTERM sent to the lab alone is passed
+    // on, so the child (record) takes its orderly exit either way.
+    let mut passed_on = false;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if !passed_on && crate::interrupts::stop_requested().is_some() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            passed_on = true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let stdout = stdout.join().unwrap_or_default();
+    let stderr = stderr.join().unwrap_or_default();
+    if let Some(why) = crate::interrupts::stop_requested() {
+        bail!("the lab was stopped ({why}) during `ksm-trace {}`", args[0]);
+    }
     Ok(Step {
-        rc: out.status.code(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        rc: status.code(),
+        stdout,
+        stderr,
     })
 }
 

@@ -47,6 +47,8 @@ pub const HOST: &str = "host";
 const TAIL_LINES: usize = 40;
 
 pub fn run(args: &LabArgs) -> Result<()> {
+    // Ctrl-C/SIGTERM end the guest or the host run in order, and the run directory goes too.
+    crate::interrupts::install_stop_flag()?;
     let started = Instant::now();
     let progress = |line: &str| {
         eprintln!(
@@ -133,6 +135,7 @@ fn in_guest(
                 kernel.name
             )
         }
+        Outcome::Stopped(why) => bail!("the lab was stopped ({why}); the guest is ended"),
         Outcome::TimedOut => {
             eprintln!("{tail}");
             bail!(
