@@ -189,3 +189,26 @@ fn recording_round_trips() {
     assert_eq!(Recording::read(&path).unwrap(), rec);
     std::fs::remove_file(path).unwrap();
 }
+
+#[test]
+fn cow_breaks_are_numbers_only_where_they_were_traced() {
+    // The fixture comes from a kernel that refused fentry on do_wp_page: no per-process count.
+    let mut rec = recording();
+    assert!(!rec.mechanisms.cow_traced());
+    let json: serde_json::Value =
+        serde_json::from_str(&report::render(&rec, Format::Json).unwrap()).unwrap();
+    let processes = json["processes"].as_array().unwrap();
+    assert!(processes.iter().all(|p| p["cow_breaks"].is_null()));
+
+    rec.mechanisms.cow = "fentry/fexit on do_wp_page, faults on KSM pages only".into();
+    rec.processes[0].stats.cow_breaks = 7;
+    let pid = rec.processes[0].pid;
+    let json: serde_json::Value =
+        serde_json::from_str(&report::render(&rec, Format::Json).unwrap()).unwrap();
+    for p in json["processes"].as_array().unwrap() {
+        let expected = if p["pid"] == pid { 7 } else { 0 };
+        assert_eq!(p["cow_breaks"], expected, "{p}");
+    }
+    let text = report::render(&rec, Format::Text).unwrap();
+    assert!(text.contains("COW breaks of KSM pages traced: 7"), "{text}");
+}

@@ -195,7 +195,7 @@ pub fn check_record(report: &Report, recording: &Value, expect: Expect) -> Resul
         );
     }
 
-    let cow_probe = m.cow.starts_with("fentry/fexit on do_wp_page");
+    let cow_probe = m.cow_traced();
     if expect == Expect::Fexit && !cow_probe {
         bail!("the COW probe did not attach: {}", m.cow);
     }
@@ -207,10 +207,11 @@ pub fn check_record(report: &Report, recording: &Value, expect: Expect) -> Resul
         report
             .processes
             .iter()
-            .filter(|p| p.cow_breaks > 0)
-            .map(|p| {
+            .filter_map(|p| {
                 let f = &p.cow_fault_ns;
-                (p.comm.clone(), p.cow_breaks, f.p50, f.p99)
+                p.cow_breaks
+                    .filter(|&n| n > 0)
+                    .map(|n| (p.comm.clone(), n, f.p50, f.p99))
             })
             .collect()
     } else {

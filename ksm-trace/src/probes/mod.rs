@@ -47,6 +47,16 @@ pub struct Mechanisms {
     pub fallbacks: Vec<String>,
 }
 
+/// How `Mechanisms::cow` starts when COW breaks are traced per process.
+const COW_PROBE: &str = "fentry/fexit on do_wp_page";
+
+impl Mechanisms {
+    /// Whether per-process COW breaks were traced (else only the global cow_ksm exists).
+    pub fn cow_traced(&self) -> bool {
+        self.cow.starts_with(COW_PROBE)
+    }
+}
+
 const KSM_PROGRAMS: [(&str, &str); 9] = [
     ("ksm_start_scan", "ksm_start_scan"),
     ("ksm_stop_scan", "ksm_stop_scan"),
@@ -140,8 +150,12 @@ impl Probes {
         match attach_cow(&mut ebpf, caps) {
             Ok(()) => {
                 mechanisms.cow = match caps.vmemmap_base {
-                    Some(_) => "fentry/fexit on do_wp_page, faults on KSM pages only (the kernel's cow_ksm)".into(),
-                    None => "fentry/fexit on do_wp_page, faults on KSM pages only (the kernel's cow_ksm); vmemmap's base is learned from the first traced merge, so breaks before it are missed".into(),
+                    Some(_) => {
+                        format!("{COW_PROBE}, faults on KSM pages only (the kernel's cow_ksm)")
+                    }
+                    None => format!(
+                        "{COW_PROBE}, faults on KSM pages only (the kernel's cow_ksm); vmemmap's base is learned from the first traced merge, so breaks before it are missed"
+                    ),
                 }
             }
             Err(e) => {
@@ -150,7 +164,7 @@ impl Probes {
                         .into();
                 mechanisms
                     .fallbacks
-                    .push(format!("fentry/fexit on do_wp_page unavailable ({e})"));
+                    .push(format!("{COW_PROBE} unavailable ({e})"));
             }
         }
         let bracket_usable = latency != LatencyMode::Off

@@ -56,8 +56,9 @@ pub struct ProcessReport {
     pub ksm_zero_pages_end: Option<u64>,
     pub merge_latency_ns: Summary,
     pub untimed_merges: u64,
-    /// Copy-on-write breaks of KSM pages by this process (where fentry/fexit is allowed).
-    pub cow_breaks: u64,
+    /// Copy-on-write breaks of KSM pages by this process; None where they were not traced
+    /// (fentry/fexit refused): not measured, rather than zero.
+    pub cow_breaks: Option<u64>,
     pub cow_fault_ns: Summary,
 }
 
@@ -102,6 +103,7 @@ impl Report {
     pub fn from_recording(rec: &Recording) -> Self {
         let duration_ns = rec.meta.duration_ns().max(1);
         let duration_s = duration_ns as f64 / 1e9;
+        let cow_traced = rec.mechanisms.cow_traced();
         let mut processes: Vec<ProcessReport> = rec
             .processes
             .iter()
@@ -130,7 +132,7 @@ impl Report {
                 ksm_zero_pages_end: p.ksm_stat_end.map(|s| s.ksm_zero_pages),
                 merge_latency_ns: p.stats.merge_latency_ns.summary(),
                 untimed_merges: p.stats.untimed_merges,
-                cow_breaks: p.stats.cow_breaks,
+                cow_breaks: cow_traced.then_some(p.stats.cow_breaks),
                 cow_fault_ns: p.stats.cow_fault_ns.summary(),
             })
             .collect();

@@ -108,10 +108,10 @@ pub fn render(rec: &Recording, r: &Report) -> String {
                 p.failed,
                 p.zero_page_merges,
                 p.unmerges,
-                p.cow_breaks,
             ]
             .map(|v| v.to_string()),
         );
+        row.push(p.cow_breaks.map_or("-".into(), |c| c.to_string()));
         row.extend([pages, lat(l.p50), lat(l.p90), lat(l.p99), lat(l.max)]);
         rows.push(row);
     }
@@ -119,7 +119,7 @@ pub fn render(rec: &Recording, r: &Report) -> String {
     if r.processes.is_empty() {
         let _ = writeln!(o, "  (no KSM activity attributed to a process)");
     }
-    let cow: u64 = r.processes.iter().map(|p| p.cow_breaks).sum();
+    let cow: u64 = r.processes.iter().filter_map(|p| p.cow_breaks).sum();
     if cow > 0 {
         let _ = writeln!(
             o,
