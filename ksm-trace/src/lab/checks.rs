@@ -56,21 +56,11 @@ pub enum Expect {
 impl Expect {
     /// What `doctor --json` says the kernel it ran on allows.
     pub fn from_doctor(doctor: &Value) -> Self {
-        let ksm_tracepoints = doctor
-            .pointer("/capabilities/tracepoints")
-            .and_then(Value::as_object)
-            .map_or(0, |m| {
-                m.iter()
-                    .filter(|(name, present)| {
-                        name.starts_with("ksm_") && present.as_bool() == Some(true)
-                    })
-                    .count()
-            });
         let latency = doctor
             .pointer("/mechanisms/merge_latency")
             .and_then(Value::as_str)
             .unwrap_or_default();
-        if ksm_tracepoints == 0 {
+        if ksm_tracepoints(doctor, true).is_empty() {
             Self::Refusal
         } else if latency.contains("fexit") {
             Self::Fexit
@@ -367,13 +357,18 @@ impl RecordChecks {
 
 /// The ksm:* tracepoints doctor found missing (from its JSON).
 pub fn missing_tracepoints(doctor: &Value) -> Vec<String> {
+    ksm_tracepoints(doctor, false)
+}
+
+/// The ksm:* tracepoints doctor found present (`true`) or missing (`false`).
+fn ksm_tracepoints(doctor: &Value, present: bool) -> Vec<String> {
     doctor
         .pointer("/capabilities/tracepoints")
         .and_then(Value::as_object)
         .map(|m| {
             m.iter()
-                .filter(|(name, present)| {
-                    name.starts_with("ksm_") && present.as_bool() == Some(false)
+                .filter(|(name, found)| {
+                    name.starts_with("ksm_") && found.as_bool() == Some(present)
                 })
                 .map(|(name, _)| name.clone())
                 .collect()
