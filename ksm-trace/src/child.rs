@@ -1,7 +1,10 @@
 //! Child processes that never outlive ksm-trace, even when it is killed.
 use std::{os::unix::process::CommandExt as _, process::Command};
 
-use nix::sys::signal::Signal;
+use nix::{
+    sys::signal::{Signal, kill},
+    unistd::Pid,
+};
 
 /// Makes the kernel send `signal` to the child `cmd` starts when this process dies: SIGKILL
 /// for workers and guests, SIGTERM for a ksm-trace child that must restore what it changed.
@@ -18,4 +21,9 @@ pub fn end_with_parent(cmd: &mut Command, signal: Signal) {
             Ok(())
         });
     }
+}
+
+/// Sends `signal` to process `pid`; one that is already gone is not an error here.
+pub fn send(pid: u32, signal: Signal) {
+    let _ = kill(Pid::from_raw(pid as i32), signal);
 }

@@ -6,6 +6,7 @@ use std::{
     io::Read,
     path::Path,
     process::{Command, Stdio},
+    thread::JoinHandle,
     time::{Duration, Instant},
 };
 
@@ -31,27 +32,8 @@ fn step(exe: &Path, args: &[&str]) -> Result<Step> {
         .spawn()
         .with_context(|| format!("running {} {}", exe.display(), args.join(" ")))?;
     // Read both pipes while waiting, so a large report cannot fill one and stall the child.
-    let read_all = |pipe: Option<Box<dyn Read + Send>>| {
-        std::thread::spawn(move || {
-            let mut bytes = Vec::new();
-            if let Some(mut pipe) = pipe {
-                let _ = pipe.read_to_end(&mut bytes);
-            }
-            String::from_utf8_lossy(&bytes).into_owned()
-        })
-    };
-    let stdout = read_all(
-        child
-            .stdout
-            .take()
-            .map(|p| Box::new(p) as Box<dyn Read + Send>),
-    );
-    let stderr = read_all(
-        child
-            .stderr
-            .take()
-            .map(|p| Box::new(p) as Box<dyn Read + Send>),
-    );
+    let stdout = read_all(child.stdout.take());
+    let stderr = read_all(child.stderr.take());
     // A Ctrl-C from a terminal reaches the child too; a SIGTERM sent to the lab alone is passed
     // on, so the child (record) takes its orderly exit either way.
     let mut passed_on = false;
@@ -60,10 +42,7 @@ fn step(exe: &Path, args: &[&str]) -> Result<Step> {
             break status;
         }
         if !passed_on && crate::interrupts::stop_requested().is_some() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(child.id() as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
+            crate::child::send(child.id(), nix::sys::signal::Signal::SIGTERM);
             passed_on = true;
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -77,6 +56,17 @@ fn step(exe: &Path, args: &[&str]) -> Result<Step> {
         rc: status.code(),
         stdout,
         stderr,
+    })
+}
+
+/// Reads `pipe` to its end on a thread of its own; the text, lossily decoded.
+fn read_all<R: Read + Send + 'static>(pipe: Option<R>) -> JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        if let Some(mut pipe) = pipe {
+            let _ = pipe.read_to_end(&mut bytes);
+        }
+        String::from_utf8_lossy(&bytes).into_owned()
     })
 }
 

@@ -96,7 +96,7 @@ impl Workload {
 
     fn signal_all(&self, signal: nix::sys::signal::Signal) {
         for w in self.workers() {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(w.pid as i32), signal);
+            crate::child::send(w.pid, signal);
         }
     }
 

@@ -9,10 +9,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use nix::{
-    sys::signal::{Signal, kill},
-    unistd::Pid,
-};
+use nix::sys::signal::Signal;
 
 use super::{assets::Assets, initramfs::READY_MARKER, qmp};
 use crate::workload::spec::VmsSpec;
@@ -175,7 +172,7 @@ impl Guest {
 
     fn signal(&mut self, signal: Signal) {
         if self.exited().is_none() {
-            let _ = kill(Pid::from_raw(self.child.id() as i32), signal);
+            crate::child::send(self.child.id(), signal);
         }
     }
 }
