@@ -8,6 +8,8 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
+
+use crate::probes::LatencyMode;
 use tokio::{
     io::{AsyncBufReadExt as _, AsyncReadExt as _, BufReader},
     process::{Child, ChildStdout, Command},
@@ -37,9 +39,12 @@ tracepoint:mmap_lock:mmap_lock_released /pid == KSMD && (uint64)args->mm == @loc
 tracepoint:ksm:ksm_merge_with_ksm_page /args->err == 0 && (uint64)args->mm == @held_mm/ { @merge_ns = hist(@held_ns); }
 "#;
 
-/// A bpftrace script and what it matches in ksm-trace.
+/// A bpftrace script and the ksm-trace mode measuring the same things.
 pub struct Script {
     pub name: &'static str,
+    /// What both measure, for the comparison line.
+    pub measures: &'static str,
+    pub same_as: LatencyMode,
     text: String,
 }
 
@@ -49,10 +54,14 @@ pub fn scripts(ksmd: u32) -> [Script; 2] {
     [
         Script {
             name: "bpftrace, the same without merge latency (ksm:*, sched_switch, profile)",
+            measures: "without merge latency",
+            same_as: LatencyMode::Off,
             text: BASE.replace("KSMD", &pid),
         },
         Script {
             name: "bpftrace, the same with the mmap_lock bracket",
+            measures: "with merge latency (mmap_lock bracket)",
+            same_as: LatencyMode::Always,
             text: format!("{BASE}{BRACKET}").replace("KSMD", &pid),
         },
     ]
@@ -121,10 +130,7 @@ impl Running {
     /// are printed on exit, outside the measured window).
     pub async fn stop(mut self) -> Result<u64> {
         if let Some(pid) = self.child.id() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid as i32),
-                nix::sys::signal::Signal::SIGINT,
-            );
+            crate::child::send(pid, nix::sys::signal::Signal::SIGINT);
         }
         let mut output = String::new();
         tokio::time::timeout(Duration::from_secs(30), async {
@@ -142,9 +148,8 @@ impl Running {
 impl Drop for Running {
     fn drop(&mut self) {
         if let Some(pid) = self.child.id() {
-            let pid = nix::unistd::Pid::from_raw(pid as i32);
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-            let _ = nix::sys::wait::waitpid(pid, None);
+            crate::child::send(pid, nix::sys::signal::Signal::SIGKILL);
+            let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid as i32), None);
         }
     }
 }

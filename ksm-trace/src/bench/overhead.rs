@@ -47,12 +47,6 @@ const KSM_TRACE_MODES: [(&str, LatencyMode); 3] = [
     ),
 ];
 
-/// (ksm-trace mode, bpftrace script) measuring the same things: indices into the tracers.
-const SAME_MEASUREMENTS: [(usize, usize, &str); 2] = [
-    (0, 3, "without merge latency"),
-    (2, 4, "with merge latency (mmap_lock bracket)"),
-];
-
 /// Measures ksmd's scan rate with and without tracing; Ctrl-C or SIGTERM ends it early with
 /// an error, after everything it changed is put back (knobs, workload, probes, bpftrace,
 /// tracefs).
@@ -192,7 +186,18 @@ async fn measure_overhead(b: &OverheadBench) -> Result<String> {
             "  bpftrace: not installed, no comparison (`cargo xtask bench` installs it)"
         );
     } else {
-        for (k, b, what) in SAME_MEASUREMENTS {
+        // Each bpftrace script against the ksm-trace mode measuring the same things.
+        for (b, tracer) in tracers.iter().enumerate() {
+            let Tracer::Bpftrace(script) = tracer else {
+                continue;
+            };
+            let Some(k) = tracers
+                .iter()
+                .position(|t| matches!(t, Tracer::KsmTrace(_, mode) if *mode == script.same_as))
+            else {
+                continue;
+            };
+            let what = script.measures;
             let _ = writeln!(
                 o,
                 "  ksm-trace vs bpftrace, {what}: ksmd keeps {:.2} vs {:.2} of its untraced scan rate, ksm-trace ÷ bpftrace = {:.2}",
