@@ -125,6 +125,92 @@ pub mod names {
     pub const STACK_COUNTS: &str = "STACK_COUNTS";
 }
 
+/// What the eBPF programs read from a raw tracepoint's arguments: the loader checks each
+/// program's expectation against the running kernel's `btf_trace_<tracepoint>` prototype and
+/// refuses a kernel whose argument list differs, rather than misread it.
+pub mod programs {
+    /// One argument of a tracepoint's prototype.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum Arg {
+        /// Any pointer.
+        Ptr,
+        /// An integer (or bool, or enum) of this many bytes.
+        Int(u8),
+    }
+    use Arg::{Int, Ptr};
+
+    /// A raw tracepoint program: its name in the eBPF object, the tracepoint it attaches to and
+    /// that tracepoint's full argument list as the program reads it (`ctx.arg(i)`).
+    #[derive(Clone, Copy, Debug)]
+    pub struct RawTracepoint {
+        pub program: &'static str,
+        pub tracepoint: &'static str,
+        pub args: &'static [Arg],
+    }
+
+    const fn tp(name: &'static str, args: &'static [Arg]) -> RawTracepoint {
+        RawTracepoint {
+            program: name,
+            tracepoint: name,
+            args,
+        }
+    }
+
+    /// The `ksm:*` tracepoints (include/trace/events/ksm.h), each with the program of the same
+    /// name.
+    pub const KSM: [RawTracepoint; 9] = [
+        // (int seq, u32 rmap_entries)
+        tp("ksm_start_scan", &[Int(4), Int(4)]),
+        tp("ksm_stop_scan", &[Int(4), Int(4)]),
+        // (void *ksm_page, unsigned long pfn, void *rmap_item, void *mm, int err)
+        tp("ksm_merge_with_ksm_page", &[Ptr, Int(8), Ptr, Ptr, Int(4)]),
+        // (unsigned long pfn, void *rmap_item, void *mm, int err)
+        tp("ksm_merge_one_page", &[Int(8), Ptr, Ptr, Int(4)]),
+        // (unsigned long pfn)
+        tp("ksm_remove_ksm_page", &[Int(8)]),
+        // (unsigned long pfn, void *rmap_item, void *mm)
+        tp("ksm_remove_rmap_item", &[Int(8), Ptr, Ptr]),
+        // (void *mm)
+        tp("ksm_enter", &[Ptr]),
+        tp("ksm_exit", &[Ptr]),
+        // (s64 scan_time, unsigned long pages_to_scan, unsigned int cpu_percent)
+        tp("ksm_advisor", &[Int(8), Int(8), Int(4)]),
+    ];
+
+    /// ksmd's batches and CPU time: (bool preempt, struct task_struct *prev, struct
+    /// task_struct *next, unsigned int prev_state).
+    pub const SCHED_SWITCH: RawTracepoint = RawTracepoint {
+        program: "ksmd_sched_switch",
+        tracepoint: "sched_switch",
+        args: &[Int(1), Ptr, Ptr, Int(4)],
+    };
+
+    /// The mmap_lock bracket that times merges where fentry/fexit is refused:
+    /// (struct mm_struct *mm, bool write, bool success) and (struct mm_struct *mm, bool write).
+    pub const BRACKET: [RawTracepoint; 2] = [
+        RawTracepoint {
+            program: "ksmd_mmap_lock_acquired",
+            tracepoint: "mmap_lock_acquire_returned",
+            args: &[Ptr, Int(1), Int(1)],
+        },
+        RawTracepoint {
+            program: "ksmd_mmap_lock_released",
+            tracepoint: "mmap_lock_released",
+            args: &[Ptr, Int(1)],
+        },
+    ];
+
+    /// fentry/fexit programs and the functions they attach to.
+    pub const MERGE_ENTRY: &str = "merge_one_page_entry";
+    pub const MERGE_EXIT: &str = "merge_one_page_exit";
+    pub const MERGE_FUNCTION: &str = "try_to_merge_one_page";
+    pub const COW_ENTRY: &str = "cow_entry";
+    pub const COW_EXIT: &str = "cow_exit";
+    pub const COW_FUNCTION: &str = "do_wp_page";
+    /// The perf_event program sampling ksmd's stacks.
+    pub const PROFILE: &str = "ksmd_profile";
+}
+
 /// Distinct ksmd kernel stacks kept by the profiler.
 pub const PROFILE_STACKS: u32 = 16384;
 

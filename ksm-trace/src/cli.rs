@@ -1,7 +1,10 @@
 //! Command-line interface.
 use std::{path::PathBuf, time::Duration};
 
-use clap::{Args, Parser, Subcommand};
+use clap::{
+    Args, Parser, Subcommand,
+    builder::{PossibleValue, PossibleValuesParser, TypedValueParser},
+};
 
 use crate::probes::LatencyMode;
 
@@ -63,7 +66,7 @@ pub struct RecordArgs {
     #[command(flatten)]
     pub knobs: KnobArgs,
     /// How to time merges.
-    #[arg(long, value_enum, default_value = "auto")]
+    #[arg(long, default_value = "auto", value_parser = named(&LatencyMode::ALL))]
     pub merge_latency: LatencyMode,
     /// Stop once KSM has settled (pages_sharing moved < 5% over a full scan); --duration is
     /// then the timeout.
@@ -159,6 +162,23 @@ pub struct FlameArgs {
     pub by: crate::flame::View,
 }
 
+/// A value parser for an enum given as `[(value, name, help)]`: clap lists the names with
+/// their help, and the domain type needs no clap derive.
+fn named<T: Copy + Send + Sync + 'static>(
+    all: &'static [(T, &'static str, &'static str)],
+) -> impl TypedValueParser<Value = T> {
+    PossibleValuesParser::new(
+        all.iter()
+            .map(|(_, name, help)| PossibleValue::new(name).help(help)),
+    )
+    .map(move |name| {
+        all.iter()
+            .find(|(_, n, _)| *n == name)
+            .map(|(v, _, _)| *v)
+            .expect("clap only passes listed names")
+    })
+}
+
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
     /// The kernel selftest's merge time (ksm_tests -P, or -H with --thp), as a recording.
@@ -194,7 +214,7 @@ pub struct MergeBenchArgs {
     #[arg(long, default_value_t = 10)]
     pub pages_to_scan: u32,
     /// How to time merges (off by default: tracing merges slows ksmd).
-    #[arg(long, value_enum, default_value = "off")]
+    #[arg(long, default_value = "off", value_parser = named(&LatencyMode::ALL))]
     pub merge_latency: LatencyMode,
     /// Give up after this long.
     #[arg(long, default_value = "120s", value_parser = parse_duration)]
@@ -238,7 +258,7 @@ pub struct SweepArgs {
     /// Interval of each recording's time series.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     pub interval: Duration,
-    #[arg(long, value_enum, default_value = "auto")]
+    #[arg(long, default_value = "auto", value_parser = named(&LatencyMode::ALL))]
     pub merge_latency: LatencyMode,
     /// Directory for the recordings and the summary.
     #[arg(short, long, default_value = "ksm-trace-sweep")]

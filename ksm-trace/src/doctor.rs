@@ -6,24 +6,30 @@ use anyhow::Result;
 
 use crate::{
     kernel::{self, sysfs},
-    probes::{Capabilities, LatencyMode, Probes, capabilities::KSM_TRACEPOINTS},
+    probes::{Capabilities, LatencyMode, Probes},
+    report::mechanisms,
 };
 
 pub fn run(json: bool) -> Result<String> {
     let caps = Capabilities::detect();
     // Loading (not attaching for long) is the only way to learn whether fentry is allowed.
-    let mechanisms = if caps.root && caps.ksm && caps.btf {
+    let probed = if !caps.root {
+        Err("not probed: loading programs needs root".to_owned())
+    } else if !caps.ksm {
+        Err("not probed: this kernel has no KSM".to_owned())
+    } else if !caps.btf {
+        Err("not probed: this kernel has no BTF".to_owned())
+    } else {
         let ksmd = kernel::ksmd_pid().unwrap_or(0);
         Probes::load(&caps, caps.config(ksmd), LatencyMode::Auto)
             .map(|p| p.mechanisms.clone())
-            .ok()
-    } else {
-        None
+            .map_err(|e| format!("loading the programs failed: {e:#}"))
     };
     if json {
         return Ok(serde_json::to_string_pretty(&serde_json::json!({
             "capabilities": caps,
-            "mechanisms": mechanisms,
+            "mechanisms": probed.as_ref().ok(),
+            "probe_error": probed.as_ref().err(),
         }))? + "\n");
     }
     let yes = |b: bool| if b { "yes" } else { "no" };
@@ -39,9 +45,9 @@ pub fn run(json: bool) -> Result<String> {
         yes(caps.tracefs_mounted)
     );
     let _ = writeln!(o, "  THP: {}", caps.thp.as_deref().unwrap_or("n/a"));
-    let missing: Vec<&str> = KSM_TRACEPOINTS
+    let missing: Vec<&str> = ksm_trace_common::programs::KSM
         .iter()
-        .copied()
+        .map(|tp| tp.tracepoint)
         .filter(|t| !caps.has_tracepoint(t))
         .collect();
     let _ = writeln!(
@@ -60,6 +66,9 @@ pub fn run(json: bool) -> Result<String> {
     ] {
         let _ = writeln!(o, "  {tp}: {}", yes(caps.has_tracepoint(tp)));
     }
+    for (tp, why) in &caps.prototype_mismatches {
+        let _ = writeln!(o, "  {tp}: not attached, {why}");
+    }
     let _ = writeln!(
         o,
         "functions in BTF (fentry/fexit candidates; absent = inlined):"
@@ -75,19 +84,12 @@ pub fn run(json: bool) -> Result<String> {
             off.map_or("missing".to_owned(), |v| v.to_string())
         );
     }
-    match &mechanisms {
-        Some(m) => {
-            let _ = writeln!(
-                o,
-                "measurements:\n  merge latency: {}\n  batches: {}\n  attribution: {}",
-                m.merge_latency, m.batches, m.attribution
-            );
-            for f in &m.fallbacks {
-                let _ = writeln!(o, "  fallback: {f}");
-            }
+    match &probed {
+        Ok(m) => {
+            let _ = write!(o, "measurements:\n{}", mechanisms::lines(m));
         }
-        None => {
-            let _ = writeln!(o, "measurements: not probed (needs root, KSM and BTF)");
+        Err(why) => {
+            let _ = writeln!(o, "measurements: {why}");
         }
     }
     if caps.ksm {

@@ -23,6 +23,7 @@ pub mod recording;
 pub mod report;
 pub mod sample;
 pub mod session;
+pub mod standalone;
 pub mod sweep;
 pub mod timeseries;
 pub mod workload;

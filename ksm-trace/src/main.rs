@@ -19,7 +19,13 @@ fn main() -> ExitCode {
         knobs::restore_saved();
         default_hook(info);
     }));
-    match run(cli) {
+    // One runtime for every command; the lab's blocking waits run on it too.
+    let result = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|runtime| runtime.block_on(run(cli)));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("ksm-trace: error: {e:#}");
@@ -28,7 +34,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
+async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Record(args) => {
             let opts = RecordOptions {
@@ -44,10 +50,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 until_settled: args.until_settled,
                 until_full_scans: None,
             };
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            let recording = runtime.block_on(record::record(&opts, std::env::args().collect()))?;
+            let recording = record::record(&opts, std::env::args().collect()).await?;
             recording.write(&opts.output)?;
             if !args.quiet {
                 let format = if args.json {
@@ -83,11 +86,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 merge_latency: args.merge_latency,
                 out_dir: args.output,
             };
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
             let summaries =
-                runtime.block_on(ksm_trace::sweep::run(&opts, std::env::args().collect()))?;
+                ksm_trace::sweep::run(&opts, std::env::args().collect()).await?;
             print(&ksm_trace::sweep::render(&summaries))?;
             eprintln!(
                 "ksm-trace: recordings, summary.csv, summary.json and charts in {}",
@@ -104,11 +104,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 timeout: args.timeout,
                 output: args.output,
             };
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
             let (_, summary) =
-                runtime.block_on(ksm_trace::bench::merge(&bench, std::env::args().collect()))?;
+                ksm_trace::bench::merge(&bench, std::env::args().collect()).await?;
             print(&summary)
         }
         Command::Bench(ksm_trace::cli::BenchCommand::Overhead(args)) => {
@@ -118,10 +115,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 window: args.window,
                 repetitions: args.repetitions,
             };
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            print(&runtime.block_on(ksm_trace::bench::overhead(&bench))?)
+            print(&ksm_trace::bench::overhead(&bench).await?)
         }
         Command::Plot(args) => {
             let files = ksm_trace::plot::plot(&Recording::read(&args.file)?, &args.output)?;
@@ -134,15 +128,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Lab(args) => ksm_trace::lab::run(&args),
         Command::Flame(args) => flame_command(&args),
         Command::Workload(args) => {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            runtime.block_on(workload::standalone::run(
+            ksm_trace::standalone::run(
                 &args.spec,
                 args.duration,
                 &args.knobs.settings(),
                 args.refresh,
-            ))
+            ).await
         }
         Command::ProcsWorker { args } => workload::procs::worker_main(&args),
     }

@@ -2,25 +2,15 @@
 //! /proc/vmstat, ksmd's run time and each traced process's ksm_stat — the study's monitor
 //! script, in the same file as the events.
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::BTreeSet,
     time::{Duration, Instant},
 };
 
+use crate::{
+    kernel::{Counters, KsmStat},
+    recording::schema::Sample,
+};
 use anyhow::Result;
-use serde::{Deserialize, Serialize};
-
-use crate::kernel::{Counters, KsmStat};
-
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct Sample {
-    /// ns since the recording window opened.
-    pub t_ns: u64,
-    pub counters: Counters,
-    /// Merges traced since the window opened.
-    pub merges: u64,
-    /// /proc/<pid>/ksm_stat of the traced processes still alive.
-    pub processes: BTreeMap<u32, KsmStat>,
-}
 
 pub struct Sampler {
     interval: Duration,
@@ -67,6 +57,9 @@ impl Sampler {
         })
     }
 }
+
+/// "Settled": pages_sharing changes by less than this fraction per full scan.
+pub const SETTLE_THRESHOLD: f64 = 0.05;
 
 /// When KSM settled: the first full-scan boundary at which pages_sharing changed by less than
 /// `threshold` (e.g. 0.05) since the previous boundary, with something merged. Seconds since

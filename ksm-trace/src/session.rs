@@ -1,5 +1,8 @@
-//! What `record` and `workload` share: the checks made before anything on the system changes,
-//! and the progress line printed while a run goes on.
+//! One run that changes the system, shared by `record`, `bench overhead` and `workload`:
+//! [`Preflight`] checks everything that can be checked without changing anything (root, KSM,
+//! the spec, the knobs, the recorder lock, what the kernel allows); [`Preflight::start`] then
+//! saves the knobs, pauses ksmd, applies the run's knobs and starts the workload. Dropping the
+//! [`Session`] stops the workload and puts every knob back.
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
@@ -8,53 +11,111 @@ use crate::{
     kernel::{self, sysfs},
     knobs::{KnobGuard, KnobSettings},
     lock::{self, RecorderLock},
+    probes::Capabilities,
     workload::{Workload, WorkloadSpec},
 };
 
-/// Parses and sizes the workload, validates the knobs and takes the recorder lock; fails with
-/// one line, having changed nothing.
-pub fn preflight(
-    workload: Option<&str>,
-    knobs: &KnobSettings,
-) -> Result<(Option<WorkloadSpec>, RecorderLock)> {
-    if !nix::unistd::geteuid().is_root() {
-        bail!(
-            "ksm-trace must run as root (it loads eBPF programs and sets KSM knobs): run it as root, e.g. with sudo"
-        );
-    }
-    if !sysfs::available() {
-        bail!(
-            "this kernel has no KSM ({} is missing): use a kernel built with CONFIG_KSM=y",
-            sysfs::KSM_DIR
-        );
-    }
-    let spec = workload.map(WorkloadSpec::parse).transpose()?;
-    if let Some(spec) = &spec {
-        Workload::check_fits(spec)?;
-    }
-    knobs.validate()?;
-    if sysfs::read_i64("run")? == 2 {
-        bail!(
-            "ksmd is unmerging everything (run=2): write 0 or 1 to {}/run first",
-            sysfs::KSM_DIR
-        );
-    }
-    Ok((spec, lock::acquire()?))
+/// What was checked before anything changed.
+pub struct Preflight {
+    pub spec: Option<WorkloadSpec>,
+    /// What the running kernel allows (its BTF read once, here).
+    pub caps: Capabilities,
+    pub ksmd: u32,
+    lock: RecorderLock,
 }
 
-/// Saves the knobs, pauses ksmd, applies `knobs` and starts the workload (if any), waiting
-/// until it is ready. ksmd stays paused: the caller runs it (`run_ksmd`) once it is ready to
-/// measure. Dropping the guard puts every knob back.
-pub fn prepare(
-    knobs: &KnobSettings,
-    spec: Option<&WorkloadSpec>,
-    refresh: bool,
-) -> Result<(KnobGuard, Option<Workload>)> {
-    let mut guard = KnobGuard::new()?;
-    guard.pause_ksmd()?;
-    guard.apply(knobs)?;
-    let workload = spec.map(|s| Workload::start(s, refresh)).transpose()?;
-    Ok((guard, workload))
+impl Preflight {
+    /// Parses and sizes the workload, validates the knobs, detects the kernel's capabilities
+    /// and takes the recorder lock; fails with one line, having changed nothing.
+    pub fn run(workload: Option<&str>, knobs: &KnobSettings) -> Result<Self> {
+        if !nix::unistd::geteuid().is_root() {
+            bail!(
+                "ksm-trace must run as root (it loads eBPF programs and sets KSM knobs): run it as root, e.g. with sudo"
+            );
+        }
+        if !sysfs::available() {
+            bail!(
+                "this kernel has no KSM ({} is missing): use a kernel built with CONFIG_KSM=y",
+                sysfs::KSM_DIR
+            );
+        }
+        let spec = workload.map(WorkloadSpec::parse).transpose()?;
+        if let Some(spec) = &spec {
+            Workload::check_fits(spec)?;
+        }
+        knobs.validate()?;
+        if sysfs::read_i64("run")? == 2 {
+            bail!(
+                "ksmd is unmerging everything (run=2): write 0 or 1 to {}/run first",
+                sysfs::KSM_DIR
+            );
+        }
+        let lock = lock::acquire()?;
+        Ok(Self {
+            spec,
+            caps: Capabilities::detect(),
+            ksmd: kernel::ksmd_pid()?,
+            lock,
+        })
+    }
+
+    /// Saves the knobs, pauses ksmd, applies `knobs` and starts the workload (if any), waiting
+    /// until it is ready. ksmd stays paused until [`Session::run_ksmd`].
+    pub fn start(self, knobs: &KnobSettings, refresh: bool) -> Result<Session> {
+        let mut guard = KnobGuard::new()?;
+        guard.pause_ksmd()?;
+        guard.apply(knobs)?;
+        let workload = self
+            .spec
+            .as_ref()
+            .map(|s| Workload::start(s, refresh))
+            .transpose()?;
+        Ok(Session {
+            spec: self.spec,
+            caps: self.caps,
+            ksmd: self.ksmd,
+            workload,
+            guard,
+            _lock: self.lock,
+        })
+    }
+}
+
+/// A run in progress: the knobs it changed, the workload it started, the lock it holds.
+pub struct Session {
+    pub spec: Option<WorkloadSpec>,
+    pub caps: Capabilities,
+    pub ksmd: u32,
+    /// Declared before `guard` so it is dropped (workers ended) before the knobs go back.
+    pub workload: Option<Workload>,
+    pub guard: KnobGuard,
+    _lock: RecorderLock,
+}
+
+impl Session {
+    /// ksmd was off when the run began: this run starts it and stops it again.
+    pub fn ksmd_started_for_run(&self) -> bool {
+        self.guard.original_run == 0
+    }
+
+    pub fn run_ksmd(&mut self) -> Result<()> {
+        self.guard.run_ksmd()
+    }
+
+    pub fn pause_ksmd(&mut self) -> Result<()> {
+        self.guard.pause_ksmd()
+    }
+
+    /// Stops the workload (workers hand over their own measurements) and returns its workers.
+    pub fn stop_workload(&mut self) -> Vec<crate::workload::Worker> {
+        match self.workload.as_mut() {
+            Some(w) => {
+                w.stop();
+                w.workers().to_vec()
+            }
+            None => Vec::new(),
+        }
+    }
 }
 
 /// Elapsed time, memory saved and ksmd's CPU share since the previous line.

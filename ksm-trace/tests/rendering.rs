@@ -17,7 +17,7 @@ fn fixture(name: &str) -> PathBuf {
 }
 
 fn recording() -> Recording {
-    Recording::read(&fixture("procs-small.json")).expect("fixture reads")
+    Recording::read(&fixture("recording-v2.json")).expect("fixture reads")
 }
 
 fn golden(name: &str) -> String {
@@ -28,11 +28,14 @@ fn golden(name: &str) -> String {
 fn folded_stacks_are_exactly_the_golden_ones() {
     let rec = recording();
     let stacks = flame::folded(&rec, View::Stack).unwrap();
-    assert_eq!(stacks.lines.join("\n") + "\n", golden("procs-small.folded"));
+    assert_eq!(
+        stacks.lines.join("\n") + "\n",
+        golden("recording-v2.folded")
+    );
     let by_process = flame::folded(&rec, View::Process).unwrap();
     assert_eq!(
         by_process.lines.join("\n") + "\n",
-        golden("procs-small.by-process.folded")
+        golden("recording-v2.by-process.folded")
     );
     assert_eq!(by_process.unit, "ns");
     // Counts add up to what the recording holds.
@@ -144,40 +147,83 @@ fn csv_has_a_row_per_sample_with_monotonic_time() {
     }
 }
 
+/// The report's figures against values read off `recording-v1.json` by hand (a JSON viewer,
+/// not ksm-trace), and percentiles against the raw full-scan list computed here.
 #[test]
-fn text_and_json_reports_render() {
-    let rec = recording();
-    let text = report::render(&rec, Format::Text).unwrap();
-    assert!(text.contains("Per process"));
-    assert!(text.contains("Full scans"));
-    assert!(text.contains("|@"), "histogram bars");
+fn report_figures_are_the_recordings() {
+    let rec = Recording::read(&fixture("recording-v1.json")).unwrap();
     let json: serde_json::Value =
         serde_json::from_str(&report::render(&rec, Format::Json).unwrap()).unwrap();
-    for key in [
-        "processes",
-        "scans",
-        "kernel_deltas",
-        "lost_events",
-        "mechanisms",
-        "settle_s",
-    ] {
-        assert!(json.get(key).is_some(), "{key}");
+    let process = |pid: u64| {
+        json["processes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["pid"] == pid)
+            .unwrap_or_else(|| panic!("pid {pid} in the report"))
+            .clone()
+    };
+    for pid in [27515, 27516] {
+        let p = process(pid);
+        assert_eq!(p["merges"], 600, "{p}");
+        assert_eq!(p["new_pages"], 600);
+        assert_eq!(p["joins"], 0);
+        assert_eq!(p["unmerges"], 300);
+        assert_eq!(p["ksm_merging_pages_start"], 0);
+        assert_eq!(p["ksm_merging_pages_end"], 300);
+        assert_eq!(p["merge_latency_ns"]["count"], 600);
+        assert_eq!(p["untimed_merges"], 0);
     }
-    for p in json["processes"].as_array().unwrap() {
-        for key in [
-            "pid",
-            "comm",
-            "merges",
-            "ksm_merging_pages_start",
-            "ksm_merging_pages_end",
-            "merge_latency_ns",
-        ] {
-            assert!(p.get(key).is_some(), "{key}");
-        }
-    }
-    for key in ["count", "p50", "max"] {
-        assert!(json["scans"]["full_scan_ns"].get(key).is_some());
-    }
+    assert_eq!(process(27515)["comm"], "ksm-procs-0");
+    assert_eq!(json["scans"]["full_scans"], 214);
+    assert_eq!(json["kernel_deltas"]["full_scans"], 214);
+    assert_eq!(json["kernel_deltas"]["cow_ksm"], 24684 - 24084);
+    assert_eq!(json["kernel_deltas"]["pages_sharing"], -3156);
+    assert_eq!(json["lost_events"], 0);
+    assert_eq!(json["ended_by"], "workload-finished");
+    assert_eq!(json["merge_latency"]["timed"], 1200);
+    assert_eq!(json["mechanisms"]["merge_latency"]["kind"], "bracket");
+    assert!(
+        json["mechanism_descriptions"]["merge_latency"]
+            .as_str()
+            .unwrap()
+            .ends_with("attached for the whole run")
+    );
+    let duration_s = json["duration_s"].as_f64().unwrap();
+    assert!((duration_s - 4.014854796).abs() < 1e-9, "{duration_s}");
+
+    // Percentiles: within the histogram's 3 significant digits of the exact order statistic.
+    let mut durations: Vec<u64> = rec
+        .scans
+        .full_scans
+        .iter()
+        .filter_map(|s| s.start_ns.map(|start| s.stop_ns - start))
+        .collect();
+    durations.sort_unstable();
+    let exact_max = *durations.last().unwrap();
+    let exact_p50 = durations[durations.len().div_ceil(2) - 1];
+    let p50 = json["scans"]["full_scan_ns"]["p50"].as_u64().unwrap();
+    let max = json["scans"]["full_scan_ns"]["max"].as_u64().unwrap();
+    assert!(p50.abs_diff(exact_p50) <= exact_p50 / 1000 + 1, "{p50} vs {exact_p50}");
+    assert!(max.abs_diff(exact_max) <= exact_max / 1000 + 1, "{max} vs {exact_max}");
+    assert_eq!(json["scans"]["full_scan_ns"]["count"], 214);
+
+    let text = report::render(&rec, Format::Text).unwrap();
+    let row = text
+        .lines()
+        .skip_while(|l| !l.starts_with("Per process"))
+        .find(|l| l.contains("ksm-procs-0"))
+        .expect("a row for ksm-procs-0 in the per-process table");
+    let cells: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(&cells[..3], ["27515", "ksm-procs-0", "600"], "{row}");
+    assert!(row.contains("0→300"), "{row}");
+    assert!(text.contains("Full scans: 214 (kernel full_scans +214)"), "{text}");
+    // Each worker timed 300 writes to KSM pages: 600, as the kernel's cow_ksm counted.
+    assert!(
+        text.contains("COW breaks seen by the workload: 600; kernel cow_ksm +600"),
+        "{text}"
+    );
+    assert!(text.contains("|@"), "histogram bars");
 }
 
 #[test]
@@ -200,7 +246,9 @@ fn cow_breaks_are_numbers_only_where_they_were_traced() {
     let processes = json["processes"].as_array().unwrap();
     assert!(processes.iter().all(|p| p["cow_breaks"].is_null()));
 
-    rec.mechanisms.cow = "fentry/fexit on do_wp_page, faults on KSM pages only".into();
+    rec.mechanisms.cow = ksm_trace::recording::schema::CowMechanism::DoWpPage {
+        vmemmap_from_merges: false,
+    };
     rec.processes[0].stats.cow_breaks = 7;
     let pid = rec.processes[0].pid;
     let json: serde_json::Value =

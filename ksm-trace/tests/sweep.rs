@@ -1,5 +1,6 @@
 //! `ksm-trace sweep` on the real kernel: every configuration is recorded and kept, and the
-//! summary's figures are exactly those recomputed from the kept recordings. And `bench
+//! summary's figures are the ones the test computes itself from the kept recordings' raw
+//! counters. And `bench
 //! overhead`, which runs ksmd flat out, must put everything back — also when stopped
 //! half-way — and compare with bpftrace running the same measurements.
 mod common;
@@ -38,11 +39,6 @@ fn two_configuration_sweep_summarizes_its_recordings() {
     let stored: Vec<serde_json::Value> =
         serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
     assert_eq!(stored.len(), 2);
-    let recomputed = ksm_trace::sweep::summaries_from_dir(&dir).unwrap();
-    assert_eq!(
-        serde_json::to_value(&recomputed).unwrap(),
-        serde_json::Value::Array(stored.clone())
-    );
     for (s, pages) in stored.iter().zip([500, 3000]) {
         assert_eq!(s["knobs"]["pages_to_scan"], pages);
         assert!(dir.join(s["recording"].as_str().unwrap()).exists());
@@ -53,6 +49,7 @@ fn two_configuration_sweep_summarizes_its_recordings() {
         // The kept recording agrees with the kernel on what it saw.
         let rec = json(&dir.join(s["recording"].as_str().unwrap()));
         assert_eq!(rec["meta"]["knobs"]["pages_to_scan"], pages.to_string());
+        assert_summary_derives_from(s, &rec);
     }
     assert_eq!(
         std::fs::read_to_string(dir.join("summary.csv"))
@@ -65,6 +62,36 @@ fn two_configuration_sweep_summarizes_its_recordings() {
     assert!(dir.join("settle-vs-pages-to-scan.svg").exists());
     assert!(pids_named("ksm-procs-").is_empty());
     session.assert_knobs_restored();
+}
+
+/// The summary's figures, computed here from the recording's raw fields (not with ksm-trace's
+/// report code).
+fn assert_summary_derives_from(s: &serde_json::Value, rec: &serde_json::Value) {
+    let close = |a: f64, b: f64| (a - b).abs() <= 1e-9 * a.abs().max(1.0);
+    let f = |v: &serde_json::Value| v.as_f64().unwrap();
+    let duration_s = (f(&rec["meta"]["end_ns"]) - f(&rec["meta"]["start_ns"])) / 1e9;
+    assert!(close(f(&s["duration_s"]), duration_s), "{s}");
+    let merges: f64 = rec["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| f(&p["merges"]))
+        .sum();
+    assert!(merges > 0.0);
+    assert!(close(f(&s["merges_per_s"]), merges / duration_s), "{s}");
+    let end = &rec["timeseries"].as_array().unwrap().last().unwrap()["counters"];
+    let page = f(&rec["meta"]["page_size"]);
+    let saved = (f(&end["ksm"]["pages_sharing"]) + f(&end["ksm"]["ksm_zero_pages"])) * page
+        / 1048576.0;
+    assert!(close(f(&s["saved_mib_end"]), saved), "{s}");
+    let cpu_ns = f(&rec["counters_end"]["ksmd_cpu_ns"]) - f(&rec["counters_start"]["ksmd_cpu_ns"]);
+    assert!(
+        close(f(&s["ksmd_cpu_percent"]), cpu_ns * 100.0 / (duration_s * 1e9)),
+        "{s}"
+    );
+    assert!(close(f(&s["cpu_s_per_mib_saved"]), cpu_ns / 1e9 / saved), "{s}");
+    assert_eq!(s["ended_by"], rec["meta"]["ended_by"]);
+    assert_eq!(s["lost_events"], rec["events"]["lost"]);
 }
 
 #[test]

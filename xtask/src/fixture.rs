@@ -1,6 +1,7 @@
-//! The rendering tests' fixture: a small real recording made by ksm-trace itself, plus the
-//! folded stacks it renders to (golden files). Regenerate after changing the recording format
-//! or the folding on purpose, and commit the result.
+//! The rendering tests' fixture: a small real recording made by ksm-trace itself, named for its
+//! format version (`recording-vN.json`), plus the folded stacks it renders to (golden files).
+//! Regenerate after changing the recording format (a new version: the older fixtures stay, so
+//! the schema test keeps reading them) or the folding on purpose, and commit the result.
 use std::{fs, process::Command};
 
 use anyhow::{Context as _, Result, bail};
@@ -24,7 +25,7 @@ pub fn regenerate() -> Result<()> {
     let bin = root.join("target/debug/ksm-trace");
     let dir = root.join("ksm-trace/tests/fixtures");
     fs::create_dir_all(&dir)?;
-    let recording = dir.join("procs-small.json");
+    let recording = dir.join("recording-new.json");
     let run = |args: &[&str]| -> Result<Vec<u8>> {
         let out = Command::new(&bin)
             .args(args)
@@ -42,9 +43,17 @@ pub fn regenerate() -> Result<()> {
     let mut args = vec!["record", "-o", recording.to_str().unwrap_or_default()];
     args.extend(RECORD_ARGS);
     run(&args)?;
+    let text = fs::read_to_string(&recording)?;
+    let version = serde_json::from_str::<serde_json::Value>(&text)?["version"]
+        .as_u64()
+        .context("the recording has no version")?;
+    let name = format!("recording-v{version}");
+    let kept = dir.join(format!("{name}.json"));
+    fs::rename(&recording, &kept)?;
+    let recording = kept;
     for (view, file) in [
-        ("stack", "procs-small.folded"),
-        ("process", "procs-small.by-process.folded"),
+        ("stack", format!("{name}.folded")),
+        ("process", format!("{name}.by-process.folded")),
     ] {
         let folded = run(&[
             "flame",
@@ -53,7 +62,7 @@ pub fn regenerate() -> Result<()> {
             "--by",
             view,
         ])?;
-        fs::write(dir.join(file), folded)?;
+        fs::write(dir.join(&file), folded)?;
     }
     eprintln!("xtask: fixture written to {}", dir.display());
     Ok(())

@@ -8,7 +8,7 @@ use std::{fmt::Write as _, time::Duration};
 use anyhow::{Result, bail};
 
 use super::bpftrace;
-use crate::{knobs::KnobSettings, probes::LatencyMode, record};
+use crate::{collect::Collector, knobs::KnobSettings, probes::LatencyMode};
 
 pub struct OverheadBench {
     pub workload: String,
@@ -62,20 +62,18 @@ pub async fn overhead(b: &OverheadBench) -> Result<String> {
 
 async fn measure_overhead(b: &OverheadBench) -> Result<String> {
     use crate::{
-        kernel::{self, sysfs, tracefs::TracefsMount},
-        probes::{Capabilities, Probes},
-        session,
+        kernel::{sysfs, tracefs::TracefsMount},
+        probes::Probes,
+        session::Preflight,
     };
     let knobs = KnobSettings {
         pages_to_scan: Some(b.pages_to_scan),
         sleep_ms: Some(0),
         ..Default::default()
     };
-    let (spec, _lock) = session::preflight(Some(&b.workload), &knobs)?;
-    let caps = Capabilities::detect();
-    caps.require_tracing()?;
-    let spec = spec.expect("a spec was given");
-    let ksmd = kernel::ksmd_pid()?;
+    let pre = Preflight::run(Some(&b.workload), &knobs)?;
+    pre.caps.require_tracing()?;
+    let ksmd = pre.ksmd;
     let mut tracers: Vec<Tracer> = KSM_TRACE_MODES
         .iter()
         .map(|&(name, mode)| Tracer::KsmTrace(name, mode))
@@ -89,9 +87,9 @@ async fn measure_overhead(b: &OverheadBench) -> Result<String> {
         Some(_) => Some(TracefsMount::ensure()?),
         None => None,
     };
-    let (mut guard, workload) = session::prepare(&knobs, Some(&spec), false)?;
-    let mut workload = workload.expect("a spec was given");
-    guard.run_ksmd()?;
+    let mut session = pre.start(&knobs, false)?;
+    session.run_ksmd()?;
+    let caps = session.caps.clone();
 
     // Let KSM settle first: the benchmark is about steady-state scanning.
     let settle_deadline = std::time::Instant::now() + Duration::from_secs(60);
@@ -136,8 +134,7 @@ async fn measure_overhead(b: &OverheadBench) -> Result<String> {
             untraced.push(scan_rate(None, b.window).await?);
         }
     }
-    workload.stop();
-    drop(guard);
+    drop(session);
 
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
     let min = |v: &[f64]| v.iter().cloned().fold(f64::MAX, f64::min);
@@ -212,7 +209,7 @@ async fn measure_overhead(b: &OverheadBench) -> Result<String> {
 
 /// ksmd's pages scanned per second over `window`, draining the probes' events if tracing.
 async fn scan_rate(probes: Option<&mut crate::probes::Probes>, window: Duration) -> Result<f64> {
-    use crate::{collect::Collector, kernel::sysfs};
+    use crate::kernel::sysfs;
     let mut ring = probes.map(|p| p.take_events()).transpose()?;
     let mut collector = Collector::default();
     let start = sysfs::read_i64("pages_scanned")?;
@@ -220,7 +217,7 @@ async fn scan_rate(probes: Option<&mut crate::probes::Probes>, window: Duration)
     while t0.elapsed() < window {
         tokio::time::sleep(Duration::from_millis(100)).await;
         if let Some(ring) = ring.as_mut() {
-            record::drain(ring, &mut collector);
+            collector.drain(ring);
         }
     }
     Ok((sysfs::read_i64("pages_scanned")? - start) as f64 / t0.elapsed().as_secs_f64())

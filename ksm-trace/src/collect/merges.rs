@@ -13,60 +13,8 @@
 //! from tracepoints (the report shows them as the remainder against ksm_merging_pages).
 use std::collections::{BTreeMap, HashMap};
 
+use crate::recording::schema::MergeStats;
 use ksm_trace_common::{Event, kind};
-use serde::{Deserialize, Serialize};
-
-use crate::histogram::Histogram;
-
-/// What one process's pages went through.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct MergeStats {
-    pub comm: String,
-    /// Pages that entered the stable tree: `new_pages + joins`.
-    pub merges: u64,
-    /// Pages that formed a new KSM page together with another page.
-    pub new_pages: u64,
-    /// Pages merged into an existing KSM page.
-    pub joins: u64,
-    /// Merge attempts the kernel reported as failed (err != 0).
-    pub failed: u64,
-    /// First halves of a new-page pair undone because the second half failed.
-    pub reverted: u64,
-    pub zero_page_merges: u64,
-    pub zero_page_failed: u64,
-    /// Sharers dropped with a stale stable node (ksm_remove_rmap_item).
-    pub removals: u64,
-    /// Pages that left the stable tree, as far as tracepoints show (stale KSM pages dropped).
-    pub unmerges: u64,
-    pub entered: u64,
-    pub exited: u64,
-    /// Latency of successful merges (stable-tree and zero-page) that were timed: fentry/fexit
-    /// where the kernel allows it, else the mmap_lock bracket.
-    pub merge_latency_ns: Histogram,
-    /// The mmap_lock bracket's view of merges that fentry/fexit also timed (for comparing the
-    /// two mechanisms; empty unless both ran).
-    pub merge_latency_bracket_ns: Histogram,
-    /// Successful merges without a latency (mechanism not armed, or no matching bracket).
-    pub untimed_merges: u64,
-    /// Copy-on-write breaks of KSM pages by this process (fentry on do_wp_page) and how long
-    /// each fault took.
-    #[serde(default)]
-    pub cow_breaks: u64,
-    #[serde(default)]
-    pub cow_fault_ns: Histogram,
-    /// Measured merge time per outcome, ns (what the `--by process` flame graph weighs).
-    #[serde(default)]
-    pub time_ns: OutcomeTimes,
-}
-
-/// Sums of measured latency by outcome.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct OutcomeTimes {
-    pub new_page: u64,
-    pub join: u64,
-    pub zero_page: u64,
-    pub failed: u64,
-}
 
 /// The first half of a new-page pair, waiting for its second half.
 #[derive(Clone, Copy, Debug)]

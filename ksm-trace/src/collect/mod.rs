@@ -5,10 +5,11 @@ pub mod scans;
 
 use std::collections::BTreeMap;
 
+use aya::maps::{MapData, RingBuf};
 use ksm_trace_common::{Event, kind};
 
-pub use merges::{MergeStats, MergeTracker, comm_str};
-pub use scans::{FullScan, ScanTracker};
+pub use merges::{MergeTracker, comm_str};
+pub use scans::ScanTracker;
 
 #[derive(Debug, Default)]
 pub struct Collector {
@@ -70,6 +71,15 @@ impl Collector {
     /// Merge tracepoint hits since the last call (drives arming of the latency bracket).
     pub fn take_recent_merges(&mut self) -> u64 {
         std::mem::take(&mut self.recent_merges)
+    }
+
+    /// Takes every event waiting in the ring buffer.
+    pub fn drain(&mut self, ring: &mut RingBuf<MapData>) {
+        while let Some(item) = ring.next() {
+            if let Some(event) = Self::decode(&item) {
+                self.handle(&event);
+            }
+        }
     }
 
     /// Decodes one ring buffer record.

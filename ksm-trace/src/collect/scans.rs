@@ -1,32 +1,16 @@
 //! Full scans (ksm_start_scan → ksm_stop_scan) and ksmd batches (on-CPU stretches).
 use std::collections::BTreeMap;
 
+use crate::{
+    histogram::Histogram,
+    recording::schema::{AdvisorStep, FullScan},
+};
 use ksm_trace_common::{Event, kind};
-use serde::{Deserialize, Serialize};
-
-use crate::histogram::Histogram;
-
-/// One completed full scan. `seq` is the kernel's full_scans value before it completed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FullScan {
-    pub seq: u64,
-    pub start_ns: Option<u64>,
-    pub stop_ns: u64,
-    pub rmap_entries: u64,
-}
 
 impl FullScan {
     pub fn duration_ns(&self) -> Option<u64> {
         self.start_ns.map(|s| self.stop_ns.saturating_sub(s))
     }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-pub struct AdvisorStep {
-    pub ts_ns: u64,
-    pub scan_time_s: i64,
-    pub pages_to_scan: u64,
-    pub cpu_percent: u64,
 }
 
 #[derive(Debug, Default)]

@@ -1,16 +1,8 @@
 //! /proc/<pid>/ksm_stat: the kernel's per-process KSM accounting.
 use std::fs;
 
+use crate::recording::schema::KsmStat;
 use anyhow::{Context as _, Result};
-use serde::{Deserialize, Serialize};
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct KsmStat {
-    pub ksm_rmap_items: u64,
-    pub ksm_zero_pages: u64,
-    pub ksm_merging_pages: u64,
-    pub ksm_process_profit: i64,
-}
 
 impl KsmStat {
     pub fn read(pid: u32) -> Result<Self> {

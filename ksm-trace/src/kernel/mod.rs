@@ -6,22 +6,8 @@ pub mod tracefs;
 
 use std::collections::BTreeMap;
 
+pub use crate::recording::schema::{Counters, KsmStat};
 use anyhow::{Context as _, Result, anyhow};
-use serde::{Deserialize, Serialize};
-
-pub use ksm_stat::KsmStat;
-
-/// One snapshot of the global counters.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct Counters {
-    /// Every readable file in /sys/kernel/mm/ksm (counters and knobs).
-    pub ksm: BTreeMap<String, i64>,
-    /// cow_ksm and ksm_swpin_copy from /proc/vmstat (absent on kernels without them).
-    pub vmstat: BTreeMap<String, i64>,
-    /// ksmd's run time as the scheduler counts it (/proc/<ksmd>/schedstat, ns; excludes
-    /// hypervisor steal time).
-    pub ksmd_cpu_ns: u64,
-}
 
 impl Counters {
     pub fn read(ksmd_pid: u32) -> Result<Self> {

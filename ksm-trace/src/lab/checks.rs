@@ -2,6 +2,7 @@
 //! console at their markers, and the checks on them (the mechanisms the kernel should allow,
 //! record exactness, fexit vs bracket latency, COW breaks vs cow_ksm, and on a kernel without
 //! ksm:* tracepoints, a clean refusal).
+use crate::recording::schema::MergeLatencyMechanism;
 use std::fmt::Write as _;
 
 use anyhow::{Context as _, Result, anyhow, bail};
@@ -58,11 +59,10 @@ impl Expect {
     pub fn from_doctor(doctor: &Value) -> Self {
         let latency = doctor
             .pointer("/mechanisms/merge_latency")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
+            .and_then(|m| serde_json::from_value::<MergeLatencyMechanism>(m.clone()).ok());
         if ksm_tracepoints(doctor, true).is_empty() {
             Self::Refusal
-        } else if latency.contains("fexit") {
+        } else if latency.is_some_and(MergeLatencyMechanism::is_fexit) {
             Self::Fexit
         } else {
             Self::Tracepoints
@@ -109,7 +109,7 @@ pub fn check_record(report: &Report, recording: &Value, expect: Expect) -> Resul
     match expect {
         Expect::Refusal => bail!("ksm-trace record succeeded on a kernel without ksm tracepoints"),
         Expect::Fexit => {
-            if !m.merge_latency.contains("fexit") {
+            if !m.merge_latency.is_fexit() {
                 bail!(
                     "merge latency did not come from fexit: mechanisms.merge_latency = {:?}",
                     m.merge_latency
@@ -120,7 +120,7 @@ pub fn check_record(report: &Report, recording: &Value, expect: Expect) -> Resul
             }
         }
         Expect::Tracepoints => {
-            if !m.merge_latency.starts_with("mmap_lock bracket") {
+            if !matches!(m.merge_latency, MergeLatencyMechanism::Bracket { .. }) {
                 bail!(
                     "merge latency did not come from the mmap_lock bracket: mechanisms.merge_latency = {:?}",
                     m.merge_latency
@@ -187,7 +187,10 @@ pub fn check_record(report: &Report, recording: &Value, expect: Expect) -> Resul
 
     let cow_probe = m.cow_traced();
     if expect == Expect::Fexit && !cow_probe {
-        bail!("the COW probe did not attach: {}", m.cow);
+        bail!(
+            "the COW probe did not attach: {}",
+            crate::report::mechanisms::cow(m.cow)
+        );
     }
     let cow_kernel = report.kernel_deltas.get("cow_ksm").copied().unwrap_or(0);
     if cow_kernel <= 0 {
@@ -241,7 +244,8 @@ pub fn check_record(report: &Report, recording: &Value, expect: Expect) -> Resul
     }
     Ok(RecordChecks {
         expect,
-        merge_latency_mechanism: m.merge_latency.clone(),
+        merge_latency_mechanism: crate::report::mechanisms::merge_latency(m.merge_latency)
+            .to_owned(),
         fallbacks: m.fallbacks.clone(),
         exactness,
         full_scans: report.scans.full_scans,
@@ -418,22 +422,25 @@ mod tests {
 
     #[test]
     fn expectations_follow_what_doctor_found() {
-        let doctor = |tracepoint: bool, latency: &str| {
+        let doctor = |tracepoint: bool, latency: serde_json::Value| {
             serde_json::json!({
                 "capabilities": {"tracepoints": {"ksm_start_scan": tracepoint, "sched_switch": true}},
                 "mechanisms": {"merge_latency": latency},
             })
         };
         assert_eq!(
-            Expect::from_doctor(&doctor(true, "fentry/fexit on try_to_merge_one_page")),
+            Expect::from_doctor(&doctor(true, serde_json::json!({"kind": "fexit"}))),
             Expect::Fexit
         );
         assert_eq!(
-            Expect::from_doctor(&doctor(true, "mmap_lock bracket (…)")),
+            Expect::from_doctor(&doctor(
+                true,
+                serde_json::json!({"kind": "bracket", "on_demand": true})
+            )),
             Expect::Tracepoints
         );
         assert_eq!(
-            Expect::from_doctor(&doctor(false, "fentry/fexit on try_to_merge_one_page")),
+            Expect::from_doctor(&doctor(false, serde_json::json!({"kind": "fexit"}))),
             Expect::Refusal
         );
     }

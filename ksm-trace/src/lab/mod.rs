@@ -160,8 +160,8 @@ fn conclude(name: &str, expect: Expect, t: &Transcript) -> Result<()> {
     };
     let doctor_latency = doctor
         .pointer("/mechanisms/merge_latency")
-        .and_then(|v| v.as_str())
-        .unwrap_or("not probed");
+        .and_then(|m| serde_json::from_value(m.clone()).ok())
+        .map_or("not probed", crate::report::mechanisms::merge_latency);
     println!("  doctor: merge latency would come from: {doctor_latency}");
 
     if expect == Expect::Refusal {
@@ -202,8 +202,14 @@ fn conclude(name: &str, expect: Expect, t: &Transcript) -> Result<()> {
         "  mechanisms: merge latency: {}",
         results.merge_latency_mechanism
     );
-    println!("              COW breaks: {}", report.mechanisms.cow);
-    println!("              batches: {}", report.mechanisms.batches);
+    println!(
+        "              COW breaks: {}",
+        crate::report::mechanisms::cow(report.mechanisms.cow)
+    );
+    println!(
+        "              batches: {}",
+        crate::report::mechanisms::batches(report.mechanisms.batches)
+    );
     for f in &results.fallbacks {
         println!("  fallback: {f}");
     }

@@ -2,6 +2,7 @@
 //! never hard-code a layout.
 use anyhow::{Context as _, Result};
 use btf_rs::{Btf, Type};
+use ksm_trace_common::programs::Arg;
 
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
@@ -65,6 +66,47 @@ impl KernelBtf {
         })
     }
 
+    /// The arguments of raw tracepoint `name` from its `btf_trace_<name>` prototype, without the
+    /// `void *__data` every such prototype starts with; None when the tracepoint is missing or
+    /// a type cannot be resolved.
+    pub fn tracepoint_args(&self, name: &str) -> Option<Vec<Arg>> {
+        let types = self
+            .btf
+            .resolve_types_by_name(&format!("btf_trace_{name}"))
+            .ok()?;
+        let typedef = types.iter().find_map(|t| match t {
+            Type::Typedef(td) => Some(td.clone()),
+            _ => None,
+        })?;
+        let Type::Ptr(ptr) = self.btf.resolve_chained_type(&typedef).ok()? else {
+            return None;
+        };
+        let Type::FuncProto(proto) = self.btf.resolve_chained_type(&ptr).ok()? else {
+            return None;
+        };
+        proto
+            .parameters
+            .iter()
+            .skip(1)
+            .map(|p| self.arg_kind(self.btf.resolve_chained_type(p).ok()?))
+            .collect()
+    }
+
+    /// Pointer or integer of some size, looking through typedefs and qualifiers.
+    fn arg_kind(&self, mut t: Type) -> Option<Arg> {
+        loop {
+            t = match t {
+                Type::Ptr(_) => return Some(Arg::Ptr),
+                Type::Int(i) => return Some(Arg::Int(i.size() as u8)),
+                Type::Enum(e) => return Some(Arg::Int(e.size() as u8)),
+                Type::Enum64(e) => return Some(Arg::Int(e.size() as u8)),
+                Type::Typedef(td) => self.btf.resolve_chained_type(&td).ok()?,
+                Type::Const(c) | Type::Volatile(c) => self.btf.resolve_chained_type(&c).ok()?,
+                _ => return None,
+            }
+        }
+    }
+
     /// True when `name` is a function in BTF (a candidate for fentry/fexit; inlined functions
     /// are absent).
     pub fn has_function(&self, name: &str) -> bool {
@@ -119,6 +161,23 @@ mod tests {
             btf.member_offset("page", "mapping")
                 .is_some_and(|m| m < page)
         );
+    }
+
+    #[test]
+    fn tracepoint_prototypes_match_what_the_programs_read() {
+        let btf = btf();
+        use ksm_trace_common::programs::{BRACKET, KSM, SCHED_SWITCH};
+        for tp in KSM.iter().chain(&BRACKET).chain([&SCHED_SWITCH]) {
+            if btf.has_tracepoint(tp.tracepoint) {
+                assert_eq!(
+                    btf.tracepoint_args(tp.tracepoint).as_deref(),
+                    Some(tp.args),
+                    "{}",
+                    tp.tracepoint
+                );
+            }
+        }
+        assert_eq!(btf.tracepoint_args("no_such_tracepoint"), None);
     }
 
     #[test]

@@ -1,33 +1,29 @@
 //! What the running kernel allows, found without changing anything: the same answers drive the
 //! loader's choice of programs and `ksm-trace doctor`.
-use std::{collections::BTreeMap, fs, path::Path};
+use std::{fs, path::Path};
 
 use anyhow::{Result, bail};
-use ksm_trace_common::{Config, NO_OFFSET};
-use serde::{Deserialize, Serialize};
+use ksm_trace_common::{
+    Config, NO_OFFSET,
+    programs::{self, Arg, RawTracepoint},
+};
 
 use super::btf::{KernelBtf, VMLINUX_BTF};
 use crate::kernel::{self, sysfs};
+pub use crate::recording::schema::Capabilities;
 
-/// The KSM tracepoints every recording needs.
-pub const KSM_TRACEPOINTS: [&str; 9] = [
-    "ksm_start_scan",
-    "ksm_stop_scan",
-    "ksm_merge_with_ksm_page",
-    "ksm_merge_one_page",
-    "ksm_remove_ksm_page",
-    "ksm_remove_rmap_item",
-    "ksm_enter",
-    "ksm_exit",
-    "ksm_advisor",
-];
+/// Every raw tracepoint a program of ours attaches to.
+fn raw_tracepoints() -> impl Iterator<Item = &'static RawTracepoint> {
+    programs::KSM
+        .iter()
+        .chain(&programs::BRACKET)
+        .chain([&programs::SCHED_SWITCH])
+}
 
-/// Tracepoints behind the tracepoint-only measurements.
-pub const HELPER_TRACEPOINTS: [&str; 3] = [
-    "sched_switch",
-    "mmap_lock_acquire_returned",
-    "mmap_lock_released",
-];
+/// Whether `name` is one of the `ksm:*` tracepoints.
+pub fn is_ksm_tracepoint(name: &str) -> bool {
+    programs::KSM.iter().any(|tp| tp.tracepoint == name)
+}
 
 /// Functions fentry/fexit would use where allowed.
 pub const KSM_FUNCTIONS: [&str; 6] = [
@@ -38,27 +34,6 @@ pub const KSM_FUNCTIONS: [&str; 6] = [
     "do_wp_page",
     "wp_page_copy",
 ];
-
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct Capabilities {
-    pub kernel_release: String,
-    pub root: bool,
-    pub ksm: bool,
-    pub btf: bool,
-    pub lockdown: Option<String>,
-    pub tracefs_mounted: bool,
-    pub thp: Option<String>,
-    pub tracepoints: BTreeMap<String, bool>,
-    pub functions: BTreeMap<String, bool>,
-    pub offsets: BTreeMap<String, Option<u32>>,
-    /// `sizeof(struct page)`.
-    #[serde(default)]
-    pub page_struct_size: Option<u32>,
-    /// Address of `vmemmap_base` from /proc/kallsyms (absent without KASLR memory
-    /// randomization or CONFIG_KALLSYMS_ALL).
-    #[serde(default)]
-    pub vmemmap_base: Option<u64>,
-}
 
 impl Capabilities {
     pub fn detect() -> Self {
@@ -77,9 +52,20 @@ impl Capabilities {
             ..Default::default()
         };
         if let Ok(btf) = KernelBtf::load().as_ref().map_err(|_| ()) {
-            for tp in KSM_TRACEPOINTS.iter().chain(&HELPER_TRACEPOINTS) {
-                caps.tracepoints
-                    .insert(tp.to_string(), btf.has_tracepoint(tp));
+            for tp in raw_tracepoints() {
+                let present = btf.has_tracepoint(tp.tracepoint);
+                caps.tracepoints.insert(tp.tracepoint.to_owned(), present);
+                let args = btf.tracepoint_args(tp.tracepoint);
+                if present && args.as_deref() != Some(tp.args) {
+                    caps.prototype_mismatches.insert(
+                        tp.tracepoint.to_owned(),
+                        format!(
+                            "the kernel's prototype is ({}), ksm-trace's program reads ({})",
+                            args.map_or("unreadable".into(), |a| describe_args(&a)),
+                            describe_args(tp.args)
+                        ),
+                    );
+                }
             }
             for f in KSM_FUNCTIONS {
                 caps.functions.insert(f.to_owned(), btf.has_function(f));
@@ -104,6 +90,18 @@ impl Capabilities {
         self.tracepoints.get(name).copied().unwrap_or(false)
     }
 
+    /// Whether `tp`'s program can attach here: the tracepoint exists and its arguments are the
+    /// ones the program reads. Err says why not.
+    pub fn raw_tracepoint(&self, tp: &RawTracepoint) -> Result<(), String> {
+        if !self.has_tracepoint(tp.tracepoint) {
+            return Err("missing on this kernel".into());
+        }
+        match self.prototype_mismatches.get(tp.tracepoint) {
+            Some(why) => Err(format!("argument list changed: {why}")),
+            None => Ok(()),
+        }
+    }
+
     pub fn offset(&self, name: &str) -> u32 {
         self.offsets
             .get(name)
@@ -121,13 +119,23 @@ impl Capabilities {
                 "this kernel has no BTF ({VMLINUX_BTF} is missing): use a kernel built with CONFIG_DEBUG_INFO_BTF=y"
             );
         }
-        let missing: Vec<_> = KSM_TRACEPOINTS
+        let missing = programs::KSM
             .iter()
-            .filter(|tp| !self.has_tracepoint(tp))
-            .collect();
-        if missing.len() == KSM_TRACEPOINTS.len() {
+            .filter(|tp| !self.has_tracepoint(tp.tracepoint))
+            .count();
+        if missing == programs::KSM.len() {
             bail!(
-                "this kernel ({}) has no ksm tracepoints (they arrived in Linux 6.7): run `ksm-trace doctor` to see what it can measure",
+                "this kernel ({}) has no ksm tracepoints (they arrived in Linux 6.4): run `ksm-trace doctor` to see what it can measure",
+                self.kernel_release
+            );
+        }
+        if let Some((tp, why)) = self
+            .prototype_mismatches
+            .iter()
+            .find(|(tp, _)| is_ksm_tracepoint(tp))
+        {
+            bail!(
+                "ksm:{tp} on this kernel ({}) differs from what ksm-trace reads ({why}): this ksm-trace does not know this kernel's ksm tracepoints; run `ksm-trace doctor`",
                 self.kernel_release
             );
         }
@@ -160,3 +168,13 @@ const OFFSETS: [(&str, &str, &str); 7] = [
     ("task_struct.comm", "task_struct", "comm"),
     ("vm_area_struct.vm_mm", "vm_area_struct", "vm_mm"),
 ];
+
+fn describe_args(args: &[Arg]) -> String {
+    args.iter()
+        .map(|a| match a {
+            Arg::Ptr => "pointer".to_owned(),
+            Arg::Int(n) => format!("{n}-byte integer"),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}

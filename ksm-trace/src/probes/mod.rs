@@ -1,6 +1,7 @@
 //! The kernel side as seen from user space: what the kernel allows ([`capabilities`]), BTF
 //! offsets ([`btf`]), and loading and attaching the chosen programs. Dropping [`Probes`] detaches
 //! everything.
+pub mod bracket;
 pub mod btf;
 pub mod capabilities;
 pub mod profile;
@@ -11,67 +12,38 @@ use aya::{
     maps::{MapData, PerCpuArray, RingBuf},
     programs::{FEntry, FExit, RawTracePoint, raw_trace_point::RawTracePointLinkId},
 };
-use ksm_trace_common::{Config, counter, names};
-use serde::{Deserialize, Serialize};
+use ksm_trace_common::{
+    Config, NO_OFFSET, counter, names,
+    programs::{self, RawTracepoint},
+};
 
+pub use crate::recording::schema::LatencyMode;
+use crate::recording::schema::{
+    AttributionMechanism, BatchMechanism, CowMechanism, Mechanisms, MergeLatencyMechanism,
+};
 pub use capabilities::Capabilities;
 
-/// How merge latency is measured.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "kebab-case")]
-pub enum LatencyMode {
-    /// fentry/fexit where allowed; otherwise the mmap_lock bracket, attached from the start and
-    /// detached after 2 s without merges, re-attached when merges resume (while attached it
-    /// costs ksmd a large share of its scan rate).
-    #[default]
-    Auto,
-    /// fentry/fexit where allowed; otherwise the mmap_lock bracket for the whole run.
-    Always,
-    /// Both mechanisms where fentry/fexit is allowed, to compare them.
-    Both,
-    /// No merge latency.
-    Off,
+impl LatencyMode {
+    /// Every mode: its name (as `--merge-latency` takes it) and what it does.
+    pub const ALL: [(LatencyMode, &'static str, &'static str); 4] = [
+        (
+            LatencyMode::Auto,
+            "auto",
+            "fentry/fexit where allowed; else the mmap_lock bracket, attached while merges happen",
+        ),
+        (
+            LatencyMode::Always,
+            "always",
+            "fentry/fexit where allowed; else the mmap_lock bracket for the whole run",
+        ),
+        (
+            LatencyMode::Both,
+            "both",
+            "fentry/fexit and the bracket on the same merges, to compare them",
+        ),
+        (LatencyMode::Off, "off", "no merge latency"),
+    ];
 }
-
-/// Which mechanism produced each figure: stored in the recording and printed in reports.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct Mechanisms {
-    pub events: String,
-    pub merge_latency: String,
-    pub batches: String,
-    pub attribution: String,
-    /// Per-process copy-on-write breaks of KSM pages.
-    #[serde(default)]
-    pub cow: String,
-    /// What the kernel refused and what was used instead.
-    pub fallbacks: Vec<String>,
-}
-
-/// How `Mechanisms::cow` starts when COW breaks are traced per process.
-const COW_PROBE: &str = "fentry/fexit on do_wp_page";
-
-impl Mechanisms {
-    /// Whether per-process COW breaks were traced (else only the global cow_ksm exists).
-    pub fn cow_traced(&self) -> bool {
-        self.cow.starts_with(COW_PROBE)
-    }
-}
-
-const KSM_PROGRAMS: [(&str, &str); 9] = [
-    ("ksm_start_scan", "ksm_start_scan"),
-    ("ksm_stop_scan", "ksm_stop_scan"),
-    ("ksm_merge_with_ksm_page", "ksm_merge_with_ksm_page"),
-    ("ksm_merge_one_page", "ksm_merge_one_page"),
-    ("ksm_remove_ksm_page", "ksm_remove_ksm_page"),
-    ("ksm_remove_rmap_item", "ksm_remove_rmap_item"),
-    ("ksm_enter", "ksm_enter"),
-    ("ksm_exit", "ksm_exit"),
-    ("ksm_advisor", "ksm_advisor"),
-];
-const BRACKET_PROGRAMS: [(&str, &str); 2] = [
-    ("ksmd_mmap_lock_acquired", "mmap_lock_acquire_returned"),
-    ("ksmd_mmap_lock_released", "mmap_lock_released"),
-];
 
 pub struct Probes {
     ebpf: Ebpf,
@@ -86,6 +58,9 @@ pub struct Probes {
 static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ksm-trace"));
 
 impl Probes {
+    /// Loads the programs and attaches those the kernel allows, choosing the best mechanism
+    /// for each measurement and saying in [`Mechanisms`] what it chose and what it fell back
+    /// from. The mmap_lock bracket is loaded but attached only by [`Probes::arm_bracket`].
     pub fn load(caps: &Capabilities, config: Config, latency: LatencyMode) -> Result<Self> {
         if PROGRAMS.is_empty() {
             return Err(anyhow!(
@@ -95,102 +70,118 @@ impl Probes {
         let mut ebpf = EbpfLoader::new()
             .override_global(names::CONFIG, &config, true)
             .load(PROGRAMS)
-            .context("loading the eBPF object")?;
-        let mut mechanisms = Mechanisms {
-            events:
-                "raw tracepoints on ksm:* (no tracefs needed), ring buffer drained every 100 ms"
-                    .into(),
-            ..Default::default()
+            .map_err(|e| anyhow!("loading the eBPF object: {}", one_line(&e.to_string())))?;
+        let mut fallbacks = Vec::new();
+
+        for tp in &programs::KSM {
+            match caps.raw_tracepoint(tp) {
+                Ok(()) => attach_raw(&mut ebpf, tp)?,
+                Err(why) => fallbacks.push(format!("ksm:{}: not traced ({why})", tp.tracepoint)),
+            }
+        }
+
+        let batches = match caps.raw_tracepoint(&programs::SCHED_SWITCH) {
+            Ok(()) if config.task_pid != NO_OFFSET => {
+                attach_raw(&mut ebpf, &programs::SCHED_SWITCH)?;
+                fallbacks.push(if caps.functions.get("ksm_do_scan").copied().unwrap_or(false) {
+                    "ksm_do_scan is a function on this kernel, but batches still come from sched_switch (fentry on it is not implemented)".into()
+                } else {
+                    "ksm_do_scan is inlined on this kernel (not in BTF): batches are ksmd's on-CPU stretches from sched_switch".into()
+                });
+                BatchMechanism::SchedSwitch
+            }
+            Ok(()) => {
+                fallbacks.push("no ksmd batches: task_struct.pid missing from BTF".into());
+                BatchMechanism::Unavailable
+            }
+            Err(why) => {
+                fallbacks.push(format!("no ksmd batches: sched_switch {why}"));
+                BatchMechanism::Unavailable
+            }
         };
 
-        for (prog, tp) in KSM_PROGRAMS {
-            if !caps.has_tracepoint(tp) {
-                mechanisms.fallbacks.push(format!(
-                    "tracepoint ksm:{tp} missing on this kernel: not traced"
-                ));
-                continue;
+        let attribution = if config.mm_owner == NO_OFFSET {
+            fallbacks.push("mm_struct.owner missing from BTF (CONFIG_MEMCG=n): merges are not attributed to processes".into());
+            AttributionMechanism::Unavailable
+        } else {
+            AttributionMechanism::MmOwner {
+                mm_owner: config.mm_owner,
+                task_tgid: config.task_tgid,
+                task_comm: config.task_comm,
             }
-            attach_raw(&mut ebpf, prog, tp)?;
-        }
+        };
 
-        if caps.has_tracepoint("sched_switch") && config.task_pid != ksm_trace_common::NO_OFFSET {
-            attach_raw(&mut ebpf, "ksmd_sched_switch", "sched_switch")?;
-            mechanisms.batches = "sched:sched_switch: ksmd's on-CPU time from wake-up to sleep \
-                                  (one batch of pages_to_scan pages)"
-                .into();
-            mechanisms.fallbacks.push(if caps.functions.get("ksm_do_scan").copied().unwrap_or(false) {
-                "ksm_do_scan is a function on this kernel, but batches still come from sched_switch (fentry on it is not implemented)".into()
-            } else {
-                "ksm_do_scan is inlined on this kernel (not in BTF): batches are ksmd's on-CPU stretches from sched_switch".into()
-            });
-        } else {
-            mechanisms.batches =
-                "unavailable (no sched_switch tracepoint or task_struct.pid offset)".into();
-        }
-
-        mechanisms.attribution = if config.mm_owner == ksm_trace_common::NO_OFFSET {
-            mechanisms.fallbacks.push("mm_struct.owner missing from BTF (CONFIG_MEMCG=n): merges are not attributed to processes".into());
-            "unavailable".into()
-        } else {
-            format!(
-                "mm_struct.owner → task_struct tgid/comm (BTF offsets {}/{}/{})",
-                config.mm_owner, config.task_tgid, config.task_comm
-            )
+        // aya needs its own parse of the kernel's BTF to load fentry/fexit: once, and only if
+        // a function probe is wanted.
+        let btf = std::cell::OnceCell::new();
+        let kernel_btf = || -> Result<&aya::Btf> {
+            if btf.get().is_none() {
+                let parsed = aya::Btf::from_sys_fs().context("reading kernel BTF")?;
+                let _ = btf.set(parsed);
+            }
+            Ok(btf.get().expect("just set"))
         };
 
         let mut fexit_attached = false;
         if latency != LatencyMode::Off {
-            match attach_fexit(&mut ebpf, caps) {
+            match kernel_btf().and_then(|btf| attach_fexit(&mut ebpf, caps, btf)) {
                 Ok(()) => fexit_attached = true,
-                Err(e) => mechanisms.fallbacks.push(format!(
-                    "fentry/fexit on try_to_merge_one_page unavailable ({e}); merge latency from the mmap_lock tracepoint bracket instead"
+                Err(e) => fallbacks.push(format!(
+                    "fentry/fexit on {} unavailable ({e}); merge latency from the mmap_lock tracepoint bracket instead",
+                    programs::MERGE_FUNCTION
                 )),
             }
         }
-        match attach_cow(&mut ebpf, caps) {
-            Ok(()) => {
-                mechanisms.cow = match caps.vmemmap_base {
-                    Some(_) => {
-                        format!("{COW_PROBE}, faults on KSM pages only (the kernel's cow_ksm)")
-                    }
-                    None => format!(
-                        "{COW_PROBE}, faults on KSM pages only (the kernel's cow_ksm); vmemmap's base is learned from the first traced merge, so breaks before it are missed"
-                    ),
-                }
-            }
+        let cow = match kernel_btf().and_then(|btf| attach_cow(&mut ebpf, caps, btf)) {
+            Ok(()) => CowMechanism::DoWpPage {
+                vmemmap_from_merges: caps.vmemmap_base.is_none(),
+            },
             Err(e) => {
-                mechanisms.cow =
-                    "per-process COW breaks unavailable: only the global cow_ksm from /proc/vmstat"
-                        .into();
-                mechanisms
-                    .fallbacks
-                    .push(format!("{COW_PROBE} unavailable ({e})"));
+                fallbacks.push(format!(
+                    "fentry/fexit on {} unavailable ({e}): COW breaks only as the global cow_ksm",
+                    programs::COW_FUNCTION
+                ));
+                CowMechanism::Unavailable
+            }
+        };
+
+        let bracket_present = latency != LatencyMode::Off
+            && programs::BRACKET.iter().all(|tp| {
+                caps.raw_tracepoint(tp)
+                    .map_err(|why| {
+                        fallbacks.push(format!("no mmap_lock bracket: {} {why}", tp.tracepoint))
+                    })
+                    .is_ok()
+            });
+        if bracket_present {
+            for tp in &programs::BRACKET {
+                program::<RawTracePoint>(&mut ebpf, tp.program)?
+                    .load()
+                    .map_err(|e| load_error(tp.program, e))?;
             }
         }
-        let bracket_usable = latency != LatencyMode::Off
-            && BRACKET_PROGRAMS
-                .iter()
-                .all(|(_, tp)| caps.has_tracepoint(tp));
-        for (prog, _) in BRACKET_PROGRAMS {
-            if bracket_usable {
-                program::<RawTracePoint>(&mut ebpf, prog)?.load()?;
-            }
-        }
-        mechanisms.merge_latency = match (latency, fexit_attached, bracket_usable) {
-            (LatencyMode::Off, ..) => "off (--merge-latency off)".into(),
-            (LatencyMode::Both, true, true) => "fexit on try_to_merge_one_page, and the mmap_lock bracket alongside for comparison".into(),
-            (_, true, _) => "fentry/fexit on try_to_merge_one_page".into(),
-            (LatencyMode::Auto, false, true) => "mmap_lock bracket (mmap_lock_acquire_returned → mmap_lock_released in ksmd on the merged mm), attached from the start and while merges are happening, detached after 2 s without".into(),
-            (_, false, true) => "mmap_lock bracket (mmap_lock_acquire_returned → mmap_lock_released in ksmd on the merged mm), attached for the whole run".into(),
-            (_, false, false) => "unavailable (no fentry/fexit and no mmap_lock tracepoints)".into(),
+        let merge_latency = match (latency, fexit_attached, bracket_present) {
+            (LatencyMode::Off, ..) => MergeLatencyMechanism::Off,
+            (LatencyMode::Both, true, true) => MergeLatencyMechanism::FexitAndBracket,
+            (_, true, _) => MergeLatencyMechanism::Fexit,
+            (mode, false, true) => MergeLatencyMechanism::Bracket {
+                on_demand: mode == LatencyMode::Auto,
+            },
+            (_, false, false) => MergeLatencyMechanism::Unavailable,
         };
 
         Ok(Self {
             ebpf,
             bracket_links: Vec::new(),
-            bracket_usable: bracket_usable && !(fexit_attached && latency != LatencyMode::Both),
+            bracket_usable: bracket_present && !(fexit_attached && latency != LatencyMode::Both),
             fexit_attached,
-            mechanisms,
+            mechanisms: Mechanisms {
+                merge_latency,
+                batches,
+                attribution,
+                cow,
+                fallbacks,
+            },
         })
     }
 
@@ -203,11 +194,11 @@ impl Probes {
         if !self.bracket_usable || self.bracket_armed() {
             return Ok(());
         }
-        for (prog, tp) in BRACKET_PROGRAMS {
-            let link = program::<RawTracePoint>(&mut self.ebpf, prog)?
-                .attach(tp)
-                .with_context(|| format!("attaching {prog} to {tp}"))?;
-            self.bracket_links.push((prog, link));
+        for tp in &programs::BRACKET {
+            let link = program::<RawTracePoint>(&mut self.ebpf, tp.program)?
+                .attach(tp.tracepoint)
+                .with_context(|| format!("attaching {} to {}", tp.program, tp.tracepoint))?;
+            self.bracket_links.push((tp.program, link));
         }
         Ok(())
     }
@@ -262,12 +253,36 @@ where
     Ok(prog.try_into()?)
 }
 
-fn attach_raw(ebpf: &mut Ebpf, prog: &str, tp: &str) -> Result<()> {
-    let p = program::<RawTracePoint>(ebpf, prog)?;
-    p.load().with_context(|| format!("loading {prog}"))?;
-    p.attach(tp)
-        .with_context(|| format!("attaching {prog} to raw tracepoint {tp}"))?;
+fn attach_raw(ebpf: &mut Ebpf, tp: &RawTracepoint) -> Result<()> {
+    let p = program::<RawTracePoint>(ebpf, tp.program)?;
+    p.load().map_err(|e| load_error(tp.program, e))?;
+    p.attach(tp.tracepoint).with_context(|| {
+        format!(
+            "attaching {} to raw tracepoint {}",
+            tp.program, tp.tracepoint
+        )
+    })?;
     Ok(())
+}
+
+/// A load failure in one line: aya puts the verifier's whole log into the error, which belongs
+/// in `-v` output, not in a one-line error or a recording's fallbacks.
+fn load_error(prog: &str, e: aya::programs::ProgramError) -> anyhow::Error {
+    if let aya::programs::ProgramError::LoadError { verifier_log, .. } = &e {
+        log::debug!("verifier log for {prog}:\n{verifier_log}");
+    }
+    anyhow!("loading {prog}: {}", one_line(&e.to_string()))
+}
+
+/// The first line of a multi-line message, saying that more is shown with -v.
+fn one_line(text: &str) -> String {
+    let mut lines = text.lines().filter(|l| !l.trim().is_empty());
+    let first = lines.next().unwrap_or_default().trim().to_owned();
+    if lines.next().is_some() {
+        format!("{first} (the verifier's log is shown with -vv)")
+    } else {
+        first
+    }
 }
 
 /// Why a tracing program could not load, in words a user can act on.
@@ -279,13 +294,13 @@ fn refused(caps: &Capabilities, e: aya::programs::ProgramError) -> anyhow::Error
         (None, true) => anyhow!(
             "BPF_PROG_LOAD returned EPERM as root, which is how kernel lockdown refuses tracing programs"
         ),
-        (None, false) => anyhow!("the kernel refused to load it: {e}"),
+        (None, false) => load_error("it", e),
     }
 }
 
 /// fentry/fexit on `do_wp_page`, counting write faults on KSM pages.
-fn attach_cow(ebpf: &mut Ebpf, caps: &Capabilities) -> Result<()> {
-    const FUNCTION: &str = "do_wp_page";
+fn attach_cow(ebpf: &mut Ebpf, caps: &Capabilities, btf: &aya::Btf) -> Result<()> {
+    const FUNCTION: &str = programs::COW_FUNCTION;
     if !caps.functions.get(FUNCTION).copied().unwrap_or(false) {
         return Err(anyhow!("{FUNCTION} is not in BTF (inlined)"));
     }
@@ -295,40 +310,59 @@ fn attach_cow(ebpf: &mut Ebpf, caps: &Capabilities) -> Result<()> {
         ));
     }
     for needed in ["vm_fault.orig_pte", "page.mapping"] {
-        if caps.offset(needed) == ksm_trace_common::NO_OFFSET {
+        if caps.offset(needed) == NO_OFFSET {
             return Err(anyhow!("{needed} missing from BTF"));
         }
     }
     if caps.page_struct_size.is_none() {
         return Err(anyhow!("struct page not in BTF"));
     }
-    let btf = aya::Btf::from_sys_fs().context("reading kernel BTF")?;
-    program::<FEntry>(ebpf, "cow_entry")?
-        .load(FUNCTION, &btf)
-        .map_err(|e| refused(caps, e))?;
-    program::<FExit>(ebpf, "cow_exit")?
-        .load(FUNCTION, &btf)
-        .map_err(|e| refused(caps, e))?;
-    program::<FEntry>(ebpf, "cow_entry")?.attach()?;
-    program::<FExit>(ebpf, "cow_exit")?.attach()?;
-    Ok(())
+    attach_function(
+        ebpf,
+        caps,
+        btf,
+        programs::COW_ENTRY,
+        programs::COW_EXIT,
+        FUNCTION,
+    )
 }
 
-fn attach_fexit(ebpf: &mut Ebpf, caps: &Capabilities) -> Result<()> {
-    const FUNCTION: &str = "try_to_merge_one_page";
+fn attach_fexit(ebpf: &mut Ebpf, caps: &Capabilities, btf: &aya::Btf) -> Result<()> {
+    const FUNCTION: &str = programs::MERGE_FUNCTION;
     if !caps.functions.get(FUNCTION).copied().unwrap_or(false) {
         return Err(anyhow!("{FUNCTION} is not in BTF (inlined)"));
     }
-    if caps.offset("vm_area_struct.vm_mm") == ksm_trace_common::NO_OFFSET {
+    if caps.offset("vm_area_struct.vm_mm") == NO_OFFSET {
         return Err(anyhow!("vm_area_struct.vm_mm missing from BTF"));
     }
-    let btf = aya::Btf::from_sys_fs().context("reading kernel BTF")?;
+    attach_function(
+        ebpf,
+        caps,
+        btf,
+        programs::MERGE_ENTRY,
+        programs::MERGE_EXIT,
+        FUNCTION,
+    )
+}
+
+/// Loads an fentry/fexit pair on `function`, then attaches both (neither is attached when
+/// either is refused).
+fn attach_function(
+    ebpf: &mut Ebpf,
+    caps: &Capabilities,
+    btf: &aya::Btf,
+    entry: &str,
+    exit: &str,
+    function: &str,
+) -> Result<()> {
     let why = |e| refused(caps, e);
-    let entry = program::<FEntry>(ebpf, "merge_one_page_entry")?;
-    entry.load(FUNCTION, &btf).map_err(why)?;
-    let exit = program::<FExit>(ebpf, "merge_one_page_exit")?;
-    exit.load(FUNCTION, &btf).map_err(why)?;
-    program::<FEntry>(ebpf, "merge_one_page_entry")?.attach()?;
-    program::<FExit>(ebpf, "merge_one_page_exit")?.attach()?;
+    program::<FEntry>(ebpf, entry)?
+        .load(function, btf)
+        .map_err(why)?;
+    program::<FExit>(ebpf, exit)?
+        .load(function, btf)
+        .map_err(why)?;
+    program::<FEntry>(ebpf, entry)?.attach()?;
+    program::<FExit>(ebpf, exit)?.attach()?;
     Ok(())
 }

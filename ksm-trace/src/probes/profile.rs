@@ -2,6 +2,7 @@
 //! kernel's stack counts into folded stacks with symbols resolved now (kallsyms can change).
 use std::collections::BTreeMap;
 
+pub use crate::recording::schema::Profile;
 use anyhow::{Context as _, Result, anyhow};
 use aya::{
     Ebpf,
@@ -12,20 +13,10 @@ use aya::{
     },
 };
 use ksm_trace_common::names;
-use serde::{Deserialize, Serialize};
 
 /// Samples per second, off the tick so sampling does not alias with timer-driven work.
 pub const FREQUENCY_HZ: u64 = 999;
 
-/// ksmd's kernel stacks, root first, with sample counts.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct Profile {
-    pub frequency_hz: u64,
-    /// `frame;frame;...` (root first) → samples.
-    pub stacks: BTreeMap<String, u64>,
-    /// Samples whose stack could not be stored.
-    pub lost: u64,
-}
 
 impl Profile {
     pub fn samples(&self) -> u64 {

@@ -1,6 +1,7 @@
 //! Reports read a recording and nothing else: [`model`] computes the figures once, [`text`] and
 //! JSON (serde of the model) present them, [`histogram`] draws every histogram.
 pub mod histogram;
+pub mod mechanisms;
 pub mod model;
 pub mod text;
 

@@ -6,8 +6,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     histogram::{Histogram, Summary},
-    probes::Mechanisms,
-    recording::Recording,
+    recording::{Recording, schema::Mechanisms},
+    sample::SETTLE_THRESHOLD,
 };
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -32,6 +32,8 @@ pub struct Report {
     pub profile_lost: u64,
     pub merge_latency: LatencyReport,
     pub mechanisms: Mechanisms,
+    /// The same, in words: figure → mechanism.
+    pub mechanism_descriptions: BTreeMap<String, String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -96,9 +98,6 @@ pub struct LatencyReport {
     pub bracket_attached_percent: f64,
 }
 
-/// "Settled": pages_sharing changes by less than this fraction per full scan.
-pub const SETTLE_THRESHOLD: f64 = 0.05;
-
 impl Report {
     pub fn from_recording(rec: &Recording) -> Self {
         let duration_ns = rec.meta.duration_ns().max(1);
@@ -155,7 +154,12 @@ impl Report {
         let all = all_latencies(rec);
         let timed = all.count();
         let untimed = rec.processes.iter().map(|p| p.stats.untimed_merges).sum();
-        let attached: u64 = rec.latency.bracket_windows.iter().map(|(a, b)| b - a).sum();
+        let attached: u64 = rec
+            .latency
+            .bracket_windows
+            .iter()
+            .map(|(a, b)| b.saturating_sub(*a))
+            .sum();
 
         Report {
             duration_s,
@@ -205,6 +209,7 @@ impl Report {
                 bracket_attached_percent: attached as f64 * 100.0 / duration_ns as f64,
             },
             mechanisms: rec.mechanisms.clone(),
+            mechanism_descriptions: descriptions(&rec.mechanisms),
         }
     }
 }
@@ -223,4 +228,21 @@ pub fn full_scan_histogram(rec: &Recording) -> Histogram {
         h.record(d);
     }
     h
+}
+
+fn descriptions(m: &Mechanisms) -> BTreeMap<String, String> {
+    use super::mechanisms as text;
+    [
+        ("events", text::EVENTS.to_owned()),
+        (
+            "merge_latency",
+            text::merge_latency(m.merge_latency).to_owned(),
+        ),
+        ("batches", text::batches(m.batches).to_owned()),
+        ("attribution", text::attribution(m.attribution)),
+        ("cow", text::cow(m.cow).to_owned()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect()
 }

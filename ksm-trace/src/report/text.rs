@@ -5,7 +5,7 @@ use super::{
     histogram::{Unit, fmt_ns, render_log2},
     model::{Report, all_latencies, full_scan_histogram},
 };
-use crate::{recording::Recording, workload::WorkloadSpec};
+use crate::recording::{Recording, WorkloadKind};
 
 pub fn render(rec: &Recording, r: &Report) -> String {
     let mut o = String::new();
@@ -17,13 +17,13 @@ pub fn render(rec: &Recording, r: &Report) -> String {
     if let Some(w) = &rec.meta.workload {
         let _ = writeln!(o, "workload: {} ({} workers)", w.spec_text, w.workers.len());
         for wk in &w.workers {
-            let ready = match w.spec {
-                WorkloadSpec::Procs(_) => format!(
+            let ready = match w.kind {
+                WorkloadKind::Procs => format!(
                     "filled {} MiB at {:.2} GiB/s",
                     wk.bytes >> 20,
                     wk.bytes as f64 / (1u64 << 30) as f64 / (wk.ready_ns.max(1) as f64 / 1e9)
                 ),
-                WorkloadSpec::Vms(_) => format!("booted to ready in {}", fmt_ns(wk.ready_ns)),
+                WorkloadKind::Vms => format!("booted to ready in {}", fmt_ns(wk.ready_ns)),
             };
             let writes = wk.write_fault_ns.summary();
             let faults = if writes.count > 0 {
@@ -210,15 +210,11 @@ pub fn render(rec: &Recording, r: &Report) -> String {
             String::new()
         }
     );
-    let m = &r.mechanisms;
-    let _ = writeln!(
+    let _ = write!(
         o,
-        "Mechanisms:\n  events: {}\n  merge latency: {}\n  batches: {}\n  attribution: {}",
-        m.events, m.merge_latency, m.batches, m.attribution
+        "Mechanisms:\n{}",
+        super::mechanisms::lines(&r.mechanisms)
     );
-    for f in &m.fallbacks {
-        let _ = writeln!(o, "  fallback: {f}");
-    }
     o
 }
 

@@ -17,7 +17,6 @@ use crate::{
     plot::{self, Series},
     probes::LatencyMode,
     record::{self, RecordOptions},
-    recording::Recording,
     report::histogram::fmt_ns,
 };
 pub use summary::ConfigSummary;
@@ -137,24 +136,6 @@ pub async fn run(o: &SweepOptions, command_line: Vec<String>) -> Result<Vec<Conf
     }
     write_outputs(&summaries, &o.out_dir)?;
     Ok(summaries)
-}
-
-/// Summaries recomputed from the recordings kept in `dir` (what the sweep itself printed).
-pub fn summaries_from_dir(dir: &Path) -> Result<Vec<ConfigSummary>> {
-    let text = std::fs::read_to_string(dir.join("summary.json"))
-        .with_context(|| format!("no sweep summary in {}", dir.display()))?;
-    let stored: Vec<ConfigSummary> = serde_json::from_str(&text)?;
-    stored
-        .iter()
-        .map(|s| {
-            Ok(summary::summarize(
-                s.index,
-                &s.knobs,
-                &s.recording,
-                &Recording::read(&dir.join(&s.recording))?,
-            ))
-        })
-        .collect()
 }
 
 fn write_outputs(summaries: &[ConfigSummary], dir: &Path) -> Result<()> {

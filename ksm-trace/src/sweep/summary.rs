@@ -6,7 +6,8 @@ use serde::{Deserialize, Serialize};
 use crate::{
     knobs::KnobSettings,
     recording::Recording,
-    report::{Report, model::SETTLE_THRESHOLD},
+    report::Report,
+    sample::SETTLE_THRESHOLD,
     sample::settle_time_s,
 };
 
@@ -75,7 +76,7 @@ pub fn summarize(
 ) -> ConfigSummary {
     let report = Report::from_recording(rec);
     let page = rec.meta.page_size as f64;
-    let saved = |s: &crate::sample::Sample| {
+    let saved = |s: &crate::recording::schema::Sample| {
         (s.counters.ksm("pages_sharing") + s.counters.ksm("ksm_zero_pages")) as f64 * page / MIB
     };
     let settle_s = settle_time_s(&rec.timeseries, SETTLE_THRESHOLD);

@@ -2,32 +2,14 @@
 //! which kind runs.
 pub mod procs;
 pub mod spec;
-pub mod standalone;
 pub mod vms;
 
 use anyhow::{Result, bail};
 use procfs::Current as _;
-use serde::{Deserialize, Serialize};
-
 pub use spec::WorkloadSpec;
 
-use crate::histogram::Histogram;
+pub use crate::recording::schema::Worker;
 
-/// One process of a workload, as reports attribute merges to it.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct Worker {
-    pub pid: u32,
-    /// The process's comm: `ksm-procs-N` or `ksm-vmN`.
-    pub comm: String,
-    /// procs: time to fill its memory; vms: time from QEMU start to the guest's ready marker.
-    pub ready_ns: u64,
-    /// Bytes the worker made resident (procs: its pages; vms: guest RAM size).
-    pub bytes: u64,
-    /// procs: latency of the worker's own writes to the pages it made identical, each a
-    /// copy-on-write fault when KSM had merged the page (the user-side view of a COW break).
-    #[serde(default)]
-    pub write_fault_ns: Histogram,
-}
 
 pub enum Workload {
     Procs(procs::ProcsWorkload),

@@ -1,15 +1,15 @@
 //! `ksm-trace workload SPEC`: runs a workload without tracing, for use with other tools,
-//! printing KSM's counters as it goes. Knobs and ksmd are handled as `record` handles them.
+//! printing KSM's counters as it goes, in the same [`Session`](crate::session::Session) as
+//! `record`: knobs and ksmd are handled as `record` handles them.
 use std::time::Duration;
 
 use anyhow::Result;
 
 use crate::{
     interrupts::Interrupts,
-    kernel,
     knobs::KnobSettings,
     report::histogram::fmt_ns,
-    session::{self, Progress},
+    session::{Preflight, Progress},
 };
 
 pub async fn run(
@@ -19,13 +19,10 @@ pub async fn run(
     refresh: bool,
 ) -> Result<()> {
     let mut interrupts = Interrupts::install()?;
-    let (spec, _lock) = session::preflight(Some(spec_text), knobs)?;
-    let spec = spec.expect("a spec was given");
-    let ksmd = kernel::ksmd_pid()?;
-
-    let (mut guard, workload) = session::prepare(knobs, Some(&spec), refresh)?;
-    let mut workload = workload.expect("a spec was given");
-    for w in workload.workers() {
+    let pre = Preflight::run(Some(spec_text), knobs)?;
+    let ksmd = pre.ksmd;
+    let mut session = pre.start(knobs, refresh)?;
+    for w in session.workload.iter().flat_map(|w| w.workers()) {
         println!(
             "started {} (pid {}), ready in {}",
             w.comm,
@@ -33,10 +30,10 @@ pub async fn run(
             fmt_ns(w.ready_ns)
         );
     }
-    if guard.original_run == 0 {
+    if session.ksmd_started_for_run() {
         println!("ksmd was off (run=0): started it for this run; it is stopped again afterwards");
     }
-    guard.run_ksmd()?;
+    session.run_ksmd()?;
 
     let mut progress = Progress::new(ksmd);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -48,15 +45,14 @@ pub async fn run(
                 if duration.is_some_and(|d| progress.elapsed() >= d) {
                     break "duration";
                 }
-                if workload.finished() {
+                if session.workload.as_mut().is_some_and(|w| w.finished()) {
                     break "workload-finished";
                 }
             }
             why = interrupts.recv() => break why,
         }
     };
-    workload.stop();
-    for w in workload.workers() {
+    for w in session.stop_workload() {
         let f = w.write_fault_ns.summary();
         if f.count > 0 {
             println!(
@@ -68,7 +64,7 @@ pub async fn run(
             );
         }
     }
-    drop(guard);
+    drop(session);
     println!("stopped ({ended_by}); KSM knobs restored");
     Ok(())
 }

@@ -1,0 +1,364 @@
+//! The recording's schema: every type that `record` writes into the file and `report`, `flame`,
+//! `plot` and `sweep` read back. Nothing else in ksm-trace derives serde for the file, so the
+//! file's shape changes only here.
+//!
+//! ## Version rule
+//!
+//! [`VERSION`] counts the shapes this file has had. **Any** change to a type below — a field
+//! added, removed or renamed, a unit or meaning changed, an enum variant added — bumps
+//! `VERSION` and adds one step to `migrate.rs` that turns a file of the previous version into
+//! the current shape. A field an older version did not have reads as "not recorded" (`None`,
+//! an `Unavailable` mechanism), never as a measured 0. A reader reads every version from 1 to
+//! `VERSION` and refuses a newer one with one line. `tests/fixtures/` keeps one real recording
+//! per version; `tests/schema.rs` reads each of them, and checks that the current version's
+//! fixture survives a read/write round trip unchanged, so a change here without a version bump
+//! fails the tests.
+//!
+//! The runtime modules fill these types directly (the collector aggregates into
+//! [`MergeStats`], the sampler takes [`Sample`]s, the probes describe their [`Mechanisms`]);
+//! their behaviour (`impl` blocks) stays with them.
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::histogram::Histogram;
+
+pub const FORMAT: &str = "ksm-trace-recording";
+/// 1: first format. 2: typed mechanisms, workload kind instead of the parsed spec, COW fields
+/// and the kernel's page/vmemmap facts always present.
+pub const VERSION: u32 = 2;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Recording {
+    pub format: String,
+    pub version: u32,
+    pub meta: Meta,
+    pub mechanisms: Mechanisms,
+    pub processes: Vec<ProcessRecord>,
+    pub scans: ScanRecord,
+    pub counters_start: Counters,
+    pub counters_end: Counters,
+    pub events: EventCounts,
+    pub latency: LatencyCoverage,
+    /// ksmd's kernel stacks sampled on-CPU.
+    pub profile: Profile,
+    /// The kernel's counters at a fixed interval.
+    pub timeseries: Vec<Sample>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Meta {
+    pub tool_version: String,
+    pub command_line: Vec<String>,
+    pub kernel_release: String,
+    pub hostname: String,
+    /// Wall-clock start, seconds since the Unix epoch.
+    pub started_unix_s: u64,
+    /// CLOCK_MONOTONIC at start and end of the traced window (event timestamps use it too).
+    pub start_ns: u64,
+    pub end_ns: u64,
+    pub page_size: u64,
+    pub ksmd_pid: u32,
+    /// Why the recording stopped: duration, interrupt, terminate, workload-finished, settled,
+    /// full-scans.
+    pub ended_by: String,
+    /// ksmd was off and ksm-trace started it for the run.
+    pub ksmd_started_for_run: bool,
+    /// KSM knobs during the run.
+    pub knobs: BTreeMap<String, String>,
+    pub workload: Option<WorkloadRecord>,
+    /// Only these pids were asked for (`--pid`); empty means all.
+    pub pid_filter: Vec<u32>,
+    pub capabilities: Capabilities,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WorkloadKind {
+    Procs,
+    Vms,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WorkloadRecord {
+    /// The spec as given (`procs:4,pages=…`): parse it again for its parameters.
+    pub spec_text: String,
+    pub kind: WorkloadKind,
+    pub workers: Vec<Worker>,
+}
+
+/// One process of a workload, as reports attribute merges to it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Worker {
+    pub pid: u32,
+    /// The process's comm: `ksm-procs-N` or `ksm-vmN`.
+    pub comm: String,
+    /// procs: time to fill its memory; vms: time from QEMU start to the guest's ready marker.
+    pub ready_ns: u64,
+    /// Bytes the worker made resident (procs: its pages; vms: guest RAM size).
+    pub bytes: u64,
+    /// procs: latency of the worker's own writes to the pages it made identical, each a
+    /// copy-on-write fault when KSM had merged the page (the user-side view of a COW break).
+    pub write_fault_ns: Histogram,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ProcessRecord {
+    pub pid: u32,
+    #[serde(flatten)]
+    pub stats: MergeStats,
+    /// /proc/<pid>/ksm_stat when the window opened (None: process not known then or gone).
+    pub ksm_stat_start: Option<KsmStat>,
+    pub ksm_stat_end: Option<KsmStat>,
+}
+
+/// What one process's pages went through.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct MergeStats {
+    pub comm: String,
+    /// Pages that entered the stable tree: `new_pages + joins`.
+    pub merges: u64,
+    /// Pages that formed a new KSM page together with another page.
+    pub new_pages: u64,
+    /// Pages merged into an existing KSM page.
+    pub joins: u64,
+    /// Merge attempts the kernel reported as failed (err != 0).
+    pub failed: u64,
+    /// First halves of a new-page pair undone because the second half failed.
+    pub reverted: u64,
+    pub zero_page_merges: u64,
+    pub zero_page_failed: u64,
+    /// Sharers dropped with a stale stable node (ksm_remove_rmap_item).
+    pub removals: u64,
+    /// Pages that left the stable tree, as far as tracepoints show (stale KSM pages dropped).
+    pub unmerges: u64,
+    pub entered: u64,
+    pub exited: u64,
+    /// Latency of successful merges (stable-tree and zero-page) that were timed: fentry/fexit
+    /// where the kernel allows it, else the mmap_lock bracket.
+    pub merge_latency_ns: Histogram,
+    /// The mmap_lock bracket's view of merges that fentry/fexit also timed (for comparing the
+    /// two mechanisms; empty unless both ran).
+    pub merge_latency_bracket_ns: Histogram,
+    /// Successful merges without a latency (mechanism not armed, or no matching bracket).
+    pub untimed_merges: u64,
+    /// Copy-on-write breaks of KSM pages by this process (fentry on do_wp_page; meaningful only
+    /// where [`Mechanisms::cow`] traced them) and how long each fault took.
+    pub cow_breaks: u64,
+    pub cow_fault_ns: Histogram,
+    /// Measured merge time per outcome, ns (what the `--by process` flame graph weighs).
+    pub time_ns: OutcomeTimes,
+}
+
+/// Sums of measured latency by outcome.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct OutcomeTimes {
+    pub new_page: u64,
+    pub join: u64,
+    pub zero_page: u64,
+    pub failed: u64,
+}
+
+/// /proc/<pid>/ksm_stat: the kernel's per-process KSM accounting.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KsmStat {
+    pub ksm_rmap_items: u64,
+    pub ksm_zero_pages: u64,
+    pub ksm_merging_pages: u64,
+    pub ksm_process_profit: i64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ScanRecord {
+    /// Full scans completed inside the window.
+    pub full_scans: Vec<FullScan>,
+    pub batch_on_cpu_ns: Histogram,
+    pub batch_wall_ns: Histogram,
+    pub ksmd_on_cpu_ns: u64,
+    pub advisor: Vec<AdvisorStep>,
+}
+
+/// One completed full scan. `seq` is the kernel's full_scans value before it completed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FullScan {
+    pub seq: u64,
+    pub start_ns: Option<u64>,
+    pub stop_ns: u64,
+    pub rmap_entries: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AdvisorStep {
+    pub ts_ns: u64,
+    pub scan_time_s: i64,
+    pub pages_to_scan: u64,
+    pub cpu_percent: u64,
+}
+
+/// One snapshot of the global counters.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Counters {
+    /// Every readable file in /sys/kernel/mm/ksm (counters and knobs).
+    pub ksm: BTreeMap<String, i64>,
+    /// cow_ksm and ksm_swpin_copy from /proc/vmstat (absent on kernels without them).
+    pub vmstat: BTreeMap<String, i64>,
+    /// ksmd's run time as the scheduler counts it (/proc/<ksmd>/schedstat, ns; excludes
+    /// hypervisor steal time).
+    pub ksmd_cpu_ns: u64,
+}
+
+/// One periodic snapshot of the kernel's counters.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Sample {
+    /// ns since the recording window opened.
+    pub t_ns: u64,
+    pub counters: Counters,
+    /// Merges traced since the window opened.
+    pub merges: u64,
+    /// /proc/<pid>/ksm_stat of the traced processes still alive.
+    pub processes: BTreeMap<u32, KsmStat>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct EventCounts {
+    pub received: BTreeMap<String, u64>,
+    /// Dropped by the kernel side because the ring buffer was full.
+    pub lost: u64,
+    /// New-page first halves whose second half never arrived (only with lost events).
+    pub unpaired: u64,
+    /// Stale KSM pages dropped whose last sharer merged before tracing began.
+    pub unattributed_unmerges: u64,
+}
+
+/// How merge latency was asked to be measured (`--merge-latency`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LatencyMode {
+    /// fentry/fexit where allowed; otherwise the mmap_lock bracket, attached from the start and
+    /// detached after 2 s without merges, re-attached when merges resume (while attached it
+    /// costs ksmd a large share of its scan rate).
+    #[default]
+    Auto,
+    /// fentry/fexit where allowed; otherwise the mmap_lock bracket for the whole run.
+    Always,
+    /// Both mechanisms where fentry/fexit is allowed, to compare them.
+    Both,
+    /// No merge latency.
+    Off,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LatencyCoverage {
+    pub mode: LatencyMode,
+    /// Windows (CLOCK_MONOTONIC ns) during which the mmap_lock bracket was attached.
+    pub bracket_windows: Vec<(u64, u64)>,
+}
+
+/// ksmd's kernel stacks, root first, with sample counts.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Profile {
+    pub frequency_hz: u64,
+    /// `frame;frame;...` (root first) → samples.
+    pub stacks: BTreeMap<String, u64>,
+    /// Samples whose stack could not be stored.
+    pub lost: u64,
+}
+
+/// What the running kernel allowed, found without changing anything.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Capabilities {
+    pub kernel_release: String,
+    pub root: bool,
+    pub ksm: bool,
+    pub btf: bool,
+    pub lockdown: Option<String>,
+    pub tracefs_mounted: bool,
+    pub thp: Option<String>,
+    /// Raw tracepoints ksm-trace attaches to, and whether this kernel has each.
+    pub tracepoints: BTreeMap<String, bool>,
+    /// Tracepoints present whose argument list differs from what our programs read (they are
+    /// not attached): tracepoint → both argument lists.
+    pub prototype_mismatches: BTreeMap<String, String>,
+    pub functions: BTreeMap<String, bool>,
+    pub offsets: BTreeMap<String, Option<u32>>,
+    /// `sizeof(struct page)`.
+    pub page_struct_size: Option<u32>,
+    /// Address of `vmemmap_base` from /proc/kallsyms (absent without KASLR memory
+    /// randomization or CONFIG_KALLSYMS_ALL).
+    pub vmemmap_base: Option<u64>,
+}
+
+/// Which mechanism produced each figure; the prose a report prints is derived from these
+/// (`report::mechanisms`), never stored.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Mechanisms {
+    pub merge_latency: MergeLatencyMechanism,
+    pub batches: BatchMechanism,
+    pub attribution: AttributionMechanism,
+    /// Per-process copy-on-write breaks of KSM pages.
+    pub cow: CowMechanism,
+    /// What the kernel refused and what was used instead, with the kernel's reason.
+    pub fallbacks: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum MergeLatencyMechanism {
+    /// `--merge-latency off`.
+    Off,
+    /// fentry/fexit on try_to_merge_one_page.
+    Fexit,
+    /// fexit, with the mmap_lock bracket alongside on the same merges (`both`).
+    FexitAndBracket,
+    /// ksmd's mmap_lock acquire→release on the merged mm; `on_demand`: attached only while
+    /// merges happen (`auto`), else for the whole run.
+    Bracket { on_demand: bool },
+    /// Neither fentry/fexit nor the mmap_lock tracepoints.
+    Unavailable,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum BatchMechanism {
+    /// ksmd's on-CPU stretches from sched:sched_switch.
+    SchedSwitch,
+    Unavailable,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum AttributionMechanism {
+    /// mm_struct.owner → task_struct tgid/comm at these BTF offsets.
+    MmOwner {
+        mm_owner: u32,
+        task_tgid: u32,
+        task_comm: u32,
+    },
+    /// No mm_struct.owner (CONFIG_MEMCG=n): merges are not attributed.
+    Unavailable,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum CowMechanism {
+    /// fentry/fexit on do_wp_page, counting faults on KSM pages only (the kernel's cow_ksm);
+    /// `vmemmap_from_merges`: vmemmap's base was learned from the first traced merge, so breaks
+    /// before it are missed.
+    DoWpPage { vmemmap_from_merges: bool },
+    /// Only the global cow_ksm from /proc/vmstat.
+    Unavailable,
+}
+
+impl MergeLatencyMechanism {
+    /// Merge latency came from fentry/fexit on try_to_merge_one_page.
+    pub fn is_fexit(self) -> bool {
+        matches!(self, Self::Fexit | Self::FexitAndBracket)
+    }
+}
+
+impl Mechanisms {
+    /// Whether per-process COW breaks were traced (else only the global cow_ksm exists).
+    pub fn cow_traced(&self) -> bool {
+        matches!(self.cow, CowMechanism::DoWpPage { .. })
+    }
+}

@@ -1,0 +1,85 @@
+//! The prose for each mechanism, derived from the typed [`Mechanisms`] a recording stores: what
+//! reports, `doctor` and the lab print.
+use crate::recording::schema::{
+    AttributionMechanism, BatchMechanism, CowMechanism, Mechanisms, MergeLatencyMechanism,
+};
+
+/// How events reach user space; the same for every recording this version writes.
+pub const EVENTS: &str =
+    "raw tracepoints on ksm:* (no tracefs needed), ring buffer drained every 100 ms";
+
+pub fn merge_latency(m: MergeLatencyMechanism) -> &'static str {
+    match m {
+        MergeLatencyMechanism::Off => "off (--merge-latency off)",
+        MergeLatencyMechanism::Fexit => "fentry/fexit on try_to_merge_one_page",
+        MergeLatencyMechanism::FexitAndBracket => {
+            "fexit on try_to_merge_one_page, and the mmap_lock bracket alongside for comparison"
+        }
+        MergeLatencyMechanism::Bracket { on_demand: true } => {
+            "mmap_lock bracket (mmap_lock_acquire_returned → mmap_lock_released in ksmd on the merged mm), attached from the start and while merges are happening, detached after 2 s without"
+        }
+        MergeLatencyMechanism::Bracket { on_demand: false } => {
+            "mmap_lock bracket (mmap_lock_acquire_returned → mmap_lock_released in ksmd on the merged mm), attached for the whole run"
+        }
+        MergeLatencyMechanism::Unavailable => {
+            "unavailable (no fentry/fexit and no mmap_lock tracepoints)"
+        }
+    }
+}
+
+pub fn batches(m: BatchMechanism) -> &'static str {
+    match m {
+        BatchMechanism::SchedSwitch => {
+            "sched:sched_switch: ksmd's on-CPU time from wake-up to sleep (one batch of pages_to_scan pages)"
+        }
+        BatchMechanism::Unavailable => {
+            "unavailable (no usable sched_switch tracepoint or task_struct.pid offset)"
+        }
+    }
+}
+
+pub fn attribution(m: AttributionMechanism) -> String {
+    match m {
+        AttributionMechanism::MmOwner {
+            mm_owner,
+            task_tgid,
+            task_comm,
+        } => format!(
+            "mm_struct.owner → task_struct tgid/comm (BTF offsets {mm_owner}/{task_tgid}/{task_comm})"
+        ),
+        AttributionMechanism::Unavailable => {
+            "unavailable (no mm_struct.owner: CONFIG_MEMCG=n)".into()
+        }
+    }
+}
+
+pub fn cow(m: CowMechanism) -> &'static str {
+    match m {
+        CowMechanism::DoWpPage {
+            vmemmap_from_merges: false,
+        } => "fentry/fexit on do_wp_page, faults on KSM pages only (the kernel's cow_ksm)",
+        CowMechanism::DoWpPage {
+            vmemmap_from_merges: true,
+        } => {
+            "fentry/fexit on do_wp_page, faults on KSM pages only (the kernel's cow_ksm); vmemmap's base is learned from the first traced merge, so breaks before it are missed"
+        }
+        CowMechanism::Unavailable => {
+            "per-process COW breaks unavailable: only the global cow_ksm from /proc/vmstat"
+        }
+    }
+}
+
+/// `  name: prose` lines for every mechanism, then the fallbacks.
+pub fn lines(m: &Mechanisms) -> String {
+    let mut o = format!(
+        "  events: {EVENTS}\n  merge latency: {}\n  batches: {}\n  attribution: {}\n  COW breaks: {}\n",
+        merge_latency(m.merge_latency),
+        batches(m.batches),
+        attribution(m.attribution),
+        cow(m.cow)
+    );
+    for f in &m.fallbacks {
+        o.push_str(&format!("  fallback: {f}\n"));
+    }
+    o
+}
