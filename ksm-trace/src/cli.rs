@@ -6,7 +6,7 @@ use clap::{
     builder::{PossibleValue, PossibleValuesParser, TypedValueParser},
 };
 
-use crate::probes::LatencyMode;
+use crate::{parse, probes::LatencyMode};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -48,7 +48,7 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct RecordArgs {
     /// Stop after this long (e.g. 30s, 2m); default: until the workload ends or Ctrl-C.
-    #[arg(short, long, value_parser = parse_duration)]
+    #[arg(short, long, value_parser = parse::duration)]
     pub duration: Option<Duration>,
     /// Start a workload for the run: procs:N[,pages=P,dup=F,zero=F,rounds=R,wait=D,write=F,
     /// mode=madvise|prctl,thp=on|off] or vms:N[,mem=256M,shared=32M,private=16M,churn=1M/2s].
@@ -73,7 +73,7 @@ pub struct RecordArgs {
     #[arg(long)]
     pub until_settled: bool,
     /// Interval of the kernel-counter time series (e.g. 1s, 500ms).
-    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    #[arg(long, default_value = "1s", value_parser = parse::duration)]
     pub interval: Duration,
     /// Print the report as JSON.
     #[arg(long)]
@@ -101,7 +101,7 @@ pub struct WorkloadArgs {
     /// procs:N[,...] or vms:N[,...] (see `record --help`).
     pub spec: String,
     /// Stop after this long; default: until the workload ends or Ctrl-C.
-    #[arg(short, long, value_parser = parse_duration)]
+    #[arg(short, long, value_parser = parse::duration)]
     pub duration: Option<Duration>,
     #[command(flatten)]
     pub knobs: KnobArgs,
@@ -195,7 +195,7 @@ pub struct OverheadBenchArgs {
     #[arg(long, default_value_t = 5000)]
     pub pages_to_scan: u32,
     /// Length of each measured window.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = parse::duration)]
     pub window: Duration,
     /// Rounds of (traced window per mode, untraced window).
     #[arg(long, default_value_t = 3)]
@@ -205,8 +205,8 @@ pub struct OverheadBenchArgs {
 #[derive(Debug, Args)]
 pub struct MergeBenchArgs {
     /// Size of the region of identical pages (e.g. 100M).
-    #[arg(long, default_value = "100M")]
-    pub size: String,
+    #[arg(long, default_value = "100M", value_parser = parse::size)]
+    pub size: u64,
     /// Back the region with transparent huge pages (ksm_tests -H).
     #[arg(long)]
     pub thp: bool,
@@ -217,7 +217,7 @@ pub struct MergeBenchArgs {
     #[arg(long, default_value = "off", value_parser = named(&LatencyMode::ALL))]
     pub merge_latency: LatencyMode,
     /// Give up after this long.
-    #[arg(long, default_value = "120s", value_parser = parse_duration)]
+    #[arg(long, default_value = "120s", value_parser = parse::duration)]
     pub timeout: Duration,
     #[arg(short, long, default_value = "ksm-trace-bench.json")]
     pub output: PathBuf,
@@ -235,10 +235,10 @@ pub struct SweepArgs {
     #[arg(long, value_delimiter = ',')]
     pub sleep_ms: Vec<u32>,
     /// smart_scan values: on,off.
-    #[arg(long, value_delimiter = ',', value_parser = parse_on_off)]
+    #[arg(long, value_delimiter = ',', value_parser = parse::on_off)]
     pub smart_scan: Vec<bool>,
     /// use_zero_pages values: on,off.
-    #[arg(long, value_delimiter = ',', value_parser = parse_on_off)]
+    #[arg(long, value_delimiter = ',', value_parser = parse::on_off)]
     pub use_zero_pages: Vec<bool>,
     /// max_page_sharing values.
     #[arg(long, value_delimiter = ',')]
@@ -247,30 +247,22 @@ pub struct SweepArgs {
     #[arg(long, value_delimiter = ',', value_parser = ["none", "scan-time"])]
     pub advisor: Vec<String>,
     /// Length of each configuration's recording (the timeout with --until-settled).
-    #[arg(short, long, value_parser = parse_duration, default_value = "30s")]
+    #[arg(short, long, value_parser = parse::duration, default_value = "30s")]
     pub duration: Duration,
     /// End each configuration once KSM has settled.
     #[arg(long)]
     pub until_settled: bool,
     /// Same as --duration, for use with --until-settled.
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, value_parser = parse::duration)]
     pub timeout: Option<Duration>,
     /// Interval of each recording's time series.
-    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    #[arg(long, default_value = "1s", value_parser = parse::duration)]
     pub interval: Duration,
     #[arg(long, default_value = "auto", value_parser = named(&LatencyMode::ALL))]
     pub merge_latency: LatencyMode,
     /// Directory for the recordings and the summary.
     #[arg(short, long, default_value = "ksm-trace-sweep")]
     pub output: PathBuf,
-}
-
-fn parse_on_off(text: &str) -> Result<bool, String> {
-    match text {
-        "on" => Ok(true),
-        "off" => Ok(false),
-        _ => Err(format!("{text:?} is not on or off")),
-    }
 }
 
 #[derive(Debug, Args)]
@@ -290,39 +282,38 @@ pub struct DoctorArgs {
     pub json: bool,
 }
 
-/// `30s`, `2m`, `500ms`, or a plain number of seconds.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let d = match text.parse::<f64>() {
-        Ok(secs) if secs.is_finite() && secs > 0.0 => Duration::from_secs_f64(secs),
-        Ok(_) => {
-            return Err(format!(
-                "{text:?} is not a positive duration: use e.g. 30s or 2m"
-            ));
-        }
-        Err(_) => humantime::parse_duration(text)
-            .map_err(|e| format!("{text:?} is not a duration ({e}): use e.g. 30s or 2m"))?,
-    };
-    if d.is_zero() {
-        return Err("duration must be longer than zero: use e.g. 30s".into());
-    }
-    Ok(d)
-}
-
 #[cfg(test)]
 mod tests {
+    use clap::CommandFactory as _;
+
     use super::*;
 
     #[test]
-    fn durations() {
-        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
-        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
-        assert_eq!(parse_duration("1.5").unwrap(), Duration::from_millis(1500));
-        assert!(parse_duration("0").is_err());
-        assert!(parse_duration("-3").is_err());
-        assert!(
-            parse_duration("soon")
-                .unwrap_err()
-                .contains("not a duration")
-        );
+    fn command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn bad_durations_and_sizes_are_refused_naming_the_option() {
+        for (args, option) in [
+            (&["record", "--duration", "1e20"][..], "--duration"),
+            (&["record", "--duration", "1e19"], "--duration"),
+            (&["record", "--interval", "NaN"], "--interval"),
+            (&["workload", "procs:2", "-d", "inf"], "--duration"),
+            (&["sweep", "-w", "procs:2", "--timeout", "31d"], "--timeout"),
+            (&["bench", "merge", "--size", "2000G"], "--size"),
+            (&["bench", "overhead", "--window=-1s"], "--window"),
+        ] {
+            let err = Cli::try_parse_from(std::iter::once("ksm-trace").chain(args.iter().copied()))
+                .unwrap_err();
+            assert_eq!(
+                err.kind(),
+                clap::error::ErrorKind::ValueValidation,
+                "{args:?}"
+            );
+            let text = err.to_string();
+            assert!(text.contains(option), "{text}");
+            assert!(text.contains("give"), "{text}");
+        }
     }
 }

@@ -16,6 +16,7 @@ pub mod kernel;
 pub mod knobs;
 pub mod lab;
 pub mod lock;
+pub mod parse;
 pub mod plot;
 pub mod probes;
 pub mod record;

@@ -12,7 +12,7 @@ use ksm_trace::{
 };
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = parse_command_line();
     // A panic must not leave KSM knobs changed: restore them before the default report.
     let default_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
@@ -32,6 +32,31 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Clap's messages, except that a refused value (`--duration 1e20`, `--by pid`) is one line in
+/// the tool's own style: it names the option and says what to give instead.
+fn parse_command_line() -> Cli {
+    use clap::error::ErrorKind;
+    let e = match Cli::try_parse() {
+        Ok(cli) => return cli,
+        Err(e) => e,
+    };
+    if !matches!(
+        e.kind(),
+        ErrorKind::ValueValidation | ErrorKind::InvalidValue
+    ) {
+        e.exit();
+    }
+    // Clap's first paragraph (the error and any possible values), without its usage tip.
+    let text = e.to_string();
+    let first: Vec<&str> = text
+        .lines()
+        .take_while(|l| !l.trim().is_empty())
+        .map(str::trim)
+        .collect();
+    eprintln!("ksm-trace: {}", first.join(" "));
+    std::process::exit(2);
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -97,7 +122,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Bench(ksm_trace::cli::BenchCommand::Merge(args)) => {
             let bench = ksm_trace::bench::MergeBench {
-                size: ksm_trace::workload::spec::parse_size(&args.size, "--size")?,
+                size: args.size,
                 thp: args.thp,
                 pages_to_scan: args.pages_to_scan,
                 merge_latency: args.merge_latency,

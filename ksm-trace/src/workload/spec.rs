@@ -5,6 +5,8 @@ use std::{collections::BTreeMap, time::Duration};
 use anyhow::{Context as _, Result, anyhow, bail};
 use serde::{Deserialize, Serialize};
 
+use crate::parse;
+
 /// How a procs worker makes its memory mergeable.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -117,7 +119,7 @@ fn parse_procs(count_text: &str, options: BTreeMap<String, String>) -> Result<Pr
             "dup" => spec.dup = parse_fraction(&value, "dup")?,
             "zero" => spec.zero = parse_fraction(&value, "zero")?,
             "rounds" => spec.rounds = parse_count(&value, 1, 10_000, "rounds")?,
-            "wait" => spec.wait = parse_duration(&value, "wait")?,
+            "wait" => spec.wait = parsed(parse::duration(&value), "wait", &value)?,
             "write" => spec.write = parse_fraction(&value, "write")?,
             "mode" => {
                 spec.mode = match value.as_str() {
@@ -126,7 +128,7 @@ fn parse_procs(count_text: &str, options: BTreeMap<String, String>) -> Result<Pr
                     _ => bail!("mode={value} is not madvise or prctl"),
                 }
             }
-            "thp" => spec.thp = Some(parse_on_off(&value, "thp")?),
+            "thp" => spec.thp = Some(parsed(parse::on_off(&value), "thp", &value)?),
             "pattern" => {
                 spec.same = match value.as_str() {
                     "same" => true,
@@ -157,16 +159,16 @@ fn parse_vms(count_text: &str, options: BTreeMap<String, String>) -> Result<VmsS
     };
     for (key, value) in options {
         match key.as_str() {
-            "mem" => spec.mem = parse_size(&value, "mem")?,
-            "shared" => spec.shared = parse_size(&value, "shared")?,
-            "private" => spec.private = parse_size(&value, "private")?,
+            "mem" => spec.mem = parsed(parse::size(&value), "mem", &value)?,
+            "shared" => spec.shared = parsed(parse::size(&value), "shared", &value)?,
+            "private" => spec.private = parsed(parse::size(&value), "private", &value)?,
             "churn" => {
                 let (bytes, every) = value
                     .split_once('/')
                     .ok_or_else(|| anyhow!("churn={value} is not SIZE/INTERVAL (e.g. 1M/2s)"))?;
                 spec.churn = Some(Churn {
-                    bytes: parse_size(bytes, "churn size")?,
-                    every: parse_duration(every, "churn interval")?,
+                    bytes: parsed(parse::size(bytes), "churn size", bytes)?,
+                    every: parsed(parse::duration(every), "churn interval", every)?,
                 });
             }
             _ => bail!("unknown vms option {key:?}: use {VMS_HELP}"),
@@ -231,36 +233,9 @@ fn parse_fraction(text: &str, what: &str) -> Result<f64> {
     Ok(f)
 }
 
-fn parse_on_off(text: &str, what: &str) -> Result<bool> {
-    match text {
-        "on" => Ok(true),
-        "off" => Ok(false),
-        _ => bail!("{what}={text} is not on or off"),
-    }
-}
-
-fn parse_duration(text: &str, what: &str) -> Result<Duration> {
-    crate::cli::parse_duration(text).map_err(|e| anyhow!("{what}: {e}"))
-}
-
-/// `256M`, `1G`, `512K`, or bytes.
-pub fn parse_size(text: &str, what: &str) -> Result<u64> {
-    let (digits, shift) = match text.as_bytes().last() {
-        Some(b'K' | b'k') => (&text[..text.len() - 1], 10),
-        Some(b'M' | b'm') => (&text[..text.len() - 1], 20),
-        Some(b'G' | b'g') => (&text[..text.len() - 1], 30),
-        _ => (text, 0),
-    };
-    let n: u64 = digits
-        .parse()
-        .with_context(|| format!("{what} must be a size like 256M or 1G, not {text:?}"))?;
-    let bytes = n
-        .checked_shl(shift)
-        .filter(|b| b >> shift == n && *b <= 1 << 40);
-    match bytes {
-        Some(b) if b > 0 => Ok(b),
-        _ => bail!("{what}={text} is out of range: use 1 byte to 1T"),
-    }
+/// `what=text: reason`, for errors from [`crate::parse`].
+fn parsed<T>(result: Result<T, String>, what: &str, text: &str) -> Result<T> {
+    result.map_err(|e| anyhow!("{what}={text}: {e}"))
 }
 
 /// Durations in recordings as seconds (f64), readable by any tool.
@@ -345,6 +320,8 @@ mod tests {
             ("procs:2,mode=mmap", "madvise or prctl"),
             ("procs:2,thp=maybe", "on or off"),
             ("procs:2,wait=-2s", "duration"),
+            ("procs:2,wait=1e20", "wait=1e20: longer than 30 days"),
+            ("procs:2,wait=NaN", "wait=NaN: not longer than zero"),
             ("procs:2,color=red", "unknown procs option"),
             ("procs:2,pages", "key=value"),
             ("procs:2,pages=1,pages=2", "twice"),
@@ -354,6 +331,14 @@ mod tests {
             ("vms:2,mem=128M,shared=100M", "do not fit"),
             ("vms:2,mem=99999999999G", "out of range"),
             ("vms:2,churn=1M", "SIZE/INTERVAL"),
+            (
+                "vms:2,churn=1M/inf",
+                "churn interval=inf: longer than 30 days",
+            ),
+            (
+                "vms:2,churn=99999999999999999999K/1s",
+                "churn size=99999999999999999999K: out of range",
+            ),
             ("vms:2,churn=64M/1s", "larger than the shared"),
             ("vms:2,disk=1G", "unknown vms option"),
             ("disks:2", "unknown workload kind"),
@@ -361,14 +346,6 @@ mod tests {
             let err = WorkloadSpec::parse(spec).unwrap_err().to_string();
             assert!(err.contains(needle), "{spec}: {err}");
         }
-    }
-
-    #[test]
-    fn sizes() {
-        assert_eq!(parse_size("256M", "x").unwrap(), 256 << 20);
-        assert_eq!(parse_size("1G", "x").unwrap(), 1 << 30);
-        assert_eq!(parse_size("4096", "x").unwrap(), 4096);
-        assert!(parse_size("0", "x").is_err());
     }
 
     #[test]
