@@ -6,7 +6,7 @@ use clap::{
     builder::{PossibleValue, PossibleValuesParser, TypedValueParser},
 };
 
-use crate::{parse, probes::LatencyMode};
+use crate::{flame::View, parse, probes::LatencyMode};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -158,8 +158,8 @@ pub struct FlameArgs {
     #[arg(long)]
     pub folded: bool,
     /// What the frames are.
-    #[arg(long, value_enum, default_value = "stack")]
-    pub by: crate::flame::View,
+    #[arg(long, default_value = "stack", value_parser = named(&View::ALL))]
+    pub by: View,
 }
 
 /// A value parser for an enum given as `[(value, name, help)]`: clap lists the names with
@@ -315,5 +315,18 @@ mod tests {
             assert!(text.contains(option), "{text}");
             assert!(text.contains("give"), "{text}");
         }
+    }
+
+    #[test]
+    fn flame_views_by_name() {
+        let Command::Flame(args) =
+            Cli::try_parse_from(["ksm-trace", "flame", "a.json", "--by", "process"])
+                .unwrap()
+                .command
+        else {
+            panic!("not flame")
+        };
+        assert_eq!(args.by, crate::flame::View::Process);
+        assert!(Cli::try_parse_from(["ksm-trace", "flame", "a.json", "--by", "pid"]).is_err());
     }
 }

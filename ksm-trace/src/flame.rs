@@ -9,12 +9,27 @@ use inferno::{differential, flamegraph};
 
 use crate::recording::Recording;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+/// What a flame graph's frames are (see [`View::ALL`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum View {
-    /// ksmd's kernel stacks, from cpu-clock samples.
     Stack,
-    /// Merge time per process and outcome.
     Process,
+}
+
+impl View {
+    /// Every view: its name (as `--by` takes it) and what it shows.
+    pub const ALL: [(View, &'static str, &'static str); 2] = [
+        (
+            View::Stack,
+            "stack",
+            "ksmd's kernel stacks, from cpu-clock samples",
+        ),
+        (
+            View::Process,
+            "process",
+            "merge time per process and outcome",
+        ),
+    ];
 }
 
 /// Folded stacks and the unit their counts are in.
