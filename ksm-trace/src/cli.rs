@@ -17,6 +17,9 @@ use crate::{flame::View, parse, probes::LatencyMode};
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// More messages on stderr: -v adds progress details, -vv debugging detail.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
 }
 
 #[derive(Debug, Subcommand)]
@@ -328,5 +331,17 @@ mod tests {
         };
         assert_eq!(args.by, crate::flame::View::Process);
         assert!(Cli::try_parse_from(["ksm-trace", "flame", "a.json", "--by", "pid"]).is_err());
+    }
+
+    #[test]
+    fn verbose_counts_and_is_global() {
+        let cli = Cli::try_parse_from(["ksm-trace", "doctor", "-vv"]).unwrap();
+        assert_eq!(cli.verbose, 2);
+        assert_eq!(
+            Cli::try_parse_from(["ksm-trace", "-v", "doctor"])
+                .unwrap()
+                .verbose,
+            1
+        );
     }
 }

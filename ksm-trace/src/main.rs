@@ -13,6 +13,7 @@ use ksm_trace::{
 
 fn main() -> ExitCode {
     let cli = parse_command_line();
+    init_logging(cli.verbose);
     // A panic must not leave KSM knobs changed: restore them before the default report.
     let default_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
@@ -57,6 +58,30 @@ fn parse_command_line() -> Cli {
         .collect();
     eprintln!("ksm-trace: {}", first.join(" "));
     std::process::exit(2);
+}
+
+/// Warnings and errors logged anywhere in ksm-trace reach stderr as `ksm-trace: warning: ...`;
+/// -v adds info, -vv debug (ksm-trace's own messages: its dependencies stay at warnings).
+fn init_logging(verbose: u8) {
+    let level = match verbose {
+        0 => log::LevelFilter::Warn,
+        1 => log::LevelFilter::Info,
+        _ => log::LevelFilter::Debug,
+    };
+    env_logger::Builder::new()
+        .filter_level(log::LevelFilter::Warn)
+        .filter_module("ksm_trace", level)
+        .format(|buf, record| {
+            let level = match record.level() {
+                log::Level::Error => "error",
+                log::Level::Warn => "warning",
+                log::Level::Info => "info",
+                log::Level::Debug => "debug",
+                log::Level::Trace => "trace",
+            };
+            writeln!(buf, "ksm-trace: {level}: {}", record.args())
+        })
+        .init();
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
