@@ -16,9 +16,9 @@ pub fn render_log2(h: &Histogram, unit: Unit) -> String {
     let mut out = String::new();
     for slot in first..=last {
         let count = slots.iter().find(|s| s.0 == slot).map_or(0, |s| s.1);
-        let lo = if slot == 0 { 0 } else { 1u64 << slot };
-        let hi = 1u64 << (slot + 1);
-        let bar = (count * BAR_WIDTH).div_ceil(max) as usize;
+        let (lo, hi) = slot_bounds(slot);
+        // In u128: a crafted recording's counts may be near u64::MAX.
+        let bar = (u128::from(count) * u128::from(BAR_WIDTH)).div_ceil(u128::from(max)) as usize;
         let _ = writeln!(
             out,
             "    [{:>6}, {:>6}) {:>8} |{:<width$}|",
@@ -30,6 +30,19 @@ pub fn render_log2(h: &Histogram, unit: Unit) -> String {
         );
     }
     out
+}
+
+/// `[lo, hi)` of log2 slot `slot`: slot 0 also holds 0, and the last slot (63) ends at
+/// u64::MAX, since 2^64 does not fit (slots above 63 cannot come from a u64 value, but a crafted
+/// recording is clamped rather than trusted).
+fn slot_bounds(slot: u32) -> (u64, u64) {
+    let lo = if slot == 0 {
+        0
+    } else {
+        1u64.checked_shl(slot).unwrap_or(u64::MAX)
+    };
+    let hi = 1u64.checked_shl(slot + 1).unwrap_or(u64::MAX);
+    (lo, hi)
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -83,6 +96,21 @@ mod tests {
             rows[2].contains("        2 |@@@@@@@@@@@@@@@@@@@@ "),
             "{text}"
         );
+    }
+
+    #[test]
+    fn values_of_2_to_the_63_and_above_render() {
+        let mut h = Histogram::new();
+        h.record_n(1500, 1);
+        h.record_n(1 << 63, 3);
+        h.record_n(u64::MAX, 1);
+        let text = render_log2(&h, Unit::Nanoseconds);
+        let last = text.lines().last().unwrap();
+        assert!(last.contains("[9223372036s, 18446744073s)"), "{text}");
+        assert!(text.lines().count() > 50, "{text}");
+        assert_eq!(slot_bounds(63), (1 << 63, u64::MAX));
+        assert_eq!(slot_bounds(64), (u64::MAX, u64::MAX));
+        assert_eq!(slot_bounds(0), (0, 2));
     }
 
     #[test]
