@@ -2,7 +2,7 @@
 //! (`--by stack`), or a semantic view `ksmd;<comm>[pid];<outcome>` weighted by measured merge
 //! time (`--by process`). Folded stacks (`a;b;c N`) are what flamegraph.pl, inferno and
 //! speedscope read; SVGs are drawn by inferno, and two recordings give a differential graph.
-use std::io::Write;
+use std::{collections::BTreeMap, io::Write};
 
 use anyhow::{Result, bail};
 use inferno::{differential, flamegraph};
@@ -32,6 +32,17 @@ impl View {
     ];
 }
 
+/// One frame as the folded format can carry it: kallsyms' module suffix (`name\t[bpf]`) becomes
+/// `name_[bpf]` (as stackcollapse-perf marks kernel frames `_[k]`), and `;` (the frame
+/// separator) and whitespace (the count separator) become `_`.
+pub fn frame(raw: &str) -> String {
+    let name = match raw.split_once('\t') {
+        Some((name, module)) => format!("{}_{}", name.trim_end(), module.trim()),
+        None => raw.trim().to_owned(),
+    };
+    name.replace(|c: char| c == ';' || c.is_whitespace(), "_")
+}
+
 /// Folded stacks and the unit their counts are in.
 pub struct Folded {
     pub lines: Vec<String>,
@@ -47,11 +58,16 @@ pub fn folded(rec: &Recording, view: View) -> Result<Folded> {
                     "the recording has no ksmd samples (ksmd did not run, or the profiler was unavailable: see the report's mechanisms)"
                 );
             }
+            // Recordings made before frames were cleaned at record time still hold raw
+            // kallsyms names; two raw stacks may clean to one, so counts are summed.
+            let mut stacks = BTreeMap::<String, u64>::new();
+            for (stack, n) in &rec.profile.stacks {
+                let frames: Vec<String> = stack.split(';').map(frame).collect();
+                *stacks.entry(frames.join(";")).or_default() += n;
+            }
             Ok(Folded {
-                lines: rec
-                    .profile
-                    .stacks
-                    .iter()
+                lines: stacks
+                    .into_iter()
                     .map(|(stack, n)| format!("{stack} {n}"))
                     .collect(),
                 unit: "samples",
@@ -87,9 +103,9 @@ fn by_process(rec: &Recording) -> Result<Folded> {
             ]
         };
         let comm = if s.comm.is_empty() {
-            "?"
+            "?".to_owned()
         } else {
-            s.comm.as_str()
+            frame(&s.comm)
         };
         for (outcome, weight) in outcomes.into_iter().filter(|(_, w)| *w > 0) {
             lines.push(format!("ksmd;{comm}[{}];{outcome} {weight}", p.pid));
@@ -138,4 +154,38 @@ pub fn diff_svg(before: &Folded, after: &Folded, out: impl Write) -> Result<()> 
     );
     flamegraph::from_reader(&mut opts, diff.as_slice(), out)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kallsyms_module_suffix_is_kept_without_the_tab() {
+        assert_eq!(
+            frame("bpf_prog_559b43dfd6c3cdc9_ksmd_mmap_lock_released\t[bpf]"),
+            "bpf_prog_559b43dfd6c3cdc9_ksmd_mmap_lock_released_[bpf]"
+        );
+        assert_eq!(
+            frame("kvm_mmu_page_fault\t[kvm]"),
+            "kvm_mmu_page_fault_[kvm]"
+        );
+        assert_eq!(frame("ksm_scan_thread"), "ksm_scan_thread");
+    }
+
+    #[test]
+    fn separators_in_comms_and_frames_become_underscores() {
+        // A comm may hold anything but NUL: ';' would split the frame, a space the count.
+        assert_eq!(frame("my app;v2"), "my_app_v2");
+        assert_eq!(frame("tab\there"), "tab_here");
+        assert_eq!(frame("a\nb c;;d"), "a_b_c__d");
+        assert_eq!(frame("kworker/0:1"), "kworker/0:1");
+        for raw in ["x; y\t[m;o d]", " lead", "a\u{a0}b"] {
+            let f = frame(raw);
+            assert!(
+                !f.contains(|c: char| c == ';' || c.is_whitespace()),
+                "{raw:?} -> {f:?}"
+            );
+        }
+    }
 }

@@ -17,7 +17,6 @@ use ksm_trace_common::names;
 /// Samples per second, off the tick so sampling does not alias with timer-driven work.
 pub const FREQUENCY_HZ: u64 = 999;
 
-
 impl Profile {
     pub fn samples(&self) -> u64 {
         self.stacks.values().sum()
@@ -66,14 +65,14 @@ pub fn collect(ebpf: &Ebpf, lost: u64) -> Result<Profile> {
             profile.lost += count;
             continue;
         };
-        // The kernel gives the leaf first; folded stacks are root first.
-        let frames: Vec<&str> = trace
+        // The kernel gives the leaf first; folded stacks are root first. kallsyms names carry
+        // a module suffix after a tab (`name\t[bpf]`), which the folded format cannot.
+        let frames = trace
             .frames()
             .iter()
             .rev()
-            .map(|f| symbol(&symbols, f.ip))
-            .collect();
-        let key = std::iter::once("ksmd")
+            .map(|f| crate::flame::frame(symbol(&symbols, f.ip)));
+        let key = std::iter::once("ksmd".to_owned())
             .chain(frames)
             .collect::<Vec<_>>()
             .join(";");
