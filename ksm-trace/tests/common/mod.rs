@@ -4,6 +4,7 @@
 
 use std::{
     fs,
+    io::Write as _,
     os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
@@ -31,6 +32,29 @@ pub fn knob_u64(name: &str) -> u64 {
     knob(name).parse().unwrap()
 }
 
+/// Whether this test may run: root tests drive the one global ksmd and load eBPF programs. As
+/// another user (a contributor's `cargo test`) it says "skipped: needs root" and the test
+/// returns, so unit and rendering tests still run. CI runs as root (`cargo xtask test` refuses
+/// anything else), so there every test runs.
+pub fn running_as_root() -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    // Written to stderr directly (libtest swallows `eprintln!` from tests that pass), in one
+    // write so that it is not split by libtest's own lines.
+    let thread = std::thread::current();
+    let test = thread.name().unwrap_or("a root test");
+    let line = format!("{test}: skipped: needs root\n");
+    let _ = std::io::stderr().write_all(line.as_bytes());
+    false
+}
+
+/// [`test_lock`] for a root test, or None after [`running_as_root`] said it is skipped:
+/// `let Some(_lock) = root_test_lock() else { return };`.
+pub fn root_test_lock() -> Option<Flock<fs::File>> {
+    running_as_root().then(test_lock)
+}
+
 /// The machine-wide lock every root test holds: ksmd is global, and guests under TCG starve
 /// each other on two cores.
 pub fn test_lock() -> Flock<fs::File> {
@@ -50,6 +74,12 @@ pub struct KsmSession {
 }
 
 impl KsmSession {
+    /// [`KsmSession::start`] for a root test, or None after [`running_as_root`] said it is
+    /// skipped: `let Some(session) = KsmSession::try_start("name") else { return };`.
+    pub fn try_start(name: &str) -> Option<Self> {
+        running_as_root().then(|| Self::start(name))
+    }
+
     /// Waits for the lock, saves the knobs, and sets ksmd off with odd values, so a test can
     /// tell whether ksm-trace restored them.
     pub fn start(name: &str) -> Self {
