@@ -40,7 +40,7 @@ pub enum Command {
     /// Show what this kernel lets ksm-trace measure, and how.
     Doctor(DoctorArgs),
     /// Run ksm-trace's scenario on another kernel in a QEMU guest, or on this one (--kernel host).
-    Lab(crate::lab::LabArgs),
+    Lab(LabArgs),
     /// Run a workload without tracing (for use with other tools), printing KSM's counters.
     Workload(WorkloadArgs),
     /// Internal: one process of the procs workload.
@@ -283,6 +283,34 @@ pub struct DoctorArgs {
     /// JSON instead of text.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct LabArgs {
+    /// Kernel to run the scenario on: debian-6.12, debian-6.1 (booted under QEMU), or host
+    /// (the running kernel, no guest: it drives the host's KSM and restores its knobs).
+    #[arg(long, default_value = "debian-6.12")]
+    pub kernel: String,
+    /// Re-download the kernel and rebuild the guest image.
+    #[arg(long)]
+    pub refresh: bool,
+    /// Give up on the guest after this long (the scenario runs under emulation).
+    #[arg(long, default_value = "10m", value_parser = parse::duration)]
+    pub timeout: Duration,
+    /// Also save the guest's whole console output here.
+    #[arg(long)]
+    pub console: Option<PathBuf>,
+}
+
+impl LabArgs {
+    pub fn options(&self) -> crate::lab::LabOptions {
+        crate::lab::LabOptions {
+            kernel: self.kernel.clone(),
+            refresh: self.refresh,
+            timeout: self.timeout,
+            console: self.console.clone(),
+        }
+    }
 }
 
 #[cfg(test)]

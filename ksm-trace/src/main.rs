@@ -175,7 +175,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Doctor(args) => print(&doctor::run(args.json)?),
-        Command::Lab(args) => ksm_trace::lab::run(&args),
+        Command::Lab(args) => ksm_trace::lab::run(&args.options()),
         Command::Flame(args) => flame_command(&args),
         Command::Workload(args) => {
             ksm_trace::standalone::run(

@@ -10,8 +10,8 @@ use anyhow::{Context as _, Result, anyhow, bail};
 
 use super::scenario::RECORD_ARGS;
 
-use crate::workload::vms::{
-    assets::BUSYBOX,
+use crate::guest::{
+    BUSYBOX,
     initramfs::{Archive, BASE_DIRS},
 };
 
@@ -99,15 +99,11 @@ pub fn write(ksm_trace: &Path, out: &Path) -> Result<()> {
     dirs.insert("run".into());
 
     let mut a = Archive::create(out)?;
-    for (dir, mode) in BASE_DIRS {
-        a.dir(dir, mode)?;
-    }
+    a.base(Path::new(BUSYBOX))?;
     // BTreeSet order puts every parent before its children.
     for dir in &dirs {
         a.dir(dir, 0o755)?;
     }
-    a.console()?;
-    a.host_file("bin/busybox", 0o755, Path::new(BUSYBOX))?;
     a.host_file(GUEST_BIN, 0o755, ksm_trace)?;
     for lib in &libs {
         a.host_file(&lib.to_string_lossy()[1..], 0o755, lib)?;

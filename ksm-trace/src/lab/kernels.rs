@@ -4,7 +4,10 @@ use std::{fs, path::Path};
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::workload::vms::assets::{self, KernelImage};
+use crate::guest::{
+    CACHE_DIR,
+    kernel::{self, KernelImage},
+};
 
 /// A kernel the lab knows how to fetch, and what ksm-trace should find on it.
 #[derive(Clone, Copy, Debug)]
@@ -59,20 +62,10 @@ impl LabKernel {
     /// The cached image, or a fresh download when there is none or `refresh`; fails if its
     /// config lacks something ksm-trace needs.
     pub fn image(&self, refresh: bool) -> Result<KernelImage> {
-        let dir = Path::new(assets::CACHE_DIR).join("lab").join(self.name);
-        let cached = if refresh {
-            None
-        } else {
-            fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-            assets::cached_kernel_image(&dir)?
-        };
-        let image = match cached {
-            Some(image) => image,
-            None => {
-                let package = assets::newest_package(self.prefix, self.suffix)?;
-                assets::download_kernel(&dir, &package)?
-            }
-        };
+        let dir = Path::new(CACHE_DIR).join("lab").join(self.name);
+        let image = kernel::fetch(&dir, refresh, || {
+            kernel::newest_package(self.prefix, self.suffix)
+        })?;
         self.check_config(&image)?;
         Ok(image)
     }

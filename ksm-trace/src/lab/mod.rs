@@ -11,32 +11,27 @@ pub mod scenario;
 
 use std::{
     fs,
-    os::unix::fs::DirBuilderExt as _,
     path::PathBuf,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, anyhow, bail};
 
-use crate::report::model::Report;
+use crate::{report::model::Report, run_dir::RunDir};
 use checks::Expect;
-use guest::{LabGuest, Outcome};
+use guest::Outcome;
 use scenario::Transcript;
 
-#[derive(Debug, Clone, clap::Args)]
-pub struct LabArgs {
-    /// Kernel to run the scenario on: debian-6.12, debian-6.1 (booted under QEMU), or host
-    /// (the running kernel, no guest: it drives the host's KSM and restores its knobs).
-    #[arg(long, default_value = "debian-6.12")]
+/// What `ksm-trace lab` was asked for (the command line is in `cli`).
+#[derive(Debug, Clone)]
+pub struct LabOptions {
+    /// debian-6.12, debian-6.1 (booted under QEMU), or [`HOST`].
     pub kernel: String,
     /// Re-download the kernel and rebuild the guest image.
-    #[arg(long)]
     pub refresh: bool,
-    /// Give up on the guest after this long (the scenario runs under emulation).
-    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    /// Give up on the guest after this long.
     pub timeout: Duration,
     /// Also save the guest's whole console output here.
-    #[arg(long)]
     pub console: Option<PathBuf>,
 }
 
@@ -46,7 +41,7 @@ pub const HOST: &str = "host";
 /// Console lines shown when the guest fails.
 const TAIL_LINES: usize = 40;
 
-pub fn run(args: &LabArgs) -> Result<()> {
+pub fn run(args: &LabOptions) -> Result<()> {
     // Ctrl-C/SIGTERM end the guest or the host run in order, and the run directory goes too.
     crate::interrupts::install_stop_flag()?;
     let started = Instant::now();
@@ -60,9 +55,9 @@ pub fn run(args: &LabArgs) -> Result<()> {
         if args.refresh || args.console.is_some() {
             bail!("--refresh and --console apply to guests only: drop them with --kernel host");
         }
-        let run_dir = RunDir::create()?;
+        let run_dir = RunDir::create("lab")?;
         eprintln!("ksm-trace lab: running the scenario on this kernel (about 10 s)");
-        let transcript = host::run(&run_dir.0, progress)?;
+        let transcript = host::run(run_dir.path(), progress)?;
         let expect = transcript
             .doctor
             .as_ref()
@@ -99,15 +94,15 @@ pub fn run(args: &LabArgs) -> Result<()> {
 /// Boots `kernel` with this ksm-trace inside and returns what its scenario printed.
 fn in_guest(
     kernel: &kernels::LabKernel,
-    args: &LabArgs,
+    args: &LabOptions,
     progress: impl FnMut(&str),
 ) -> Result<Transcript> {
-    crate::workload::vms::check_prerequisites()?;
+    crate::guest::check_prerequisites()?;
     let image = kernel.image(args.refresh)?;
-    let run_dir = RunDir::create()?;
+    let run_dir = RunDir::create("lab")?;
 
     let exe = std::env::current_exe().context("finding ksm-trace's own executable")?;
-    let initramfs = run_dir.0.join("initramfs.cpio.gz");
+    let initramfs = run_dir.join("initramfs.cpio.gz");
     image::write(&exe, &initramfs).context("building the lab guest's initramfs")?;
 
     eprintln!(
@@ -115,8 +110,8 @@ fn in_guest(
         kernel.name,
         image.vmlinuz.display()
     );
-    let mut guest = LabGuest::spawn(&image.vmlinuz, &initramfs, &run_dir.0)?;
-    let outcome = guest.wait_done(args.timeout, progress);
+    let mut guest = guest::spawn(&image.vmlinuz, &initramfs, run_dir.path())?;
+    let outcome = guest::wait_done(&mut guest, args.timeout, progress);
     let console = guest.console();
     guest.stop();
     if let Some(path) = &args.console {
@@ -232,29 +227,4 @@ fn one_line(text: &str) -> String {
         .find(|l| !l.is_empty())
         .unwrap_or("(no error output)")
         .to_owned()
-}
-
-/// `/tmp/ksm-trace-lab-<pid>/`, removed with everything in it when dropped.
-struct RunDir(PathBuf);
-
-impl RunDir {
-    fn create() -> Result<Self> {
-        let path = std::env::temp_dir().join(format!("ksm-trace-lab-{}", std::process::id()));
-        if path.exists() {
-            fs::remove_dir_all(&path).with_context(|| format!("removing {}", path.display()))?;
-        }
-        fs::DirBuilder::new()
-            .mode(0o700)
-            .create(&path)
-            .with_context(|| format!("creating {}", path.display()))?;
-        Ok(Self(path))
-    }
-}
-
-impl Drop for RunDir {
-    fn drop(&mut self) {
-        if let Err(e) = fs::remove_dir_all(&self.0) {
-            log::warn!("removing {}: {e}", self.0.display());
-        }
-    }
 }

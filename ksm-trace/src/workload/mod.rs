@@ -10,7 +10,6 @@ pub use spec::WorkloadSpec;
 
 pub use crate::recording::schema::Worker;
 
-
 pub enum Workload {
     Procs(procs::ProcsWorkload),
     Vms(vms::VmsWorkload),
@@ -30,12 +29,14 @@ impl Workload {
             );
         }
         if let WorkloadSpec::Vms(_) = spec {
-            vms::check_prerequisites()?;
+            crate::guest::check_prerequisites()?;
         }
         Ok(())
     }
 
-    /// Starts the workload and waits until every worker is ready.
+    /// Starts the workload and waits until every worker is ready. The waits poll
+    /// [`crate::interrupts::stop_requested`]: a Ctrl-C or SIGTERM during them ends what was
+    /// started and fails with one line.
     pub fn start(spec: &WorkloadSpec, refresh: bool) -> Result<Self> {
         Ok(match spec {
             WorkloadSpec::Procs(p) => Self::Procs(procs::ProcsWorkload::start(p)?),
@@ -90,6 +91,17 @@ impl Workload {
             Self::Procs(p) => p.stop(),
             Self::Vms(v) => v.stop(),
         }
+    }
+}
+
+/// Fails with one line once Ctrl-C or SIGTERM has asked to stop, for the waits of a start
+/// (guests booting, workers filling their memory), so a stop request is not held up by them.
+fn stopped_during_start(doing: &str) -> Result<()> {
+    match crate::interrupts::stop_requested() {
+        Some(why) => {
+            bail!("the workload was stopped ({why}) while {doing}; what had started is ended")
+        }
+        None => Ok(()),
     }
 }
 

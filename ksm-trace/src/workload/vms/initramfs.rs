@@ -1,6 +1,5 @@
-//! Writes a guest's initramfs: a gzip-compressed newc cpio ([`Archive`]) with a static busybox,
-//! the `/init` script, a console device node and, for `vms`, the seeded payload that every
-//! guest holds byte for byte.
+//! What a `vms` guest's initramfs holds on top of the common base ([`Archive::base`]): its
+//! `/init` script and the seeded payload that every guest holds byte for byte.
 //!
 //! Why compressed, with a compressible payload: while the kernel unpacks an initramfs, the
 //! archive and the unpacked files are both in guest RAM. An uncompressed 32 MiB random payload
@@ -8,19 +7,13 @@
 //! of OOM). A payload whose pages repeat a short pseudo-random block inflates fast under TCG and
 //! costs the guest its unpacked size only; to KSM, pages are pages whatever their entropy.
 use std::{
-    fs::File,
-    io::{self, BufWriter, Read as _, Write},
+    io::{self, Write},
     path::Path,
 };
 
-use anyhow::{Context as _, Result, bail};
-use cpio::{
-    NewcBuilder,
-    newc::{ModeFileType, trailer},
-};
-use flate2::{Compression, write::GzEncoder};
+use anyhow::{Result, bail};
 
-use crate::workload::spec::VmsSpec;
+use crate::{guest::initramfs::Archive, workload::spec::VmsSpec};
 
 /// The line `/init` prints on the console once the guest's memory is in place.
 pub const READY_MARKER: &str = "KSM-TRACE-READY";
@@ -74,7 +67,7 @@ pub fn init_script(spec: &VmsSpec) -> String {
 /// Writes `shared` bytes of the payload, the same on every call: each 4 KiB page repeats one
 /// 64-byte block made of the page's index (so no two pages are alike) and pseudo-random words
 /// from a fixed seed.
-pub fn write_payload(out: &mut impl Write, shared: u64) -> io::Result<()> {
+pub fn write_payload(out: &mut (impl Write + ?Sized), shared: u64) -> io::Result<()> {
     let mut state = SEED;
     let mut page = [0u8; PAGE];
     let mut left = shared;
@@ -114,151 +107,17 @@ pub fn write(spec: &VmsSpec, busybox: &Path, out: &Path) -> Result<()> {
         );
     }
     let mut a = Archive::create(out)?;
-    // Directories first: the kernel unpacks entries in order.
-    for (dir, mode) in BASE_DIRS {
-        a.dir(dir, mode)?;
-    }
-    // So the kernel opens a console for /init before devtmpfs is mounted.
-    a.console()?;
-    a.host_file("bin/busybox", 0o755, busybox)?;
+    a.base(busybox)?;
     a.file("init", 0o755, init_script(spec).as_bytes())?;
-    let context = || format!("writing {}", out.display());
-    let w = a.take()?;
-    let mut writer = a
-        .entry("payload", 0o644, ModeFileType::Regular)
-        .write(w, spec.shared as u32);
-    write_payload(&mut writer, spec.shared).with_context(context)?;
-    a.put(writer.finish().with_context(context)?);
+    a.stream("payload", 0o644, spec.shared as u32, |w| {
+        write_payload(w, spec.shared)
+    })?;
     a.finish()
-}
-
-/// The directories every guest's root starts with.
-pub const BASE_DIRS: [(&str, u32); 5] = [
-    ("bin", 0o755),
-    ("dev", 0o755),
-    ("proc", 0o555),
-    ("sys", 0o555),
-    ("tmp", 0o1777),
-];
-
-type Sink = GzEncoder<BufWriter<File>>;
-
-/// A gzip'd newc archive being written entry by entry (directories before their contents:
-/// the kernel unpacks entries in order).
-pub struct Archive {
-    out: std::path::PathBuf,
-    w: Option<Sink>,
-    ino: u32,
-}
-
-impl Archive {
-    pub fn create(out: &Path) -> Result<Self> {
-        let file = File::create(out).with_context(|| format!("creating {}", out.display()))?;
-        // Fast level: repetitive payloads compress at any level, and binaries barely shrink.
-        Ok(Self {
-            out: out.to_owned(),
-            w: Some(GzEncoder::new(
-                BufWriter::with_capacity(1 << 20, file),
-                Compression::fast(),
-            )),
-            ino: 0,
-        })
-    }
-
-    fn context(&self) -> String {
-        format!("writing {}", self.out.display())
-    }
-
-    fn take(&mut self) -> Result<Sink> {
-        self.w
-            .take()
-            .ok_or_else(|| anyhow::anyhow!("{}: an earlier entry failed", self.context()))
-    }
-
-    fn put(&mut self, w: Sink) {
-        self.w = Some(w);
-    }
-
-    fn entry(&mut self, name: &str, mode: u32, kind: ModeFileType) -> NewcBuilder {
-        self.ino += 1;
-        NewcBuilder::new(name)
-            .ino(self.ino)
-            .mode(mode)
-            .set_mode_file_type(kind)
-    }
-
-    /// A directory (its parent must already be in the archive).
-    pub fn dir(&mut self, name: &str, mode: u32) -> Result<()> {
-        let w = self.take()?;
-        let b = self.entry(name, mode, ModeFileType::Directory);
-        let w = b.write(w, 0).finish().with_context(|| self.context())?;
-        self.put(w);
-        Ok(())
-    }
-
-    /// `dev/console` (5:1), so the kernel opens a console for /init before devtmpfs is mounted.
-    pub fn console(&mut self) -> Result<()> {
-        let w = self.take()?;
-        let b = self
-            .entry("dev/console", 0o600, ModeFileType::Char)
-            .rdev_major(5)
-            .rdev_minor(1);
-        let w = b.write(w, 0).finish().with_context(|| self.context())?;
-        self.put(w);
-        Ok(())
-    }
-
-    /// A regular file with `data`.
-    pub fn file(&mut self, name: &str, mode: u32, data: &[u8]) -> Result<()> {
-        let len = u32::try_from(data.len())
-            .map_err(|_| anyhow::anyhow!("{name} is too large for a newc archive"))?;
-        let w = self.take()?;
-        let mut writer = self.entry(name, mode, ModeFileType::Regular).write(w, len);
-        writer.write_all(data).with_context(|| self.context())?;
-        let w = writer.finish().with_context(|| self.context())?;
-        self.put(w);
-        Ok(())
-    }
-
-    /// A regular file copied from the host's `source` (symlinks followed).
-    pub fn host_file(&mut self, name: &str, mode: u32, source: &Path) -> Result<()> {
-        let mut f = File::open(source).with_context(|| format!("opening {}", source.display()))?;
-        let len = f
-            .metadata()
-            .with_context(|| format!("reading {}", source.display()))?
-            .len();
-        let len32 = u32::try_from(len)
-            .map_err(|_| anyhow::anyhow!("{} is too large for a newc archive", source.display()))?;
-        let w = self.take()?;
-        let mut writer = self
-            .entry(name, mode, ModeFileType::Regular)
-            .write(w, len32);
-        let copied = io::copy(&mut (&mut f).take(len), &mut writer)
-            .with_context(|| format!("copying {}", source.display()))?;
-        if copied != len {
-            bail!("{} changed while it was copied", source.display());
-        }
-        let w = writer.finish().with_context(|| self.context())?;
-        self.put(w);
-        Ok(())
-    }
-
-    /// Writes the trailer and syncs the file.
-    pub fn finish(mut self) -> Result<()> {
-        let context = self.context();
-        let w = self.take()?;
-        let w = trailer(w).with_context(|| context.clone())?;
-        w.finish()
-            .and_then(|buf| buf.into_inner().map_err(|e| e.into_error()))
-            .and_then(|f| f.sync_all())
-            .with_context(|| context)?;
-        Ok(())
-    }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::{collections::HashSet, time::Duration};
+    use std::{collections::HashSet, fs::File, io::Read as _, time::Duration};
 
     use super::*;
     use crate::workload::spec::Churn;

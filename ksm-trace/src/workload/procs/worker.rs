@@ -1,18 +1,13 @@
-//! `procs`: N worker processes with mergeable anonymous memory, as the KSM study's spawner ran
-//! them: a fraction of pages identical across workers, a fraction zero, the rest unique;
-//! optional rounds that rewrite the pattern (breaking and re-merging pages) and a steady write
-//! rate on the identical pages (copy-on-write pressure).
-//!
-//! Workers are this binary re-executed (`__procs-worker`), so nothing forks inside the async
-//! runtime. Protocol on the worker's stdout: `ready <fill_ns>`, then `done` once its rounds
-//! have run, then `report <json>` when its stdin closes (the parent is stopping it). Workers die
-//! with their parent (PR_SET_PDEATHSIG).
+//! The body of one `procs` worker (`ksm-trace __procs-worker INDEX NONCE SPEC_JSON`): maps its
+//! anonymous memory, writes the page pattern (identical across workers, zero, or unique),
+//! marks it mergeable, says `ready`, then runs its rounds and steady writes, timing each write
+//! that hits a page /proc/kpageflags shows as a KSM page (a copy-on-write break), and prints
+//! its [`WorkerReport`] when its stdin closes.
 use std::{
     fs::File,
-    io::{BufRead as _, BufReader, Read as _},
+    io::Read as _,
     num::NonZeroUsize,
     os::unix::fs::FileExt as _,
-    process::{Child, ChildStdout, Command, Stdio},
     ptr::NonNull,
     sync::{
         Arc,
@@ -23,161 +18,12 @@ use std::{
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use nix::sys::mman::{MapFlags, MmapAdvise, ProtFlags, madvise, mmap_anonymous};
-use serde::{Deserialize, Serialize};
 
-use super::{
-    Worker,
-    spec::{MergeMode, ProcsSpec},
+use super::{WorkerReport, worker_comm};
+use crate::{
+    histogram::Histogram,
+    workload::spec::{MergeMode, ProcsSpec},
 };
-use crate::histogram::Histogram;
-
-pub struct ProcsWorkload {
-    children: Vec<Child>,
-    lines: Vec<BufReader<ChildStdout>>,
-    done: Vec<bool>,
-    pub workers: Vec<Worker>,
-}
-
-/// What a worker reports when it is stopped.
-#[derive(Debug, Default, Serialize, Deserialize)]
-pub struct WorkerReport {
-    /// Latency of writes to pages that were KSM pages when written (each a copy-on-write
-    /// break); all writes to identical pages if /proc/kpageflags is not readable.
-    pub write_fault_ns: Histogram,
-    /// Whether pages were classified through /proc/kpageflags.
-    pub classified: bool,
-}
-
-pub fn worker_comm(index: u32) -> String {
-    format!("ksm-procs-{index}")
-}
-
-impl ProcsWorkload {
-    pub fn start(spec: &ProcsSpec) -> Result<Self> {
-        let exe = std::env::current_exe().context("finding ksm-trace's own executable")?;
-        // One value per run so our pages never merge with another run's leftovers.
-        let nonce = crate::kernel::monotonic_ns() ^ (std::process::id() as u64) << 32;
-        let spec_json = serde_json::to_string(spec)?;
-        let mut workload = Self {
-            children: Vec::new(),
-            lines: Vec::new(),
-            done: Vec::new(),
-            workers: Vec::new(),
-        };
-        for index in 0..spec.count {
-            let mut cmd = Command::new(&exe);
-            cmd.args([
-                "__procs-worker",
-                &index.to_string(),
-                &nonce.to_string(),
-                &spec_json,
-            ])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-            crate::child::end_with_parent(&mut cmd, nix::sys::signal::Signal::SIGKILL);
-            workload
-                .children
-                .push(cmd.spawn().context("starting a procs worker")?);
-        }
-        for (index, child) in workload.children.iter_mut().enumerate() {
-            let stdout = child
-                .stdout
-                .take()
-                .ok_or_else(|| anyhow!("worker has no stdout"))?;
-            let mut reader = BufReader::new(stdout);
-            let mut line = String::new();
-            reader
-                .read_line(&mut line)
-                .context("waiting for a procs worker")?;
-            let fill_ns = line
-                .strip_prefix("ready ")
-                .and_then(|n| n.trim().parse().ok())
-                .ok_or_else(|| anyhow!("procs worker {index} failed before it was ready"))?;
-            workload.workers.push(Worker {
-                pid: child.id(),
-                comm: worker_comm(index as u32),
-                ready_ns: fill_ns,
-                bytes: spec.pages * crate::kernel::page_size(),
-                ..Default::default()
-            });
-            workload.lines.push(reader);
-            workload.done.push(false);
-        }
-        for reader in &workload.lines {
-            set_nonblocking(reader.get_ref())?;
-        }
-        Ok(workload)
-    }
-
-    /// True when every worker has run its rounds (or exited).
-    pub fn finished(&mut self) -> bool {
-        for (i, reader) in self.lines.iter_mut().enumerate() {
-            let mut line = String::new();
-            while let Ok(n) = reader.read_line(&mut line) {
-                if n == 0 {
-                    self.done[i] = true;
-                    break;
-                }
-                if line.trim() == "done" {
-                    self.done[i] = true;
-                }
-                line.clear();
-            }
-        }
-        !self.done.is_empty() && self.done.iter().all(|d| *d)
-    }
-
-    /// Closes the workers' stdin, collects their reports, and kills any that have not exited
-    /// within two seconds. Idempotent.
-    pub fn stop(&mut self) {
-        for child in &mut self.children {
-            drop(child.stdin.take());
-        }
-        let deadline = Instant::now() + Duration::from_secs(2);
-        for (i, reader) in self.lines.iter_mut().enumerate() {
-            let mut line = String::new();
-            while Instant::now() < deadline {
-                match reader.read_line(&mut line) {
-                    Ok(0) => break,
-                    Ok(_) => {
-                        if let Some(json) = line.strip_prefix("report ")
-                            && let Ok(report) = serde_json::from_str::<WorkerReport>(json)
-                        {
-                            self.workers[i].write_fault_ns = report.write_fault_ns;
-                        }
-                        line.clear();
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
-                }
-            }
-        }
-        for child in &mut self.children {
-            while Instant::now() < deadline && !matches!(child.try_wait(), Ok(Some(_))) {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            if !matches!(child.try_wait(), Ok(Some(_))) {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-        }
-        self.lines.clear();
-        self.children.clear();
-    }
-}
-
-impl Drop for ProcsWorkload {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-fn set_nonblocking(stdout: &ChildStdout) -> Result<()> {
-    use nix::fcntl::{FcntlArg, OFlag, fcntl};
-    let flags = OFlag::from_bits_truncate(fcntl(stdout, FcntlArg::F_GETFL)?);
-    fcntl(stdout, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
-    Ok(())
-}
 
 /// Whether an address is backed by a KSM page right now, from /proc/self/pagemap and
 /// /proc/kpageflags (root only).
