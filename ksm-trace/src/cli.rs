@@ -12,7 +12,12 @@ use crate::{flame::View, parse, probes::LatencyMode};
 #[command(
     name = "ksm-trace",
     version,
-    about = "eBPF tracing profiler for Linux Kernel Samepage Merging (KSM)"
+    about = "eBPF tracing profiler for Linux Kernel Samepage Merging (KSM)",
+    after_help = "\
+Examples:
+  ksm-trace record --workload procs:4 --duration 30s   # trace 4 processes sharing pages, 30 s
+  ksm-trace report ksm-trace.json --json               # that recording's report, as JSON
+  ksm-trace doctor                                     # what this kernel lets ksm-trace measure"
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -25,23 +30,72 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Trace KSM (optionally driving a workload), write a recording and print its report.
+    #[command(after_help = "\
+Examples:
+  ksm-trace record --workload procs:4 --duration 30s   # 4 processes, half their pages identical
+  ksm-trace record --workload vms:4 -o vms.json        # 4 QEMU guests, until KSM has settled
+  ksm-trace record --pid 1234 --duration 1m            # a running KSM user (e.g. a VM), 1 min")]
     Record(RecordArgs),
     /// Print the report of a recording.
+    #[command(after_help = "\
+Examples:
+  ksm-trace report                   # the report of ./ksm-trace.json
+  ksm-trace report vms.json --json   # another recording's report, as JSON
+  ksm-trace report vms.json --csv    # its counter time series, as CSV")]
     Report(ReportArgs),
     /// Flame graph (SVG) or folded stacks of ksmd's cost; two files give a differential graph.
+    #[command(after_help = "\
+Examples:
+  ksm-trace flame ksm-trace.json -o merge-cost.svg           # where ksmd's CPU time goes
+  ksm-trace flame ksm-trace.json --by process -o procs.svg   # measured merge time per process
+  ksm-trace flame before.json after.json -o diff.svg         # differential: what changed")]
     Flame(FlameArgs),
     /// SVG charts of a recording's time series.
+    #[command(after_help = "\
+Examples:
+  ksm-trace plot                     # charts of ./ksm-trace.json in ksm-trace-plots/
+  ksm-trace plot vms.json -o plots   # charts of vms.json in plots/")]
     Plot(PlotArgs),
     /// Record a workload under every combination of KSM settings and summarize the trade-off.
+    #[command(after_help = "\
+Examples:
+  ksm-trace sweep -w procs:4 --pages-to-scan 100,1000,5000 --sleep-ms 20,200 -d 30s -o sweep
+      # 6 recordings of 30 s, then the table, summary.csv and the charts in sweep/
+  ksm-trace sweep -w vms:2 --pages-to-scan 1000,5000 --until-settled --timeout 3m -o vms-sweep
+      # each configuration until KSM has settled, at most 3 min")]
     Sweep(SweepArgs),
     /// Benchmarks comparable with the kernel's own.
-    #[command(subcommand)]
+    #[command(subcommand, after_help = "\
+Examples:
+  ksm-trace bench overhead                  # what tracing costs ksmd (about 5 min)
+  ksm-trace bench merge --size 100M         # the kernel selftest's merge time
+  ksm-trace bench merge --size 100M --thp   # the same on transparent huge pages")]
     Bench(BenchCommand),
+    /// Undo what a ksm-trace that was killed left behind: KSM knobs, processes it started, run
+    /// directories, mounts. Every command that changes the system does this first by itself.
+    #[command(after_help = "\
+Examples:
+  ksm-trace recover      # after a ksm-trace was killed with SIGKILL
+  ksm-trace -v recover   # the same, saying what it looked at")]
+    Recover,
     /// Show what this kernel lets ksm-trace measure, and how.
+    #[command(after_help = "\
+Examples:
+  ksm-trace doctor          # what this kernel allows, and why not the better mechanisms
+  ksm-trace doctor --json   # the same, as JSON")]
     Doctor(DoctorArgs),
     /// Run ksm-trace's scenario on another kernel in a QEMU guest, or on this one (--kernel host).
+    #[command(after_help = "\
+Examples:
+  ksm-trace lab                       # Debian's 6.12 kernel in a QEMU guest (fexit allowed)
+  ksm-trace lab --kernel debian-6.1   # a kernel without ksm tracepoints: record must refuse
+  ksm-trace lab --kernel host         # the same scenario on the running kernel")]
     Lab(LabArgs),
     /// Run a workload without tracing (for use with other tools), printing KSM's counters.
+    #[command(after_help = "\
+Examples:
+  ksm-trace workload procs:4,dup=0.5 --duration 1m   # 4 processes for 1 min, KSM's counters
+  ksm-trace workload vms:2 --pages-to-scan 2000      # 2 QEMU guests until Ctrl-C")]
     Workload(WorkloadArgs),
     /// Internal: one process of the procs workload.
     #[command(name = "__procs-worker", hide = true)]
@@ -50,7 +104,8 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct RecordArgs {
-    /// Stop after this long (e.g. 30s, 2m); default: until the workload ends or Ctrl-C.
+    /// Stop after this long (e.g. 30s, 2m). Default with --workload: once KSM has settled and
+    /// stayed settled for 2 more full scans, at most 5 min; without: at Ctrl-C.
     #[arg(short, long, value_parser = parse::duration)]
     pub duration: Option<Duration>,
     /// Start a workload for the run: procs:N[,pages=P,dup=F,zero=F,rounds=R,wait=D,write=F,
@@ -185,8 +240,17 @@ fn named<T: Copy + Send + Sync + 'static>(
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
     /// The kernel selftest's merge time (ksm_tests -P, or -H with --thp), as a recording.
+    #[command(after_help = "\
+Examples:
+  ksm-trace bench merge --size 100M                       # ksm_tests -P: 100 MiB, identical pages
+  ksm-trace bench merge --size 100M --thp                 # ksm_tests -H: on transparent huge pages
+  ksm-trace bench merge --merge-latency always -o m.json  # with every merge timed")]
     Merge(MergeBenchArgs),
     /// What tracing costs ksmd: pages scanned per second, traced vs untraced, in one run.
+    #[command(after_help = "\
+Examples:
+  ksm-trace bench overhead                               # 10 s windows, 3 rounds (about 5 min)
+  ksm-trace bench overhead --window 5s --repetitions 2   # quicker, noisier")]
     Overhead(OverheadBenchArgs),
 }
 
@@ -300,6 +364,10 @@ pub struct LabArgs {
     /// Also save the guest's whole console output here.
     #[arg(long)]
     pub console: Option<PathBuf>,
+    /// Print the scenario's whole transcript (each step's exit code, output, the recording and
+    /// the kernel counters read around it) as JSON instead of the summary.
+    #[arg(long)]
+    pub json: bool,
 }
 
 impl LabArgs {
@@ -309,6 +377,7 @@ impl LabArgs {
             refresh: self.refresh,
             timeout: self.timeout,
             console: self.console.clone(),
+            json: self.json,
         }
     }
 }

@@ -27,6 +27,9 @@ pub fn restore_saved() -> Vec<String> {
             errors.push(format!("{e:#}"));
         }
     }
+    if !saved.is_empty() && errors.is_empty() {
+        crate::recovery::knobs_restored();
+    }
     errors
 }
 
@@ -77,6 +80,81 @@ impl KnobSettings {
     }
 }
 
+/// How long one full scan of a workload ksm-trace started should take when the user chose no
+/// scan settings: short enough that a run sees several full scans and settles in well under a
+/// minute, long enough that ksmd's batches stay a modest share of a CPU.
+pub const TARGET_FULL_SCAN_S: f64 = 2.0;
+/// The most pages per batch ksm-trace picks by itself.
+const MAX_AUTO_PAGES_TO_SCAN: u64 = 20_000;
+
+/// What ksm-trace does about the scan rate before a run, and the line that says so.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ScanPlan {
+    /// The settings to apply (the user's, plus a chosen pages_to_scan where it picked one).
+    pub settings: KnobSettings,
+    pub message: Option<String>,
+}
+
+impl ScanPlan {
+    /// `pages`: mergeable pages one full scan covers (the workload's and those KSM already
+    /// tracks); `current`: pages_to_scan and sleep_millisecs now; `own_workload`: ksm-trace
+    /// starts the workload (a study subject), so it may pick a scan rate that reaches it. It
+    /// never picks one for the machine's own processes, and never under the advisor, which
+    /// sets pages_to_scan itself.
+    pub fn new(
+        user: &KnobSettings,
+        pages: u64,
+        current: (u64, u64),
+        advisor_on: bool,
+        own_workload: bool,
+    ) -> Self {
+        let mut settings = user.clone();
+        let sleep_ms = user.sleep_ms.map_or(current.1, u64::from).max(1);
+        let full_scan_s = |pages_to_scan: u64| {
+            pages.div_ceil(pages_to_scan.max(1)) as f64 * sleep_ms as f64 / 1000.0
+        };
+        if user.pages_to_scan.is_some()
+            || advisor_on
+            || user.advisor.as_deref() == Some("scan-time")
+            || pages == 0
+        {
+            return Self {
+                settings,
+                message: None,
+            };
+        }
+        let at_current = full_scan_s(current.0);
+        if !own_workload || at_current <= TARGET_FULL_SCAN_S {
+            return Self {
+                settings,
+                message: Some(format!(
+                    "at pages_to_scan={} and sleep_millisecs={sleep_ms}, one full scan of the {pages} pages KSM covers takes at least {at_current:.1} s{}",
+                    current.0,
+                    if at_current > 60.0 {
+                        ": expect few full scans in a short run (--pages-to-scan raises the rate)"
+                    } else {
+                        ""
+                    }
+                )),
+            };
+        }
+        let wanted = (pages as f64 * sleep_ms as f64 / (TARGET_FULL_SCAN_S * 1000.0)).ceil() as u64;
+        let chosen = wanted
+            .div_ceil(100)
+            .saturating_mul(100)
+            .min(MAX_AUTO_PAGES_TO_SCAN);
+        settings.pages_to_scan = Some(chosen as u32);
+        Self {
+            settings,
+            message: Some(format!(
+                "no scan settings given: pages_to_scan {}→{chosen} for this run, so one full scan of the workload's {pages} pages takes about {:.1} s at sleep_millisecs={sleep_ms} instead of {at_current:.0} s (restored afterwards; --pages-to-scan chooses)",
+                current.0,
+                full_scan_s(chosen)
+            )),
+        }
+    }
+}
+
 pub struct KnobGuard {
     /// ksmd's `run` when the guard was made.
     pub original_run: i64,
@@ -97,17 +175,23 @@ impl KnobGuard {
 
     /// Sets `name` to `value`, saving its original value the first time.
     pub fn set(&mut self, name: &str, value: &str) -> Result<()> {
-        let current = sysfs::selected(&sysfs::read(name)?);
-        {
-            let mut saved = SAVED.lock().unwrap_or_else(|p| p.into_inner());
-            if !saved.iter().any(|(n, _)| n == name) {
-                saved.push((name.to_owned(), current.clone()));
-            }
-        }
+        let current = self.save(name)?;
         if current != value {
             sysfs::write(name, value)?;
         }
         Ok(())
+    }
+
+    /// Saves `name`'s original value (the first time), in memory for the orderly exits and in
+    /// the crash-recovery state for the others; returns its current value.
+    fn save(&mut self, name: &str) -> Result<String> {
+        let current = sysfs::selected(&sysfs::read(name)?);
+        let mut saved = SAVED.lock().unwrap_or_else(|p| p.into_inner());
+        if !saved.iter().any(|(n, _)| n == name) {
+            crate::recovery::knob_changed(name, &current);
+            saved.push((name.to_owned(), current.clone()));
+        }
+        Ok(current)
     }
 
     pub fn apply(&mut self, settings: &KnobSettings) -> Result<()> {
@@ -144,6 +228,9 @@ impl KnobGuard {
 
     pub fn run_ksmd(&mut self) -> Result<()> {
         self.ran_ksmd = true;
+        if self.original_run == 0 {
+            crate::recovery::ksmd_started();
+        }
         self.set("run", "1")
     }
 
@@ -152,21 +239,40 @@ impl KnobGuard {
     /// in pages_shared/pages_sharing with no process behind them. When this run started ksmd,
     /// let it finish one more full scan — it visits those mms first — before stopping it.
     fn reap_exited(&mut self) -> Result<()> {
-        let start = sysfs::read_i64("full_scans")?;
-        self.set("sleep_millisecs", "0")?;
-        self.set("run", "1")?;
-        let deadline = Instant::now() + REAP_TIMEOUT;
-        while sysfs::read_i64("full_scans")? == start {
-            if Instant::now() >= deadline {
-                bail!(
-                    "ksmd did not finish a full scan within {} s: pages of exited workers may stay counted in pages_shared until it next runs",
-                    REAP_TIMEOUT.as_secs()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        Ok(())
+        self.save("sleep_millisecs")?;
+        self.save("run")?;
+        let_ksmd_drop_exited()
     }
+}
+
+/// Lets ksmd, flat out, finish one full scan — which visits the mms of exited processes first
+/// and drops their pages from its trees and counters — then puts `sleep_millisecs` back as it
+/// found it. Leaves `run=1` for the caller to restore. With no mergeable memory left at all,
+/// ksmd waits for work instead of scanning: then there is nothing to drop once its counters
+/// read zero.
+pub fn let_ksmd_drop_exited() -> Result<()> {
+    let start = sysfs::read_i64("full_scans")?;
+    let sleep = sysfs::read("sleep_millisecs")?;
+    sysfs::write("sleep_millisecs", "0")?;
+    sysfs::write("run", "1")?;
+    let deadline = Instant::now() + REAP_TIMEOUT;
+    let result = loop {
+        let nothing_left = || -> Result<bool> {
+            Ok(sysfs::read_i64("pages_shared")? == 0 && sysfs::read_i64("pages_sharing")? == 0)
+        };
+        if sysfs::read_i64("full_scans")? != start || nothing_left()? {
+            break Ok(());
+        }
+        if Instant::now() >= deadline {
+            break Err(anyhow::anyhow!(
+                "ksmd did not finish a full scan within {} s: pages of exited workers may stay counted in pages_shared until it next runs",
+                REAP_TIMEOUT.as_secs()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    sysfs::write("sleep_millisecs", &sleep)?;
+    result
 }
 
 impl Drop for KnobGuard {
@@ -180,5 +286,67 @@ impl Drop for KnobGuard {
         for e in restore_saved() {
             eprintln!("ksm-trace: could not restore a KSM knob: {e}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(user: KnobSettings, pages: u64, current: (u64, u64), own: bool) -> ScanPlan {
+        ScanPlan::new(&user, pages, current, false, own)
+    }
+
+    #[test]
+    fn picks_a_rate_that_reaches_its_own_workload() {
+        // vms:4 at the kernel's defaults: 262144 pages, 100 pages per 20 ms = 52 s per scan.
+        let p = plan(KnobSettings::default(), 262_144, (100, 20), true);
+        assert_eq!(p.settings.pages_to_scan, Some(2700));
+        let msg = p.message.unwrap();
+        assert!(msg.contains("pages_to_scan 100→2700"), "{msg}");
+        assert!(msg.contains("about 2.0 s"), "{msg}");
+        // The user's sleep is what the rate is computed for.
+        let user = KnobSettings {
+            sleep_ms: Some(200),
+            ..Default::default()
+        };
+        let p = plan(user, 10_000, (100, 20), true);
+        assert_eq!(p.settings.pages_to_scan, Some(1000));
+        assert_eq!(p.settings.sleep_ms, Some(200));
+    }
+
+    #[test]
+    fn leaves_the_rate_alone_when_chosen_or_not_its_own() {
+        let user = KnobSettings {
+            pages_to_scan: Some(500),
+            ..Default::default()
+        };
+        assert_eq!(plan(user.clone(), 262_144, (100, 20), true).settings, user);
+        // Someone else's processes: the machine's settings, and how slow they are.
+        let p = plan(KnobSettings::default(), 262_144, (100, 20), false);
+        assert_eq!(p.settings.pages_to_scan, None);
+        let msg = p.message.unwrap();
+        assert!(msg.contains("at least 52.4 s"), "{msg}");
+        // Already fast enough.
+        let p = plan(KnobSettings::default(), 1000, (100, 20), true);
+        assert_eq!(p.settings.pages_to_scan, None);
+        // The advisor owns pages_to_scan.
+        let p = ScanPlan::new(&KnobSettings::default(), 262_144, (100, 20), true, true);
+        assert_eq!(
+            p,
+            ScanPlan {
+                settings: KnobSettings::default(),
+                message: None
+            }
+        );
+    }
+
+    #[test]
+    fn caps_what_it_picks() {
+        let p = plan(KnobSettings::default(), 100_000_000, (100, 20), true);
+        assert_eq!(
+            p.settings.pages_to_scan,
+            Some(MAX_AUTO_PAGES_TO_SCAN as u32)
+        );
     }
 }

@@ -21,6 +21,7 @@ pub mod parse;
 pub mod plot;
 pub mod probes;
 pub mod record;
+pub mod recovery;
 pub mod recording;
 pub mod report;
 pub mod run_dir;

@@ -87,8 +87,13 @@ fn init_logging(verbose: u8) {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Record(args) => {
+            let (duration, until_settled, settle_margin) =
+                record::end_policy(args.workload.is_some(), args.duration, args.until_settled);
             let opts = RecordOptions {
-                duration: args.duration,
+                duration,
+                until_settled,
+                settle_margin,
+                auto_scan: true,
                 workload: args.workload,
                 pids: args.pids,
                 output: args.output,
@@ -97,7 +102,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 progress: !args.quiet,
                 refresh: args.refresh,
                 interval: args.interval,
-                until_settled: args.until_settled,
                 until_full_scans: None,
             };
             let recording = record::record(&opts, std::env::args().collect()).await?;
@@ -174,6 +178,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Recover => print(&ksm_trace::recovery::recover_command()?),
         Command::Doctor(args) => print(&doctor::run(args.json)?),
         Command::Lab(args) => ksm_trace::lab::run(&args.options()),
         Command::Flame(args) => flame_command(&args),

@@ -41,13 +41,39 @@ pub struct RecordOptions {
     pub refresh: bool,
     /// Interval of the counter time series.
     pub interval: Duration,
-    /// Stop when KSM has settled.
+    /// Stop when KSM has settled (then `duration` is the timeout).
     pub until_settled: bool,
+    /// With `until_settled`: full scans to wait after settling, to see that it holds.
+    pub settle_margin: u64,
+    /// Pick a scan rate that reaches the workload when the user chose none ([`ScanPlan`]).
+    ///
+    /// [`ScanPlan`]: crate::knobs::ScanPlan
+    pub auto_scan: bool,
     /// Stop once this many full scans have completed in the window.
     pub until_full_scans: Option<u64>,
 }
 
 const DRAIN_EVERY: Duration = Duration::from_millis(100);
+
+/// How long a workload run with no end given may take to settle.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
+/// Full scans a workload run with no end given waits after settling.
+pub const DEFAULT_SETTLE_MARGIN: u64 = 2;
+
+/// When a run ends: `(duration or timeout, until_settled, settle_margin)`. `--duration` wins;
+/// a workload run with neither `--duration` nor `--until-settled` ends once KSM has settled
+/// and stayed so for [`DEFAULT_SETTLE_MARGIN`] full scans, or at [`DEFAULT_TIMEOUT`]; a run
+/// on the machine's own processes runs until Ctrl-C.
+pub fn end_policy(
+    workload: bool,
+    duration: Option<Duration>,
+    until_settled: bool,
+) -> (Option<Duration>, bool, u64) {
+    match (duration, until_settled, workload) {
+        (None, false, true) => (Some(DEFAULT_TIMEOUT), true, DEFAULT_SETTLE_MARGIN),
+        _ => (duration, until_settled, 0),
+    }
+}
 
 pub async fn record(opts: &RecordOptions, command_line: Vec<String>) -> Result<Recording> {
     // Signals first, so a Ctrl-C or SIGTERM during set-up still takes the orderly path.
@@ -60,11 +86,20 @@ pub async fn record(opts: &RecordOptions, command_line: Vec<String>) -> Result<R
         }
     }
     recording::check_writable(&opts.output)?;
+    let knobs = if opts.auto_scan {
+        let plan = pre.scan_plan(&opts.knobs)?;
+        if let Some(line) = plan.message.as_ref().filter(|_| opts.progress) {
+            eprintln!("ksm-trace: {line}");
+        }
+        plan.settings
+    } else {
+        opts.knobs.clone()
+    };
     let mut probes = Probes::load(&pre.caps, pre.caps.config(pre.ksmd), opts.merge_latency)?;
     let ring = probes.take_events()?;
     let bracket = BracketPolicy::start(&mut probes, opts.merge_latency)?;
 
-    let session = pre.start(&opts.knobs, opts.refresh)?;
+    let session = pre.start(&knobs, opts.refresh)?;
     let mut window = Window::open(opts, session, probes, ring, bracket)?;
     let ended_by = window.run(opts, &mut interrupts).await?;
     let closed = window.close()?;
@@ -99,6 +134,9 @@ impl Window {
         let mut pids: BTreeSet<u32> = opts.pids.iter().copied().collect();
         if let Some(w) = &session.workload {
             pids.extend(w.workers().iter().map(|w| w.pid));
+        }
+        if opts.pids.is_empty() {
+            pids.extend(KsmStat::tracked_processes());
         }
         let (sampler, first) = Sampler::start(opts.interval, session.ksmd, &pids)?;
         let start_ns = sampler.window_start_ns();
@@ -145,6 +183,8 @@ impl Window {
         let progress = opts.progress && std::io::stderr().is_terminal();
         let mut last_progress = Instant::now();
         let mut progress_line = Progress::new(self.session.ksmd);
+        // Full scans in the window when KSM was first seen settled.
+        let mut settled_at: Option<u64> = None;
         let ended_by = loop {
             tokio::select! {
                 _ = tick.tick() => {
@@ -154,11 +194,16 @@ impl Window {
                         self.pids.extend(mergers);
                         let sample = self.sampler.take(&self.pids, self.collector.merged_total())?;
                         self.timeseries.push(sample);
-                        if opts.until_settled
-                            && settle_time_s(&self.timeseries, SETTLE_THRESHOLD).is_some()
-                        {
-                            break "settled";
-                        }
+                    }
+                    let scans = self.collector.scans.scans_in_window(first_scan, u64::MAX).len() as u64;
+                    if opts.until_settled
+                        && settled_at.is_none()
+                        && settle_time_s(&self.timeseries, SETTLE_THRESHOLD).is_some()
+                    {
+                        settled_at = Some(scans);
+                    }
+                    if settled_at.is_some_and(|at| scans >= at + opts.settle_margin) {
+                        break "settled";
                     }
                     let merges = self.collector.take_recent_merges();
                     self.bracket.update(&mut self.probes, merges)?;
@@ -168,10 +213,9 @@ impl Window {
                         eprint!("\r{line}   ");
                     }
                     if deadline.is_some_and(|d| Instant::now() >= d) {
-                        break "duration";
+                        break if opts.until_settled { "timeout" } else { "duration" };
                     }
-                    let scans = self.collector.scans.scans_in_window(first_scan, u64::MAX).len();
-                    if opts.until_full_scans.is_some_and(|n| scans as u64 >= n) {
+                    if opts.until_full_scans.is_some_and(|n| scans >= n) {
                         break "full-scans";
                     }
                     if self.session.workload.as_mut().is_some_and(|w| w.finished()) {
@@ -183,6 +227,27 @@ impl Window {
         };
         if progress {
             eprintln!();
+        }
+        if opts.progress {
+            let scans = self
+                .collector
+                .scans
+                .scans_in_window(first_scan, u64::MAX)
+                .len();
+            eprintln!(
+                "ksm-trace: ended: {}",
+                match (ended_by, settled_at) {
+                    ("settled", Some(at)) => format!(
+                        "settled after {at} full scans, and still after {} more",
+                        scans as u64 - at
+                    ),
+                    ("timeout", _) => format!(
+                        "timeout after {} before settling ({scans} full scans)",
+                        humantime::format_duration(opts.duration.unwrap_or_default())
+                    ),
+                    (other, _) => format!("{other} ({scans} full scans)"),
+                }
+            );
         }
         Ok(ended_by)
     }

@@ -9,7 +9,7 @@ use anyhow::{Result, bail};
 
 use crate::{
     kernel::{self, sysfs},
-    knobs::{KnobGuard, KnobSettings},
+    knobs::{KnobGuard, KnobSettings, ScanPlan},
     lock::{self, RecorderLock},
     probes::Capabilities,
     workload::{Workload, WorkloadSpec},
@@ -51,12 +51,48 @@ impl Preflight {
             );
         }
         let lock = lock::acquire()?;
+        // Holding the lock: no live ksm-trace is changing what a dead one left behind.
+        for line in crate::recovery::recover_stale()? {
+            eprintln!("ksm-trace: {line}");
+        }
         Ok(Self {
             spec,
             caps: Capabilities::detect(),
             ksmd: kernel::ksmd_pid()?,
             lock,
         })
+    }
+
+    /// The scan rate for the run: the user's knobs, plus a pages_to_scan that reaches the
+    /// workload ksm-trace starts when the user chose none (see [`ScanPlan`]).
+    pub fn scan_plan(&self, knobs: &KnobSettings) -> Result<ScanPlan> {
+        let page = kernel::page_size();
+        let workload_pages = match &self.spec {
+            Some(WorkloadSpec::Procs(p)) => p.count as u64 * p.pages,
+            // QEMU marks all guest RAM mergeable.
+            Some(WorkloadSpec::Vms(v)) => v.count as u64 * v.mem / page,
+            None => 0,
+        };
+        let tracked: i64 = [
+            "pages_shared",
+            "pages_sharing",
+            "pages_unshared",
+            "pages_volatile",
+        ]
+        .iter()
+        .map(|c| sysfs::read_i64(c).unwrap_or(0))
+        .sum();
+        let advisor_on = sysfs::read("advisor_mode").is_ok_and(|m| m.contains("[scan-time]"));
+        Ok(ScanPlan::new(
+            knobs,
+            workload_pages + tracked.max(0) as u64,
+            (
+                sysfs::read_i64("pages_to_scan")? as u64,
+                sysfs::read_i64("sleep_millisecs")? as u64,
+            ),
+            advisor_on,
+            self.spec.is_some(),
+        ))
     }
 
     /// Saves the knobs, pauses ksmd, applies `knobs` and starts the workload (if any), waiting
@@ -70,6 +106,10 @@ impl Preflight {
             .as_ref()
             .map(|s| Workload::start(s, refresh))
             .transpose()?;
+        // The workers die with ksm-trace (PR_SET_PDEATHSIG); listed too, in case they do not.
+        for w in workload.iter().flat_map(|w| w.workers()) {
+            crate::recovery::process_started(w.pid);
+        }
         Ok(Session {
             spec: self.spec,
             caps: self.caps,
@@ -111,9 +151,26 @@ impl Session {
         match self.workload.as_mut() {
             Some(w) => {
                 w.stop();
+                for worker in w.workers() {
+                    crate::recovery::process_ended(worker.pid);
+                }
                 w.workers().to_vec()
             }
             None => Vec::new(),
+        }
+    }
+}
+
+impl Drop for Session {
+    /// An error or an interrupt can end a run before `stop_workload`: the workload's own drop
+    /// ends the workers, then they leave the crash-recovery state (the knob guard follows).
+    fn drop(&mut self) {
+        if let Some(workload) = self.workload.take() {
+            let pids: Vec<u32> = workload.workers().iter().map(|w| w.pid).collect();
+            drop(workload);
+            for pid in pids {
+                crate::recovery::process_ended(pid);
+            }
         }
     }
 }

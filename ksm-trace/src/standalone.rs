@@ -21,7 +21,11 @@ pub async fn run(
     let mut interrupts = Interrupts::install()?;
     let pre = Preflight::run(Some(spec_text), knobs)?;
     let ksmd = pre.ksmd;
-    let mut session = pre.start(knobs, refresh)?;
+    let plan = pre.scan_plan(knobs)?;
+    if let Some(line) = &plan.message {
+        println!("{line}");
+    }
+    let mut session = pre.start(&plan.settings, refresh)?;
     for w in session.workload.iter().flat_map(|w| w.workers()) {
         println!(
             "started {} (pid {}), ready in {}",

@@ -367,3 +367,111 @@ fn flame_graph_and_time_series_from_a_real_recording() {
     assert!(plots.join("processes.svg").exists());
     session.assert_knobs_restored();
 }
+
+/// The card's command with nothing added (`record --workload SPEC`): ksm-trace picks a scan
+/// rate that reaches its own workload and says so, ends once KSM has settled, separates the
+/// workload from the machine's other KSM processes (which show their start counts), and puts
+/// the knobs back.
+#[test]
+fn workload_with_no_options_reaches_it_and_ends_once_settled() {
+    let Some(session) = KsmSession::try_start("no-options") else {
+        return;
+    };
+    // Two processes of the machine's own, merged before ksm-trace starts.
+    let nonce = std::process::id() as u64 * 104_729;
+    let others: Vec<TestProcess> = (0..2)
+        .map(|i| TestProcess::start_for(i, 1000, 0.5, nonce, 600.0))
+        .collect();
+    set_knob("pages_to_scan", "1000");
+    set_knob("sleep_millisecs", "10");
+    set_knob("run", "1");
+    assert!(
+        wait_until(Duration::from_secs(20), || others
+            .iter()
+            .all(|p| ksm_merging_pages(p.pid()) == 500)),
+        "the machine's own processes merged"
+    );
+    set_knob("run", "0");
+    // Back to the session's odd, slow values: 123 pages every 45 ms.
+    set_knob("pages_to_scan", "123");
+    set_knob("sleep_millisecs", "45");
+
+    let out = session.path("no-options.json");
+    let started = std::time::Instant::now();
+    let result = ksm_trace(&[
+        "record",
+        "--workload",
+        "procs:2,pages=8000",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert!(result.status.success(), "{stderr}");
+    assert!(started.elapsed() < Duration::from_secs(120), "{stderr}");
+    let chosen: u64 = stderr
+        .split("pages_to_scan 123→")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no line about the chosen rate in:\n{stderr}"));
+    assert!(stderr.contains("ended: settled after"), "{stderr}");
+
+    let rec = json(&out);
+    let rep = report(&out);
+    assert_eq!(rec["meta"]["knobs"]["pages_to_scan"], chosen.to_string());
+    assert_eq!(rec["meta"]["knobs"]["sleep_millisecs"], "45");
+    assert_eq!(rep["ended_by"], "settled");
+    // At the chosen rate a full scan of the workload's 16 000 pages (and the 2000 the other
+    // processes keep in KSM) takes about 2 s: 45 ms per batch of `chosen` pages.
+    let batches_per_scan = 18_000u64.div_ceil(chosen);
+    assert!(
+        batches_per_scan * 45 <= 2_100,
+        "{chosen} pages per 45 ms batch"
+    );
+    let p50 = rep["scans"]["full_scan_ns"]["p50"].as_u64().unwrap();
+    assert!(p50 < 4_000_000_000, "full scan p50 {p50} ns");
+    assert!(rep["scans"]["full_scans"].as_u64().unwrap() >= 3);
+
+    let processes = rep["processes"].as_array().unwrap();
+    let workers = rec["meta"]["workload"]["workers"].as_array().unwrap();
+    for w in workers {
+        let p = processes
+            .iter()
+            .find(|p| p["pid"] == w["pid"])
+            .expect("worker in the report");
+        assert_eq!(p["workload"], true);
+        let merges = p["merges"].as_u64().unwrap();
+        assert_eq!(merges, 4000, "every identical page merged: {p}");
+        assert_eq!(
+            merges,
+            p["ksm_merging_pages_end"].as_u64().unwrap()
+                - p["ksm_merging_pages_start"].as_u64().unwrap()
+        );
+    }
+    for other in &others {
+        let p = processes
+            .iter()
+            .find(|p| p["pid"] == other.pid())
+            .expect("the machine's KSM process in the report");
+        assert_eq!(p["workload"], false, "{p}");
+        // Known from the start: its count before tracing, not "?".
+        assert_eq!(p["ksm_merging_pages_start"], 500, "{p}");
+        assert_eq!(p["ksm_merging_pages_end"], 500, "{p}");
+    }
+    let groups = rep["groups"].as_array().unwrap();
+    assert_eq!(groups[0]["name"], "workload");
+    assert_eq!(groups[0]["merges"], 8000);
+    assert_eq!(groups[1]["name"], "other");
+    assert!(groups[1]["processes"].as_u64().unwrap() >= 2);
+    let text = ksm_trace(&["report", out.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("Workload (started by ksm-trace): 2 processes, 8000 merges"),
+        "{text}"
+    );
+    assert!(text.contains("Other processes on the machine"), "{text}");
+    assert!(text.contains("memory saved at the end:"), "{text}");
+    drop(others);
+    session.assert_knobs_restored();
+    assert!(pids_named("ksm-procs-").is_empty(), "a worker survived");
+}

@@ -97,6 +97,9 @@ impl Running {
         let mut child = cmd
             .spawn()
             .with_context(|| format!("starting {}", bpftrace.display()))?;
+        if let Some(pid) = child.id() {
+            crate::recovery::process_started(pid);
+        }
         let mut stdout = BufReader::new(child.stdout.take().expect("stdout is piped"));
         let ready = tokio::time::timeout(ATTACH_TIMEOUT, async {
             let mut line = String::new();
@@ -129,7 +132,8 @@ impl Running {
     /// Ends bpftrace as Ctrl-C would and returns how many ksmd batches it counted (its maps
     /// are printed on exit, outside the measured window).
     pub async fn stop(mut self) -> Result<u64> {
-        if let Some(pid) = self.child.id() {
+        let pid = self.child.id();
+        if let Some(pid) = pid {
             crate::child::send(pid, nix::sys::signal::Signal::SIGINT);
         }
         let mut output = String::new();
@@ -139,6 +143,9 @@ impl Running {
         })
         .await
         .context("bpftrace did not exit within 30 s of SIGINT")??;
+        if let Some(pid) = pid {
+            crate::recovery::process_ended(pid);
+        }
         Ok(batches(&output))
     }
 }
@@ -150,6 +157,7 @@ impl Drop for Running {
         if let Some(pid) = self.child.id() {
             crate::child::send(pid, nix::sys::signal::Signal::SIGKILL);
             let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid as i32), None);
+            crate::recovery::process_ended(pid);
         }
     }
 }

@@ -34,6 +34,9 @@ pub async fn merge(b: &MergeBench, command_line: Vec<String>) -> Result<(Recordi
         bail!("--size must be at least one page ({page} bytes)");
     }
     let opts = RecordOptions {
+        settle_margin: 0,
+        // The selftest's set-up names its scan rate.
+        auto_scan: false,
         duration: Some(b.timeout),
         workload: Some(format!(
             "procs:1,pages={},pattern=same,thp={}",

@@ -11,6 +11,22 @@ impl KsmStat {
         Ok(Self::parse(&text))
     }
 
+    /// Every process the kernel tracks in KSM now (rmap items or merged pages), so a run can
+    /// read their counts at its start rather than meet them later with no start value.
+    pub fn tracked_processes() -> Vec<u32> {
+        let Ok(entries) = fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        let me = std::process::id();
+        entries
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|&pid| pid != me)
+            .filter(|&pid| {
+                Self::read(pid).is_ok_and(|s| s.ksm_rmap_items > 0 || s.ksm_merging_pages > 0)
+            })
+            .collect()
+    }
+
     /// Parses `name value` lines; unknown lines (ksm_merge_any, ksm_mergeable, ...) are ignored.
     pub fn parse(text: &str) -> Self {
         let mut stat = Self::default();

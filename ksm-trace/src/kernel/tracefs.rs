@@ -23,6 +23,8 @@ impl TracefsMount {
                 mounted_here: false,
             });
         }
+        // Written down first: a kill right after the mount must not leave it behind.
+        crate::recovery::mounted(Path::new(TRACEFS));
         mount(
             Some("nodev"),
             TRACEFS,
@@ -30,6 +32,7 @@ impl TracefsMount {
             MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
             None::<&str>,
         )
+        .inspect_err(|_| crate::recovery::unmounted(Path::new(TRACEFS)))
         .with_context(|| format!("mounting tracefs on {TRACEFS}"))?;
         Ok(Self { mounted_here: true })
     }
@@ -37,10 +40,14 @@ impl TracefsMount {
 
 impl Drop for TracefsMount {
     fn drop(&mut self) {
-        if self.mounted_here
-            && let Err(e) = umount(TRACEFS)
-        {
-            log::warn!("unmounting {TRACEFS}: {e} (unmount it by hand: umount {TRACEFS})");
+        if !self.mounted_here {
+            return;
+        }
+        match umount(TRACEFS) {
+            Ok(()) => crate::recovery::unmounted(Path::new(TRACEFS)),
+            Err(e) => {
+                log::warn!("unmounting {TRACEFS}: {e} (unmount it by hand: umount {TRACEFS})")
+            }
         }
     }
 }

@@ -19,7 +19,15 @@ pub struct Report {
     pub workers: Vec<WorkerReport>,
     pub ended_by: String,
     pub knobs: BTreeMap<String, String>,
+    /// Every process that merged, unmerged or was tracked by KSM in the window; the
+    /// workload's first.
     pub processes: Vec<ProcessReport>,
+    /// Totals of the workload's processes and of the machine's other processes.
+    pub groups: Vec<GroupReport>,
+    /// Memory KSM saves at the end: (pages_sharing + ksm_zero_pages) × page size, MiB.
+    pub saved_mib_end: f64,
+    /// general_profit at the end, MiB.
+    pub general_profit_mib_end: f64,
     pub scans: ScansReport,
     /// end − start of /sys/kernel/mm/ksm counters and /proc/vmstat's cow_ksm, ksm_swpin_copy.
     pub kernel_deltas: BTreeMap<String, i64>,
@@ -40,6 +48,8 @@ pub struct Report {
 pub struct ProcessReport {
     pub pid: u32,
     pub comm: String,
+    /// One of the workload ksm-trace started (else another process on the machine).
+    pub workload: bool,
     pub merges: u64,
     pub new_pages: u64,
     pub joins: u64,
@@ -62,6 +72,19 @@ pub struct ProcessReport {
     /// (fentry/fexit refused): not measured, rather than zero.
     pub cow_breaks: Option<u64>,
     pub cow_fault_ns: Summary,
+}
+
+/// The sums over one group of processes.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct GroupReport {
+    /// `workload` or `other`.
+    pub name: String,
+    pub processes: u64,
+    pub merges: u64,
+    pub unmerges: u64,
+    /// Σ ksm_merging_pages at the end, and in MiB.
+    pub merging_pages_end: u64,
+    pub merging_mib_end: f64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -103,12 +126,20 @@ impl Report {
         let duration_ns = rec.meta.duration_ns().max(1);
         let duration_s = duration_ns as f64 / 1e9;
         let cow_traced = rec.mechanisms.cow_traced();
+        let workers: Vec<u32> = rec
+            .meta
+            .workload
+            .iter()
+            .flat_map(|w| &w.workers)
+            .map(|w| w.pid)
+            .collect();
         let mut processes: Vec<ProcessReport> = rec
             .processes
             .iter()
             .map(|p| ProcessReport {
                 pid: p.pid,
                 comm: p.stats.comm.clone(),
+                workload: workers.contains(&p.pid),
                 merges: p.stats.merges,
                 new_pages: p.stats.new_pages,
                 joins: p.stats.joins,
@@ -135,7 +166,31 @@ impl Report {
                 cow_fault_ns: p.stats.cow_fault_ns.summary(),
             })
             .collect();
-        processes.sort_by(|a, b| b.merges.cmp(&a.merges).then(a.pid.cmp(&b.pid)));
+        processes.sort_by(|a, b| {
+            (b.workload, b.merges)
+                .cmp(&(a.workload, a.merges))
+                .then(a.pid.cmp(&b.pid))
+        });
+        let page = rec.meta.page_size as f64;
+        let groups = [("workload", true), ("other", false)]
+            .into_iter()
+            .map(|(name, workload)| {
+                let members = processes.iter().filter(|p| p.workload == workload);
+                let merging: u64 = members
+                    .clone()
+                    .filter_map(|p| p.ksm_merging_pages_end)
+                    .sum();
+                GroupReport {
+                    name: name.into(),
+                    processes: members.clone().count() as u64,
+                    merges: members.clone().map(|p| p.merges).sum(),
+                    unmerges: members.map(|p| p.unmerges).sum(),
+                    merging_pages_end: merging,
+                    merging_mib_end: merging as f64 * page / MIB,
+                }
+            })
+            .collect();
+        let end = &rec.counters_end;
 
         let mut kernel_deltas = BTreeMap::new();
         for (name, end) in &rec.counters_end.ksm {
@@ -180,6 +235,10 @@ impl Report {
             ended_by: rec.meta.ended_by.clone(),
             knobs: rec.meta.knobs.clone(),
             processes,
+            groups,
+            saved_mib_end: (end.ksm("pages_sharing") + end.ksm("ksm_zero_pages")) as f64 * page
+                / MIB,
+            general_profit_mib_end: end.ksm("general_profit") as f64 / MIB,
             scans: ScansReport {
                 full_scans: rec.scans.full_scans.len() as u64,
                 full_scan_ns: full_scan_histogram(rec).summary(),
@@ -213,6 +272,8 @@ impl Report {
         }
     }
 }
+
+const MIB: f64 = (1u64 << 20) as f64;
 
 pub fn all_latencies(rec: &Recording) -> Histogram {
     let mut all = Histogram::new();

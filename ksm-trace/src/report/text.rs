@@ -3,16 +3,21 @@ use std::fmt::Write as _;
 
 use super::{
     histogram::{Unit, fmt_ns, render_log2},
-    model::{Report, all_latencies, full_scan_histogram},
+    model::{ProcessReport, Report, all_latencies, full_scan_histogram},
 };
 use crate::recording::{Recording, WorkloadKind};
 
 pub fn render(rec: &Recording, r: &Report) -> String {
     let mut o = String::new();
+    let ended = match (r.ended_by.as_str(), r.settle_s) {
+        ("settled", Some(s)) => format!("settled after {s:.1} s"),
+        ("timeout", _) => "timeout before KSM settled".to_owned(),
+        (other, _) => other.replace('-', " "),
+    };
     let _ = writeln!(
         o,
-        "ksm-trace: {:.1} s on Linux {}, ended by {}",
-        r.duration_s, r.kernel_release, r.ended_by
+        "ksm-trace: {:.1} s on Linux {}, ended: {ended}",
+        r.duration_s, r.kernel_release
     );
     if let Some(w) = &rec.meta.workload {
         let _ = writeln!(o, "workload: {} ({} workers)", w.spec_text, w.workers.len());
@@ -62,60 +67,39 @@ pub fn render(rec: &Recording, r: &Report) -> String {
 
     let _ = writeln!(
         o,
-        "\nPer process (merges: pages that entered the stable tree; unmerged: seen leaving it)"
+        "memory saved at the end: {:.1} MiB (pages_sharing + ksm_zero_pages); general_profit {:.1} MiB",
+        r.saved_mib_end, r.general_profit_mib_end
     );
-    let mut rows = vec![
-        [
-            "PID",
-            "COMM",
-            "MERGES",
-            "NEW",
-            "JOINS",
-            "FAILED",
-            "ZERO",
-            "UNMERGED",
-            "COW",
-            "KSM_PAGES",
-            "LAT_P50",
-            "P90",
-            "P99",
-            "MAX",
-        ]
-        .map(String::from)
-        .to_vec(),
-    ];
-    for p in &r.processes {
-        let pages = match (p.ksm_merging_pages_start, p.ksm_merging_pages_end) {
-            (Some(s), Some(e)) => format!("{s}→{e}"),
-            (None, Some(e)) => format!("?→{e}"),
-            (Some(s), None) => format!("{s}→gone"),
-            (None, None) => "-".into(),
-        };
-        let l = &p.merge_latency_ns;
-        let lat = |v: u64| {
-            if l.count == 0 {
-                "-".to_owned()
+    let _ = writeln!(
+        o,
+        "\nPer process (merges: pages that entered the stable tree; unmerged: seen leaving it; KSM_PAGES: ksm_merging_pages at start→end)"
+    );
+    let page = rec.meta.page_size as f64;
+    for group in &r.groups {
+        let members: Vec<&ProcessReport> = r
+            .processes
+            .iter()
+            .filter(|p| p.workload == (group.name == "workload"))
+            .collect();
+        if members.is_empty() && (group.name != "workload" || rec.meta.workload.is_none()) {
+            continue;
+        }
+        let _ = writeln!(
+            o,
+            "{}: {} processes, {} merges, {} unmerged, {} pages merging at the end ({:.1} MiB)",
+            if group.name == "workload" {
+                "Workload (started by ksm-trace)"
             } else {
-                fmt_ns(v)
-            }
-        };
-        let mut row = vec![p.pid.to_string(), p.comm.clone()];
-        row.extend(
-            [
-                p.merges,
-                p.new_pages,
-                p.joins,
-                p.failed,
-                p.zero_page_merges,
-                p.unmerges,
-            ]
-            .map(|v| v.to_string()),
+                "Other processes on the machine"
+            },
+            group.processes,
+            group.merges,
+            group.unmerges,
+            group.merging_pages_end,
+            group.merging_mib_end
         );
-        row.push(p.cow_breaks.map_or("-".into(), |c| c.to_string()));
-        row.extend([pages, lat(l.p50), lat(l.p90), lat(l.p99), lat(l.max)]);
-        rows.push(row);
+        o.push_str(&process_table(&members, page));
     }
-    o.push_str(&table(&rows, &[1]));
     if r.processes.is_empty() {
         let _ = writeln!(o, "  (no KSM activity attributed to a process)");
     }
@@ -185,7 +169,14 @@ pub fn render(rec: &Recording, r: &Report) -> String {
             .or(rec.counters_end.vmstat.get(name))
             .copied()
             .unwrap_or(0);
-        let _ = writeln!(o, "  {name:<28} {delta:>+12}   (now {end})");
+        let mib = |pages: i64| format!("{:+.1} MiB", pages as f64 * page / MIB);
+        let size = match name.as_str() {
+            "general_profit" => format!("{:+.1} MiB", *delta as f64 / MIB),
+            "pages_shared" | "pages_sharing" | "pages_unshared" | "pages_volatile"
+            | "ksm_zero_pages" => mib(*delta),
+            _ => String::new(),
+        };
+        let _ = writeln!(o, "  {name:<28} {delta:>+12} {size:>14}   (now {end})");
     }
 
     let _ = writeln!(
@@ -217,6 +208,67 @@ pub fn render(rec: &Recording, r: &Report) -> String {
     );
     o
 }
+
+fn process_table(processes: &[&ProcessReport], page: f64) -> String {
+    let mut rows = vec![
+        [
+            "PID",
+            "COMM",
+            "MERGES",
+            "NEW",
+            "JOINS",
+            "FAILED",
+            "ZERO",
+            "UNMERGED",
+            "COW",
+            "KSM_PAGES",
+            "MIB",
+            "LAT_P50",
+            "P90",
+            "P99",
+            "MAX",
+        ]
+        .map(String::from)
+        .to_vec(),
+    ];
+    for p in processes {
+        let pages = match (p.ksm_merging_pages_start, p.ksm_merging_pages_end) {
+            (Some(s), Some(e)) => format!("{s}→{e}"),
+            (None, Some(e)) => format!("?→{e}"),
+            (Some(s), None) => format!("{s}→gone"),
+            (None, None) => "-".into(),
+        };
+        let mib = p
+            .ksm_merging_pages_end
+            .map_or("-".into(), |e| format!("{:.1}", e as f64 * page / MIB));
+        let l = &p.merge_latency_ns;
+        let lat = |v: u64| {
+            if l.count == 0 {
+                "-".to_owned()
+            } else {
+                fmt_ns(v)
+            }
+        };
+        let mut row = vec![p.pid.to_string(), p.comm.clone()];
+        row.extend(
+            [
+                p.merges,
+                p.new_pages,
+                p.joins,
+                p.failed,
+                p.zero_page_merges,
+                p.unmerges,
+            ]
+            .map(|v| v.to_string()),
+        );
+        row.push(p.cow_breaks.map_or("-".into(), |c| c.to_string()));
+        row.extend([pages, mib, lat(l.p50), lat(l.p90), lat(l.p99), lat(l.max)]);
+        rows.push(row);
+    }
+    table(&rows, &[1])
+}
+
+const MIB: f64 = (1u64 << 20) as f64;
 
 /// Left-aligns the columns in `left`, right-aligns the rest, two spaces of indent.
 fn table(rows: &[Vec<String>], left: &[usize]) -> String {

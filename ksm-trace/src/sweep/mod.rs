@@ -121,6 +121,9 @@ pub async fn run(o: &SweepOptions, command_line: Vec<String>) -> Result<Vec<Conf
             refresh: false,
             interval: o.interval,
             until_settled: o.until_settled,
+            settle_margin: 0,
+            // Each configuration is exactly the knobs the sweep names.
+            auto_scan: false,
             until_full_scans: None,
         };
         let rec = record::record(&opts, command_line.clone()).await?;

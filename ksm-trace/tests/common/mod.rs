@@ -250,9 +250,14 @@ pub struct TestProcess {
 
 impl TestProcess {
     pub fn start(index: u32, pages: u64, dup: f64, nonce: u64) -> Self {
+        Self::start_for(index, pages, dup, nonce, 10.0)
+    }
+
+    /// A worker that exits `wait_s` seconds after filling its memory.
+    pub fn start_for(index: u32, pages: u64, dup: f64, nonce: u64, wait_s: f64) -> Self {
         // The worker's protocol: index, nonce, the procs spec as JSON.
         let spec = serde_json::json!({
-            "count": 1, "pages": pages, "dup": dup, "zero": 0.0, "rounds": 1, "wait": 10.0,
+            "count": 1, "pages": pages, "dup": dup, "zero": 0.0, "rounds": 1, "wait": wait_s,
             "write": 0.0, "mode": "madvise", "thp": null,
         });
         let mut child = Command::new(bin())
