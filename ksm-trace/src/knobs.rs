@@ -3,10 +3,7 @@
 //! Every value is saved before the first write; [`KnobGuard`] restores them on drop, and
 //! [`restore_saved`] does the same from the panic hook and the signal path, so the system is left
 //! as it was found on normal exit, error, Ctrl-C, SIGTERM and panic.
-use std::{
-    sync::Mutex,
-    time::{Duration, Instant},
-};
+use std::sync::Mutex;
 
 use anyhow::{Result, bail};
 
@@ -162,9 +159,6 @@ pub struct KnobGuard {
     ran_ksmd: bool,
 }
 
-/// How long ksmd may take to drop what exited processes left in its trees.
-const REAP_TIMEOUT: Duration = Duration::from_secs(5);
-
 impl KnobGuard {
     pub fn new() -> Result<Self> {
         Ok(Self {
@@ -241,38 +235,8 @@ impl KnobGuard {
     fn reap_exited(&mut self) -> Result<()> {
         self.save("sleep_millisecs")?;
         self.save("run")?;
-        let_ksmd_drop_exited()
+        crate::kernel::let_ksmd_drop_exited()
     }
-}
-
-/// Lets ksmd, flat out, finish one full scan — which visits the mms of exited processes first
-/// and drops their pages from its trees and counters — then puts `sleep_millisecs` back as it
-/// found it. Leaves `run=1` for the caller to restore. With no mergeable memory left at all,
-/// ksmd waits for work instead of scanning: then there is nothing to drop once its counters
-/// read zero.
-pub fn let_ksmd_drop_exited() -> Result<()> {
-    let start = sysfs::read_i64("full_scans")?;
-    let sleep = sysfs::read("sleep_millisecs")?;
-    sysfs::write("sleep_millisecs", "0")?;
-    sysfs::write("run", "1")?;
-    let deadline = Instant::now() + REAP_TIMEOUT;
-    let result = loop {
-        let nothing_left = || -> Result<bool> {
-            Ok(sysfs::read_i64("pages_shared")? == 0 && sysfs::read_i64("pages_sharing")? == 0)
-        };
-        if sysfs::read_i64("full_scans")? != start || nothing_left()? {
-            break Ok(());
-        }
-        if Instant::now() >= deadline {
-            break Err(anyhow::anyhow!(
-                "ksmd did not finish a full scan within {} s: pages of exited workers may stay counted in pages_shared until it next runs",
-                REAP_TIMEOUT.as_secs()
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    sysfs::write("sleep_millisecs", &sleep)?;
-    result
 }
 
 impl Drop for KnobGuard {

@@ -244,7 +244,7 @@ fn undo(state: &State) -> String {
         done.push(format!("ended {} process(es) it started", ended.len()));
     }
     if state.ksmd_started
-        && let Err(e) = crate::knobs::let_ksmd_drop_exited()
+        && let Err(e) = crate::kernel::let_ksmd_drop_exited()
     {
         failed.push(format!("{e:#}"));
     }

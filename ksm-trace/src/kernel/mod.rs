@@ -4,7 +4,10 @@ pub mod ksm_stat;
 pub mod sysfs;
 pub mod tracefs;
 
-use std::collections::BTreeMap;
+use std::{
+    collections::BTreeMap,
+    time::{Duration, Instant},
+};
 
 pub use crate::recording::schema::{Counters, KsmStat};
 use anyhow::{Context as _, Result, anyhow};
@@ -46,6 +49,39 @@ pub fn ksmd_pid() -> Result<u32> {
     Err(anyhow!(
         "no ksmd kernel thread found: this kernel runs without KSM (CONFIG_KSM=n)"
     ))
+}
+
+/// How long ksmd may take to drop what exited processes left in its trees.
+const REAP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Lets ksmd, flat out, finish one full scan — which visits the mms of exited processes first
+/// and drops their pages from its trees and counters — then puts `sleep_millisecs` back as it
+/// found it. Leaves `run=1` for the caller to restore. With no mergeable memory left at all,
+/// ksmd waits for work instead of scanning: then there is nothing to drop once its counters
+/// read zero.
+pub fn let_ksmd_drop_exited() -> Result<()> {
+    let start = sysfs::read_i64("full_scans")?;
+    let sleep = sysfs::read("sleep_millisecs")?;
+    sysfs::write("sleep_millisecs", "0")?;
+    sysfs::write("run", "1")?;
+    let deadline = Instant::now() + REAP_TIMEOUT;
+    let result = loop {
+        let nothing_left = || -> Result<bool> {
+            Ok(sysfs::read_i64("pages_shared")? == 0 && sysfs::read_i64("pages_sharing")? == 0)
+        };
+        if sysfs::read_i64("full_scans")? != start || nothing_left()? {
+            break Ok(());
+        }
+        if Instant::now() >= deadline {
+            break Err(anyhow!(
+                "ksmd did not finish a full scan within {} s: pages of exited workers may stay counted in pages_shared until it next runs",
+                REAP_TIMEOUT.as_secs()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    sysfs::write("sleep_millisecs", &sleep)?;
+    result
 }
 
 /// Time `pid` has run, in ns: schedstat's sum_exec_runtime (utime + stime would be tick-sampled,
