@@ -1,7 +1,8 @@
 //! Ctrl-C and SIGTERM as one stop request, so every command that changes the system ends
 //! through its orderly path (knobs restored, workload stopped, guests ended, temp files
-//! removed) instead of dying: awaitable for the async commands, a polled flag for the lab's
-//! blocking waits.
+//! removed) instead of dying: awaitable for the async commands, a polled flag for blocking
+//! waits (the lab's, a workload's start). [`Interrupts`] sets the flag too: tokio's handler
+//! (signal-hook-registry) chains to the one installed before it.
 use std::sync::atomic::{AtomicI32, Ordering};
 
 use anyhow::Result;
@@ -16,6 +17,8 @@ pub struct Interrupts {
 impl Interrupts {
     /// Takes over SIGINT and SIGTERM from here on: install it before changing anything.
     pub fn install() -> Result<Self> {
+        // First, so that tokio's handler, registered below, calls it.
+        install_stop_flag()?;
         Ok(Self {
             sigint: signal(SignalKind::interrupt())?,
             sigterm: signal(SignalKind::terminate())?,
@@ -40,7 +43,15 @@ extern "C" fn note_stop(signal: libc::c_int) {
 }
 
 /// Turns SIGINT and SIGTERM into a flag that blocking loops poll with [`stop_requested`].
+/// Only the first call installs the handler: a later one would replace tokio's.
 pub fn install_stop_flag() -> Result<()> {
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    let mut result = Ok(());
+    INSTALLED.call_once(|| result = install_flag_handler());
+    result
+}
+
+fn install_flag_handler() -> Result<()> {
     let action = SigAction::new(
         SigHandler::Handler(note_stop),
         SaFlags::SA_RESTART,

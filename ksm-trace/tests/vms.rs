@@ -136,3 +136,69 @@ fn sigterm_stops_guests() {
     assert_no_guests_left();
     session.assert_knobs_restored();
 }
+
+#[test]
+fn sigterm_while_guests_boot_ends_the_start_quickly() {
+    let Some(session) = KsmSession::try_start("vms-boot-sigterm") else {
+        return;
+    };
+    let out = session.path("vms-boot.json");
+    let tmp_before = ksm_trace_tmp_entries();
+    let child = spawn_ksm_trace(&[
+        "record",
+        "--workload",
+        "vms:2,mem=128M",
+        "--duration",
+        "60s",
+        "-q",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    let dir = PathBuf::from(format!("/tmp/ksm-trace-vms-{}", child.id()));
+    // Both QEMUs started, neither guest ready yet (a boot takes several seconds under TCG).
+    let ready = |i: u32| {
+        fs::read_to_string(dir.join(format!("ksm-vm{i}.log")))
+            .is_ok_and(|log| log.contains("KSM-TRACE-READY"))
+    };
+    assert!(
+        wait_until(Duration::from_secs(60), || pids_named("ksm-vm").len() == 2),
+        "guests started"
+    );
+    assert!(!ready(0) && !ready(1), "a guest was ready already");
+    let sent = std::time::Instant::now();
+    terminate(&child);
+    let output = child.wait_with_output().unwrap();
+    let took = sent.elapsed();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    // QMP quit ends a booting guest at once; anything near the boot timeout means the wait
+    // did not see the request.
+    assert!(
+        took < Duration::from_secs(10),
+        "exit took {took:?}: {stderr}"
+    );
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert!(
+        lines[0].contains("stopped (terminate)") && lines[0].contains("booting"),
+        "{stderr}"
+    );
+    assert!(!out.exists(), "no recording of a run that never started");
+    assert_no_guests_left();
+    session.assert_knobs_restored();
+    let left: Vec<PathBuf> = ksm_trace_tmp_entries()
+        .into_iter()
+        .filter(|p| !tmp_before.contains(p))
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+/// Everything named /tmp/ksm-trace-*.
+fn ksm_trace_tmp_entries() -> Vec<PathBuf> {
+    fs::read_dir("/tmp")
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("ksm-trace-"))
+        .map(|e| e.path())
+        .collect()
+}
