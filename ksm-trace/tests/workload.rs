@@ -1,6 +1,16 @@
 //! The procs workload against the real kernel: rounds and writes break merged pages, and what
-//! ksm-trace reports must still add up against /proc/<pid>/ksm_stat and /proc/vmstat cow_ksm.
+//! ksm-trace reports must still add up against /proc/<pid>/ksm_stat and /proc/vmstat cow_ksm,
+//! read by the test itself while the workers run.
 mod common;
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use common::*;
 
@@ -14,11 +24,17 @@ fn cow_ksm() -> u64 {
         .unwrap()
 }
 
+/// What the test saw of each worker while record ran: the highest `ksm_merging_pages` in its
+/// /proc/<pid>/ksm_stat, by pid.
+type Seen = HashMap<u64, u64>;
+
+/// Records `workload` while a thread of the test reads every `ksm-procs-*` worker's ksm_stat
+/// every 10 ms.
 fn record_workload(
     session: &KsmSession,
     workload: &str,
     extra: &[&str],
-) -> (serde_json::Value, serde_json::Value) {
+) -> (serde_json::Value, serde_json::Value, Seen) {
     let mut args = vec![
         "--workload",
         workload,
@@ -28,7 +44,44 @@ fn record_workload(
         "10",
     ];
     args.extend_from_slice(extra);
-    record(session, &args)
+    let done = Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let done = Arc::clone(&done);
+        std::thread::spawn(move || {
+            let mut seen = Seen::new();
+            while !done.load(Ordering::SeqCst) {
+                for pid in pids_named("ksm-procs-") {
+                    if let Some(n) = merging_pages(pid) {
+                        let max = seen.entry(pid as u64).or_default();
+                        *max = (*max).max(n);
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            seen
+        })
+    };
+    let (rec, rep) = record(session, &args);
+    done.store(true, Ordering::SeqCst);
+    (rec, rep, watcher.join().unwrap())
+}
+
+/// `ksm_merging_pages` of a process that may have exited meanwhile.
+fn merging_pages(pid: u32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/ksm_stat")).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("ksm_merging_pages "))?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// The highest ksm_merging_pages the test saw for worker `p`.
+fn seen_by_test(seen: &Seen, p: &serde_json::Value) -> u64 {
+    let pid = p["pid"].as_u64().unwrap();
+    *seen
+        .get(&pid)
+        .unwrap_or_else(|| panic!("the test never read ksm_stat of {p}"))
 }
 
 fn workers(rep: &serde_json::Value) -> Vec<serde_json::Value> {
@@ -51,7 +104,7 @@ fn rounds_and_writes_are_explained_by_observed_unmerges_and_cow_ksm() {
         return;
     };
     let cow_before = cow_ksm();
-    let (rec, rep) = record_workload(
+    let (rec, rep, seen) = record_workload(
         &session,
         "procs:3,pages=1500,dup=0.6,rounds=3,wait=2s,write=0.05",
         &["--merge-latency", "off"],
@@ -65,17 +118,25 @@ fn rounds_and_writes_are_explained_by_observed_unmerges_and_cow_ksm() {
             p["merges"].as_i64().unwrap(),
             p["unmerges"].as_i64().unwrap(),
         );
-        let silent = merges - unmerges - delta(p, "ksm_merging_pages");
-        assert_eq!(p["silent_unmerges"].as_i64().unwrap(), silent);
-        // Every page that left the stable tree either fired a tracepoint or was a sharer that
-        // wrote its copy (a COW break the kernel counted).
-        assert!(silent >= 0, "{p}");
+        let delta = delta(p, "ksm_merging_pages");
+        // Workers' pages are merged only inside the window (ksmd is paused outside it and the
+        // pages are new), so every merging page the test itself saw took a traced merge.
+        let seen = seen_by_test(&seen, p) as i64;
+        assert!(
+            merges >= seen,
+            "merges {merges} < {seen} seen by the test: {p}"
+        );
+        // Traced unmerges never exceed the pages that left: merges − unmerges ≥ Δ.
+        assert!(merges - unmerges >= delta, "{p}");
+        // The rest left without a tracepoint: sharers that wrote their copy, each a COW break
+        // the kernel counted.
+        let silent = merges - unmerges - delta;
         assert!(
             silent as u64 <= cow_delta,
-            "{p}: silent {silent} > cow_ksm {cow_delta}"
+            "{p}: {silent} pages left silently, cow_ksm +{cow_delta}"
         );
         // Rounds rewrote merged pages and KSM merged them again.
-        assert!(merges > delta(p, "ksm_merging_pages"), "{p}");
+        assert!(merges > delta, "{p}");
         assert!(unmerges > 0, "{p}");
     }
     // The workload classifies each write through /proc/kpageflags just before it; a page that
@@ -108,7 +169,7 @@ fn zero_pages_are_zero_page_merges_with_use_zero_pages() {
         return;
     };
     let zero_before = knob("use_zero_pages");
-    let (_rec, rep) = record_workload(
+    let (_rec, rep, seen) = record_workload(
         &session,
         "procs:2,pages=1000,dup=0.4,zero=0.2",
         &["--duration", "4s", "--use-zero-pages", "on"],
@@ -126,6 +187,8 @@ fn zero_pages_are_zero_page_merges_with_use_zero_pages() {
             "{p}"
         );
         assert_eq!(p["merges"], 400, "{p}");
+        // Nothing writes after merging: what the test saw is what was merged.
+        assert_eq!(seen_by_test(&seen, &p), 400, "{p}");
     }
     assert_eq!(
         knob("use_zero_pages"),
@@ -140,7 +203,7 @@ fn prctl_mode_merges_the_whole_process() {
     let Some(session) = KsmSession::try_start("prctl") else {
         return;
     };
-    let (_rec, rep) = record_workload(
+    let (_rec, rep, seen) = record_workload(
         &session,
         "procs:2,pages=1000,dup=0.5,mode=prctl",
         &["--duration", "4s"],
@@ -150,6 +213,11 @@ fn prctl_mode_merges_the_whole_process() {
         assert_eq!(merges, delta(&p, "ksm_merging_pages"), "{p}");
         // prctl makes every mapping mergeable, so a few pages besides the workload's merge too.
         assert!(merges >= 500, "{p}");
+        let seen = seen_by_test(&seen, &p) as i64;
+        assert!(
+            seen >= 500 && seen <= merges,
+            "{seen} seen by the test: {p}"
+        );
     }
     session.assert_knobs_restored();
 }
