@@ -1,5 +1,5 @@
 //! `ksm-trace lab --kernel host`: the lab's scenario on the running kernel, each step a child
-//! ksm-trace as in the guest, so the same checks apply. `record` saves and restores the KSM
+//! ksm-trace as in the guest, so the transcript has the same shape. `record` saves and restores the KSM
 //! knobs itself; a child outliving this process gets SIGTERM and takes its orderly exit.
 use std::{
     fs,
@@ -12,16 +12,16 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use super::scenario::{RECORD_ARGS, Transcript};
+use super::scenario::{self, Counters, RECORD_ARGS, Step, Transcript};
 
 /// One step's exit code and output.
-struct Step {
+struct Output {
     rc: Option<i32>,
     stdout: String,
     stderr: String,
 }
 
-fn step(exe: &Path, args: &[&str]) -> Result<Step> {
+fn step(exe: &Path, args: &[&str]) -> Result<Output> {
     let mut cmd = Command::new(exe);
     cmd.args(args)
         .stdin(Stdio::null())
@@ -52,7 +52,7 @@ fn step(exe: &Path, args: &[&str]) -> Result<Step> {
     if let Some(why) = crate::interrupts::stop_requested() {
         bail!("the lab was stopped ({why}) during `ksm-trace {}`", args[0]);
     }
-    Ok(Step {
+    Ok(Output {
         rc: status.code(),
         stdout,
         stderr,
@@ -74,10 +74,6 @@ fn exit(rc: Option<i32>) -> String {
     rc.map_or("killed by a signal".into(), |rc| format!("exit {rc}"))
 }
 
-fn json(text: &str, what: &str) -> Result<serde_json::Value, String> {
-    serde_json::from_str(text).map_err(|e| format!("{what} is not JSON: {e}"))
-}
-
 /// Runs doctor, record (its recording in `run_dir`) and report with this executable.
 pub fn run(run_dir: &Path, mut progress: impl FnMut(&str)) -> Result<Transcript> {
     let exe = std::env::current_exe().context("finding ksm-trace's own executable")?;
@@ -85,6 +81,7 @@ pub fn run(run_dir: &Path, mut progress: impl FnMut(&str)) -> Result<Transcript>
         .map(|u| u.release().to_string_lossy().into_owned())
         .unwrap_or_else(|_| "?".into());
 
+    let mut problems = Vec::new();
     let doctor = step(&exe, &["doctor", "--json"])?;
     progress(&format!("doctor: {}", exit(doctor.rc)));
 
@@ -92,9 +89,11 @@ pub fn run(run_dir: &Path, mut progress: impl FnMut(&str)) -> Result<Transcript>
     let recording_arg = recording_path.to_string_lossy();
     let mut record_args: Vec<&str> = RECORD_ARGS.split_whitespace().collect();
     record_args.extend(["-o", &recording_arg]);
+    let counters_before = Counters::read();
     let started = Instant::now();
     let record = step(&exe, &record_args)?;
     let record_s = started.elapsed().as_secs_f64();
+    let counters_after = Counters::read();
     progress(&format!(
         "record: {} after {record_s:.1} s",
         exit(record.rc)
@@ -106,25 +105,45 @@ pub fn run(run_dir: &Path, mut progress: impl FnMut(&str)) -> Result<Transcript>
         if report.rc != Some(0) {
             diagnostics += &format!("\n--- report's error output ---\n{}", report.stderr.trim());
         }
-        let recording = fs::read_to_string(&recording_path)
-            .map_err(|e| format!("reading {}: {e}", recording_path.display()))
-            .and_then(|text| json(&text, "the recording"));
-        (json(&report.stdout, "report --json's output"), recording)
+        let recording = match fs::read_to_string(&recording_path) {
+            Ok(text) => scenario::parse_json(&text, "the recording", &mut problems),
+            Err(e) => {
+                problems.push(format!("reading {}: {e}", recording_path.display()));
+                None
+            }
+        };
+        let json = scenario::parse_json(&report.stdout, "report --json's output", &mut problems);
+        (
+            Step {
+                rc: report.rc,
+                stderr: report.stderr,
+                json,
+            },
+            recording,
+        )
     } else {
-        let why = "record failed: no recording".to_owned();
-        (Err(why.clone()), Err(why))
+        (Step::default(), None)
     };
     Ok(Transcript {
+        kernel: super::HOST.to_owned(),
         release,
         boot_s: None,
         record_s: Some(record_s),
-        doctor_rc: doctor.rc,
-        doctor: json(&doctor.stdout, "doctor --json's output"),
-        doctor_stderr: doctor.stderr,
-        record_rc: record.rc,
-        record_stderr: record.stderr,
+        doctor: Step {
+            rc: doctor.rc,
+            json: scenario::parse_json(&doctor.stdout, "doctor --json's output", &mut problems),
+            stderr: doctor.stderr,
+        },
+        record: Step {
+            rc: record.rc,
+            stderr: record.stderr,
+            json: None,
+        },
         report,
         recording,
+        counters_before,
+        counters_after,
+        problems,
         diagnostics,
     })
 }

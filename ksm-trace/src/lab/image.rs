@@ -20,12 +20,17 @@ pub const DOCTOR: &str = "KSM-TRACE-DOCTOR";
 pub const DOCTOR_STDERR: &str = "KSM-TRACE-DOCTOR-STDERR";
 pub const RECORD_STDERR: &str = "KSM-TRACE-RECORD-STDERR";
 pub const REPORT: &str = "KSM-TRACE-REPORT";
+pub const REPORT_STDERR: &str = "KSM-TRACE-REPORT-STDERR";
 pub const RECORDING: &str = "KSM-TRACE-RECORDING";
 /// `KSM-TRACE-LAB-BOOTED <uptime s>`: /init started.
 pub const BOOTED: &str = "KSM-TRACE-LAB-BOOTED";
 /// `KSM-TRACE-LAB-STATUS doctor=N record=N report=N record_s=S`.
 pub const STATUS: &str = "KSM-TRACE-LAB-STATUS";
-/// `KSM-TRACE-LAB-DONE rc=N`: the last line before power-off.
+/// `KSM-TRACE-COUNTERS-BEFORE cow_ksm=N full_scans=N`: read by the script just before record.
+pub const COUNTERS_BEFORE: &str = "KSM-TRACE-COUNTERS-BEFORE";
+/// The same, just after record.
+pub const COUNTERS_AFTER: &str = "KSM-TRACE-COUNTERS-AFTER";
+/// `KSM-TRACE-LAB-DONE`: the last line before power-off.
 pub const DONE: &str = "KSM-TRACE-LAB-DONE";
 
 /// Where ksm-trace lives in the guest.
@@ -52,28 +57,32 @@ block() {{
   echo
   echo "$1-END"
 }}
+# The kernel's own counters, read here and not by ksm-trace, for checking its figures.
+counters() {{
+  echo "$1 cow_ksm=$(sed -n 's/^cow_ksm //p' /proc/vmstat) full_scans=$(cat /sys/kernel/mm/ksm/full_scans)"
+}}
 /{GUEST_BIN} doctor --json > /tmp/doctor.json 2> /tmp/doctor.err
 drc=$?
 block {DOCTOR} /tmp/doctor.json
 block {DOCTOR_STDERR} /tmp/doctor.err
+counters {COUNTERS_BEFORE}
 t0=$(cut -d' ' -f1 /proc/uptime)
 /{GUEST_BIN} {RECORD_ARGS} -o /tmp/r.json > /tmp/record.out 2> /tmp/record.err
 rrc=$?
 t1=$(cut -d' ' -f1 /proc/uptime)
+counters {COUNTERS_AFTER}
 block {RECORD_STDERR} /tmp/record.err
 prc=-
-rc=$rrc
 if [ $rrc -eq 0 ]; then
   /{GUEST_BIN} report /tmp/r.json --json > /tmp/report.json 2> /tmp/report.err
   prc=$?
   block {REPORT} /tmp/report.json
+  block {REPORT_STDERR} /tmp/report.err
   block {RECORDING} /tmp/r.json
-  [ $prc -ne 0 ] && rc=$prc && cat /tmp/report.err
 fi
-[ $rc -eq 0 ] && [ $drc -ne 0 ] && rc=$drc
 echo "{STATUS} doctor=$drc record=$rrc report=$prc record_start=$t0 record_end=$t1"
-[ $rc -ne 0 ] && dmesg | tail -n 20
-echo "{DONE} rc=$rc"
+[ $rrc -ne 0 ] && dmesg | tail -n 20
+echo "{DONE}"
 poweroff -f
 "#
     )
@@ -178,10 +187,13 @@ mod tests {
     #[test]
     fn init_prints_every_block_and_ends_with_done() {
         let s = init_script();
-        for m in [DOCTOR, REPORT, RECORDING, RECORD_STDERR] {
+        for m in [DOCTOR, REPORT, RECORDING, RECORD_STDERR, REPORT_STDERR] {
             assert!(s.contains(&format!("block {m} ")), "{m}");
         }
         assert!(s.contains("--merge-latency both"));
+        let record = s.find("-o /tmp/r.json").unwrap();
+        assert!(s.find(&format!("counters {COUNTERS_BEFORE}")).unwrap() < record);
+        assert!(s.find(&format!("counters {COUNTERS_AFTER}")).unwrap() > record);
         let done = s.find(DONE).unwrap();
         assert!(done < s.find("poweroff -f").unwrap());
     }

@@ -1,5 +1,6 @@
 //! The kernels the lab can boot: a name (`debian-6.12`) → the newest matching Debian package,
 //! downloaded once into /var/cache/ksm-trace/lab/<name>/ and checked for what ksm-trace needs.
+//! (6.12 has the ksm:* tracepoints, fentry/fexit and kprobes; 6.1 predates the tracepoints.)
 use std::{fs, path::Path};
 
 use anyhow::{Context as _, Result, bail};
@@ -9,15 +10,13 @@ use crate::guest::{
     kernel::{self, KernelImage},
 };
 
-/// A kernel the lab knows how to fetch, and what ksm-trace should find on it.
+/// A kernel the lab knows how to fetch.
 #[derive(Clone, Copy, Debug)]
 pub struct LabKernel {
     pub name: &'static str,
     /// Packages `<prefix>…<suffix>`; the newest by version wins.
     prefix: &'static str,
     suffix: &'static str,
-    /// Whether the ksm:* tracepoints exist there (6.1 lacks them: `record` must refuse).
-    pub has_ksm_tracepoints: bool,
 }
 
 pub const KERNELS: [LabKernel; 2] = [
@@ -25,13 +24,11 @@ pub const KERNELS: [LabKernel; 2] = [
         name: "debian-6.12",
         prefix: "linux-image-6.12.",
         suffix: "-cloud-amd64-unsigned",
-        has_ksm_tracepoints: true,
     },
     LabKernel {
         name: "debian-6.1",
         prefix: "linux-image-6.1.0-",
         suffix: "-cloud-amd64",
-        has_ksm_tracepoints: false,
     },
 ];
 

@@ -1,9 +1,13 @@
 //! The lab's scenario — doctor, record, report — and its transcript: what each step printed and
-//! returned, the same whether it ran in a guest (cut out of the serial console) or on the host.
-use anyhow::Result;
+//! returned, and the kernel's own counters read around `record` by the scenario itself (the
+//! guest's shell or the lab on the host, not `record`), the same whether it ran in a guest (cut
+//! out of the serial console at markers) or on the host. The transcript is data: `ksm-trace lab`
+//! summarizes it, `--json` hands it whole to whoever judges it (the root tests).
+use anyhow::{Context as _, Result, anyhow};
+use serde::Serialize;
 use serde_json::Value;
 
-use super::{checks, image};
+use super::image;
 
 /// What `ksm-trace record` runs: two processes, a few thousand pages each, half identical,
 /// with writes after merging (so silent unmerges and COW breaks happen) and both latency
@@ -12,54 +16,216 @@ pub const RECORD_ARGS: &str = "record --workload procs:2,pages=3000,dup=0.5,roun
      --pages-to-scan 2000 --sleep-ms 10 --merge-latency both -q";
 
 /// What the scenario's steps left behind.
+#[derive(Debug, Serialize)]
 pub struct Transcript {
+    /// The kernel the lab was asked for (`debian-6.12`, `host`).
+    pub kernel: String,
     /// `uname -r` where the scenario ran.
     pub release: String,
     /// Seconds from boot to the scenario's start (guests only).
     pub boot_s: Option<f64>,
     /// Wall-clock seconds of `record`.
     pub record_s: Option<f64>,
-    pub doctor_rc: Option<i32>,
-    /// `doctor --json`'s output, or why there is none.
-    pub doctor: Result<Value, String>,
-    pub doctor_stderr: String,
-    pub record_rc: Option<i32>,
-    pub record_stderr: String,
-    /// `report --json` of the recording, or why there is none.
-    pub report: Result<Value, String>,
-    /// The recording itself, or why there is none.
-    pub recording: Result<Value, String>,
-    /// Shown when a check fails: the console's last lines, or the steps' error output.
+    /// `doctor --json`.
+    pub doctor: Step,
+    /// `record … -o FILE`.
+    pub record: Step,
+    /// `report FILE --json`, run only when record succeeded.
+    pub report: Step,
+    /// The recording `record` wrote, as JSON.
+    pub recording: Option<Value>,
+    /// The kernel's counters just before and just after `record`.
+    pub counters_before: Counters,
+    pub counters_after: Counters,
+    /// What is missing from the transcript, and why (a block the guest never printed, output
+    /// that is not JSON).
+    pub problems: Vec<String>,
+    /// Shown when the scenario could not run to its end: the console's tail, or the steps'
+    /// error output.
+    #[serde(skip)]
     pub diagnostics: String,
+}
+
+/// One step of the scenario.
+#[derive(Debug, Default, Serialize)]
+pub struct Step {
+    /// Exit code; None when the step did not run or was killed by a signal.
+    pub rc: Option<i32>,
+    pub stderr: String,
+    /// Its standard output as JSON (doctor and report), when it was JSON.
+    pub json: Option<Value>,
+}
+
+/// Counters read by the scenario itself, not by ksm-trace: what ksm-trace's figures are held
+/// against.
+#[derive(Debug, Default, Serialize)]
+pub struct Counters {
+    /// `cow_ksm` in /proc/vmstat.
+    pub cow_ksm: Option<i64>,
+    /// /sys/kernel/mm/ksm/full_scans.
+    pub full_scans: Option<i64>,
+}
+
+impl Counters {
+    /// `cow_ksm=N full_scans=N` from the first console line starting with `marker`.
+    fn from_console(console: &str, marker: &str) -> Self {
+        let num = |key: &str| field(console, marker, key).and_then(|v| v.parse().ok());
+        Self {
+            cow_ksm: num("cow_ksm"),
+            full_scans: num("full_scans"),
+        }
+    }
+
+    /// This machine's counters, now.
+    pub fn read() -> Self {
+        Self {
+            cow_ksm: crate::kernel::vmstat()
+                .ok()
+                .and_then(|v| v.get("cow_ksm").copied()),
+            full_scans: crate::kernel::sysfs::read_i64("full_scans").ok(),
+        }
+    }
+}
+
+/// Parses `text` as a step's JSON output, noting in `problems` why it is not.
+pub fn parse_json(text: &str, what: &str, problems: &mut Vec<String>) -> Option<Value> {
+    serde_json::from_str(text)
+        .map_err(|e| problems.push(format!("{what} is not JSON: {e}")))
+        .ok()
 }
 
 impl Transcript {
     /// Cuts a guest's serial console apart at the markers the `/init` script prints;
-    /// `diagnostics` is what to show if a check fails (the console's tail).
-    pub fn from_console(console: &str, diagnostics: String) -> Self {
+    /// `diagnostics` is what to show if the scenario failed (the console's tail).
+    pub fn from_console(kernel: &str, console: &str, diagnostics: String) -> Self {
         let booted = console
             .lines()
             .find(|l| l.starts_with(image::BOOTED))
             .map(|l| l.split_whitespace().skip(1).collect::<Vec<_>>())
             .unwrap_or_default();
-        let status = |key: &str| checks::field(console, image::STATUS, key);
+        let status = |key: &str| field(console, image::STATUS, key);
         let num = |key: &str| status(key).and_then(|v| v.parse::<f64>().ok());
         let rc = |key: &str| status(key).and_then(|v| v.parse::<i32>().ok());
-        let json = |marker: &str| checks::json_block(console, marker).map_err(|e| format!("{e:#}"));
+        let mut problems = Vec::new();
+        let mut json = |marker: &str| {
+            json_block(console, marker)
+                .map_err(|e| problems.push(format!("{e:#}")))
+                .ok()
+        };
+        let doctor = json(image::DOCTOR);
+        // The report and the recording exist only after a record that succeeded.
+        let recorded = rc("record") == Some(0);
+        let report = recorded.then(|| json(image::REPORT)).flatten();
+        let recording = recorded.then(|| json(image::RECORDING)).flatten();
+        let stderr = |marker: &str| block(console, marker).unwrap_or_default();
         Self {
+            kernel: kernel.to_owned(),
             release: booted.get(1).copied().unwrap_or("?").to_owned(),
             boot_s: booted.first().and_then(|s| s.parse().ok()),
             record_s: num("record_end")
                 .zip(num("record_start"))
                 .map(|(b, a)| b - a),
-            doctor_rc: rc("doctor"),
-            doctor: json(image::DOCTOR),
-            doctor_stderr: checks::block(console, image::DOCTOR_STDERR).unwrap_or_default(),
-            record_rc: rc("record"),
-            record_stderr: checks::block(console, image::RECORD_STDERR).unwrap_or_default(),
-            report: json(image::REPORT),
-            recording: json(image::RECORDING),
+            doctor: Step {
+                rc: rc("doctor"),
+                stderr: stderr(image::DOCTOR_STDERR),
+                json: doctor,
+            },
+            record: Step {
+                rc: rc("record"),
+                stderr: stderr(image::RECORD_STDERR),
+                json: None,
+            },
+            report: Step {
+                rc: rc("report"),
+                stderr: stderr(image::REPORT_STDERR),
+                json: report,
+            },
+            recording,
+            counters_before: Counters::from_console(console, image::COUNTERS_BEFORE),
+            counters_after: Counters::from_console(console, image::COUNTERS_AFTER),
+            problems,
             diagnostics,
         }
+    }
+}
+
+/// The text between the lines `<marker>-BEGIN` and `<marker>-END`.
+pub fn block(console: &str, marker: &str) -> Option<String> {
+    let begin = format!("{marker}-BEGIN");
+    let end = format!("{marker}-END");
+    let mut lines = console.lines().skip_while(|l| l.trim_end() != begin);
+    lines.next()?;
+    let mut text = String::new();
+    for line in lines {
+        if line.trim_end() == end {
+            return Some(text);
+        }
+        text.push_str(line);
+        text.push('\n');
+    }
+    None
+}
+
+/// `key=value` from the first line starting with `prefix`.
+pub fn field(console: &str, prefix: &str, key: &str) -> Option<String> {
+    let line = console.lines().find(|l| l.starts_with(prefix))?;
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(&format!("{key}=")))
+        .map(str::to_owned)
+}
+
+/// The JSON in block `marker`, or an error naming it.
+pub fn json_block(console: &str, marker: &str) -> Result<Value> {
+    let text =
+        block(console, marker).ok_or_else(|| anyhow!("the guest printed no {marker} block"))?;
+    serde_json::from_str(&text).with_context(|| format!("the guest's {marker} block is not JSON"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocks_are_cut_at_their_markers() {
+        let console =
+            "boot\nA-BEGIN\n{\"x\": 1}\n\nA-END\nA-STDERR-BEGIN\noops\nA-STDERR-END\nS a=1 b=two\n";
+        assert_eq!(block(console, "A").unwrap(), "{\"x\": 1}\n\n");
+        assert_eq!(block(console, "A-STDERR").unwrap(), "oops\n");
+        assert!(block(console, "B").is_none());
+        assert_eq!(json_block(console, "A").unwrap()["x"], 1);
+        assert_eq!(field(console, "S ", "b").as_deref(), Some("two"));
+    }
+
+    #[test]
+    fn a_console_becomes_a_transcript() {
+        let console = format!(
+            "{booted} 2.50 6.12.9\n{d}-BEGIN\n{{\"ok\": true}}\n{d}-END\n\
+             {before} cow_ksm=10 full_scans=3\n{after} cow_ksm=25 full_scans=9\n\
+             {rs}-BEGIN\n{rs}-END\n\
+             {status} doctor=0 record=1 report=- record_start=3.0 record_end=10.5\n",
+            booted = image::BOOTED,
+            d = image::DOCTOR,
+            before = image::COUNTERS_BEFORE,
+            after = image::COUNTERS_AFTER,
+            rs = image::RECORD_STDERR,
+            status = image::STATUS,
+        );
+        let t = Transcript::from_console("debian-6.12", &console, String::new());
+        assert_eq!(t.release, "6.12.9");
+        assert_eq!(t.boot_s, Some(2.5));
+        assert_eq!(t.record_s, Some(7.5));
+        assert_eq!(
+            (t.doctor.rc, t.record.rc, t.report.rc),
+            (Some(0), Some(1), None)
+        );
+        assert_eq!(t.doctor.json.unwrap()["ok"], true);
+        assert_eq!(t.counters_before.cow_ksm, Some(10));
+        assert_eq!(t.counters_after.full_scans, Some(9));
+        // No report or recording after a failed record, and none missed.
+        assert!(t.recording.is_none() && t.report.json.is_none());
+        assert!(t.problems.is_empty(), "{:?}", t.problems);
+        let without_doctor = console.replace(image::DOCTOR, "X");
+        let t = Transcript::from_console("debian-6.12", &without_doctor, String::new());
+        assert_eq!(t.problems.len(), 1, "{:?}", t.problems);
     }
 }
