@@ -65,11 +65,14 @@ Examples:
       # each configuration until KSM has settled, at most 3 min")]
     Sweep(SweepArgs),
     /// Benchmarks comparable with the kernel's own.
-    #[command(subcommand, after_help = "\
+    #[command(
+        subcommand,
+        after_help = "\
 Examples:
   ksm-trace bench overhead                  # what tracing costs ksmd (about 5 min)
   ksm-trace bench merge --size 100M         # the kernel selftest's merge time
-  ksm-trace bench merge --size 100M --thp   # the same on transparent huge pages")]
+  ksm-trace bench merge --size 100M --thp   # the same on transparent huge pages"
+    )]
     Bench(BenchCommand),
     /// Undo what a ksm-trace that was killed left behind: KSM knobs, processes it started, run
     /// directories, mounts. Every command that changes the system does this first by itself.
@@ -133,6 +136,10 @@ pub struct RecordArgs {
     /// Interval of the kernel-counter time series (e.g. 1s, 500ms).
     #[arg(long, default_value = "1s", value_parser = parse::duration)]
     pub interval: Duration,
+    /// Size of the events ring buffer (a power of two from 4k, e.g. 8M). Events that do not
+    /// fit are counted as lost and the report marks what they make incomplete.
+    #[arg(long, default_value = "8M", value_parser = ring_buffer_size)]
+    pub ring_buffer: u32,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -218,6 +225,18 @@ pub struct FlameArgs {
     /// What the frames are.
     #[arg(long, default_value = "stack", value_parser = named(&View::ALL))]
     pub by: View,
+}
+
+/// `--ring-buffer`: the kernel takes a power of two that is a multiple of the page size.
+fn ring_buffer_size(text: &str) -> Result<u32, String> {
+    let bytes = parse::size(text)?;
+    let page = crate::kernel::page_size();
+    if !bytes.is_power_of_two() || bytes < page || bytes > 1 << 30 {
+        return Err(format!(
+            "{text} is not a power of two from {page} bytes to 1G: give e.g. 4k, 64k or 8M"
+        ));
+    }
+    Ok(bytes as u32)
 }
 
 /// A value parser for an enum given as `[(value, name, help)]`: clap lists the names with

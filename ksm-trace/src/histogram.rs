@@ -90,8 +90,12 @@ impl Histogram {
         slots
     }
 
+    /// Adds `other`'s samples; a sum whose count would overflow u64 keeps `self` as it was
+    /// (no real run gets near it; a crafted recording must not panic).
     pub fn add(&mut self, other: &Histogram) {
-        let _ = self.0.add(&other.0);
+        if self.count().checked_add(other.count()).is_some() {
+            let _ = self.0.add(&other.0);
+        }
     }
 }
 

@@ -103,6 +103,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 refresh: args.refresh,
                 interval: args.interval,
                 until_full_scans: None,
+                ring_buffer_bytes: args.ring_buffer,
             };
             let recording = record::record(&opts, std::env::args().collect()).await?;
             recording.write(&opts.output)?;

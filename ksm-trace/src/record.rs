@@ -51,6 +51,8 @@ pub struct RecordOptions {
     pub auto_scan: bool,
     /// Stop once this many full scans have completed in the window.
     pub until_full_scans: Option<u64>,
+    /// Size of the events ring buffer, bytes.
+    pub ring_buffer_bytes: u32,
 }
 
 const DRAIN_EVERY: Duration = Duration::from_millis(100);
@@ -95,7 +97,12 @@ pub async fn record(opts: &RecordOptions, command_line: Vec<String>) -> Result<R
     } else {
         opts.knobs.clone()
     };
-    let mut probes = Probes::load(&pre.caps, pre.caps.config(pre.ksmd), opts.merge_latency)?;
+    let mut probes = Probes::load_sized(
+        &pre.caps,
+        pre.caps.config(pre.ksmd),
+        opts.merge_latency,
+        opts.ring_buffer_bytes,
+    )?;
     let ring = probes.take_events()?;
     let bracket = BracketPolicy::start(&mut probes, opts.merge_latency)?;
 

@@ -475,3 +475,56 @@ fn workload_with_no_options_reaches_it_and_ends_once_settled() {
     session.assert_knobs_restored();
     assert!(pids_named("ksm-procs-").is_empty(), "a worker survived");
 }
+
+/// A forced overflow: a 4 KiB ring buffer cannot hold a merge burst of ksmd scanning flat out.
+/// The loss is counted and shown, the report marks itself incomplete, and what it traced is a
+/// lower bound of what the kernel counted — never a silently wrong number.
+#[test]
+fn lost_events_are_counted_and_mark_the_report_incomplete() {
+    let Some(session) = KsmSession::try_start("lost") else {
+        return;
+    };
+    let (rec, rep) = record(
+        &session,
+        &[
+            "--workload",
+            "procs:2,pages=8000",
+            "--pages-to-scan",
+            "8000",
+            "--sleep-ms",
+            "0",
+            "--ring-buffer",
+            "4k",
+            "--duration",
+            "4s",
+        ],
+    );
+    let lost = rep["lost_events"].as_u64().unwrap();
+    assert!(lost > 0, "a 4 KiB ring buffer lost nothing");
+    assert_eq!(rec["events"]["lost"], lost);
+    assert_eq!(rep["complete"], false);
+    assert!(!rep["incomplete"].as_array().unwrap().is_empty());
+    for w in rec["meta"]["workload"]["workers"].as_array().unwrap() {
+        let p = rep["processes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["pid"] == w["pid"])
+            .unwrap();
+        let merged = p["ksm_merging_pages_end"].as_u64().unwrap()
+            - p["ksm_merging_pages_start"].as_u64().unwrap();
+        assert_eq!(merged, 4000, "the kernel merged every identical page: {p}");
+        let traced = p["merges"].as_u64().unwrap();
+        assert!(
+            traced < merged,
+            "traced {traced} of {merged}: some were lost"
+        );
+    }
+    let text = ksm_trace(&["report", session.path("rec.json").to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains(&format!("INCOMPLETE: {lost} events were lost")),
+        "{text}"
+    );
+    session.assert_knobs_restored();
+}

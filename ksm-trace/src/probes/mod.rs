@@ -62,6 +62,17 @@ impl Probes {
     /// for each measurement and saying in [`Mechanisms`] what it chose and what it fell back
     /// from. The mmap_lock bracket is loaded but attached only by [`Probes::arm_bracket`].
     pub fn load(caps: &Capabilities, config: Config, latency: LatencyMode) -> Result<Self> {
+        Self::load_sized(caps, config, latency, ksm_trace_common::EVENTS_BYTES)
+    }
+
+    /// [`Probes::load`] with a ring buffer of `events_bytes` (a power of two, a multiple of
+    /// the page size): small ones make lost events happen on purpose.
+    pub fn load_sized(
+        caps: &Capabilities,
+        config: Config,
+        latency: LatencyMode,
+        events_bytes: u32,
+    ) -> Result<Self> {
         if PROGRAMS.is_empty() {
             return Err(anyhow!(
                 "this ksm-trace was built without its eBPF programs (AYA_BUILD_SKIP): rebuild with `cargo xtask build`"
@@ -69,6 +80,7 @@ impl Probes {
         }
         let mut ebpf = EbpfLoader::new()
             .override_global(names::CONFIG, &config, true)
+            .map_max_entries(names::EVENTS, events_bytes)
             .load(PROGRAMS)
             .map_err(|e| anyhow!("loading the eBPF object: {}", one_line(&e.to_string())))?;
         let mut fallbacks = Vec::new();

@@ -70,9 +70,57 @@ impl Recording {
         }
         let value = migrate::upgrade(value, version as u32)
             .map_err(|e| anyhow!("damaged ksm-trace recording (version {version}: {e})"))?;
+        plausible(&value, "")
+            .map_err(|e| anyhow!("damaged ksm-trace recording (version {version}: {e})"))?;
         serde_json::from_value(value)
             .map_err(|e| anyhow!("damaged ksm-trace recording (version {version}: {e})"))
     }
+}
+
+/// Largest count, size or duration a recording can hold: 2^53 (what JSON tools read exactly;
+/// 104 days of nanoseconds, 9·10^15 events). Beyond it a file was not written by ksm-trace,
+/// and sums over it could overflow.
+const MAX_PLAUSIBLE: u64 = 1 << 53;
+
+/// Fields that hold CLOCK_MONOTONIC timestamps or kernel addresses, which may be larger.
+const UNBOUNDED: [&str; 6] = [
+    "start_ns",
+    "end_ns",
+    "stop_ns",
+    "ts_ns",
+    "bracket_windows",
+    "vmemmap_base",
+];
+
+/// Refuses numbers no ksm-trace run can have produced, naming the first one.
+fn plausible(value: &serde_json::Value, path: &str) -> Result<()> {
+    use serde_json::Value;
+    match value {
+        Value::Number(n) => {
+            let fits = n
+                .as_u64()
+                .map(|v| v <= MAX_PLAUSIBLE)
+                .or_else(|| n.as_i64().map(|v| v.unsigned_abs() <= MAX_PLAUSIBLE))
+                .unwrap_or_else(|| n.as_f64().is_some_and(|f| f.is_finite()));
+            if !fits {
+                bail!("{path} = {n} is beyond any count, size or duration ksm-trace records");
+            }
+        }
+        Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                plausible(item, &format!("{path}[{i}]"))?;
+            }
+        }
+        Value::Object(fields) => {
+            for (key, item) in fields {
+                if !UNBOUNDED.contains(&key.as_str()) {
+                    plausible(item, &format!("{path}.{key}"))?;
+                }
+            }
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 fn temp_path(path: &Path) -> PathBuf {

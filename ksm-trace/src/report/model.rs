@@ -34,6 +34,11 @@ pub struct Report {
     /// Seconds until pages_sharing changed by less than 5 % over a full scan (None: not settled).
     pub settle_s: Option<f64>,
     pub lost_events: u64,
+    /// False when events were lost: every figure traced from events is then a lower bound and
+    /// the exactness checks against the kernel's counters do not hold.
+    pub complete: bool,
+    /// The figures lost events make incomplete (empty when complete).
+    pub incomplete: Vec<String>,
     pub unpaired_merges: u64,
     /// ksmd samples (flame graphs) and samples whose stack was lost.
     pub profile_samples: u64,
@@ -260,6 +265,12 @@ impl Report {
             profile_samples: rec.profile.samples(),
             profile_lost: rec.profile.lost,
             lost_events: rec.events.lost,
+            complete: rec.events.lost == 0,
+            incomplete: if rec.events.lost == 0 {
+                Vec::new()
+            } else {
+                INCOMPLETE_WHEN_LOST.iter().map(|s| s.to_string()).collect()
+            },
             unpaired_merges: rec.events.unpaired,
             merge_latency: LatencyReport {
                 all_ns: all.summary(),
@@ -274,6 +285,17 @@ impl Report {
 }
 
 const MIB: f64 = (1u64 << 20) as f64;
+
+/// What lost events leave short: everything counted from events. The kernel's own counters
+/// (deltas, time series) and the stack profile (counted in the kernel) are not affected.
+const INCOMPLETE_WHEN_LOST: [&str; 6] = [
+    "per-process merges, joins, failed and zero-page merges (lower bounds)",
+    "unmerges (lower bounds)",
+    "merge latency distributions (fewer samples)",
+    "full scans and their durations",
+    "ksmd batches and ksmd CPU by sched_switch",
+    "COW breaks per process",
+];
 
 pub fn all_latencies(rec: &Recording) -> Histogram {
     let mut all = Histogram::new();

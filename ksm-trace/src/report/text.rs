@@ -19,6 +19,14 @@ pub fn render(rec: &Recording, r: &Report) -> String {
         "ksm-trace: {:.1} s on Linux {}, ended: {ended}",
         r.duration_s, r.kernel_release
     );
+    if !r.complete {
+        let _ = writeln!(
+            o,
+            "INCOMPLETE: {} events were lost (the ring buffer was full; --ring-buffer sets its size). Lower bounds or short for this run: {}. The exactness checks (merges = Δksm_merging_pages, full scans = Δfull_scans) do not hold; the kernel's counters below are exact.",
+            r.lost_events,
+            r.incomplete.join("; ")
+        );
+    }
     if let Some(w) = &rec.meta.workload {
         let _ = writeln!(o, "workload: {} ({} workers)", w.spec_text, w.workers.len());
         for wk in &w.workers {
