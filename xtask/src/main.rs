@@ -6,7 +6,9 @@
 //! - `bench`: what tracing costs ksmd, and the selftest's merge time;
 //! - `lab --kernel K`: runs ksm-trace's scenario in a QEMU guest booting kernel K (e.g.
 //!   debian-6.12), or on the running kernel (`host`);
-//! - `fixture`: re-records the small recording the rendering tests read, and their golden files.
+//! - `fixture`: re-records the small recording the rendering tests read, and their golden files;
+//! - `dist`, `install [--uninstall]`: the Debian package, or the same files under /usr/local.
+mod dist;
 mod fixture;
 mod setup;
 
@@ -23,7 +25,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Install the eBPF toolchain pieces that are missing (idempotent).
+    /// Install the eBPF toolchain pieces that are missing, and what packaging needs (idempotent).
     Setup,
     /// Build ksm-trace with its eBPF programs.
     Build {
@@ -48,7 +50,16 @@ enum Cmd {
     },
     /// Regenerate the committed rendering fixture (a small real recording) and its golden outputs.
     Fixture,
-    /// Run all tests: unit tests and the root integration tests on the real kernel.
+    /// Build the Debian package (static binary, man pages, completions) into target/dist/.
+    Dist,
+    /// Install ksm-trace, its man pages and completions under /usr/local (as root; again
+    /// replaces them), or remove exactly what was installed.
+    Install {
+        #[arg(long)]
+        uninstall: bool,
+    },
+    /// Run all tests: unit tests and the root integration tests on the real kernel. Builds the
+    /// Debian package first, for the test that installs it (tests/package.rs).
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -59,7 +70,7 @@ enum Cmd {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Cmd::Setup => setup::run().map(|_| ()),
+        Cmd::Setup => setup::run().and_then(|_| setup::packaging()),
         Cmd::Build { release } => {
             let env = setup::run()?;
             cargo(&env, &["build", "--package", "ksm-trace"], release)
@@ -118,27 +129,56 @@ fn main() -> Result<()> {
             cargo(&env, &["build", "--package", "ksm-trace"], false)?;
             fixture::regenerate()
         }
+        Cmd::Dist => {
+            let env = setup::run()?;
+            setup::packaging()?;
+            dist::package(&env).map(|_| ())
+        }
+        Cmd::Install { uninstall: true } => dist::uninstall(),
+        Cmd::Install { uninstall: false } => {
+            if !is_root() {
+                bail!("`cargo xtask install` writes under /usr/local: run it as root");
+            }
+            let env = setup::run()?;
+            setup::packaging()?;
+            dist::install(&env)
+        }
         Cmd::Test { args } => {
             let env = setup::run()?;
+            setup::packaging()?;
             if !is_root() {
                 bail!(
                     "the integration tests load eBPF programs and drive KSM: run `cargo xtask test` as root"
                 );
             }
+            let deb = dist::package(&env)?;
             let mut test_args = vec!["test", "--workspace", "--exclude", "ksm-trace-ebpf"];
             test_args.extend(args.iter().map(String::as_str));
-            cargo(&env, &test_args, false)
+            let mut cmd = cargo_command(&env, &test_args, false)?;
+            cmd.env(PACKAGE_ENV, &deb);
+            run_cargo(cmd, &test_args)
         }
     }
 }
 
+/// The Debian package `cargo xtask test` built, for tests/package.rs to install.
+const PACKAGE_ENV: &str = "KSM_TRACE_TEST_DEB";
+
 fn cargo(env: &setup::BuildEnv, args: &[&str], release: bool) -> Result<()> {
+    run_cargo(cargo_command(env, args, release)?, args)
+}
+
+fn cargo_command(env: &setup::BuildEnv, args: &[&str], release: bool) -> Result<Command> {
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     cmd.args(args).current_dir(setup::workspace_root()?);
     if release {
         cmd.arg("--release");
     }
     env.apply(&mut cmd);
+    Ok(cmd)
+}
+
+fn run_cargo(mut cmd: Command, args: &[&str]) -> Result<()> {
     let status = cmd
         .status()
         .with_context(|| format!("running cargo {}", args.join(" ")))?;

@@ -5,7 +5,9 @@
 //!   matches bpf-linker's; the default nightly if it does, else a pinned one;
 //! - LLVM dev files of that major from apt, and bpf-linker built against them;
 //! - QEMU and a static busybox for the `vms` workload's guests and the kernel lab, and bpftrace
-//!   for the benchmark's comparison.
+//!   for the benchmark's comparison;
+//! - for packaging ([`packaging`]): the musl target, cargo-deb, and man-db and bash-completion,
+//!   which the package test reads the installed man page and completion with.
 use std::{
     path::{Path, PathBuf},
     process::Command,
@@ -18,6 +20,7 @@ const LLVM_MAJOR: u32 = 22;
 /// A nightly known to use LLVM 22, for machines whose default nightly is missing or too new.
 const PINNED_NIGHTLY: &str = "nightly-2026-08-01";
 const BPF_LINKER_VERSION: &str = "0.13.0";
+const CARGO_DEB_VERSION: &str = "3.8.0";
 
 /// Environment the workspace build needs after set-up.
 pub struct BuildEnv {
@@ -43,6 +46,30 @@ pub fn run() -> Result<BuildEnv> {
     Ok(BuildEnv {
         ebpf_toolchain: toolchain,
     })
+}
+
+/// What `cargo xtask dist`, `install` and the package test need beyond the build: the target
+/// of the static binary, cargo-deb (about 1.5 min to compile on 2 cores), dpkg-shlibdeps (for
+/// the package's computed Depends), man-db and bash-completion.
+pub fn packaging() -> Result<()> {
+    let targets =
+        output(Command::new("rustup").args(["target", "list", "--installed"])).unwrap_or_default();
+    if !targets.lines().any(|t| t.trim() == crate::dist::TARGET) {
+        run_checked(Command::new("rustup").args(["target", "add", crate::dist::TARGET]))?;
+    }
+    ensure_packages(&["dpkg-dev", "man-db", "bash-completion"])?;
+    let cargo_deb_ok = output(Command::new("cargo").args(["deb", "--version"]))
+        .is_some_and(|v| v.contains(CARGO_DEB_VERSION));
+    if !cargo_deb_ok {
+        run_checked(Command::new("cargo").args([
+            "install",
+            "cargo-deb",
+            "--locked",
+            "--version",
+            CARGO_DEB_VERSION,
+        ]))?;
+    }
+    Ok(())
 }
 
 pub fn workspace_root() -> Result<PathBuf> {
