@@ -10,10 +10,12 @@ use serde_json::Value;
 use super::image;
 
 /// What `ksm-trace record` runs: two processes, a few thousand pages each, half identical,
-/// with writes after merging (so silent unmerges and COW breaks happen) and both latency
-/// mechanisms on the same merges. `-o FILE` is added by whoever runs it.
+/// with a rewrite round and writes after merging (so pages are merged again, and silent
+/// unmerges and COW breaks happen) and both latency mechanisms on the same merges. It ends when
+/// the workload has run its rounds (`--duration` is only a cap: without one, record would stop
+/// as soon as KSM settled, before the second round). `-o FILE` is added by whoever runs it.
 pub const RECORD_ARGS: &str = "record --workload procs:2,pages=3000,dup=0.5,rounds=2,wait=4s,write=0.02 \
-     --pages-to-scan 2000 --sleep-ms 10 --merge-latency both -q";
+     --duration 60s --pages-to-scan 2000 --sleep-ms 10 --merge-latency both -q";
 
 /// What the scenario's steps left behind.
 #[derive(Debug, Serialize)]
