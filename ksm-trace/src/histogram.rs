@@ -54,6 +54,25 @@ impl Histogram {
         }
     }
 
+    /// A 95 % confidence interval for the `p`th percentile of the distribution these values
+    /// were sampled from, by order statistics (the ranks n·q ± 1.96·√(n·q·(1−q))): valid when
+    /// the sample is representative, which the caller must say how it was drawn. None when
+    /// empty.
+    pub fn percentile_ci(&self, p: f64) -> Option<(u64, u64)> {
+        let n = self.count();
+        if n == 0 {
+            return None;
+        }
+        let (nf, q) = (n as f64, p / 100.0);
+        let half = 1.96 * (nf * q * (1.0 - q)).sqrt();
+        let lo = (nf * q - half).floor().max(1.0);
+        let hi = (nf * q + half).ceil().min(nf);
+        Some((
+            self.0.value_at_quantile(lo / nf),
+            self.0.value_at_quantile(hi / nf),
+        ))
+    }
+
     pub fn summary(&self) -> Summary {
         if self.is_empty() {
             return Summary::default();
@@ -153,6 +172,29 @@ mod tests {
             vec![(0, 2), (1, 2), (2, 2), (3, 1), (9, 1), (10, 1)]
         );
         assert_eq!(h.log2_slots().iter().map(|s| s.1).sum::<u64>(), h.count());
+    }
+
+    #[test]
+    fn percentile_intervals_narrow_with_the_sample() {
+        // 1..=10000 µs uniformly: the true p50 is 5000 µs, p99 9900 µs.
+        let mut big = Histogram::new();
+        for v in 1..=10_000u64 {
+            big.record(v * 1000);
+        }
+        let (lo, hi) = big.percentile_ci(50.0).unwrap();
+        assert!(lo <= 5_000_000 && hi >= 5_000_000, "{lo}..{hi}");
+        // ±1.96·√2500 = ±98 ranks of 10000: about ±1 %.
+        assert!(hi - lo < 250_000, "{lo}..{hi}");
+        let mut small = Histogram::new();
+        for v in (1..=10_000u64).step_by(100) {
+            small.record(v * 1000);
+        }
+        let (slo, shi) = small.percentile_ci(50.0).unwrap();
+        assert!(slo <= 5_001_000 && shi >= 4_901_000, "{slo}..{shi}");
+        assert!(shi - slo > hi - lo, "fewer samples, wider interval");
+        let (plo, phi) = big.percentile_ci(99.0).unwrap();
+        assert!(plo <= 9_900_000 && phi >= 9_900_000, "{plo}..{phi}");
+        assert_eq!(Histogram::new().percentile_ci(50.0), None);
     }
 
     #[test]

@@ -86,7 +86,7 @@ fn merges_equal_ksm_merging_pages_per_process() {
     let latency = &rep["mechanisms"]["merge_latency"];
     assert!(
         *latency == serde_json::json!({"kind": "fexit"})
-            || *latency == serde_json::json!({"kind": "bracket", "on_demand": false}),
+            || *latency == serde_json::json!({"kind": "bracket", "attached": {"kind": "always"}}),
         "{latency}"
     );
     assert!(pids_named("ksm-procs-").is_empty(), "a worker survived");
@@ -525,6 +525,69 @@ fn lost_events_are_counted_and_mark_the_report_incomplete() {
     assert!(
         text.contains(&format!("INCOMPLETE: {lost} events were lost")),
         "{text}"
+    );
+    session.assert_knobs_restored();
+}
+
+/// `--merge-latency auto` on a workload that keeps merging: the bracket is attached 1 s of
+/// every 20 s (so ksmd keeps its scan rate), the report says what share of the merges that
+/// timed and gives confidence intervals for the percentiles of all merges.
+#[test]
+fn auto_samples_merge_latency_one_second_in_twenty() {
+    let Some(session) = KsmSession::try_start("sampled") else {
+        return;
+    };
+    let (rec, rep) = record(
+        &session,
+        &[
+            "--workload",
+            "procs:2,pages=3000,write=0.05",
+            "--pages-to-scan",
+            "1000",
+            "--sleep-ms",
+            "10",
+            "--duration",
+            "24s",
+        ],
+    );
+    assert_eq!(
+        rep["mechanisms"]["merge_latency"]["attached"],
+        serde_json::json!({"kind": "sampled", "on_ms": 1000, "period_ms": 20000})
+    );
+    let windows: Vec<(u64, u64)> = rec["latency"]["bracket_windows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| (w[0].as_u64().unwrap(), w[1].as_u64().unwrap()))
+        .collect();
+    assert!(windows.len() >= 2, "{windows:?}");
+    for (start, end) in &windows {
+        // 1 s, give or take one 100 ms drain.
+        assert!(end - start <= 1_250_000_000, "{windows:?}");
+    }
+    for pair in windows.windows(2) {
+        assert!(pair[1].0 - pair[0].0 >= 19_900_000_000, "{windows:?}");
+    }
+    let lat = &rep["merge_latency"];
+    assert!(
+        lat["bracket_attached_percent"].as_f64().unwrap() < 12.0,
+        "{lat}"
+    );
+    let (timed, untimed) = (
+        lat["timed"].as_u64().unwrap(),
+        lat["untimed"].as_u64().unwrap(),
+    );
+    assert!(timed > 0 && untimed > 0, "{lat}");
+    let p50 = lat["all_ns"]["p50"].as_u64().unwrap();
+    let ci = &lat["p50_ci_ns"];
+    assert!(
+        ci[0].as_u64().unwrap() <= p50 && p50 <= ci[1].as_u64().unwrap(),
+        "{lat}"
+    );
+    let text = ksm_trace(&["report", session.path("rec.json").to_str().unwrap()]);
+    assert!(
+        String::from_utf8_lossy(&text.stdout).contains("of merges timed; all merges' p50"),
+        "the report says the latency is a sample"
     );
     session.assert_knobs_restored();
 }

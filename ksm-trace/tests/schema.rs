@@ -7,7 +7,10 @@ use ksm_trace::{
     flame::{self, View},
     recording::{
         Recording, VERSION, WorkloadKind,
-        schema::{AttributionMechanism, BatchMechanism, CowMechanism, MergeLatencyMechanism},
+        schema::{
+            AttributionMechanism, BatchMechanism, BracketAttach, CowMechanism,
+            MergeLatencyMechanism,
+        },
     },
 };
 
@@ -55,7 +58,9 @@ fn version_1_upgrades_to_the_figures_it_holds() {
     let rec = Recording::read(&version_fixture(1)).unwrap();
     assert_eq!(
         rec.mechanisms.merge_latency,
-        MergeLatencyMechanism::Bracket { on_demand: false }
+        MergeLatencyMechanism::Bracket {
+            attached: BracketAttach::Always
+        }
     );
     assert_eq!(rec.mechanisms.batches, BatchMechanism::SchedSwitch);
     assert_eq!(

@@ -21,7 +21,7 @@ pub fn text(t: &Transcript) -> String {
         let latency = doctor
             .pointer("/mechanisms/merge_latency")
             .and_then(|m| serde_json::from_value(m.clone()).ok())
-            .map_or("not probed", mechanisms::merge_latency);
+            .map_or("not probed".to_owned(), mechanisms::merge_latency);
         let _ = writeln!(o, "    merge latency would come from: {latency}");
         let missing = missing_ksm_tracepoints(doctor);
         let _ = writeln!(

@@ -19,7 +19,8 @@ use ksm_trace_common::{
 
 pub use crate::recording::schema::LatencyMode;
 use crate::recording::schema::{
-    AttributionMechanism, BatchMechanism, CowMechanism, Mechanisms, MergeLatencyMechanism,
+    AttributionMechanism, BatchMechanism, BracketAttach, CowMechanism, Mechanisms,
+    MergeLatencyMechanism,
 };
 pub use capabilities::Capabilities;
 
@@ -177,7 +178,14 @@ impl Probes {
             (LatencyMode::Both, true, true) => MergeLatencyMechanism::FexitAndBracket,
             (_, true, _) => MergeLatencyMechanism::Fexit,
             (mode, false, true) => MergeLatencyMechanism::Bracket {
-                on_demand: mode == LatencyMode::Auto,
+                attached: if mode == LatencyMode::Auto {
+                    BracketAttach::Sampled {
+                        on_ms: bracket::SAMPLE_ON.as_millis() as u32,
+                        period_ms: bracket::SAMPLE_PERIOD.as_millis() as u32,
+                    }
+                } else {
+                    BracketAttach::Always
+                },
             },
             (_, false, false) => MergeLatencyMechanism::Unavailable,
         };

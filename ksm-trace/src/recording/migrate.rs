@@ -111,7 +111,12 @@ fn merge_latency_v1(text: &str) -> Value {
     } else if text.starts_with("fentry/fexit") {
         json!({"kind": "fexit"})
     } else if text.starts_with("mmap_lock bracket") {
-        json!({"kind": "bracket", "on_demand": !text.contains("for the whole run")})
+        let attached = if text.contains("for the whole run") {
+            "always"
+        } else {
+            "while-merging"
+        };
+        json!({"kind": "bracket", "attached": {"kind": attached}})
     } else {
         json!({"kind": "unavailable"})
     }
@@ -158,13 +163,13 @@ mod tests {
             merge_latency_v1(
                 "mmap_lock bracket (mmap_lock_acquire_returned → mmap_lock_released in ksmd on the merged mm), attached for the whole run"
             ),
-            json!({"kind": "bracket", "on_demand": false})
+            json!({"kind": "bracket", "attached": {"kind": "always"}})
         );
         assert_eq!(
             merge_latency_v1(
                 "mmap_lock bracket (…), attached from the start and while merges are happening, detached after 2 s without"
             ),
-            json!({"kind": "bracket", "on_demand": true})
+            json!({"kind": "bracket", "attached": {"kind": "while-merging"}})
         );
         assert_eq!(
             merge_latency_v1("fentry/fexit on try_to_merge_one_page"),

@@ -310,11 +310,24 @@ pub enum MergeLatencyMechanism {
     Fexit,
     /// fexit, with the mmap_lock bracket alongside on the same merges (`both`).
     FexitAndBracket,
-    /// ksmd's mmap_lock acquire→release on the merged mm; `on_demand`: attached only while
-    /// merges happen (`auto`), else for the whole run.
-    Bracket { on_demand: bool },
+    /// ksmd's mmap_lock acquire→release on the merged mm, attached as `attached` says.
+    Bracket { attached: BracketAttach },
     /// Neither fentry/fexit nor the mmap_lock tracepoints.
     Unavailable,
+}
+
+/// When the mmap_lock bracket was attached (it costs ksmd a share of its scan rate while
+/// attached, so `auto` samples).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum BracketAttach {
+    /// For the whole run (`always`): every merge timed.
+    Always,
+    /// While merges happened, detached after 2 s without (version 1's `auto`).
+    WhileMerging,
+    /// `on_ms` out of every `period_ms` while merges happen (`auto`): the merges of those
+    /// windows are a sample of all merges.
+    Sampled { on_ms: u32, period_ms: u32 },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,28 +1,38 @@
 //! The prose for each mechanism, derived from the typed [`Mechanisms`] a recording stores: what
 //! reports, `doctor` and the lab print.
 use crate::recording::schema::{
-    AttributionMechanism, BatchMechanism, CowMechanism, Mechanisms, MergeLatencyMechanism,
+    AttributionMechanism, BatchMechanism, BracketAttach, CowMechanism, Mechanisms,
+    MergeLatencyMechanism,
 };
 
 /// How events reach user space; the same for every recording this version writes.
 pub const EVENTS: &str =
     "raw tracepoints on ksm:* (no tracefs needed), ring buffer drained every 100 ms";
 
-pub fn merge_latency(m: MergeLatencyMechanism) -> &'static str {
+pub fn merge_latency(m: MergeLatencyMechanism) -> String {
+    const BRACKET: &str = "mmap_lock bracket (mmap_lock_acquire_returned → mmap_lock_released in ksmd on the merged mm)";
     match m {
-        MergeLatencyMechanism::Off => "off (--merge-latency off)",
-        MergeLatencyMechanism::Fexit => "fentry/fexit on try_to_merge_one_page",
+        MergeLatencyMechanism::Off => "off (--merge-latency off)".into(),
+        MergeLatencyMechanism::Fexit => "fentry/fexit on try_to_merge_one_page".into(),
         MergeLatencyMechanism::FexitAndBracket => {
             "fexit on try_to_merge_one_page, and the mmap_lock bracket alongside for comparison"
+                .into()
         }
-        MergeLatencyMechanism::Bracket { on_demand: true } => {
-            "mmap_lock bracket (mmap_lock_acquire_returned → mmap_lock_released in ksmd on the merged mm), attached from the start and while merges are happening, detached after 2 s without"
-        }
-        MergeLatencyMechanism::Bracket { on_demand: false } => {
-            "mmap_lock bracket (mmap_lock_acquire_returned → mmap_lock_released in ksmd on the merged mm), attached for the whole run"
-        }
+        MergeLatencyMechanism::Bracket { attached } => match attached {
+            BracketAttach::Always => format!("{BRACKET}, attached for the whole run"),
+            BracketAttach::WhileMerging => {
+                format!(
+                    "{BRACKET}, attached while merges were happening, detached after 2 s without"
+                )
+            }
+            BracketAttach::Sampled { on_ms, period_ms } => format!(
+                "{BRACKET}, sampled: attached {} s of every {} s while merges happen, so ksmd keeps its scan rate; the merges timed are a sample",
+                on_ms as f64 / 1000.0,
+                period_ms as f64 / 1000.0
+            ),
+        },
         MergeLatencyMechanism::Unavailable => {
-            "unavailable (no fentry/fexit and no mmap_lock tracepoints)"
+            "unavailable (no fentry/fexit and no mmap_lock tracepoints)".into()
         }
     }
 }

@@ -122,8 +122,15 @@ pub struct LatencyReport {
     pub all_ns: Summary,
     pub timed: u64,
     pub untimed: u64,
-    /// Share of the window the mmap_lock bracket was attached (auto mode arms it on demand).
+    /// Share of the window the mmap_lock bracket was attached (auto mode samples).
     pub bracket_attached_percent: f64,
+    /// Share of the merges that were timed.
+    pub timed_percent: f64,
+    /// When only a sample of the merges was timed: 95 % confidence intervals of the p50 and
+    /// p99 of all merges, from the sample's size (order statistics), valid as far as the timed
+    /// windows are representative of the run.
+    pub p50_ci_ns: Option<(u64, u64)>,
+    pub p99_ci_ns: Option<(u64, u64)>,
 }
 
 impl Report {
@@ -277,6 +284,9 @@ impl Report {
                 timed,
                 untimed,
                 bracket_attached_percent: attached as f64 * 100.0 / duration_ns as f64,
+                timed_percent: timed as f64 * 100.0 / (timed + untimed).max(1) as f64,
+                p50_ci_ns: (untimed > 0).then(|| all.percentile_ci(50.0)).flatten(),
+                p99_ci_ns: (untimed > 0).then(|| all.percentile_ci(99.0)).flatten(),
             },
             mechanisms: rec.mechanisms.clone(),
             mechanism_descriptions: descriptions(&rec.mechanisms),
@@ -317,10 +327,7 @@ fn descriptions(m: &Mechanisms) -> BTreeMap<String, String> {
     use super::mechanisms as text;
     [
         ("events", text::EVENTS.to_owned()),
-        (
-            "merge_latency",
-            text::merge_latency(m.merge_latency).to_owned(),
-        ),
+        ("merge_latency", text::merge_latency(m.merge_latency)),
         ("batches", text::batches(m.batches).to_owned()),
         ("attribution", text::attribution(m.attribution)),
         ("cow", text::cow(m.cow).to_owned()),

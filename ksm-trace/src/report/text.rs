@@ -142,6 +142,19 @@ pub fn render(rec: &Recording, r: &Report) -> String {
             String::new()
         }
     );
+    if let (Some((l50, h50)), Some((l99, h99))) = (lat.p50_ci_ns, lat.p99_ci_ns) {
+        let _ = writeln!(
+            o,
+            "  a sample: {:.1}% of merges timed; all merges' p50 {} (95% CI {}–{}), p99 {} ({}–{}), as far as the timed windows are representative",
+            lat.timed_percent,
+            fmt_ns(lat.all_ns.p50),
+            fmt_ns(l50),
+            fmt_ns(h50),
+            fmt_ns(lat.all_ns.p99),
+            fmt_ns(l99),
+            fmt_ns(h99)
+        );
+    }
     o.push_str(&render_log2(&all_latencies(rec), Unit::Nanoseconds));
 
     let s = &r.scans;
