@@ -9,6 +9,7 @@
 mod common;
 
 use std::{
+    io::Write as _,
     path::{Path, PathBuf},
     process::{Command, Output},
 };
@@ -59,11 +60,30 @@ impl Drop for Purge {
     }
 }
 
+/// What the installed bash completion offers for `ksm-trace PREFIX<TAB>`, loaded the way an
+/// interactive bash loads it (bash-completion's on-demand loader). The function name is
+/// clap_complete's: `_` + the command with `-` written `__`.
+fn complete_second_word(prefix: &str) -> Vec<String> {
+    let script = format!(
+        "source /usr/share/bash-completion/bash_completion
+         __load_completion ksm-trace || exit 1
+         COMP_WORDS=(ksm-trace '{prefix}'); COMP_CWORD=1
+         COMP_LINE='ksm-trace {prefix}'; COMP_POINT=${{#COMP_LINE}}
+         _ksm__trace ksm-trace '{prefix}' ksm-trace
+         echo \"${{COMPREPLY[@]}}\""
+    );
+    stdout_of("bash", &["-c", &script])
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect()
+}
+
 #[test]
 fn package_installs_runs_from_path_and_purges_cleanly() {
     let Some(deb) = std::env::var_os(PACKAGE_ENV).map(PathBuf::from) else {
-        eprintln!(
-            "package test skipped: {PACKAGE_ENV} is not set (`cargo xtask test` builds the package and sets it)"
+        // To stderr directly: libtest swallows `eprintln!` from tests that pass.
+        let _ = std::io::stderr().write_all(
+            format!("package test skipped: {PACKAGE_ENV} is not set (`cargo xtask test` builds the package and sets it)\n").as_bytes(),
         );
         return;
     };
@@ -120,25 +140,20 @@ fn package_installs_runs_from_path_and_purges_cleanly() {
     );
 
     // bash-completion loads the completion on demand, and it completes `ksm-trace rec<TAB>`.
-    let complete = stdout_of(
-        "bash",
-        &[
-            "-c",
-            "source /usr/share/bash-completion/bash_completion
-             __load_completion ksm-trace || exit 1
-             COMP_WORDS=(ksm-trace rec); COMP_CWORD=1; COMP_LINE='ksm-trace rec'; COMP_POINT=13
-             _ksm__trace ksm-trace rec ksm-trace
-             echo \"${COMPREPLY[@]}\"",
-        ],
-    );
-    let words: Vec<&str> = complete.split_whitespace().collect();
+    let rec = complete_second_word("rec");
     assert!(
-        words.contains(&"record"),
-        "ksm-trace rec<TAB> gave {words:?}"
+        rec.iter().any(|w| w == "record"),
+        "ksm-trace rec<TAB> gave {rec:?}"
     );
     assert!(
-        words.iter().all(|w| w.starts_with("rec")),
-        "ksm-trace rec<TAB> gave {words:?}"
+        rec.iter().all(|w| w.starts_with("rec")),
+        "ksm-trace rec<TAB> gave {rec:?}"
+    );
+    // Every subcommand, but not the procs workload's hidden internal one.
+    let all = complete_second_word("");
+    assert!(
+        all.iter().any(|w| w == "doctor") && !all.iter().any(|w| w.starts_with("__")),
+        "ksm-trace <TAB> gave {all:?}"
     );
 
     stdout_of("dpkg", &["--purge", PACKAGE]);

@@ -56,7 +56,7 @@ fn main() -> Result<()> {
         let path = completion_dir.join(file);
         let mut f =
             fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
-        clap_complete::generate(shell, &mut Cli::command(), BIN, &mut f);
+        clap_complete::generate(shell, &mut without_hidden_subcommands(), BIN, &mut f);
         f.flush()?;
     }
     eprintln!(
@@ -64,6 +64,21 @@ fn main() -> Result<()> {
         out.display()
     );
     Ok(())
+}
+
+/// ksm-trace's command line without its hidden subcommands (the procs workload's internal
+/// worker), which clap_complete would otherwise offer at `ksm-trace <TAB>`.
+fn without_hidden_subcommands() -> clap::Command {
+    let full = Cli::command();
+    let mut cmd = clap::Command::new(BIN)
+        .args(full.get_arguments().cloned())
+        .subcommands(full.get_subcommands().filter(|s| !s.is_hide_set()).cloned())
+        .subcommand_required(true);
+    if full.get_version().is_some() {
+        // Only that -V/--version exists matters here: completion scripts never print it.
+        cmd = cmd.version(env!("CARGO_PKG_VERSION"));
+    }
+    cmd
 }
 
 /// Writes the page of `cmd` and of each visible subcommand below it; returns how many.
