@@ -275,9 +275,13 @@ Examples:
 
 #[derive(Debug, Args)]
 pub struct OverheadBenchArgs {
-    /// The workload kept merged while ksmd scans flat out.
+    /// The workload ksmd scans flat out (the settled scenario).
     #[arg(long, default_value = "procs:3,pages=12000,dup=0.67")]
     pub workload: String,
+    /// The merging scenario: the same workload with each worker un-sharing and restoring this
+    /// fraction of its identical pages every second, so ksmd keeps merging (0: skip it).
+    #[arg(long, default_value_t = 0.02)]
+    pub merging_write: f64,
     #[arg(long, default_value_t = 5000)]
     pub pages_to_scan: u32,
     /// Length of each measured window.

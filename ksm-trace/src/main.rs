@@ -166,6 +166,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(ksm_trace::cli::BenchCommand::Overhead(args)) => {
             let bench = ksm_trace::bench::OverheadBench {
                 workload: args.workload,
+                merging_write: args.merging_write,
                 pages_to_scan: args.pages_to_scan,
                 window: args.window,
                 repetitions: args.repetitions,

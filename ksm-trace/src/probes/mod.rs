@@ -248,6 +248,21 @@ impl Probes {
         Ok(RingBuf::try_from(map)?)
     }
 
+    /// Each loaded program's run time (ns) and number of runs, as the kernel accounts them
+    /// while BPF_ENABLE_STATS is on (zeros otherwise).
+    pub fn run_stats(&self) -> Vec<(String, (u64, u64))> {
+        self.ebpf
+            .programs()
+            .filter_map(|(name, program)| {
+                let info = program.info().ok()?;
+                Some((
+                    name.to_owned(),
+                    (info.run_time().as_nanos() as u64, info.run_count()),
+                ))
+            })
+            .collect()
+    }
+
     /// Events the kernel side dropped because the ring buffer was full.
     pub fn lost_events(&self) -> Result<u64> {
         self.counter(counter::EVENTS_LOST)
