@@ -3,7 +3,12 @@
 //! when ksm-trace is stopped by SIGTERM.
 mod common;
 
-use std::{fs, path::PathBuf, time::Duration};
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::Child,
+    time::Duration,
+};
 
 use common::*;
 
@@ -96,22 +101,8 @@ fn sigterm_stops_guests() {
         return;
     };
     let out = session.path("vms-term.json");
-    let child = spawn_ksm_trace(&[
-        "record",
-        "--workload",
-        "vms:2,mem=128M",
-        "--duration",
-        "120s",
-        "-q",
-        "-o",
-        out.to_str().unwrap(),
-    ]);
-    let dir = PathBuf::from(format!("/tmp/ksm-trace-vms-{}", child.id()));
+    let (child, ready) = spawn_two_guests(&out, "120s");
     // Both guests booted: their consoles show the marker their /init prints when ready.
-    let ready = |i: u32| {
-        fs::read_to_string(dir.join(format!("ksm-vm{i}.log")))
-            .is_ok_and(|log| log.contains("KSM-TRACE-READY"))
-    };
     assert!(
         wait_until(Duration::from_secs(180), || pids_named("ksm-vm").len() == 2
             && ready(0)
@@ -144,22 +135,8 @@ fn sigterm_while_guests_boot_ends_the_start_quickly() {
     };
     let out = session.path("vms-boot.json");
     let tmp_before = ksm_trace_tmp_entries();
-    let child = spawn_ksm_trace(&[
-        "record",
-        "--workload",
-        "vms:2,mem=128M",
-        "--duration",
-        "60s",
-        "-q",
-        "-o",
-        out.to_str().unwrap(),
-    ]);
-    let dir = PathBuf::from(format!("/tmp/ksm-trace-vms-{}", child.id()));
+    let (child, ready) = spawn_two_guests(&out, "60s");
     // Both QEMUs started, neither guest ready yet (a boot takes several seconds under TCG).
-    let ready = |i: u32| {
-        fs::read_to_string(dir.join(format!("ksm-vm{i}.log")))
-            .is_ok_and(|log| log.contains("KSM-TRACE-READY"))
-    };
     assert!(
         wait_until(Duration::from_secs(60), || pids_named("ksm-vm").len() == 2),
         "guests started"
@@ -191,6 +168,27 @@ fn sigterm_while_guests_boot_ends_the_start_quickly() {
         .filter(|p| !tmp_before.contains(p))
         .collect();
     assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+/// `record --workload vms:2,mem=128M --duration DURATION -o OUT` in the background, and
+/// whether guest `i`'s console (in the run directory) shows its ready marker yet.
+fn spawn_two_guests(out: &Path, duration: &str) -> (Child, impl Fn(u32) -> bool) {
+    let child = spawn_ksm_trace(&[
+        "record",
+        "--workload",
+        "vms:2,mem=128M",
+        "--duration",
+        duration,
+        "-q",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    let dir = PathBuf::from(format!("/tmp/ksm-trace-vms-{}", child.id()));
+    let ready = move |i: u32| {
+        fs::read_to_string(dir.join(format!("ksm-vm{i}.log")))
+            .is_ok_and(|log| log.contains("KSM-TRACE-READY"))
+    };
+    (child, ready)
 }
 
 /// Everything named /tmp/ksm-trace-*.

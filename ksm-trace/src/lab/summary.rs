@@ -127,6 +127,7 @@ fn recording(rec: &Recording, t: &Transcript) -> String {
     }
     if let [(_, fexit), (_, bracket)] = rows[..]
         && !fexit.is_empty()
+        && !bracket.is_empty()
     {
         let _ = writeln!(
             o,
