@@ -21,16 +21,22 @@ struct Machine {
     processes: Vec<String>,
 }
 
-const KNOBS: [&str; 8] = [
-    "run",
-    "pages_to_scan",
-    "sleep_millisecs",
-    "use_zero_pages",
-    "max_page_sharing",
-    "smart_scan",
-    "merge_across_nodes",
-    "advisor_mode",
-];
+/// Every KSM setting this kernel has: the files in /sys/kernel/mm/ksm that root may write.
+fn knobs() -> BTreeMap<String, String> {
+    use std::os::unix::fs::PermissionsExt as _;
+    fs::read_dir(KSM)
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            e.metadata()
+                .is_ok_and(|m| m.permissions().mode() & 0o200 != 0)
+        })
+        .filter_map(|e| {
+            let value = fs::read_to_string(e.path()).ok()?;
+            Some((e.file_name().to_string_lossy().into_owned(), value))
+        })
+        .collect()
+}
 
 fn entries(dir: &str, prefix: &str) -> Vec<String> {
     let mut names: Vec<String> = fs::read_dir(dir)
@@ -64,14 +70,7 @@ fn live_processes() -> Vec<String> {
 
 fn machine() -> Machine {
     Machine {
-        knobs: KNOBS
-            .iter()
-            .filter_map(|k| {
-                fs::read_to_string(format!("{KSM}/{k}"))
-                    .ok()
-                    .map(|v| (k.to_string(), v))
-            })
-            .collect(),
+        knobs: knobs(),
         tracefs_mounted: fs::read_to_string("/proc/self/mounts")
             .unwrap()
             .lines()
