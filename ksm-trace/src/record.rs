@@ -431,7 +431,22 @@ impl Closed {
             mechanisms: self.mechanisms,
             processes,
             scans: ScanRecord {
-                full_scans: scans.scans_in_window(first_scan, last_scan),
+                // full_scans counts on unless someone wrote run=2 (which resets it): then the
+                // window's scans are those that stopped inside it.
+                full_scans: if !self
+                    .timeseries
+                    .windows(2)
+                    .any(|w| w[1].counters.ksm("full_scans") < w[0].counters.ksm("full_scans"))
+                {
+                    scans.scans_in_window(first_scan, last_scan)
+                } else {
+                    scans
+                        .full_scans
+                        .iter()
+                        .filter(|s| (self.start_ns..=self.end_ns).contains(&s.stop_ns))
+                        .copied()
+                        .collect()
+                },
                 batch_on_cpu_ns: scans.batch_on_cpu_ns.clone(),
                 batch_wall_ns: scans.batch_wall_ns.clone(),
                 ksmd_on_cpu_ns: scans.ksmd_on_cpu_ns,

@@ -591,3 +591,74 @@ fn auto_samples_merge_latency_one_second_in_twenty() {
     );
     session.assert_knobs_restored();
 }
+
+/// Another process changes a knob and writes run=2 (as the kernel's selftests do) in the middle
+/// of a recording: the report names the change, detects full_scans going backwards and counts
+/// full scans across the reset, which the traced scans must match.
+#[test]
+fn another_process_changing_knobs_is_reported() {
+    let Some(session) = KsmSession::try_start("others") else {
+        return;
+    };
+    let out = session.path("others.json");
+    let mut child = spawn_ksm_trace(&[
+        "record",
+        "--workload",
+        "procs:2,pages=2000",
+        "--pages-to-scan",
+        "1000",
+        "--sleep-ms",
+        "10",
+        "--interval",
+        "250ms",
+        "--duration",
+        "6s",
+        "-q",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert!(wait_until(Duration::from_secs(20), || knob("run") == "1"));
+    std::thread::sleep(Duration::from_secs(2));
+    set_knob("pages_to_scan", "777");
+    std::thread::sleep(Duration::from_millis(600));
+    set_knob("run", "2");
+    std::thread::sleep(Duration::from_millis(600));
+    set_knob("run", "1");
+    let status = child.wait().unwrap();
+    assert!(status.success());
+    let rep = report(&out);
+    let changes = rep["other_actors"]["knob_changes"].as_array().unwrap();
+    assert!(
+        changes
+            .iter()
+            .any(|c| c["knob"] == "pages_to_scan" && c["from"] == 1000 && c["to"] == 777),
+        "{changes:?}"
+    );
+    assert!(changes.iter().any(|c| c["knob"] == "run" && c["to"] == 2));
+    assert!(
+        !rep["other_actors"]["full_scan_resets_s"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    // The counter loses the scans between the last sample and the reset (250 ms at most,
+    // a handful here); the traced count is exact, so it is the larger.
+    let (across, traced) = (
+        rep["other_actors"]["full_scans_across_resets"]
+            .as_i64()
+            .unwrap(),
+        rep["scans"]["full_scans"].as_i64().unwrap(),
+    );
+    assert!(
+        across > 0 && across <= traced && traced - across <= 10,
+        "{across} vs {traced}"
+    );
+    let text = ksm_trace(&["report", out.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("CHANGED by another process during the window: pages_to_scan 1000→777"),
+        "{text}"
+    );
+    assert!(text.contains("RESET: full_scans went backwards"), "{text}");
+    session.assert_knobs_restored();
+}

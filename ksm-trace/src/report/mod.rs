@@ -3,6 +3,7 @@
 pub mod histogram;
 pub mod mechanisms;
 pub mod model;
+pub mod others;
 pub mod text;
 
 use std::path::Path;

@@ -31,6 +31,8 @@ pub struct Report {
     pub scans: ScansReport,
     /// end − start of /sys/kernel/mm/ksm counters and /proc/vmstat's cow_ksm, ksm_swpin_copy.
     pub kernel_deltas: BTreeMap<String, i64>,
+    /// Knobs another process changed, and full_scans resets (run=2), during the window.
+    pub other_actors: super::others::OtherActors,
     /// Seconds until pages_sharing changed by less than 5 % over a full scan (None: not settled).
     pub settle_s: Option<f64>,
     pub lost_events: u64,
@@ -268,6 +270,7 @@ impl Report {
                 pages_scanned_per_sec: pages_scanned as f64 / duration_s,
             },
             kernel_deltas,
+            other_actors: super::others::OtherActors::from_samples(&rec.timeseries),
             settle_s: crate::sample::settle_time_s(&rec.timeseries, SETTLE_THRESHOLD),
             profile_samples: rec.profile.samples(),
             profile_lost: rec.profile.lost,

@@ -73,6 +73,21 @@ pub fn render(rec: &Recording, r: &Report) -> String {
         }
     );
 
+    let others = &r.other_actors;
+    for c in &others.knob_changes {
+        let _ = writeln!(
+            o,
+            "CHANGED by another process during the window: {} {}→{} (seen {:.1} s in); figures spanning it mix two configurations",
+            c.knob, c.from, c.to, c.t_s
+        );
+    }
+    for t in &others.full_scan_resets_s {
+        let _ = writeln!(
+            o,
+            "RESET: full_scans went backwards {t:.1} s in (someone wrote run=2, which unmerges everything): at least {} full scans by the kernel's counter across the reset; the traced count below is exact",
+            others.full_scans_across_resets
+        );
+    }
     let _ = writeln!(
         o,
         "memory saved at the end: {:.1} MiB (pages_sharing + ksm_zero_pages); general_profit {:.1} MiB",
@@ -160,9 +175,17 @@ pub fn render(rec: &Recording, r: &Report) -> String {
     let s = &r.scans;
     let _ = writeln!(
         o,
-        "\nFull scans: {} (kernel full_scans {:+}); duration p50 {} max {}",
+        "\nFull scans: {} (kernel full_scans {:+}{}); duration p50 {} max {}",
         s.full_scans,
         r.kernel_deltas.get("full_scans").copied().unwrap_or(0),
+        if others.full_scan_resets_s.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; at least {} across the run=2 reset",
+                others.full_scans_across_resets
+            )
+        },
         fmt_ns(s.full_scan_ns.p50),
         fmt_ns(s.full_scan_ns.max)
     );
