@@ -99,6 +99,9 @@ impl ProcsWorkload {
         let mut lines = vec![String::new(); self.lines.len()];
         let mut fill_ns: Vec<Option<u64>> = vec![None; self.lines.len()];
         while fill_ns.iter().any(Option::is_none) {
+            // First: a terminal's Ctrl-C also kills the workers (same process group), and the
+            // error should say why they died.
+            super::stopped_during_start("the procs workers were filling their memory")?;
             for (index, reader) in self.lines.iter_mut().enumerate() {
                 if fill_ns[index].is_some() {
                     continue;
@@ -120,7 +123,6 @@ impl ProcsWorkload {
                     Err(e) => return Err(e).context("waiting for a procs worker"),
                 }
             }
-            super::stopped_during_start("the procs workers were filling their memory")?;
             if Instant::now() >= deadline {
                 bail!(
                     "the procs workers were not ready within {} s (filling {} MiB): use fewer or smaller workers",
