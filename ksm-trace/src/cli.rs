@@ -74,6 +74,14 @@ Examples:
   ksm-trace bench merge --size 100M --thp   # the same on transparent huge pages"
     )]
     Bench(BenchCommand),
+    /// Who shares KSM pages with whom right now: by process, guest or cgroup, pages shared by
+    /// k processes, and the memory shared across trust domains.
+    #[command(after_help = "\
+Examples:
+  ksm-trace sharing --now                        # which processes share KSM pages
+  ksm-trace sharing --now --by guest             # which QEMU guests share with which
+  ksm-trace sharing --now --by cgroup --domains /tenant-a,/tenant-b   # across tenants")]
+    Sharing(SharingArgs),
     /// Undo what a ksm-trace that was killed left behind: KSM knobs, processes it started, run
     /// directories, mounts. Every command that changes the system does this first by itself.
     #[command(after_help = "\
@@ -363,6 +371,27 @@ pub struct PlotArgs {
     /// Directory for the charts.
     #[arg(short, long, default_value = "ksm-trace-plots")]
     pub output: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct SharingArgs {
+    /// Take a snapshot of the page tables now (no tracing, nothing changed). Required: the
+    /// matrix of a recording is not stored yet.
+    #[arg(long, required = true)]
+    pub now: bool,
+    /// What a group is.
+    #[arg(long, default_value = "process", value_parser = named(&crate::sharing::By::ALL))]
+    pub by: crate::sharing::By,
+    /// Trust domains as cgroup path prefixes (e.g. /tenant-a,/tenant-b): pages mapped from
+    /// more than one are reported as shared across a boundary.
+    #[arg(long, value_delimiter = ',')]
+    pub domains: Vec<String>,
+    /// Only these processes (repeatable); default: every process with KSM pages.
+    #[arg(short, long = "pid")]
+    pub pids: Vec<u32>,
+    /// JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

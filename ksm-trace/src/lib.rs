@@ -27,6 +27,7 @@ pub mod report;
 pub mod run_dir;
 pub mod sample;
 pub mod session;
+pub mod sharing;
 pub mod standalone;
 pub mod sweep;
 pub mod timeseries;

@@ -141,8 +141,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 merge_latency: args.merge_latency,
                 out_dir: args.output,
             };
-            let summaries =
-                ksm_trace::sweep::run(&opts, std::env::args().collect()).await?;
+            let summaries = ksm_trace::sweep::run(&opts, std::env::args().collect()).await?;
             print(&ksm_trace::sweep::render(&summaries))?;
             eprintln!(
                 "ksm-trace: recordings, summary.csv, summary.json and charts in {}",
@@ -159,8 +158,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 timeout: args.timeout,
                 output: args.output,
             };
-            let (_, summary) =
-                ksm_trace::bench::merge(&bench, std::env::args().collect()).await?;
+            let (_, summary) = ksm_trace::bench::merge(&bench, std::env::args().collect()).await?;
             print(&summary)
         }
         Command::Bench(ksm_trace::cli::BenchCommand::Overhead(args)) => {
@@ -180,6 +178,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Sharing(args) => print(&ksm_trace::sharing::run(
+            args.by,
+            &args.domains,
+            &args.pids,
+            args.json,
+        )?),
         Command::Recover => print(&ksm_trace::recovery::recover_command()?),
         Command::Doctor(args) => print(&doctor::run(args.json)?),
         Command::Lab(args) => ksm_trace::lab::run(&args.options()),
@@ -190,7 +194,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 args.duration,
                 &args.knobs.settings(),
                 args.refresh,
-            ).await
+            )
+            .await
         }
         Command::ProcsWorker { args } => workload::procs::worker_main(&args),
     }

@@ -4,10 +4,8 @@
 //! that hits a page /proc/kpageflags shows as a KSM page (a copy-on-write break), and prints
 //! its [`WorkerReport`] when its stdin closes.
 use std::{
-    fs::File,
     io::Read as _,
     num::NonZeroUsize,
-    os::unix::fs::FileExt as _,
     ptr::NonNull,
     sync::{
         Arc,
@@ -22,47 +20,9 @@ use nix::sys::mman::{MapFlags, MmapAdvise, ProtFlags, madvise, mmap_anonymous};
 use super::{WorkerReport, worker_comm};
 use crate::{
     histogram::Histogram,
+    kernel::pagemap::KsmPages,
     workload::spec::{MergeMode, ProcsSpec},
 };
-
-/// Whether an address is backed by a KSM page right now, from /proc/self/pagemap and
-/// /proc/kpageflags (root only).
-struct KsmPages {
-    pagemap: File,
-    kpageflags: File,
-    page: usize,
-}
-
-impl KsmPages {
-    fn open(page: usize) -> Option<Self> {
-        Some(Self {
-            pagemap: File::open("/proc/self/pagemap").ok()?,
-            kpageflags: File::open("/proc/kpageflags").ok()?,
-            page,
-        })
-    }
-
-    fn is_ksm(&self, addr: usize) -> bool {
-        const PRESENT: u64 = 1 << 63;
-        const PFN_MASK: u64 = (1 << 55) - 1;
-        const KPF_KSM: u64 = 1 << 21;
-        let mut buf = [0u8; 8];
-        if self
-            .pagemap
-            .read_exact_at(&mut buf, (addr / self.page * 8) as u64)
-            .is_err()
-        {
-            return false;
-        }
-        let entry = u64::from_ne_bytes(buf);
-        let pfn = entry & PFN_MASK;
-        if entry & PRESENT == 0 || pfn == 0 {
-            return false;
-        }
-        self.kpageflags.read_exact_at(&mut buf, pfn * 8).is_ok()
-            && u64::from_ne_bytes(buf) & KPF_KSM != 0
-    }
-}
 
 /// The worker's memory and its page pattern.
 struct Memory<'a> {
@@ -118,7 +78,7 @@ impl Memory<'_> {
         faults: &mut Histogram,
     ) {
         let timed = match ksm {
-            Some(k) => k.is_ksm(self.addr(p)),
+            Some(k) => k.ksm_pfn(self.addr(p) as u64).is_some(),
             None => p < self.dup_pages,
         };
         let start = Instant::now();
@@ -207,7 +167,7 @@ pub fn worker_main(args: &[String]) -> Result<()> {
         stop_reader.store(true, Ordering::SeqCst);
     });
 
-    let ksm = KsmPages::open(page);
+    let ksm = KsmPages::open(None).ok();
     let mut faults = Histogram::new();
     let mut round = 0u32;
     let mut next_round = started + spec.wait;

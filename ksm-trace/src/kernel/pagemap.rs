@@ -1,0 +1,71 @@
+//! Which physical page backs an address, and whether it is a KSM page: /proc/<pid>/pagemap
+//! (the pfn, root only) and /proc/kpageflags (KPF_KSM). Reading them changes nothing.
+use std::{fs::File, os::unix::fs::FileExt as _};
+
+use anyhow::{Context as _, Result};
+
+const PRESENT: u64 = 1 << 63;
+const PFN_MASK: u64 = (1 << 55) - 1;
+const KPF_KSM: u64 = 1 << 21;
+
+/// A process's page table as pagemap shows it, and the kernel's page flags.
+pub struct KsmPages {
+    pagemap: File,
+    kpageflags: File,
+    page: u64,
+}
+
+impl KsmPages {
+    /// `pid` = None: this process.
+    pub fn open(pid: Option<u32>) -> Result<Self> {
+        let path = match pid {
+            Some(pid) => format!("/proc/{pid}/pagemap"),
+            None => "/proc/self/pagemap".to_owned(),
+        };
+        Ok(Self {
+            pagemap: File::open(&path).with_context(|| format!("opening {path}"))?,
+            kpageflags: File::open("/proc/kpageflags").context("opening /proc/kpageflags")?,
+            page: super::page_size(),
+        })
+    }
+
+    /// The pfn of the KSM page that backs `addr`, if one does.
+    pub fn ksm_pfn(&self, addr: u64) -> Option<u64> {
+        let mut buf = [0u8; 8];
+        self.pagemap
+            .read_exact_at(&mut buf, addr / self.page * 8)
+            .ok()?;
+        self.ksm(u64::from_ne_bytes(buf))
+    }
+
+    /// The pfns of the KSM pages backing `[start, end)`, one pagemap read per 512 pages.
+    pub fn ksm_pfns(&self, start: u64, end: u64, out: &mut Vec<u64>) {
+        const CHUNK: u64 = 512;
+        let mut buf = vec![0u8; (CHUNK * 8) as usize];
+        let mut first = start / self.page;
+        let last = end.div_ceil(self.page);
+        while first < last {
+            let n = (last - first).min(CHUNK);
+            let bytes = &mut buf[..(n * 8) as usize];
+            if self.pagemap.read_exact_at(bytes, first * 8).is_err() {
+                return;
+            }
+            out.extend(
+                bytes
+                    .chunks_exact(8)
+                    .filter_map(|e| self.ksm(u64::from_ne_bytes(e.try_into().expect("8 bytes")))),
+            );
+            first += n;
+        }
+    }
+
+    fn ksm(&self, entry: u64) -> Option<u64> {
+        let pfn = entry & PFN_MASK;
+        if entry & PRESENT == 0 || pfn == 0 {
+            return None;
+        }
+        let mut flags = [0u8; 8];
+        self.kpageflags.read_exact_at(&mut flags, pfn * 8).ok()?;
+        (u64::from_ne_bytes(flags) & KPF_KSM != 0).then_some(pfn)
+    }
+}
