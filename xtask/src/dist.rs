@@ -31,35 +31,41 @@ pub struct Staged {
 }
 
 /// Builds the release binary for [`TARGET`] and generates the assets beside it, where
-/// cargo-deb's `target/release/…` asset paths find them.
+/// cargo-deb's `target/release/…` asset paths find them. The generator is built in the same
+/// cargo run, so both link the one build of ksm-trace's library (a separate debug build of the
+/// generator compiled the library again, for a different feature set than the tests').
 pub fn stage(env: &BuildEnv) -> Result<Staged> {
     crate::cargo(
         env,
-        &["build", "--package", "ksm-trace", "--target", TARGET],
+        &[
+            "build",
+            "--package",
+            "ksm-trace",
+            "--package",
+            "xtask",
+            "--bin",
+            "ksm-trace",
+            "--bin",
+            "dist-assets",
+            "--features",
+            "xtask/dist-assets",
+            "--target",
+            TARGET,
+        ],
         true,
     )?;
     let release = setup::workspace_root()?
         .join("target")
         .join(TARGET)
         .join("release");
-    let assets = release.join("dist-assets");
-    let assets_arg = assets.to_string_lossy();
-    crate::cargo(
-        env,
-        &[
-            "run",
-            "--quiet",
-            "--package",
-            "xtask",
-            "--features",
-            "dist-assets",
-            "--bin",
-            "dist-assets",
-            "--",
-            &assets_arg,
-        ],
-        false,
-    )?;
+    let assets = release.join("ksm-trace-assets");
+    let status = Command::new(release.join("dist-assets"))
+        .arg(&assets)
+        .status()
+        .context("running dist-assets")?;
+    if !status.success() {
+        bail!("dist-assets failed ({status})");
+    }
     Ok(Staged {
         binary: release.join("ksm-trace"),
         assets,
