@@ -46,7 +46,9 @@ fn main() -> Result<()> {
 
     let mut cmd = Cli::command().disable_help_subcommand(true);
     cmd.build();
-    let pages = man_pages(&cmd, &man_dir)?;
+    // Every page's footer names the program and version, not only the top page's.
+    let source = format!("{BIN} {}", cmd.get_version().unwrap_or_default());
+    let pages = man_pages(&cmd, &man_dir, &source)?;
 
     for (shell, file) in [
         (Shell::Bash, "ksm-trace.bash"),
@@ -82,13 +84,13 @@ fn without_hidden_subcommands() -> clap::Command {
 }
 
 /// Writes the page of `cmd` and of each visible subcommand below it; returns how many.
-fn man_pages(cmd: &clap::Command, dir: &Path) -> Result<usize> {
+fn man_pages(cmd: &clap::Command, dir: &Path, source: &str) -> Result<usize> {
     let mut count = 0;
     for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
-        count += man_pages(sub, dir)?;
+        count += man_pages(sub, dir, source)?;
     }
     let examples = examples(cmd)?;
-    let man = Man::new(cmd.clone());
+    let man = Man::new(cmd.clone()).source(source);
     let path = dir.join(format!("{}.gz", man.get_filename()));
     let mut page = Vec::new();
     man.render_title(&mut page)?;
