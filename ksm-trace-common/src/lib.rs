@@ -140,19 +140,21 @@ pub mod programs {
     use Arg::{Int, Ptr};
 
     /// A raw tracepoint program: its name in the eBPF object, the tracepoint it attaches to and
-    /// that tracepoint's full argument list as the program reads it (`ctx.arg(i)`).
+    /// the arguments it reads, as (position, kind) — exactly the `ctx.arg(i)` calls of the
+    /// program. Arguments it does not read may differ between kernels (6.12's mmap_lock
+    /// tracepoints carry a memcg path that 6.18's do not).
     #[derive(Clone, Copy, Debug)]
     pub struct RawTracepoint {
         pub program: &'static str,
         pub tracepoint: &'static str,
-        pub args: &'static [Arg],
+        pub reads: &'static [(usize, Arg)],
     }
 
-    const fn tp(name: &'static str, args: &'static [Arg]) -> RawTracepoint {
+    const fn tp(name: &'static str, reads: &'static [(usize, Arg)]) -> RawTracepoint {
         RawTracepoint {
             program: name,
             tracepoint: name,
-            args,
+            reads,
         }
     }
 
@@ -160,21 +162,24 @@ pub mod programs {
     /// name.
     pub const KSM: [RawTracepoint; 9] = [
         // (int seq, u32 rmap_entries)
-        tp("ksm_start_scan", &[Int(4), Int(4)]),
-        tp("ksm_stop_scan", &[Int(4), Int(4)]),
+        tp("ksm_start_scan", &[(0, Int(4)), (1, Int(4))]),
+        tp("ksm_stop_scan", &[(0, Int(4)), (1, Int(4))]),
         // (void *ksm_page, unsigned long pfn, void *rmap_item, void *mm, int err)
-        tp("ksm_merge_with_ksm_page", &[Ptr, Int(8), Ptr, Ptr, Int(4)]),
+        tp(
+            "ksm_merge_with_ksm_page",
+            &[(0, Ptr), (1, Int(8)), (3, Ptr), (4, Int(4))],
+        ),
         // (unsigned long pfn, void *rmap_item, void *mm, int err)
-        tp("ksm_merge_one_page", &[Int(8), Ptr, Ptr, Int(4)]),
+        tp("ksm_merge_one_page", &[(0, Int(8)), (2, Ptr), (3, Int(4))]),
         // (unsigned long pfn)
-        tp("ksm_remove_ksm_page", &[Int(8)]),
+        tp("ksm_remove_ksm_page", &[(0, Int(8))]),
         // (unsigned long pfn, void *rmap_item, void *mm)
-        tp("ksm_remove_rmap_item", &[Int(8), Ptr, Ptr]),
+        tp("ksm_remove_rmap_item", &[(0, Int(8)), (2, Ptr)]),
         // (void *mm)
-        tp("ksm_enter", &[Ptr]),
-        tp("ksm_exit", &[Ptr]),
+        tp("ksm_enter", &[(0, Ptr)]),
+        tp("ksm_exit", &[(0, Ptr)]),
         // (s64 scan_time, unsigned long pages_to_scan, unsigned int cpu_percent)
-        tp("ksm_advisor", &[Int(8), Int(8), Int(4)]),
+        tp("ksm_advisor", &[(0, Int(8)), (1, Int(8)), (2, Int(4))]),
     ];
 
     /// ksmd's batches and CPU time: (bool preempt, struct task_struct *prev, struct
@@ -182,21 +187,21 @@ pub mod programs {
     pub const SCHED_SWITCH: RawTracepoint = RawTracepoint {
         program: "ksmd_sched_switch",
         tracepoint: "sched_switch",
-        args: &[Int(1), Ptr, Ptr, Int(4)],
+        reads: &[(2, Ptr), (3, Int(4))],
     };
 
-    /// The mmap_lock bracket that times merges where fentry/fexit is refused:
-    /// (struct mm_struct *mm, bool write, bool success) and (struct mm_struct *mm, bool write).
+    /// The mmap_lock bracket that times merges where fentry/fexit is refused: both read the
+    /// mm, their first argument.
     pub const BRACKET: [RawTracepoint; 2] = [
         RawTracepoint {
             program: "ksmd_mmap_lock_acquired",
             tracepoint: "mmap_lock_acquire_returned",
-            args: &[Ptr, Int(1), Int(1)],
+            reads: &[(0, Ptr)],
         },
         RawTracepoint {
             program: "ksmd_mmap_lock_released",
             tracepoint: "mmap_lock_released",
-            args: &[Ptr, Int(1)],
+            reads: &[(0, Ptr)],
         },
     ];
 

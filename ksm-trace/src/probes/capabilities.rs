@@ -56,15 +56,12 @@ impl Capabilities {
                 let present = btf.has_tracepoint(tp.tracepoint);
                 caps.tracepoints.insert(tp.tracepoint.to_owned(), present);
                 let args = btf.tracepoint_args(tp.tracepoint);
-                if present && args.as_deref() != Some(tp.args) {
-                    caps.prototype_mismatches.insert(
-                        tp.tracepoint.to_owned(),
-                        format!(
-                            "the kernel's prototype is ({}), ksm-trace's program reads ({})",
-                            args.map_or("unreadable".into(), |a| describe_args(&a)),
-                            describe_args(tp.args)
-                        ),
-                    );
+                if let Some(why) = present
+                    .then(|| prototype_differs(args.as_deref(), tp))
+                    .flatten()
+                {
+                    caps.prototype_mismatches
+                        .insert(tp.tracepoint.to_owned(), why);
                 }
             }
             for f in KSM_FUNCTIONS {
@@ -169,12 +166,60 @@ const OFFSETS: [(&str, &str, &str); 7] = [
     ("vm_area_struct.vm_mm", "vm_area_struct", "vm_mm"),
 ];
 
-fn describe_args(args: &[Arg]) -> String {
-    args.iter()
-        .map(|a| match a {
-            Arg::Ptr => "pointer".to_owned(),
-            Arg::Int(n) => format!("{n}-byte integer"),
+/// Why the kernel's argument list (`args`) does not give `tp`'s program what it reads, if it
+/// does not: an argument it reads is missing or of another kind.
+fn prototype_differs(args: Option<&[Arg]>, tp: &RawTracepoint) -> Option<String> {
+    let Some(args) = args else {
+        return Some("its prototype is not readable in BTF".into());
+    };
+    let wrong: Vec<String> = tp
+        .reads
+        .iter()
+        .filter(|(i, want)| args.get(*i) != Some(want))
+        .map(|(i, want)| {
+            format!(
+                "argument {i} is {}, the program reads {}",
+                args.get(*i).map_or("missing".into(), describe),
+                describe(want)
+            )
         })
-        .collect::<Vec<_>>()
-        .join(", ")
+        .collect();
+    (!wrong.is_empty()).then(|| wrong.join("; "))
+}
+
+fn describe(a: &Arg) -> String {
+    match a {
+        Arg::Ptr => "a pointer".to_owned(),
+        Arg::Int(n) => format!("a {n}-byte integer"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_arguments_a_program_reads_must_match() {
+        use ksm_trace_common::programs::{Arg::*, BRACKET};
+        let acquired = &BRACKET[0];
+        // 6.18: (mm, write, success); 6.12: (mm, memcg_path, write, success).
+        assert_eq!(
+            prototype_differs(Some(&[Ptr, Int(1), Int(1)]), acquired),
+            None
+        );
+        assert_eq!(
+            prototype_differs(Some(&[Ptr, Ptr, Int(1), Int(1)]), acquired),
+            None
+        );
+        assert_eq!(
+            prototype_differs(Some(&[Int(8)]), acquired).unwrap(),
+            "argument 0 is a 8-byte integer, the program reads a pointer"
+        );
+        assert!(
+            prototype_differs(Some(&[]), acquired)
+                .unwrap()
+                .contains("missing")
+        );
+        assert!(prototype_differs(None, acquired).is_some());
+    }
 }
