@@ -26,7 +26,7 @@ const MANIFEST: &str = "share/ksm-trace/installed-files";
 /// The built binary and the generated man pages and completions.
 pub struct Staged {
     binary: PathBuf,
-    /// `man/*.1` and `completions/{ksm-trace.bash,_ksm-trace,ksm-trace.fish}`.
+    /// `man/*.1.gz` and `completions/{ksm-trace.bash,_ksm-trace,ksm-trace.fish}`.
     assets: PathBuf,
 }
 
@@ -111,9 +111,9 @@ pub fn package(env: &BuildEnv) -> Result<PathBuf> {
     Ok(deb)
 }
 
-/// Where each kind of asset goes under [`PREFIX`], and the directories that shells and man
-/// search there by default (bash-completion and fish through XDG_DATA_DIRS, zsh's site
-/// functions, man-db's MANDATORY_MANPATH).
+/// Where each asset goes: under [`PREFIX`] where man (MANDATORY_MANPATH), bash-completion
+/// (XDG_DATA_DIRS, /usr/local/share when unset) and zsh (site-functions) look by default; fish's
+/// completion in /etc/fish/completions, the system-wide directory fish always reads.
 fn install_plan(staged: &Staged) -> Result<Vec<(PathBuf, PathBuf, u32)>> {
     let prefix = Path::new(PREFIX);
     let completions = staged.assets.join("completions");
@@ -131,7 +131,9 @@ fn install_plan(staged: &Staged) -> Result<Vec<(PathBuf, PathBuf, u32)>> {
         ),
         (
             completions.join("ksm-trace.fish"),
-            prefix.join("share/fish/vendor_completions.d/ksm-trace.fish"),
+            // Not PREFIX/share/fish/vendor_completions.d: fish reads that only when
+            // XDG_DATA_DIRS names /usr/local/share, which a login shell on a server often lacks.
+            PathBuf::from("/etc/fish/completions/ksm-trace.fish"),
             0o644,
         ),
     ];
