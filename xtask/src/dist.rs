@@ -168,22 +168,37 @@ fn read_manifest(path: &Path) -> Result<(Vec<PathBuf>, Vec<PathBuf>)> {
     Ok((files, dirs))
 }
 
-/// Copies the staged files under /usr/local (replacing a running binary safely: write beside,
-/// then rename) and records them; files an earlier install wrote that are no longer part of
-/// it are removed.
+/// Copies the staged files under /usr/local and records them.
 pub fn install(env: &BuildEnv) -> Result<()> {
     let staged = stage(env)?;
     let manifest = Path::new(PREFIX).join(MANIFEST);
-    let (old_files, mut dirs) = read_manifest(&manifest)?;
+    let count = install_files(&install_plan(&staged)?, &manifest)?;
+    eprintln!(
+        "xtask: installed {count} files under {PREFIX} (listed in {}); `cargo xtask install --uninstall` removes them",
+        manifest.display()
+    );
+    Ok(())
+}
+
+/// Removes what `install` recorded, then the directories it created if they are empty.
+pub fn uninstall() -> Result<()> {
+    uninstall_files(&Path::new(PREFIX).join(MANIFEST))
+}
+
+/// Copies each (source, destination, mode) of `plan` (a running binary is replaced safely:
+/// written beside, then renamed) and lists them in `manifest` with the directories created
+/// for them; files an earlier install listed that are no longer in `plan` are removed.
+fn install_files(plan: &[(PathBuf, PathBuf, u32)], manifest: &Path) -> Result<usize> {
+    let (old_files, mut dirs) = read_manifest(manifest)?;
     let mut files = Vec::new();
-    for (src, dest, mode) in install_plan(&staged)? {
+    for (src, dest, mode) in plan {
         create_dirs(dest.parent().expect("absolute"), &mut dirs)?;
         let tmp = dest.with_extension("xtask-new");
-        fs::copy(&src, &tmp)
+        fs::copy(src, &tmp)
             .with_context(|| format!("copying {} to {}", src.display(), tmp.display()))?;
-        set_mode(&tmp, mode)?;
-        fs::rename(&tmp, &dest).with_context(|| format!("installing {}", dest.display()))?;
-        files.push(dest);
+        set_mode(&tmp, *mode)?;
+        fs::rename(&tmp, dest).with_context(|| format!("installing {}", dest.display()))?;
+        files.push(dest.clone());
     }
     for stale in old_files.iter().filter(|f| !files.contains(f)) {
         remove_file(stale)?;
@@ -196,19 +211,14 @@ pub fn install(env: &BuildEnv) -> Result<()> {
     for d in &dirs {
         text += &format!("dir {}\n", d.display());
     }
-    fs::write(&manifest, text).with_context(|| format!("writing {}", manifest.display()))?;
-    eprintln!(
-        "xtask: installed {} files under {PREFIX} (listed in {}); `cargo xtask install --uninstall` removes them",
-        files.len(),
-        manifest.display()
-    );
-    Ok(())
+    fs::write(manifest, text).with_context(|| format!("writing {}", manifest.display()))?;
+    Ok(files.len())
 }
 
-/// Removes what `install` recorded, then the directories it created if they are empty.
-pub fn uninstall() -> Result<()> {
-    let manifest = Path::new(PREFIX).join(MANIFEST);
-    let (files, mut dirs) = read_manifest(&manifest)?;
+/// Removes the files `manifest` lists and the manifest, then the directories it lists if they
+/// are empty.
+fn uninstall_files(manifest: &Path) -> Result<()> {
+    let (files, mut dirs) = read_manifest(manifest)?;
     if files.is_empty() && dirs.is_empty() {
         eprintln!(
             "xtask: nothing to uninstall ({} is absent)",
@@ -216,7 +226,7 @@ pub fn uninstall() -> Result<()> {
         );
         return Ok(());
     }
-    for f in files.iter().chain([&manifest]) {
+    for f in files.iter().map(PathBuf::as_path).chain([manifest]) {
         remove_file(f)?;
     }
     // Deepest first, so that a created parent is empty once its created children are gone.
@@ -263,4 +273,52 @@ fn set_mode(path: &Path, mode: u32) -> Result<()> {
     use std::os::unix::fs::PermissionsExt as _;
     fs::set_permissions(path, fs::Permissions::from_mode(mode))
         .with_context(|| format!("setting the mode of {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    use super::*;
+
+    #[test]
+    fn install_again_replaces_and_uninstall_leaves_the_tree_as_found() {
+        let tmp = std::env::temp_dir().join(format!("xtask-install-test-{}", std::process::id()));
+        let (src, root) = (tmp.join("src"), tmp.join("root"));
+        fs::create_dir_all(&src).unwrap();
+        fs::create_dir_all(root.join("share")).unwrap();
+        for name in ["bin", "page"] {
+            fs::write(src.join(name), name).unwrap();
+        }
+        let manifest = root.join("share/ksm-trace/installed-files");
+        let plan = vec![
+            (src.join("bin"), root.join("bin/ksm-trace"), 0o755),
+            (
+                src.join("page"),
+                root.join("share/man/man1/page.1.gz"),
+                0o644,
+            ),
+        ];
+
+        assert_eq!(install_files(&plan, &manifest).unwrap(), 2);
+        let mode = fs::metadata(root.join("bin/ksm-trace"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o755);
+        // Installing again without the page removes it, and leaves no temporary file.
+        assert_eq!(install_files(&plan[..1], &manifest).unwrap(), 1);
+        assert!(!root.join("share/man/man1/page.1.gz").exists());
+        assert!(!root.join("bin/ksm-trace.xtask-new").exists());
+
+        // A file install did not write keeps its directory; the rest goes.
+        fs::write(root.join("bin/other"), "").unwrap();
+        uninstall_files(&manifest).unwrap();
+        assert!(!root.join("bin/ksm-trace").exists());
+        assert!(root.join("bin/other").exists());
+        assert!(!root.join("share/man").exists());
+        assert!(!root.join("share/ksm-trace").exists());
+        assert!(root.join("share").exists());
+        fs::remove_dir_all(&tmp).unwrap();
+    }
 }
