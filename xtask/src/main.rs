@@ -41,7 +41,7 @@ enum Cmd {
     /// kernel selftest's merge time.
     Bench,
     /// Boot another kernel in a QEMU (TCG) guest (or take this one: `host`), run ksm-trace's
-    /// scenario there and check the results (`ksm-trace lab`).
+    /// scenario there and print its figures (`ksm-trace lab`; tests/lab.rs judges them).
     Lab {
         /// debian-6.12 (fentry/fexit allowed), debian-6.1 (no ksm tracepoints), or host (the
         /// running kernel, no guest).

@@ -55,7 +55,9 @@ fn find_in_path(program: &str) -> Option<PathBuf> {
 }
 
 /// Whether an ELF64 file names a program interpreter (PT_INTERP), i.e. is dynamically linked.
-fn has_interpreter(path: &Path) -> Result<bool> {
+/// Whether the ELF executable at `path` asks for a program interpreter (a dynamic loader);
+/// a static one (busybox-static, a musl ksm-trace) does not.
+pub fn has_interpreter(path: &Path) -> Result<bool> {
     let bytes = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     let u16_at = |o: usize| {
         bytes

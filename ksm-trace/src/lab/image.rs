@@ -121,8 +121,12 @@ pub fn write(ksm_trace: &Path, out: &Path) -> Result<()> {
     a.finish()
 }
 
-/// The absolute paths of the libraries and the loader `ldd` lists for `binary`.
+/// The absolute paths of the libraries and the loader `ldd` lists for `binary`; none for a
+/// static binary (the packaged, musl one), which runs in the guest as it is.
 fn shared_libraries(binary: &Path) -> Result<Vec<PathBuf>> {
+    if !crate::guest::has_interpreter(binary)? {
+        return Ok(Vec::new());
+    }
     let out = Command::new("ldd")
         .arg(binary)
         .stdin(Stdio::null())
