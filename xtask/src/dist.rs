@@ -14,10 +14,8 @@ use std::{
 
 use anyhow::{Context as _, Result, anyhow, bail};
 
-use crate::setup::{self, BuildEnv};
+use crate::setup::{self, BuildEnv, TARGET};
 
-/// The packaged binary's target: static, so it needs nothing from the machine it runs on.
-pub const TARGET: &str = "x86_64-unknown-linux-musl";
 /// Where `install` puts things.
 const PREFIX: &str = "/usr/local";
 /// Under PREFIX: the list of what `install` wrote, one `file PATH` or `dir PATH` a line.

@@ -20,6 +20,8 @@ const LLVM_MAJOR: u32 = 22;
 /// A nightly known to use LLVM 22, for machines whose default nightly is missing or too new.
 const PINNED_NIGHTLY: &str = "nightly-2026-08-01";
 const BPF_LINKER_VERSION: &str = "0.13.0";
+/// The packaged binary's target: static, so it needs nothing from the machine it runs on.
+pub const TARGET: &str = "x86_64-unknown-linux-musl";
 const CARGO_DEB_VERSION: &str = "3.8.0";
 
 /// Environment the workspace build needs after set-up.
@@ -54,8 +56,8 @@ pub fn run() -> Result<BuildEnv> {
 pub fn packaging() -> Result<()> {
     let targets =
         output(Command::new("rustup").args(["target", "list", "--installed"])).unwrap_or_default();
-    if !targets.lines().any(|t| t.trim() == crate::dist::TARGET) {
-        run_checked(Command::new("rustup").args(["target", "add", crate::dist::TARGET]))?;
+    if !targets.lines().any(|t| t.trim() == TARGET) {
+        run_checked(Command::new("rustup").args(["target", "add", TARGET]))?;
     }
     ensure_packages(&["dpkg-dev", "man-db", "bash-completion"])?;
     let cargo_deb_ok = output(Command::new("cargo").args(["deb", "--version"]))

@@ -8,7 +8,7 @@ use std::{
 
 use anyhow::Result;
 
-use super::image::DONE;
+use super::scenario::DONE;
 use crate::guest::qemu::{Guest, Machine};
 
 /// How the wait for the scenario ended.

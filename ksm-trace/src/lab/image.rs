@@ -8,30 +8,15 @@ use std::{
 
 use anyhow::{Context as _, Result, anyhow, bail};
 
-use super::scenario::RECORD_ARGS;
+use super::scenario::{
+    BOOTED, COUNTERS_AFTER, COUNTERS_BEFORE, DOCTOR, DOCTOR_STDERR, DONE, RECORD_ARGS,
+    RECORD_STDERR, RECORDING, REPORT, REPORT_STDERR, STATUS,
+};
 
 use crate::guest::{
     BUSYBOX,
     initramfs::{Archive, BASE_DIRS},
 };
-
-/// Console markers the scenario prints; the host cuts the output apart at them.
-pub const DOCTOR: &str = "KSM-TRACE-DOCTOR";
-pub const DOCTOR_STDERR: &str = "KSM-TRACE-DOCTOR-STDERR";
-pub const RECORD_STDERR: &str = "KSM-TRACE-RECORD-STDERR";
-pub const REPORT: &str = "KSM-TRACE-REPORT";
-pub const REPORT_STDERR: &str = "KSM-TRACE-REPORT-STDERR";
-pub const RECORDING: &str = "KSM-TRACE-RECORDING";
-/// `KSM-TRACE-LAB-BOOTED <uptime s>`: /init started.
-pub const BOOTED: &str = "KSM-TRACE-LAB-BOOTED";
-/// `KSM-TRACE-LAB-STATUS doctor=N record=N report=N record_s=S`.
-pub const STATUS: &str = "KSM-TRACE-LAB-STATUS";
-/// `KSM-TRACE-COUNTERS-BEFORE cow_ksm=N full_scans=N`: read by the script just before record.
-pub const COUNTERS_BEFORE: &str = "KSM-TRACE-COUNTERS-BEFORE";
-/// The same, just after record.
-pub const COUNTERS_AFTER: &str = "KSM-TRACE-COUNTERS-AFTER";
-/// `KSM-TRACE-LAB-DONE`: the last line before power-off.
-pub const DONE: &str = "KSM-TRACE-LAB-DONE";
 
 /// Where ksm-trace lives in the guest.
 const GUEST_BIN: &str = "bin/ksm-trace";

@@ -7,13 +7,29 @@ use anyhow::{Context as _, Result, anyhow};
 use serde::Serialize;
 use serde_json::Value;
 
-use super::image;
-
 /// What `ksm-trace record` runs: two processes, a few thousand pages each, half identical,
 /// with a rewrite round and writes after merging (so pages are merged again, and silent
 /// unmerges and COW breaks happen) and both latency mechanisms on the same merges. It ends when
 /// the workload has run its rounds (`--duration` is only a cap: without one, record would stop
 /// as soon as KSM settled, before the second round). `-o FILE` is added by whoever runs it.
+/// Console markers the scenario prints; the host cuts the output apart at them.
+pub const DOCTOR: &str = "KSM-TRACE-DOCTOR";
+pub const DOCTOR_STDERR: &str = "KSM-TRACE-DOCTOR-STDERR";
+pub const RECORD_STDERR: &str = "KSM-TRACE-RECORD-STDERR";
+pub const REPORT: &str = "KSM-TRACE-REPORT";
+pub const REPORT_STDERR: &str = "KSM-TRACE-REPORT-STDERR";
+pub const RECORDING: &str = "KSM-TRACE-RECORDING";
+/// `KSM-TRACE-LAB-BOOTED <uptime s>`: /init started.
+pub const BOOTED: &str = "KSM-TRACE-LAB-BOOTED";
+/// `KSM-TRACE-LAB-STATUS doctor=N record=N report=N record_s=S`.
+pub const STATUS: &str = "KSM-TRACE-LAB-STATUS";
+/// `KSM-TRACE-COUNTERS-BEFORE cow_ksm=N full_scans=N`: read by the script just before record.
+pub const COUNTERS_BEFORE: &str = "KSM-TRACE-COUNTERS-BEFORE";
+/// The same, just after record.
+pub const COUNTERS_AFTER: &str = "KSM-TRACE-COUNTERS-AFTER";
+/// `KSM-TRACE-LAB-DONE`: the last line before power-off.
+pub const DONE: &str = "KSM-TRACE-LAB-DONE";
+
 pub const RECORD_ARGS: &str = "record --workload procs:2,pages=3000,dup=0.5,rounds=2,wait=4s,write=0.02 \
      --duration 60s --pages-to-scan 2000 --sleep-ms 10 --merge-latency both -q";
 
@@ -102,10 +118,10 @@ impl Transcript {
     pub fn from_console(kernel: &str, console: &str, diagnostics: String) -> Self {
         let booted = console
             .lines()
-            .find(|l| l.starts_with(image::BOOTED))
+            .find(|l| l.starts_with(BOOTED))
             .map(|l| l.split_whitespace().skip(1).collect::<Vec<_>>())
             .unwrap_or_default();
-        let status = |key: &str| field(console, image::STATUS, key);
+        let status = |key: &str| field(console, STATUS, key);
         let num = |key: &str| status(key).and_then(|v| v.parse::<f64>().ok());
         let rc = |key: &str| status(key).and_then(|v| v.parse::<i32>().ok());
         let mut problems = Vec::new();
@@ -114,11 +130,11 @@ impl Transcript {
                 .map_err(|e| problems.push(format!("{e:#}")))
                 .ok()
         };
-        let doctor = json(image::DOCTOR);
+        let doctor = json(DOCTOR);
         // The report and the recording exist only after a record that succeeded.
         let recorded = rc("record") == Some(0);
-        let report = recorded.then(|| json(image::REPORT)).flatten();
-        let recording = recorded.then(|| json(image::RECORDING)).flatten();
+        let report = recorded.then(|| json(REPORT)).flatten();
+        let recording = recorded.then(|| json(RECORDING)).flatten();
         let stderr = |marker: &str| block(console, marker).unwrap_or_default();
         Self {
             kernel: kernel.to_owned(),
@@ -129,22 +145,22 @@ impl Transcript {
                 .map(|(b, a)| b - a),
             doctor: Step {
                 rc: rc("doctor"),
-                stderr: stderr(image::DOCTOR_STDERR),
+                stderr: stderr(DOCTOR_STDERR),
                 json: doctor,
             },
             record: Step {
                 rc: rc("record"),
-                stderr: stderr(image::RECORD_STDERR),
+                stderr: stderr(RECORD_STDERR),
                 json: None,
             },
             report: Step {
                 rc: rc("report"),
-                stderr: stderr(image::REPORT_STDERR),
+                stderr: stderr(REPORT_STDERR),
                 json: report,
             },
             recording,
-            counters_before: Counters::from_console(console, image::COUNTERS_BEFORE),
-            counters_after: Counters::from_console(console, image::COUNTERS_AFTER),
+            counters_before: Counters::from_console(console, COUNTERS_BEFORE),
+            counters_after: Counters::from_console(console, COUNTERS_AFTER),
             problems,
             diagnostics,
         }
@@ -205,12 +221,12 @@ mod tests {
              {before} cow_ksm=10 full_scans=3\n{after} cow_ksm=25 full_scans=9\n\
              {rs}-BEGIN\n{rs}-END\n\
              {status} doctor=0 record=1 report=- record_start=3.0 record_end=10.5\n",
-            booted = image::BOOTED,
-            d = image::DOCTOR,
-            before = image::COUNTERS_BEFORE,
-            after = image::COUNTERS_AFTER,
-            rs = image::RECORD_STDERR,
-            status = image::STATUS,
+            booted = BOOTED,
+            d = DOCTOR,
+            before = COUNTERS_BEFORE,
+            after = COUNTERS_AFTER,
+            rs = RECORD_STDERR,
+            status = STATUS,
         );
         let t = Transcript::from_console("debian-6.12", &console, String::new());
         assert_eq!(t.release, "6.12.9");
@@ -226,7 +242,7 @@ mod tests {
         // No report or recording after a failed record, and none missed.
         assert!(t.recording.is_none() && t.report.json.is_none());
         assert!(t.problems.is_empty(), "{:?}", t.problems);
-        let without_doctor = console.replace(image::DOCTOR, "X");
+        let without_doctor = console.replace(DOCTOR, "X");
         let t = Transcript::from_console("debian-6.12", &without_doctor, String::new());
         assert_eq!(t.problems.len(), 1, "{:?}", t.problems);
     }
