@@ -204,8 +204,14 @@ fn report_figures_are_the_recordings() {
     let exact_p50 = durations[durations.len().div_ceil(2) - 1];
     let p50 = json["scans"]["full_scan_ns"]["p50"].as_u64().unwrap();
     let max = json["scans"]["full_scan_ns"]["max"].as_u64().unwrap();
-    assert!(p50.abs_diff(exact_p50) <= exact_p50 / 1000 + 1, "{p50} vs {exact_p50}");
-    assert!(max.abs_diff(exact_max) <= exact_max / 1000 + 1, "{max} vs {exact_max}");
+    assert!(
+        p50.abs_diff(exact_p50) <= exact_p50 / 1000 + 1,
+        "{p50} vs {exact_p50}"
+    );
+    assert!(
+        max.abs_diff(exact_max) <= exact_max / 1000 + 1,
+        "{max} vs {exact_max}"
+    );
     assert_eq!(json["scans"]["full_scan_ns"]["count"], 214);
 
     let text = report::render(&rec, Format::Text).unwrap();
@@ -217,7 +223,10 @@ fn report_figures_are_the_recordings() {
     let cells: Vec<&str> = row.split_whitespace().collect();
     assert_eq!(&cells[..3], ["27515", "ksm-procs-0", "600"], "{row}");
     assert!(row.contains("0→300"), "{row}");
-    assert!(text.contains("Full scans: 214 (kernel full_scans +214)"), "{text}");
+    assert!(
+        text.contains("Full scans: 214 (kernel full_scans +214)"),
+        "{text}"
+    );
     // Each worker timed 300 writes to KSM pages: 600, as the kernel's cow_ksm counted.
     assert!(
         text.contains("COW breaks seen by the workload: 600; kernel cow_ksm +600"),

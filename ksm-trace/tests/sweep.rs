@@ -83,15 +83,21 @@ fn assert_summary_derives_from(s: &serde_json::Value, rec: &serde_json::Value) {
     assert!(close(f(&s["merges_per_s"]), merges / duration_s), "{s}");
     let end = &rec["timeseries"].as_array().unwrap().last().unwrap()["counters"];
     let page = f(&rec["meta"]["page_size"]);
-    let saved = (f(&end["ksm"]["pages_sharing"]) + f(&end["ksm"]["ksm_zero_pages"])) * page
-        / 1048576.0;
+    let saved =
+        (f(&end["ksm"]["pages_sharing"]) + f(&end["ksm"]["ksm_zero_pages"])) * page / 1048576.0;
     assert!(close(f(&s["saved_mib_end"]), saved), "{s}");
     let cpu_ns = f(&rec["counters_end"]["ksmd_cpu_ns"]) - f(&rec["counters_start"]["ksmd_cpu_ns"]);
     assert!(
-        close(f(&s["ksmd_cpu_percent"]), cpu_ns * 100.0 / (duration_s * 1e9)),
+        close(
+            f(&s["ksmd_cpu_percent"]),
+            cpu_ns * 100.0 / (duration_s * 1e9)
+        ),
         "{s}"
     );
-    assert!(close(f(&s["cpu_s_per_mib_saved"]), cpu_ns / 1e9 / saved), "{s}");
+    assert!(
+        close(f(&s["cpu_s_per_mib_saved"]), cpu_ns / 1e9 / saved),
+        "{s}"
+    );
     assert_eq!(s["ended_by"], rec["meta"]["ended_by"]);
     assert_eq!(s["lost_events"], rec["events"]["lost"]);
 }

@@ -4,10 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    knobs::KnobSettings,
-    recording::Recording,
-    report::Report,
-    sample::SETTLE_THRESHOLD,
+    knobs::KnobSettings, recording::Recording, report::Report, sample::SETTLE_THRESHOLD,
     sample::settle_time_s,
 };
 
