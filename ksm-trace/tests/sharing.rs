@@ -26,7 +26,7 @@ struct Cgroup {
 }
 
 impl Cgroup {
-    fn new(root: &PathBuf, name: &str) -> Self {
+    fn new(root: &std::path::Path, name: &str) -> Self {
         let dir = root.join(name);
         fs::create_dir_all(&dir).unwrap();
         Self {
