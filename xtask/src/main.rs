@@ -4,6 +4,7 @@
 //! - `build`, `run -- ARGS`: builds ksm-trace (eBPF included) and runs it as root;
 //! - `test`: unit tests and the root integration tests against the real kernel;
 //! - `bench`: what tracing costs ksmd, and the selftest's merge time;
+//! - `soak --duration 1h`: a long record over a merging workload (tests/soak.rs);
 //! - `lab --kernel K`: runs ksm-trace's scenario in a QEMU guest booting kernel K (e.g.
 //!   debian-6.12), or on the running kernel (`host`);
 //! - `fixture`: re-records the small recording the rendering tests read, and their golden files;
@@ -57,6 +58,14 @@ enum Cmd {
     Install {
         #[arg(long)]
         uninstall: bool,
+    },
+    /// The soak: `record` for a long time over a workload that keeps merging (tests/soak.rs,
+    /// which CI runs for 20 s), printing ksm-trace's memory, the recording's size and the
+    /// exactness checks.
+    Soak {
+        /// How long to record (e.g. 1h).
+        #[arg(long, default_value = "1h")]
+        duration: humantime::Duration,
     },
     /// Run all tests: unit tests and the root integration tests on the real kernel. Builds the
     /// Debian package first, for the test that installs it (tests/package.rs).
@@ -142,6 +151,21 @@ fn main() -> Result<()> {
             let env = setup::run()?;
             setup::packaging()?;
             dist::install(&env)
+        }
+        Cmd::Soak { duration } => {
+            let env = setup::run()?;
+            let args = [
+                "test",
+                "-p",
+                "ksm-trace",
+                "--test",
+                "soak",
+                "--",
+                "--nocapture",
+            ];
+            let mut cmd = cargo_command(&env, &args, false)?;
+            cmd.env("KSM_TRACE_SOAK_SECS", duration.as_secs().to_string());
+            run_cargo(cmd, &args)
         }
         Cmd::Test { args } => {
             let env = setup::run()?;
