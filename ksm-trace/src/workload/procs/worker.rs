@@ -155,7 +155,7 @@ pub fn worker_main(args: &[String]) -> Result<()> {
         unsafe { madvise(base, len.get(), MmapAdvise::MADV_MERGEABLE) }
             .context("madvise(MADV_MERGEABLE)")?;
     }
-    println!("ready {fill_ns}");
+    say(&format!("ready {fill_ns}"));
 
     // Stop when the parent closes stdin (or dies: PDEATHSIG).
     let stop = Arc::new(AtomicBool::new(false));
@@ -188,7 +188,7 @@ pub fn worker_main(args: &[String]) -> Result<()> {
                     memory.timed_write(p, value, ksm.as_ref(), &mut faults);
                 }
             } else {
-                println!("done");
+                say("done");
                 said_done = true;
             }
             next_round += spec.wait;
@@ -216,6 +216,14 @@ pub fn worker_main(args: &[String]) -> Result<()> {
         write_fault_ns: faults,
         classified: ksm.is_some(),
     };
-    println!("report {}", serde_json::to_string(&report)?);
+    say(&format!("report {}", serde_json::to_string(&report)?));
     Ok(())
+}
+
+/// One line to the parent. A parent that is gone (killed, its pipe closed) is no error worth
+/// a panic: this worker is about to end with it anyway.
+fn say(line: &str) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}").and_then(|()| out.flush());
 }
