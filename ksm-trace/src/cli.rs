@@ -392,6 +392,9 @@ pub struct SharingArgs {
     /// JSON instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Also draw the matrix as a heatmap (SVG) here.
+    #[arg(long)]
+    pub svg: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -183,6 +183,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             &args.domains,
             &args.pids,
             args.json,
+            args.svg.as_deref(),
         )?),
         Command::Recover => print(&ksm_trace::recovery::recover_command()?),
         Command::Doctor(args) => print(&doctor::run(args.json)?),

@@ -123,7 +123,19 @@ fn snapshot_matrix_equals_the_construction() {
             .map_or(0, |p| p[2].as_u64().unwrap())
     };
 
-    let by_cgroup = sharing(&[&["--by", "cgroup"][..], &pid_args].concat());
+    let svg = session.path("sharing.svg");
+    let by_cgroup = sharing(
+        &[
+            &["--by", "cgroup", "--svg", svg.to_str().unwrap()][..],
+            &pid_args,
+        ]
+        .concat(),
+    );
+    let picture = fs::read_to_string(&svg).unwrap();
+    assert!(
+        picture.contains(&a.path) && picture.contains(&c.path),
+        "heatmap labels"
+    );
     assert_eq!(by_cgroup["ksm_pages"], 1000, "{by_cgroup}");
     assert_eq!(
         by_cgroup["pages_by_sharers"],

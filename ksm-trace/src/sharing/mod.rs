@@ -2,6 +2,7 @@
 //! process, guest or cgroup — how many pages are shared by exactly k processes, and, given
 //! trust domains, how much memory is shared across a domain boundary. From a snapshot of page
 //! tables ([`snapshot`]); no tracing, no knob changed.
+pub mod heatmap;
 pub mod matrix;
 pub mod snapshot;
 
@@ -12,8 +13,14 @@ use anyhow::{Result, bail};
 pub use matrix::{By, Matrix};
 pub use snapshot::Snapshot;
 
-/// Takes the snapshot and renders it as text or JSON.
-pub fn run(by: By, domains: &[String], pids: &[u32], json: bool) -> Result<String> {
+/// Takes the snapshot and renders it as text or JSON (and the heatmap SVG to `svg`).
+pub fn run(
+    by: By,
+    domains: &[String],
+    pids: &[u32],
+    json: bool,
+    svg: Option<&std::path::Path>,
+) -> Result<String> {
     if !nix::unistd::geteuid().is_root() {
         bail!(
             "ksm-trace sharing reads other processes' page tables: run it as root, e.g. with sudo"
@@ -28,6 +35,9 @@ pub fn run(by: By, domains: &[String], pids: &[u32], json: bool) -> Result<Strin
     let snapshot = Snapshot::take(pids);
     let matrix = Matrix::build(&snapshot, by, domains);
     let elapsed = started.elapsed();
+    if let Some(path) = svg {
+        heatmap::svg(&matrix, path)?;
+    }
     if json {
         return Ok(serde_json::to_string_pretty(&serde_json::json!({
             "processes": snapshot.sharers.len(),

@@ -1,0 +1,90 @@
+//! The sharing matrix as a picture: one cell per pair of groups, darker where they share more
+//! KSM pages, the diagonal holding each group's own KSM pages (plotters, SVG).
+use std::path::Path;
+
+use anyhow::{Result, anyhow, bail};
+use plotters::prelude::*;
+
+use super::Matrix;
+
+/// Writes the heatmap of `m` to `path`.
+pub fn svg(m: &Matrix, path: &Path) -> Result<()> {
+    let n = m.groups.len();
+    if n == 0 {
+        bail!("no KSM page is mapped by the processes seen: nothing to draw");
+    }
+    let mut cells = vec![vec![0u64; n]; n];
+    for (i, pages) in m.group_pages.iter().enumerate() {
+        cells[i][i] = *pages;
+    }
+    let index = |g: &String| m.groups.iter().position(|x| x == g);
+    for (a, b, pages) in &m.pairs {
+        if let (Some(i), Some(j)) = (index(a), index(b)) {
+            cells[i][j] = *pages;
+            cells[j][i] = *pages;
+        }
+    }
+    let max = cells.iter().flatten().copied().max().unwrap_or(0).max(1);
+    let size = (240 + 40 * n as u32).min(4000);
+    let root = SVGBackend::new(path, (size, size)).into_drawing_area();
+    let fail = |e: &dyn std::fmt::Display| anyhow!("drawing {}: {e}", path.display());
+    root.fill(&WHITE).map_err(|e| fail(&e))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption("KSM pages shared between groups", ("sans-serif", 18))
+        .margin(10)
+        .x_label_area_size(160)
+        .y_label_area_size(160)
+        .build_cartesian_2d(0..n, 0..n)
+        .map_err(|e| fail(&e))?;
+    let label = |i: &usize| m.groups.get(*i).cloned().unwrap_or_default();
+    chart
+        .configure_mesh()
+        .disable_mesh()
+        .x_labels(n)
+        .y_labels(n)
+        .x_label_formatter(&label)
+        .y_label_formatter(&label)
+        .x_label_style(
+            ("sans-serif", 11)
+                .into_font()
+                .transform(FontTransform::Rotate90),
+        )
+        .draw()
+        .map_err(|e| fail(&e))?;
+    chart
+        .draw_series(cells.iter().enumerate().flat_map(|(i, row)| {
+            row.iter().enumerate().map(move |(j, &pages)| {
+                let shade = (255.0 * (1.0 - pages as f64 / max as f64)) as u8;
+                Rectangle::new(
+                    [(i, j), (i + 1, j + 1)],
+                    RGBColor(shade, shade, 255).filled(),
+                )
+            })
+        }))
+        .map_err(|e| fail(&e))?;
+    root.present().map_err(|e| fail(&e))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn draws_every_group_and_refuses_an_empty_matrix() {
+        let m = Matrix {
+            groups: vec!["/tenant-a".into(), "/tenant-b".into()],
+            group_pages: vec![500, 800],
+            pairs: vec![("/tenant-a".into(), "/tenant-b".into(), 300)],
+            ..Default::default()
+        };
+        let path =
+            std::env::temp_dir().join(format!("ksm-trace-heatmap-{}.svg", std::process::id()));
+        svg(&m, &path).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains("/tenant-a") && text.contains("/tenant-b"));
+        assert_eq!(text.matches("<rect").count() >= 4, true, "a cell per pair");
+        std::fs::remove_file(&path).unwrap();
+        assert!(svg(&Matrix::default(), &path).is_err());
+    }
+}
