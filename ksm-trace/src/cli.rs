@@ -144,6 +144,14 @@ pub struct RecordArgs {
     /// Interval of the kernel-counter time series (e.g. 1s, 500ms).
     #[arg(long, default_value = "1s", value_parser = parse::duration)]
     pub interval: Duration,
+    /// The COW probe (fentry/fexit on do_wp_page, where the kernel allows it): it runs on every
+    /// write-protect fault of every process; off leaves only the global cow_ksm.
+    #[arg(long, default_value = "on", value_parser = parse::on_off)]
+    pub cow_probe: bool,
+    /// ksmd's batches and CPU time from sched_switch, which runs on every context switch of
+    /// every process; off leaves ksmd's CPU from /proc/<ksmd>/schedstat.
+    #[arg(long, default_value = "on", value_parser = parse::on_off)]
+    pub batches: bool,
     /// Size of the events ring buffer (a power of two from 4k, e.g. 8M). Events that do not
     /// fit are counted as lost and the report marks what they make incomplete.
     #[arg(long, default_value = "8M", value_parser = ring_buffer_size)]

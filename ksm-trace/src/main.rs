@@ -98,12 +98,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 pids: args.pids,
                 output: args.output,
                 knobs: args.knobs.settings(),
-                merge_latency: args.merge_latency,
+                probes: ksm_trace::probes::ProbeOptions {
+                    latency: args.merge_latency,
+                    ring_buffer_bytes: args.ring_buffer,
+                    cow: args.cow_probe,
+                    batches: args.batches,
+                },
                 progress: !args.quiet,
                 refresh: args.refresh,
                 interval: args.interval,
                 until_full_scans: None,
-                ring_buffer_bytes: args.ring_buffer,
             };
             let recording = record::record(&opts, std::env::args().collect()).await?;
             recording.write(&opts.output)?;

@@ -17,7 +17,7 @@ use crate::{
     interrupts::Interrupts,
     kernel::{self, Counters, KsmStat, sysfs},
     knobs::KnobSettings,
-    probes::{LatencyMode, Probes, bracket::BracketPolicy},
+    probes::{ProbeOptions, Probes, bracket::BracketPolicy},
     recording::{
         self, EventCounts, LatencyCoverage, Meta, ProcessRecord, Recording, ScanRecord,
         WorkloadKind, WorkloadRecord,
@@ -35,7 +35,6 @@ pub struct RecordOptions {
     pub pids: Vec<u32>,
     pub output: PathBuf,
     pub knobs: KnobSettings,
-    pub merge_latency: LatencyMode,
     pub progress: bool,
     /// Rebuild cached workload assets (guest kernel, initramfs).
     pub refresh: bool,
@@ -51,8 +50,8 @@ pub struct RecordOptions {
     pub auto_scan: bool,
     /// Stop once this many full scans have completed in the window.
     pub until_full_scans: Option<u64>,
-    /// Size of the events ring buffer, bytes.
-    pub ring_buffer_bytes: u32,
+    /// Which probes, how to time merges, the ring buffer's size.
+    pub probes: ProbeOptions,
 }
 
 const DRAIN_EVERY: Duration = Duration::from_millis(100);
@@ -97,14 +96,9 @@ pub async fn record(opts: &RecordOptions, command_line: Vec<String>) -> Result<R
     } else {
         opts.knobs.clone()
     };
-    let mut probes = Probes::load_sized(
-        &pre.caps,
-        pre.caps.config(pre.ksmd),
-        opts.merge_latency,
-        opts.ring_buffer_bytes,
-    )?;
+    let mut probes = Probes::load_with(&pre.caps, pre.caps.config(pre.ksmd), opts.probes)?;
     let ring = probes.take_events()?;
-    let bracket = BracketPolicy::start(&mut probes, opts.merge_latency)?;
+    let bracket = BracketPolicy::start(&mut probes, opts.probes.latency)?;
 
     let session = pre.start(&knobs, opts.refresh)?;
     let mut window = Window::open(opts, session, probes, ring, bracket)?;
@@ -468,7 +462,7 @@ impl Closed {
             profile: self.profile,
             timeseries: self.timeseries,
             latency: LatencyCoverage {
-                mode: opts.merge_latency,
+                mode: opts.probes.latency,
                 bracket_windows: self.bracket_windows,
             },
         }

@@ -662,3 +662,46 @@ fn another_process_changing_knobs_is_reported() {
     assert!(text.contains("RESET: full_scans went backwards"), "{text}");
     session.assert_knobs_restored();
 }
+
+/// The two probes that run for every process can be turned off: the report then says they
+/// were off and shows no batch or CPU figure from them — not a zero.
+#[test]
+fn probes_for_every_process_can_be_turned_off() {
+    let Some(session) = KsmSession::try_start("probes-off") else {
+        return;
+    };
+    let (rec, rep) = record(
+        &session,
+        &[
+            "--workload",
+            "procs:2,pages=2000",
+            "--pages-to-scan",
+            "1000",
+            "--sleep-ms",
+            "10",
+            "--duration",
+            "3s",
+            "--batches",
+            "off",
+            "--cow-probe",
+            "off",
+        ],
+    );
+    assert_eq!(
+        rep["mechanisms"]["batches"],
+        serde_json::json!({"kind": "off"})
+    );
+    assert_eq!(rep["mechanisms"]["cow"], serde_json::json!({"kind": "off"}));
+    assert_eq!(rep["scans"]["batches"], 0);
+    assert!(rep["scans"]["ksmd_cpu_percent"].is_null());
+    assert!(rep["scans"]["ksmd_cpu_percent_schedstat"].as_f64().unwrap() > 0.0);
+    assert!(rec["events"]["received"].get("ksmd_batch").is_none());
+    // Merges are still traced exactly.
+    assert!(rep["scans"]["full_scans"].as_u64().unwrap() > 0);
+    let text = ksm_trace(&["report", session.path("rec.json").to_str().unwrap()]);
+    assert!(
+        String::from_utf8_lossy(&text.stdout).contains("ksmd batches: not traced (off"),
+        "the report says so"
+    );
+    session.assert_knobs_restored();
+}

@@ -50,13 +50,12 @@ pub async fn merge(b: &MergeBench, command_line: Vec<String>) -> Result<(Recordi
             sleep_ms: Some(0),
             ..Default::default()
         },
-        merge_latency: b.merge_latency,
+        probes: crate::probes::ProbeOptions::new(b.merge_latency),
         progress: false,
         refresh: false,
         interval: Duration::from_millis(500),
         until_settled: false,
         until_full_scans: Some(FULL_SCANS),
-        ring_buffer_bytes: ksm_trace_common::EVENTS_BYTES,
     };
     let rec = record::record(&opts, command_line).await?;
     rec.write(&b.output)?;

@@ -58,22 +58,46 @@ pub struct Probes {
 /// The programs, built by build.rs from ksm-trace-ebpf.
 static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ksm-trace"));
 
+/// What to load: how to time merges, the ring buffer's size, and the two probes that fire for
+/// every process on the machine (COW faults, context switches), which a user may turn off.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProbeOptions {
+    pub latency: LatencyMode,
+    /// A power of two, a multiple of the page size: small ones make lost events on purpose.
+    pub ring_buffer_bytes: u32,
+    /// fentry/fexit on do_wp_page (per-process COW breaks), where the kernel allows it.
+    pub cow: bool,
+    /// sched_switch (ksmd's batches and CPU time).
+    pub batches: bool,
+}
+
+impl ProbeOptions {
+    pub fn new(latency: LatencyMode) -> Self {
+        Self {
+            latency,
+            ring_buffer_bytes: ksm_trace_common::EVENTS_BYTES,
+            cow: true,
+            batches: true,
+        }
+    }
+}
+
 impl Probes {
     /// Loads the programs and attaches those the kernel allows, choosing the best mechanism
     /// for each measurement and saying in [`Mechanisms`] what it chose and what it fell back
     /// from. The mmap_lock bracket is loaded but attached only by [`Probes::arm_bracket`].
     pub fn load(caps: &Capabilities, config: Config, latency: LatencyMode) -> Result<Self> {
-        Self::load_sized(caps, config, latency, ksm_trace_common::EVENTS_BYTES)
+        Self::load_with(caps, config, ProbeOptions::new(latency))
     }
 
-    /// [`Probes::load`] with a ring buffer of `events_bytes` (a power of two, a multiple of
-    /// the page size): small ones make lost events happen on purpose.
-    pub fn load_sized(
-        caps: &Capabilities,
-        config: Config,
-        latency: LatencyMode,
-        events_bytes: u32,
-    ) -> Result<Self> {
+    /// [`Probes::load`] with every choice a user can make.
+    pub fn load_with(caps: &Capabilities, config: Config, options: ProbeOptions) -> Result<Self> {
+        let ProbeOptions {
+            latency,
+            ring_buffer_bytes: events_bytes,
+            cow: want_cow,
+            batches: want_batches,
+        } = options;
         if PROGRAMS.is_empty() {
             return Err(anyhow!(
                 "this ksm-trace was built without its eBPF programs (AYA_BUILD_SKIP): rebuild with `cargo xtask build`"
@@ -94,6 +118,8 @@ impl Probes {
         }
 
         let batches = match caps.raw_tracepoint(&programs::SCHED_SWITCH) {
+            // sched_switch fires on every context switch of every process: its own switch.
+            _ if !want_batches => BatchMechanism::Off,
             Ok(()) if config.task_pid != NO_OFFSET => {
                 attach_raw(&mut ebpf, &programs::SCHED_SWITCH)?;
                 fallbacks.push(if caps.functions.get("ksm_do_scan").copied().unwrap_or(false) {
@@ -145,18 +171,21 @@ impl Probes {
                 )),
             }
         }
-        let cow = match kernel_btf().and_then(|btf| attach_cow(&mut ebpf, caps, btf)) {
-            Ok(()) => CowMechanism::DoWpPage {
-                vmemmap_from_merges: caps.vmemmap_base.is_none(),
-            },
-            Err(e) => {
-                fallbacks.push(format!(
+        // do_wp_page runs on every write-protect fault of every process: its own switch.
+        let cow =
+            match want_cow.then(|| kernel_btf().and_then(|btf| attach_cow(&mut ebpf, caps, btf))) {
+                None => CowMechanism::Off,
+                Some(Ok(())) => CowMechanism::DoWpPage {
+                    vmemmap_from_merges: caps.vmemmap_base.is_none(),
+                },
+                Some(Err(e)) => {
+                    fallbacks.push(format!(
                     "fentry/fexit on {} unavailable ({e}): COW breaks only as the global cow_ksm",
                     programs::COW_FUNCTION
                 ));
-                CowMechanism::Unavailable
-            }
-        };
+                    CowMechanism::Unavailable
+                }
+            };
 
         let bracket_present = latency != LatencyMode::Off
             && programs::BRACKET.iter().all(|tp| {

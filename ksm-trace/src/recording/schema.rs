@@ -335,6 +335,8 @@ pub enum BracketAttach {
 pub enum BatchMechanism {
     /// ksmd's on-CPU stretches from sched:sched_switch.
     SchedSwitch,
+    /// Turned off by the user (`--batches off`).
+    Off,
     Unavailable,
 }
 
@@ -358,6 +360,8 @@ pub enum CowMechanism {
     /// `vmemmap_from_merges`: vmemmap's base was learned from the first traced merge, so breaks
     /// before it are missed.
     DoWpPage { vmemmap_from_merges: bool },
+    /// Turned off by the user (`--cow-probe off`).
+    Off,
     /// Only the global cow_ksm from /proc/vmstat.
     Unavailable,
 }

@@ -42,6 +42,7 @@ pub fn batches(m: BatchMechanism) -> &'static str {
         BatchMechanism::SchedSwitch => {
             "sched:sched_switch: ksmd's on-CPU time from wake-up to sleep (one batch of pages_to_scan pages)"
         }
+        BatchMechanism::Off => "off (--batches off)",
         BatchMechanism::Unavailable => {
             "unavailable (no usable sched_switch tracepoint or task_struct.pid offset)"
         }
@@ -73,6 +74,7 @@ pub fn cow(m: CowMechanism) -> &'static str {
         } => {
             "fentry/fexit on do_wp_page, faults on KSM pages only (the kernel's cow_ksm); vmemmap's base is learned from the first traced merge, so breaks before it are missed"
         }
+        CowMechanism::Off => "off (--cow-probe off): only the global cow_ksm from /proc/vmstat",
         CowMechanism::Unavailable => {
             "per-process COW breaks unavailable: only the global cow_ksm from /proc/vmstat"
         }

@@ -6,7 +6,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     histogram::{Histogram, Summary},
-    recording::{Recording, schema::Mechanisms},
+    recording::{
+        Recording,
+        schema::{BatchMechanism, Mechanisms},
+    },
     sample::SETTLE_THRESHOLD,
 };
 
@@ -112,7 +115,8 @@ pub struct ScansReport {
     pub batch_ns: Summary,
     /// ksmd's on-CPU share from sched_switch (wall time between switch-in and switch-out, so it
     /// includes hypervisor steal time on a VM).
-    pub ksmd_cpu_percent: f64,
+    /// None where batches were not traced (turned off or unavailable): not measured.
+    pub ksmd_cpu_percent: Option<f64>,
     /// The scheduler's own figure (/proc/<ksmd>/schedstat; excludes steal), as a cross-check.
     pub ksmd_cpu_percent_schedstat: f64,
     pub pages_scanned: i64,
@@ -258,7 +262,8 @@ impl Report {
                 full_scan_ns: full_scan_histogram(rec).summary(),
                 batches: rec.scans.batch_on_cpu_ns.count(),
                 batch_ns: rec.scans.batch_on_cpu_ns.summary(),
-                ksmd_cpu_percent: rec.scans.ksmd_on_cpu_ns as f64 * 100.0 / duration_ns as f64,
+                ksmd_cpu_percent: (rec.mechanisms.batches == BatchMechanism::SchedSwitch)
+                    .then(|| rec.scans.ksmd_on_cpu_ns as f64 * 100.0 / duration_ns as f64),
                 ksmd_cpu_percent_schedstat: rec
                     .counters_end
                     .ksmd_cpu_ns

@@ -190,19 +190,32 @@ pub fn render(rec: &Recording, r: &Report) -> String {
         fmt_ns(s.full_scan_ns.max)
     );
     o.push_str(&render_log2(&full_scan_histogram(rec), Unit::Nanoseconds));
-    let _ = writeln!(
-        o,
-        "\nksmd batches: {} (on-CPU p50 {} p99 {} max {}); ksmd CPU {:.1}% on-CPU by sched_switch, {:.1}% by schedstat; {} pages scanned ({:.0}/s)",
-        s.batches,
-        fmt_ns(s.batch_ns.p50),
-        fmt_ns(s.batch_ns.p99),
-        fmt_ns(s.batch_ns.max),
-        s.ksmd_cpu_percent,
-        s.ksmd_cpu_percent_schedstat,
-        s.pages_scanned,
-        s.pages_scanned_per_sec
-    );
-    o.push_str(&render_log2(&rec.scans.batch_on_cpu_ns, Unit::Nanoseconds));
+    match s.ksmd_cpu_percent {
+        Some(cpu) => {
+            let _ = writeln!(
+                o,
+                "\nksmd batches: {} (on-CPU p50 {} p99 {} max {}); ksmd CPU {cpu:.1}% on-CPU by sched_switch, {:.1}% by schedstat; {} pages scanned ({:.0}/s)",
+                s.batches,
+                fmt_ns(s.batch_ns.p50),
+                fmt_ns(s.batch_ns.p99),
+                fmt_ns(s.batch_ns.max),
+                s.ksmd_cpu_percent_schedstat,
+                s.pages_scanned,
+                s.pages_scanned_per_sec
+            );
+            o.push_str(&render_log2(&rec.scans.batch_on_cpu_ns, Unit::Nanoseconds));
+        }
+        None => {
+            let _ = writeln!(
+                o,
+                "\nksmd batches: not traced ({}); ksmd CPU {:.1}% by schedstat; {} pages scanned ({:.0}/s)",
+                super::mechanisms::batches(r.mechanisms.batches),
+                s.ksmd_cpu_percent_schedstat,
+                s.pages_scanned,
+                s.pages_scanned_per_sec
+            );
+        }
+    }
 
     let _ = writeln!(o, "\nKernel counters (end − start)");
     for (name, delta) in &r.kernel_deltas {

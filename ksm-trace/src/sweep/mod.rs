@@ -116,7 +116,7 @@ pub async fn run(o: &SweepOptions, command_line: Vec<String>) -> Result<Vec<Conf
             pids: Vec::new(),
             output: o.out_dir.join(&file),
             knobs: knobs.clone(),
-            merge_latency: o.merge_latency,
+            probes: crate::probes::ProbeOptions::new(o.merge_latency),
             progress: false,
             refresh: false,
             interval: o.interval,
@@ -125,7 +125,6 @@ pub async fn run(o: &SweepOptions, command_line: Vec<String>) -> Result<Vec<Conf
             // Each configuration is exactly the knobs the sweep names.
             auto_scan: false,
             until_full_scans: None,
-            ring_buffer_bytes: ksm_trace_common::EVENTS_BYTES,
         };
         let rec = record::record(&opts, command_line.clone()).await?;
         rec.write(&opts.output)?;
