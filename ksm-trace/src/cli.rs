@@ -2,7 +2,7 @@
 use std::{path::PathBuf, time::Duration};
 
 use clap::{
-    Args, Parser, Subcommand,
+    ArgAction, Args, Parser, Subcommand,
     builder::{PossibleValue, PossibleValuesParser, TypedValueParser},
 };
 
@@ -146,11 +146,11 @@ pub struct RecordArgs {
     pub interval: Duration,
     /// The COW probe (fentry/fexit on do_wp_page, where the kernel allows it): it runs on every
     /// write-protect fault of every process; off leaves only the global cow_ksm.
-    #[arg(long, default_value = "on", value_parser = parse::on_off)]
+    #[arg(long, default_value = "on", value_parser = parse::on_off, action = ArgAction::Set)]
     pub cow_probe: bool,
     /// ksmd's batches and CPU time from sched_switch, which runs on every context switch of
     /// every process; off leaves ksmd's CPU from /proc/<ksmd>/schedstat.
-    #[arg(long, default_value = "on", value_parser = parse::on_off)]
+    #[arg(long, default_value = "on", value_parser = parse::on_off, action = ArgAction::Set)]
     pub batches: bool,
     /// Size of the events ring buffer (a power of two from 4k, e.g. 8M). Events that do not
     /// fit are counted as lost and the report marks what they make incomplete.
@@ -491,6 +491,26 @@ mod tests {
         };
         assert_eq!(args.by, crate::flame::View::Process);
         assert!(Cli::try_parse_from(["ksm-trace", "flame", "a.json", "--by", "pid"]).is_err());
+    }
+
+    #[test]
+    fn on_off_switches_take_a_value() {
+        let record = |args: &[&str]| match Cli::try_parse_from(
+            ["ksm-trace", "record"].iter().chain(args).copied(),
+        )
+        .map(|cli| cli.command)
+        {
+            Ok(Command::Record(args)) => Ok((args.batches, args.cow_probe)),
+            Ok(_) => panic!("not record"),
+            Err(err) => Err(err.kind()),
+        };
+        assert_eq!(record(&[]), Ok((true, true)));
+        assert_eq!(
+            record(&["--batches", "off", "--cow-probe", "off"]),
+            Ok((false, false))
+        );
+        assert_eq!(record(&["--batches=on"]), Ok((true, true)));
+        assert!(record(&["--batches"]).is_err(), "a bare switch is refused");
     }
 
     #[test]
