@@ -2,6 +2,7 @@
 //! and ksmd's CPU time. These are the figures ksm-trace's own counts are checked against.
 pub mod ksm_stat;
 pub mod pagemap;
+pub mod process;
 pub mod sysfs;
 pub mod tracefs;
 

@@ -3,18 +3,10 @@
 //! /proc/kpageflags marks KSM. Root only; reads, never writes.
 use std::{collections::BTreeMap, fs};
 
-use crate::kernel::{KsmStat, pagemap::KsmPages};
+use crate::kernel::{KsmStat, pagemap::KsmPages, process::ProcessIdentity};
 
 /// One process that maps KSM pages.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Sharer {
-    pub pid: u32,
-    pub comm: String,
-    /// Its cgroup v2 path (`/` when it has none of its own).
-    pub cgroup: String,
-    /// The guest's name, for a QEMU process (`-name guest=NAME` or `-name NAME`).
-    pub guest: Option<String>,
-}
+pub type Sharer = ProcessIdentity;
 
 /// KSM page (pfn) → the processes mapping it (indices into `sharers`, each once).
 #[derive(Clone, Debug, Default)]
@@ -48,7 +40,7 @@ impl Snapshot {
                 continue;
             }
             let index = snapshot.sharers.len();
-            snapshot.sharers.push(describe(pid));
+            snapshot.sharers.push(ProcessIdentity::read(pid));
             for &pfn in &pfns {
                 let list = snapshot.pages.entry(pfn).or_default();
                 if list.last() != Some(&index) {
@@ -78,63 +70,4 @@ fn private_ranges(pid: u32) -> Vec<(u64, u64)> {
             ))
         })
         .collect()
-}
-
-fn describe(pid: u32) -> Sharer {
-    let read = |file: &str| fs::read_to_string(format!("/proc/{pid}/{file}")).unwrap_or_default();
-    let cmdline: Vec<String> = read("cmdline").split('\0').map(str::to_owned).collect();
-    Sharer {
-        pid,
-        comm: read("comm").trim().to_owned(),
-        cgroup: cgroup_v2(&read("cgroup")),
-        guest: guest_name(&cmdline),
-    }
-}
-
-/// The `0::PATH` line of /proc/<pid>/cgroup.
-pub fn cgroup_v2(text: &str) -> String {
-    text.lines()
-        .find_map(|l| l.strip_prefix("0::"))
-        .unwrap_or("/")
-        .to_owned()
-}
-
-/// QEMU's `-name guest=NAME,...` or `-name NAME` (how libvirt and ksm-trace name guests).
-pub fn guest_name(cmdline: &[String]) -> Option<String> {
-    let exe = cmdline.first()?;
-    if !exe.contains("qemu") {
-        return None;
-    }
-    let value = cmdline
-        .iter()
-        .position(|a| a == "-name")
-        .and_then(|i| cmdline.get(i + 1))?;
-    let first = value.split(',').next()?;
-    Some(first.strip_prefix("guest=").unwrap_or(first).to_owned())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cgroup_and_guest_names() {
-        assert_eq!(
-            cgroup_v2("12:memory:/x\n0::/system.slice/qemu.scope\n"),
-            "/system.slice/qemu.scope"
-        );
-        assert_eq!(cgroup_v2("4:memory:/only-v1\n"), "/");
-        let args = |s: &str| s.split(' ').map(str::to_owned).collect::<Vec<_>>();
-        assert_eq!(
-            guest_name(&args(
-                "/usr/bin/qemu-system-x86_64 -name guest=db1,debug-threads=on -m 1G"
-            )),
-            Some("db1".into())
-        );
-        assert_eq!(
-            guest_name(&args("qemu-system-x86_64 -name ksm-vm0 -m 256M")),
-            Some("ksm-vm0".into())
-        );
-        assert_eq!(guest_name(&args("/bin/sleep -name x")), None);
-    }
 }
