@@ -6,7 +6,11 @@ use clap::{
     builder::{PossibleValue, PossibleValuesParser, TypedValueParser},
 };
 
-use crate::{flame::View, parse, probes::LatencyMode};
+use crate::{
+    flame::View,
+    parse,
+    probes::{LatencyMode, ProbeOptions},
+};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -108,9 +112,83 @@ Examples:
   ksm-trace workload procs:4,dup=0.5 --duration 1m   # 4 processes for 1 min, KSM's counters
   ksm-trace workload vms:2 --pages-to-scan 2000      # 2 QEMU guests until Ctrl-C")]
     Workload(WorkloadArgs),
+    /// A live view of KSM now, per process and guest: merges, unmerges, merged pages, COW
+    /// breaks, merge latency; ksmd's CPU and scan rate. Changes nothing.
+    #[command(after_help = "\
+Examples:
+  ksm-trace top                 # every process KSM merges, refreshed each second
+  ksm-trace top -p 1234,5678    # only these processes
+  ksm-trace top -b 5 > top.txt  # five refreshes as text (no terminal needed)")]
+    Top(TopArgs),
+    /// Serve KSM's per-process and per-guest figures to Prometheus (OpenMetrics). Changes
+    /// nothing; runs until stopped.
+    #[command(after_help = "\
+Examples:
+  ksm-trace serve                          # http://127.0.0.1:9669/metrics
+  ksm-trace serve --listen 0.0.0.0:9669    # for a Prometheus on another host
+  curl -s localhost:9669/metrics | grep ksm_process_merging_pages")]
+    Serve(ServeArgs),
     /// Internal: one process of the procs workload.
     #[command(name = "__procs-worker", hide = true)]
     ProcsWorker { args: Vec<String> },
+}
+
+/// The two probes that run for every process on the machine, which a user may turn off.
+#[derive(Debug, Args)]
+pub struct ProbeSwitches {
+    /// The COW probe (fentry/fexit on do_wp_page, where the kernel allows it): it runs on every
+    /// write-protect fault of every process; off leaves only the global cow_ksm.
+    #[arg(long, default_value = "on", value_parser = parse::on_off, action = ArgAction::Set)]
+    pub cow_probe: bool,
+    /// ksmd's batches and CPU time from sched_switch, which runs on every context switch of
+    /// every process; off leaves ksmd's CPU from /proc/<ksmd>/schedstat.
+    #[arg(long, default_value = "on", value_parser = parse::on_off, action = ArgAction::Set)]
+    pub batches: bool,
+}
+
+impl ProbeSwitches {
+    /// The probes to load, timing merges as `latency` says.
+    pub fn options(&self, latency: LatencyMode) -> ProbeOptions {
+        ProbeOptions {
+            cow: self.cow_probe,
+            batches: self.batches,
+            ..ProbeOptions::new(latency)
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct TopArgs {
+    /// Only these processes (repeat, or separate with commas).
+    #[arg(short, long = "pid", value_delimiter = ',')]
+    pub pids: Vec<u32>,
+    /// How often the view refreshes (e.g. 1s, 500ms).
+    #[arg(short, long, default_value = "1s", value_parser = parse::duration)]
+    pub interval: Duration,
+    /// Print this many refreshes as text instead of taking the terminal (like top -b -n N).
+    #[arg(short = 'b', long, value_name = "N")]
+    pub batch: Option<u64>,
+    /// Rows printed per refresh with --batch.
+    #[arg(long, default_value_t = 20)]
+    pub limit: usize,
+    #[command(flatten)]
+    pub switches: ProbeSwitches,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to serve /metrics on.
+    #[arg(long, default_value = crate::serve::DEFAULT_LISTEN)]
+    pub listen: std::net::SocketAddr,
+    /// How often the figures are refreshed (scrapes in between see the last refresh).
+    #[arg(short, long, default_value = "5s", value_parser = parse::duration)]
+    pub interval: Duration,
+    /// Processes with series of their own (by merged pages); the rest are summed into one
+    /// `comm="other"` series.
+    #[arg(long, default_value_t = 20)]
+    pub top: usize,
+    #[command(flatten)]
+    pub switches: ProbeSwitches,
 }
 
 #[derive(Debug, Args)]
@@ -144,14 +222,8 @@ pub struct RecordArgs {
     /// Interval of the kernel-counter time series (e.g. 1s, 500ms).
     #[arg(long, default_value = "1s", value_parser = parse::duration)]
     pub interval: Duration,
-    /// The COW probe (fentry/fexit on do_wp_page, where the kernel allows it): it runs on every
-    /// write-protect fault of every process; off leaves only the global cow_ksm.
-    #[arg(long, default_value = "on", value_parser = parse::on_off, action = ArgAction::Set)]
-    pub cow_probe: bool,
-    /// ksmd's batches and CPU time from sched_switch, which runs on every context switch of
-    /// every process; off leaves ksmd's CPU from /proc/<ksmd>/schedstat.
-    #[arg(long, default_value = "on", value_parser = parse::on_off, action = ArgAction::Set)]
-    pub batches: bool,
+    #[command(flatten)]
+    pub switches: ProbeSwitches,
     /// Size of the events ring buffer (a power of two from 4k, e.g. 8M). Events that do not
     /// fit are counted as lost and the report marks what they make incomplete.
     #[arg(long, default_value = "8M", value_parser = ring_buffer_size)]
@@ -500,7 +572,7 @@ mod tests {
         )
         .map(|cli| cli.command)
         {
-            Ok(Command::Record(args)) => Ok((args.batches, args.cow_probe)),
+            Ok(Command::Record(args)) => Ok((args.switches.batches, args.switches.cow_probe)),
             Ok(_) => panic!("not record"),
             Err(err) => Err(err.kind()),
         };

@@ -88,6 +88,15 @@ impl Histogram {
         }
     }
 
+    /// How many values are at most `value` (as exact as the histogram: 3 significant digits).
+    pub fn count_at_most(&self, value: u64) -> u64 {
+        if self.is_empty() {
+            0
+        } else {
+            self.0.count_between(0, value)
+        }
+    }
+
     /// Recorded (value, count) pairs, lowest first.
     pub fn buckets(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
         self.0

@@ -99,10 +99,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 output: args.output,
                 knobs: args.knobs.settings(),
                 probes: ksm_trace::probes::ProbeOptions {
-                    latency: args.merge_latency,
                     ring_buffer_bytes: args.ring_buffer,
-                    cow: args.cow_probe,
-                    batches: args.batches,
+                    ..args.switches.options(args.merge_latency)
                 },
                 progress: !args.quiet,
                 refresh: args.refresh,
@@ -189,6 +187,25 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             args.json,
             args.svg.as_deref(),
         )?),
+        Command::Top(args) => {
+            ksm_trace::top::run(&ksm_trace::top::TopOptions {
+                pids: args.pids,
+                interval: args.interval,
+                batch: args.batch,
+                limit: args.limit,
+                probes: args.switches.options(ksm_trace::live::LiveTracer::LATENCY),
+            })
+            .await
+        }
+        Command::Serve(args) => {
+            ksm_trace::serve::run(&ksm_trace::serve::ServeOptions {
+                listen: args.listen,
+                interval: args.interval,
+                top: args.top,
+                probes: args.switches.options(ksm_trace::live::LiveTracer::LATENCY),
+            })
+            .await
+        }
         Command::Recover => print(&ksm_trace::recovery::recover_command()?),
         Command::Doctor(args) => print(&doctor::run(args.json)?),
         Command::Lab(args) => ksm_trace::lab::run(&args.options()),

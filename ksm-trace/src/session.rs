@@ -15,6 +15,22 @@ use crate::{
     workload::{Workload, WorkloadSpec},
 };
 
+/// Every command that traces needs root (eBPF, KSM's sysfs) and a kernel with KSM.
+pub fn require_root_and_ksm() -> Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!(
+            "ksm-trace must run as root (it loads eBPF programs and sets KSM knobs): run it as root, e.g. with sudo"
+        );
+    }
+    if !sysfs::available() {
+        bail!(
+            "this kernel has no KSM ({} is missing): use a kernel built with CONFIG_KSM=y",
+            sysfs::KSM_DIR
+        );
+    }
+    Ok(())
+}
+
 /// What was checked before anything changed.
 pub struct Preflight {
     pub spec: Option<WorkloadSpec>,
@@ -28,17 +44,7 @@ impl Preflight {
     /// Parses and sizes the workload, validates the knobs, detects the kernel's capabilities
     /// and takes the recorder lock; fails with one line, having changed nothing.
     pub fn run(workload: Option<&str>, knobs: &KnobSettings) -> Result<Self> {
-        if !nix::unistd::geteuid().is_root() {
-            bail!(
-                "ksm-trace must run as root (it loads eBPF programs and sets KSM knobs): run it as root, e.g. with sudo"
-            );
-        }
-        if !sysfs::available() {
-            bail!(
-                "this kernel has no KSM ({} is missing): use a kernel built with CONFIG_KSM=y",
-                sysfs::KSM_DIR
-            );
-        }
+        require_root_and_ksm()?;
         let spec = workload.map(WorkloadSpec::parse).transpose()?;
         if let Some(spec) = &spec {
             Workload::check_fits(spec)?;

@@ -170,6 +170,7 @@ fn main() -> Result<()> {
         Cmd::Test { args } => {
             let env = setup::run()?;
             setup::packaging()?;
+            setup::test_tools()?;
             if !is_root() {
                 bail!(
                     "the integration tests load eBPF programs and drive KSM: run `cargo xtask test` as root"

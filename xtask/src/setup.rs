@@ -6,6 +6,8 @@
 //! - LLVM dev files of that major from apt, and bpf-linker built against them;
 //! - QEMU and a static busybox for the `vms` workload's guests and the kernel lab, and bpftrace
 //!   for the benchmark's comparison;
+//! - for the tests of the live views ([`test_tools`]): Prometheus, which scrapes `serve`, and
+//!   tmux, which drives `top`;
 //! - for packaging ([`packaging`]): the musl target, cargo-deb, and man-db and bash-completion,
 //!   which the package test reads the installed man page and completion with.
 use std::{
@@ -37,6 +39,13 @@ impl BuildEnv {
             cmd.env("PATH", format!("{}:{path}", cargo_bin.display()));
         }
     }
+}
+
+/// What the tests of `serve` and `top` drive: a real Prometheus (Debian's; the package's own
+/// service is not started in a container, and the test starts its own on a free port) and
+/// tmux.
+pub fn test_tools() -> Result<()> {
+    ensure_packages(&["prometheus", "tmux"])
 }
 
 pub fn run() -> Result<BuildEnv> {

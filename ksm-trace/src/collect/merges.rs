@@ -148,6 +148,19 @@ impl MergeTracker {
         }
     }
 
+    /// Forgets processes that have exited (a live view that runs for days): their figures and
+    /// the KSM pages they were remembered as sharing.
+    pub fn forget(&mut self, gone: &std::collections::BTreeSet<u32>) {
+        if gone.is_empty() {
+            return;
+        }
+        self.by_pid.retain(|pid, _| !gone.contains(pid));
+        self.sharers.retain(|_, list| {
+            list.retain(|(_, tgid)| !gone.contains(tgid));
+            !list.is_empty()
+        });
+    }
+
     /// Call at the end of a recording: a first half still waiting is unpaired.
     pub fn finish(&mut self) {
         self.drop_pending();

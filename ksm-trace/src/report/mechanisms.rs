@@ -37,6 +37,26 @@ pub fn merge_latency(m: MergeLatencyMechanism) -> String {
     }
 }
 
+/// The same in a few words, for a one-line header (`top`) or a metric's help.
+pub fn merge_latency_short(m: MergeLatencyMechanism) -> String {
+    match m {
+        MergeLatencyMechanism::Off => "off".into(),
+        MergeLatencyMechanism::Fexit | MergeLatencyMechanism::FexitAndBracket => {
+            "fexit, every merge".into()
+        }
+        MergeLatencyMechanism::Bracket { attached } => match attached {
+            BracketAttach::Always => "mmap_lock bracket, every merge".into(),
+            BracketAttach::WhileMerging => "mmap_lock bracket, while merging".into(),
+            BracketAttach::Sampled { on_ms, period_ms } => format!(
+                "mmap_lock bracket, sampled {} s of every {} s",
+                on_ms as f64 / 1000.0,
+                period_ms as f64 / 1000.0
+            ),
+        },
+        MergeLatencyMechanism::Unavailable => "unavailable".into(),
+    }
+}
+
 pub fn batches(m: BatchMechanism) -> &'static str {
     match m {
         BatchMechanism::SchedSwitch => {

@@ -202,6 +202,31 @@ pub fn spawn_ksm_trace(args: &[&str]) -> Child {
         .expect("starting ksm-trace")
 }
 
+/// A child that gets SIGTERM (and is waited for) when the test ends, even by a failed assert:
+/// a workload left running would change the knobs of the tests after it when it exits.
+pub struct Background(pub Child);
+
+impl Background {
+    pub fn spawn(args: &[&str]) -> Self {
+        Self(spawn_ksm_trace(args))
+    }
+
+    /// SIGTERM, then its exit status.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        terminate(&self.0);
+        self.0.wait().unwrap()
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            terminate(&self.0);
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// SIGTERM to a ksm-trace child, as a service manager would stop it.
 pub fn terminate(child: &Child) {
     nix::sys::signal::kill(

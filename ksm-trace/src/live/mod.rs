@@ -1,0 +1,167 @@
+//! Live tracing for `top` and `serve`: the probes and collector of `record`, but no window to
+//! close, no knob changed, ksmd neither started nor paused, nothing written. Merge latency is
+//! sampled as `--merge-latency auto` samples it (the mmap_lock bracket 1 s of every 20 s while
+//! merges happen), so watching a host for days costs ksmd what `record`'s default costs.
+//! Processes that exit are forgotten, so memory stays bounded by the processes alive.
+pub mod frame;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use anyhow::Result;
+use aya::maps::{MapData, RingBuf};
+
+use crate::{
+    collect::Collector,
+    histogram::Histogram,
+    kernel::{self, KsmStat, process::ProcessIdentity, sysfs},
+    probes::{Capabilities, LatencyMode, ProbeOptions, Probes, bracket::BracketPolicy},
+    recording::schema::CowMechanism,
+    report::mechanisms,
+    session,
+};
+pub use frame::{Frame, ProcessFigures, SystemFigures};
+
+/// How often the ring buffer is drained (as `record` does).
+pub const DRAIN_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+
+pub struct LiveTracer {
+    probes: Probes,
+    ring: RingBuf<MapData>,
+    bracket: BracketPolicy,
+    collector: Collector,
+    ksmd: u32,
+    started_ns: u64,
+    full_scan_ns: Histogram,
+    last_full_scan_ns: Option<u64>,
+    /// Who each pid is, read once (comm, cgroup, guest name).
+    identities: BTreeMap<u32, ProcessIdentity>,
+    /// Only these processes (`-p`), or all.
+    only: BTreeSet<u32>,
+}
+
+impl LiveTracer {
+    /// Loads and attaches the probes; changes nothing else. `only`: pids to show (empty: all).
+    pub fn start(only: &[u32], options: ProbeOptions) -> Result<Self> {
+        session::require_root_and_ksm()?;
+        for pid in only {
+            if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                anyhow::bail!("no process with pid {pid}: give the pid of a running process");
+            }
+        }
+        let caps = Capabilities::detect();
+        caps.require_tracing()?;
+        let ksmd = kernel::ksmd_pid()?;
+        let mut probes = Probes::load_with(&caps, caps.config(ksmd), options)?;
+        let ring = probes.take_events()?;
+        let mut bracket = BracketPolicy::start(&mut probes, options.latency)?;
+        let started_ns = kernel::monotonic_ns();
+        bracket.window_opened(started_ns);
+        let mut collector = Collector::default();
+        collector.open_window(started_ns);
+        Ok(Self {
+            probes,
+            ring,
+            bracket,
+            collector,
+            ksmd,
+            started_ns,
+            full_scan_ns: Histogram::new(),
+            last_full_scan_ns: None,
+            identities: BTreeMap::new(),
+            only: only.iter().copied().collect(),
+        })
+    }
+
+    /// How a live view times merges: sampled (`auto`), so watching costs what `record`'s
+    /// default costs.
+    pub const LATENCY: LatencyMode = LatencyMode::Auto;
+
+    /// Takes the events waiting; call every [`DRAIN_EVERY`].
+    pub fn drain(&mut self) -> Result<()> {
+        self.collector.drain(&mut self.ring);
+        let merges = self.collector.take_recent_merges();
+        self.bracket.update(&mut self.probes, merges)
+    }
+
+    /// The figures now. Processes that have exited since the last frame are forgotten.
+    pub fn frame(&mut self) -> Result<Frame> {
+        self.drain()?;
+        for scan in std::mem::take(&mut self.collector.scans.full_scans) {
+            if let Some(ns) = scan.duration_ns() {
+                self.full_scan_ns.record(ns);
+                self.last_full_scan_ns = Some(ns);
+            }
+        }
+        self.collector.scans.advisor.clear();
+
+        let mut pids: BTreeSet<u32> = self.collector.merges.by_pid.keys().copied().collect();
+        pids.extend(KsmStat::tracked_processes());
+        pids.remove(&0);
+        if !self.only.is_empty() {
+            pids.retain(|p| self.only.contains(p));
+        }
+        let gone: BTreeSet<u32> = self
+            .collector
+            .merges
+            .by_pid
+            .keys()
+            .chain(self.identities.keys())
+            .copied()
+            .filter(|&pid| pid != 0 && !std::path::Path::new(&format!("/proc/{pid}")).exists())
+            .collect();
+        self.collector.merges.forget(&gone);
+        self.identities.retain(|pid, _| !gone.contains(pid));
+
+        let mut processes = Vec::new();
+        for pid in pids.difference(&gone) {
+            let Ok(stat) = KsmStat::read(*pid) else {
+                continue; // exited just now
+            };
+            let id = self
+                .identities
+                .entry(*pid)
+                .or_insert_with(|| ProcessIdentity::read(*pid))
+                .clone();
+            let traced = self.collector.merges.by_pid.get(pid);
+            let t = traced.map(|s| &s.time_ns);
+            processes.push(ProcessFigures {
+                id,
+                merges: traced.map_or(0, |s| s.merges + s.zero_page_merges),
+                unmerges: traced.map_or(0, |s| s.unmerges),
+                cow_breaks: traced.map_or(0, |s| s.cow_breaks),
+                latency_ns: traced.map_or_else(Histogram::new, |s| s.merge_latency_ns.clone()),
+                latency_sum_ns: t.map_or(0, |t| t.new_page + t.join + t.zero_page),
+                merging_pages: stat.ksm_merging_pages,
+                profit_bytes: stat.ksm_process_profit,
+            });
+        }
+        processes.sort_by(|a, b| {
+            (b.merging_pages, b.merges, a.id.pid).cmp(&(a.merging_pages, a.merges, b.id.pid))
+        });
+
+        let all = self.collector.merges.by_pid.values();
+        let (merges, timed) = all.fold((0, 0), |(m, t), s| {
+            (
+                m + s.merges + s.zero_page_merges,
+                t + s.merge_latency_ns.count(),
+            )
+        });
+        let mechanisms = &self.probes.mechanisms;
+        Ok(Frame {
+            elapsed_s: kernel::monotonic_ns().saturating_sub(self.started_ns) as f64 / 1e9,
+            processes,
+            system: SystemFigures {
+                ksmd_cpu_ns: kernel::cpu_time_ns(self.ksmd).unwrap_or(0),
+                sysfs: sysfs::read_all()?,
+                cow_ksm: kernel::vmstat()?.get("cow_ksm").copied().unwrap_or(0),
+                full_scan_ns: self.full_scan_ns.clone(),
+                last_full_scan_ns: self.last_full_scan_ns,
+                merges,
+                timed_merges: timed,
+                lost_events: self.probes.lost_events().unwrap_or(0),
+                cow_traced: matches!(mechanisms.cow, CowMechanism::DoWpPage { .. }),
+                latency_mechanism: mechanisms::merge_latency_short(mechanisms.merge_latency),
+            },
+        })
+    }
+}
