@@ -218,6 +218,34 @@ fn serve_is_scraped_by_a_real_prometheus_and_agrees_with_ksm_stat() {
         unmerged.iter().all(|&(_, v)| v > 0.0),
         "round 2's rewrite unmerged: {unmerged:?}"
     );
+    // Every query of the Grafana dashboard is valid PromQL over these series, and the
+    // per-process panels show the workers.
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("dist/grafana-dashboard.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"]
+                .as_str()
+                .unwrap()
+                .replace("$__rate_interval", "10s")
+                .replace("$instance", ".*");
+            let series = prom.query(&expr);
+            let title = panel["title"].as_str().unwrap();
+            if title.ends_with("by process") && !title.contains("Unmerges") {
+                assert!(
+                    series.iter().any(|(l, _)| l["comm"]
+                        .as_str()
+                        .is_some_and(|c| c.starts_with("ksm-procs-"))),
+                    "panel {title}: {expr} shows no worker: {series:?}"
+                );
+            }
+        }
+    }
     let cpu = prom.scalar("ksm_ksmd_cpu_seconds_total").unwrap();
     assert!(cpu > 0.0);
     let scans = prom.scalar("ksm_full_scan_duration_seconds_count").unwrap();

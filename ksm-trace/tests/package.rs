@@ -156,6 +156,42 @@ fn package_installs_runs_from_path_and_purges_cleanly() {
         "ksm-trace <TAB> gave {all:?}"
     );
 
+    // The exporter's unit runs what it says: its ExecStart serves /metrics.
+    let unit = std::fs::read_to_string("/lib/systemd/system/ksm-trace-serve.service").unwrap();
+    let exec: Vec<&str> = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecStart="))
+        .expect("the unit has an ExecStart")
+        .split_whitespace()
+        .collect();
+    assert_eq!(exec[0], "/usr/bin/ksm-trace");
+    let mut serve = std::process::Command::new(exec[0])
+        .args(&exec[1..])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let listen = exec
+        .iter()
+        .skip_while(|a| **a != "--listen")
+        .nth(1)
+        .unwrap();
+    let scraped = common::wait_until(std::time::Duration::from_secs(20), || {
+        ureq::get(format!("http://{listen}/metrics"))
+            .call()
+            .ok()
+            .and_then(|mut r| r.body_mut().read_to_string().ok())
+            .is_some_and(|t| t.contains("ksm_pages_sharing"))
+    });
+    common::terminate(&serve);
+    assert!(serve.wait().unwrap().success());
+    assert!(scraped, "the unit's command serves metrics on {listen}");
+    // The dashboard is JSON whose every query uses the exporter's metrics.
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string("/usr/share/ksm-trace/grafana-dashboard.json").unwrap(),
+    )
+    .unwrap();
+    assert!(!dashboard["panels"].as_array().unwrap().is_empty());
+
     stdout_of("dpkg", &["--purge", PACKAGE]);
     assert!(!installed(), "{PACKAGE} still installed after dpkg --purge");
     for (path, was_dir) in &files {
