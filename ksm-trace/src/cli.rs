@@ -118,7 +118,7 @@ Examples:
 Examples:
   ksm-trace top                 # every process KSM merges, refreshed each second
   ksm-trace top -p 1234,5678    # only these processes
-  ksm-trace top -b 5 > top.txt  # five refreshes as text (no terminal needed)")]
+  ksm-trace top -b 5 -i 2s      # five refreshes 2 s apart, as text (no terminal needed)")]
     Top(TopArgs),
     /// Serve KSM's per-process and per-guest figures to Prometheus (OpenMetrics). Changes
     /// nothing; runs until stopped.
@@ -126,7 +126,7 @@ Examples:
 Examples:
   ksm-trace serve                          # http://127.0.0.1:9669/metrics
   ksm-trace serve --listen 0.0.0.0:9669    # for a Prometheus on another host
-  curl -s localhost:9669/metrics | grep ksm_process_merging_pages")]
+  ksm-trace serve --top 50 -i 15s          # 50 processes with series of their own")]
     Serve(ServeArgs),
     /// Internal: one process of the procs workload.
     #[command(name = "__procs-worker", hide = true)]
