@@ -23,7 +23,8 @@ pub mod kind {
     pub const MERGE_WITH_KSM_PAGE: u32 = 3;
     /// `ksm:ksm_merge_one_page` (only zero-page merges): `pfn`, `mm`, `err`, latencies.
     pub const MERGE_ONE_PAGE: u32 = 4;
-    /// `ksm:ksm_remove_ksm_page`: `pfn`.
+    /// `ksm:ksm_remove_ksm_page`: `pfn`; from the function backend also `arg0` = the KSM
+    /// page's sharers (its `rmap_hlist_len`), since no per-sharer event precedes it there.
     pub const REMOVE_KSM_PAGE: u32 = 5;
     /// `ksm:ksm_remove_rmap_item`: `pfn`, `mm`.
     pub const REMOVE_RMAP_ITEM: u32 = 6;
@@ -83,9 +84,17 @@ pub struct Config {
     pub vmf_orig_pte: u32,
     pub page_mapping: u32,
     pub page_size_of: u32,
-    pub _pad: u32,
+    /// The function backend (kernels without the ksm tracepoints): `ksm_rmap_item.mm`.
+    pub rmap_item_mm: u32,
     /// Address of the kernel's `vmemmap_base` variable (0: unknown, COW probes stay off).
     pub vmemmap_base_addr: u64,
+    /// The function backend: `ksm_stable_node.kpfn` and `.rmap_hlist_len` (its sharers).
+    pub stable_node_kpfn: u32,
+    pub stable_node_sharers: u32,
+    /// Addresses of `ksm_scan.seqnr` (the full-scan counter) and `ksm_rmap_items`, set only
+    /// for the function backend: then ksmd's switch-outs also report full scans ending.
+    pub ksm_scan_seqnr_addr: u64,
+    pub ksm_rmap_items_addr: u64,
 }
 
 impl Config {
@@ -100,8 +109,12 @@ impl Config {
             vmf_orig_pte: NO_OFFSET,
             page_mapping: NO_OFFSET,
             page_size_of: 0,
-            _pad: 0,
+            rmap_item_mm: NO_OFFSET,
             vmemmap_base_addr: 0,
+            stable_node_kpfn: NO_OFFSET,
+            stable_node_sharers: NO_OFFSET,
+            ksm_scan_seqnr_addr: 0,
+            ksm_rmap_items_addr: 0,
         }
     }
 }
@@ -212,6 +225,59 @@ pub mod programs {
     pub const COW_ENTRY: &str = "cow_entry";
     pub const COW_EXIT: &str = "cow_exit";
     pub const COW_FUNCTION: &str = "do_wp_page";
+    /// fentry or fexit.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum Hook {
+        Entry,
+        Exit,
+    }
+    /// A program of the function backend: its name, the kernel function, and why that
+    /// function (which tracepoint it stands in for).
+    #[derive(Clone, Copy, Debug)]
+    pub struct FunctionProbe {
+        pub program: &'static str,
+        pub function: &'static str,
+        pub hook: Hook,
+        pub stands_in_for: &'static str,
+    }
+    /// The function backend, for kernels without the ksm tracepoints (before 6.4): each
+    /// function is where the tracepoint it stands in for fires in later kernels (mm/ksm.c),
+    /// and is out of line in Debian 12's 6.1 (the others there — ksm_do_scan,
+    /// scan_get_next_rmap_item, cmp_and_merge_page — are inlined into ksm_scan_thread). A full
+    /// scan's end has no function of its own: ksmd's next switch-out reports it, seeing
+    /// `ksm_scan.seqnr` moved (the batch ends right after the increment).
+    pub const FUNCTIONS: [FunctionProbe; 5] = [
+        FunctionProbe {
+            program: "fn_merge_with_ksm_page",
+            function: "try_to_merge_with_ksm_page",
+            hook: Hook::Exit,
+            stands_in_for: "ksm_merge_with_ksm_page (fires at its end: kpage, page, rmap_item->mm, err)",
+        },
+        FunctionProbe {
+            program: "fn_start_scan",
+            function: "lru_add_drain_all",
+            hook: Hook::Entry,
+            stands_in_for: "ksm_start_scan (ksmd calls it once per full scan, where the tracepoint fires)",
+        },
+        FunctionProbe {
+            program: "fn_remove_stable_node",
+            function: "remove_node_from_stable_tree",
+            hook: Hook::Entry,
+            stands_in_for: "ksm_remove_ksm_page (fires in it, after ksm_remove_rmap_item for every sharer but the last: here one event carries the sharer count)",
+        },
+        FunctionProbe {
+            program: "fn_ksm_enter",
+            function: "__ksm_enter",
+            hook: Hook::Exit,
+            stands_in_for: "ksm_enter (fires at its end when it succeeds)",
+        },
+        FunctionProbe {
+            program: "fn_ksm_exit",
+            function: "__ksm_exit",
+            hook: Hook::Entry,
+            stands_in_for: "ksm_exit",
+        },
+    ];
     /// The perf_event program sampling ksmd's stacks.
     pub const PROFILE: &str = "ksmd_profile";
 }

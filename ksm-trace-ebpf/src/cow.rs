@@ -11,7 +11,7 @@ use aya_ebpf::{
 };
 use ksm_trace_common::{Event, NO_OFFSET, kind};
 
-use crate::maps::{VMEMMAP, config, emit, now};
+use crate::maps::{config, emit, now, vmemmap_base};
 
 /// pid_tgid → (entry time, pfn) of a fault on a KSM page in progress.
 #[map]
@@ -41,11 +41,7 @@ fn ksm_pfn(vmf: u64) -> Option<u64> {
         return None;
     }
     let pfn = (pte & PTE_PFN_MASK) >> 12;
-    let vmemmap: u64 = if cfg.vmemmap_base_addr != 0 {
-        unsafe { bpf_probe_read_kernel(cfg.vmemmap_base_addr as *const u64) }.ok()?
-    } else {
-        VMEMMAP.get(0).copied().unwrap_or(0)
-    };
+    let vmemmap = vmemmap_base();
     if vmemmap == 0 {
         return None;
     }

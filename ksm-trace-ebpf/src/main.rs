@@ -5,6 +5,7 @@
 #![no_main]
 
 mod cow;
+mod functions;
 mod maps;
 mod membership;
 mod merge;

@@ -1,7 +1,7 @@
 //! Maps, the start-up configuration and the two helpers every program uses: `emit` an event and
 //! `bump` a counter.
 use aya_ebpf::{
-    helpers::bpf_ktime_get_ns,
+    helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel},
     macros::map,
     maps::{Array, PerCpuArray, RingBuf},
 };
@@ -55,5 +55,24 @@ pub fn emit(event: &Event) {
             entry.submit(BPF_RB_NO_WAKEUP);
         }
         None => bump(counter::EVENTS_LOST),
+    }
+}
+
+/// A kernel u64 at `addr` (0 when unreadable).
+#[inline(always)]
+pub fn read_u64(addr: u64) -> u64 {
+    // SAFETY: bpf_probe_read_kernel tolerates any address.
+    unsafe { bpf_probe_read_kernel(addr as *const u64) }.unwrap_or(0)
+}
+
+/// vmemmap's base: the kernel's `vmemmap_base` where kallsyms lists it, else what merge events
+/// taught (0 when neither is known yet).
+#[inline(always)]
+pub fn vmemmap_base() -> u64 {
+    let addr = config().vmemmap_base_addr;
+    if addr != 0 {
+        read_u64(addr)
+    } else {
+        VMEMMAP.get(0).copied().unwrap_or(0)
     }
 }

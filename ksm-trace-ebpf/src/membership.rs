@@ -8,7 +8,8 @@ use crate::{
     owner::fill_owner,
 };
 
-fn mm_event(kind: u32, mm: u64, pfn: u64) {
+#[inline(always)]
+pub(crate) fn mm_event(kind: u32, mm: u64, pfn: u64) {
     let mut event = Event {
         ts_ns: now(),
         kind,

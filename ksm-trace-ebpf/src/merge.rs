@@ -60,7 +60,8 @@ fn take_latency(slot: u32, mm: u64, t: u64) -> u64 {
     latency
 }
 
-fn merge_event(kind: u32, ksm_page: u64, pfn: u64, mm: u64, err: i32) {
+#[inline(always)]
+pub(crate) fn merge_event(kind: u32, ksm_page: u64, pfn: u64, mm: u64, err: i32) {
     let t = now();
     let lat_lock_ns = take_latency(BRACKET, mm, t);
     let lat_fexit_ns = take_latency(FEXIT, mm, t);

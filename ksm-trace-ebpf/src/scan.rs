@@ -9,7 +9,7 @@ use aya_ebpf::{
 use ksm_trace_common::{Event, kind};
 
 use crate::{
-    maps::{config, emit, now},
+    maps::{config, emit, now, read_u64},
     owner::task_pid,
 };
 
@@ -81,7 +81,11 @@ pub fn ksmd_sched_switch(ctx: RawTracePointContext) -> u32 {
     let batch = unsafe { &mut *batch };
     let next: u64 = ctx.arg(2);
     // At sched_switch, `current` is still `prev`.
-    if aya_ebpf::helpers::bpf_get_current_pid_tgid() as u32 == ksmd && batch.on_cpu_since != 0 {
+    let ksmd_leaves = aya_ebpf::helpers::bpf_get_current_pid_tgid() as u32 == ksmd;
+    if ksmd_leaves {
+        full_scan_ended();
+    }
+    if ksmd_leaves && batch.on_cpu_since != 0 {
         let t = now();
         batch.on_cpu_ns += t - batch.on_cpu_since;
         batch.on_cpu_since = 0;
@@ -107,4 +111,40 @@ pub fn ksmd_sched_switch(ctx: RawTracePointContext) -> u32 {
         }
     }
     0
+}
+
+/// `ksm_scan.seqnr` + 1 as ksmd's last switch-out saw it (0: not seen yet).
+#[map]
+static LAST_SEQ: Array<u64> = Array::with_max_entries(1, 0);
+
+/// The function backend's ksm_stop_scan: a full scan ends with `ksm_scan.seqnr++` and ksmd's
+/// batch returns right after it, so the switch-out that first sees the counter one higher
+/// reports the end of scan `seqnr - 1` (microseconds late). Only a step of one counts: run=2
+/// resets the counter to 0.
+#[inline(always)]
+fn full_scan_ended() {
+    let cfg = config();
+    if cfg.ksm_scan_seqnr_addr == 0 {
+        return;
+    }
+    let Some(last) = LAST_SEQ.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: single-element array only ksmd's own switches write.
+    let last = unsafe { &mut *last };
+    let seq = read_u64(cfg.ksm_scan_seqnr_addr);
+    if *last != 0 && seq == *last {
+        emit(&Event {
+            ts_ns: now(),
+            kind: kind::STOP_SCAN,
+            arg0: seq - 1,
+            arg1: if cfg.ksm_rmap_items_addr != 0 {
+                read_u64(cfg.ksm_rmap_items_addr)
+            } else {
+                0
+            },
+            ..Event::default()
+        });
+    }
+    *last = seq + 1;
 }

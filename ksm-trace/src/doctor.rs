@@ -59,6 +59,18 @@ pub fn run(json: bool) -> Result<String> {
             format!("missing {}", missing.join(", "))
         }
     );
+    if missing.len() == ksm_trace_common::programs::KSM.len() {
+        let needs = caps.function_backend_missing();
+        let _ = writeln!(
+            o,
+            "  function backend (fentry/fexit standing in for them): {}",
+            if needs.is_empty() {
+                "its functions, offsets and symbols are all here".to_owned()
+            } else {
+                format!("not possible, missing {}", needs.join(", "))
+            }
+        );
+    }
     for tp in [
         "sched_switch",
         "mmap_lock_acquire_returned",

@@ -91,14 +91,16 @@ impl MergeTracker {
                 stats.removals += 1;
                 stats.unmerges += 1;
             }
-            kind::REMOVE_KSM_PAGE => match self.sharers.remove(&event.pfn) {
-                Some(last) => {
-                    for (_, tgid) in last {
-                        self.by_pid.entry(tgid).or_default().unmerges += 1;
-                    }
+            kind::REMOVE_KSM_PAGE => {
+                let known = self.sharers.remove(&event.pfn).unwrap_or_default();
+                for &(_, tgid) in &known {
+                    self.by_pid.entry(tgid).or_default().unmerges += 1;
                 }
-                None => self.unattributed_unmerges += 1,
-            },
+                // The function backend says how many sharers the page had (no per-sharer
+                // events came before); the tracepoints leave only the last one unsaid.
+                let sharers = if event.arg0 > 0 { event.arg0 } else { 1 };
+                self.unattributed_unmerges += sharers.saturating_sub(known.len() as u64);
+            }
             kind::ENTER => self.stats(event).entered += 1,
             kind::COW_BREAK => {
                 let stats = self.stats(event);
@@ -207,6 +209,22 @@ mod tests {
             mm,
             ..Event::default()
         }
+    }
+
+    #[test]
+    fn function_backend_drops_a_stale_page_in_one_event() {
+        let mut t = MergeTracker::default();
+        let (mut a, mut b) = (merge(1, 0, 100, 0, 0), merge(2, 0xffff, 100, 0, 0));
+        (a.mm, b.mm) = (0xa, 0xb);
+        t.handle(&a);
+        t.handle(&b);
+        // remove_node_from_stable_tree: one event, three sharers (one merged before tracing).
+        let mut drop = remove(kind::REMOVE_KSM_PAGE, 100, 0);
+        drop.arg0 = 3;
+        t.handle(&drop);
+        assert_eq!(t.by_pid[&1].unmerges, 1);
+        assert_eq!(t.by_pid[&2].unmerges, 1);
+        assert_eq!(t.unattributed_unmerges, 1);
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Reading what the kernel itself counts: KSM's sysfs files, /proc/vmstat, /proc/<pid>/ksm_stat
 //! and ksmd's CPU time. These are the figures ksm-trace's own counts are checked against.
+pub mod kallsyms;
 pub mod ksm_stat;
 pub mod pagemap;
 pub mod process;

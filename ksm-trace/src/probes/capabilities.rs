@@ -25,14 +25,19 @@ pub fn is_ksm_tracepoint(name: &str) -> bool {
     programs::KSM.iter().any(|tp| tp.tracepoint == name)
 }
 
-/// Functions fentry/fexit would use where allowed.
-pub const KSM_FUNCTIONS: [&str; 6] = [
+/// Functions fentry/fexit would use where allowed (the function backend's, and others
+/// `doctor` reports on).
+pub const KSM_FUNCTIONS: [&str; 10] = [
     "try_to_merge_one_page",
     "try_to_merge_with_ksm_page",
     "ksm_do_scan",
     "cmp_and_merge_page",
     "do_wp_page",
     "wp_page_copy",
+    "lru_add_drain_all",
+    "remove_node_from_stable_tree",
+    "__ksm_enter",
+    "__ksm_exit",
 ];
 
 impl Capabilities {
@@ -75,12 +80,43 @@ impl Capabilities {
         }
         // A data symbol: listed only with CONFIG_KALLSYMS_ALL. Without it the COW probe learns
         // vmemmap's base from the first merge event (a struct page pointer and its pfn).
-        caps.vmemmap_base = aya::util::kernel_symbols()
-            .ok()
-            .and_then(|symbols| symbols.into_iter().find(|(_, name)| name == "vmemmap_base"))
-            .map(|(addr, _)| addr)
-            .filter(|addr| *addr != 0);
+        let symbols = kernel::kallsyms::lookup(&["vmemmap_base", "ksm_scan", "ksm_rmap_items"]);
+        let symbol = |name: &str| symbols.get(name).copied();
+        caps.vmemmap_base = symbol("vmemmap_base");
+        // Static variables of mm/ksm.c the function backend reads (CONFIG_KALLSYMS_ALL).
+        caps.ksm_scan = symbol("ksm_scan");
+        caps.ksm_rmap_items = symbol("ksm_rmap_items");
         caps
+    }
+
+    /// Whether this kernel gets its events from the function backend: it has none of the ksm
+    /// tracepoints, and its BTF has every function the backend attaches to (out of line).
+    pub fn function_backend(&self) -> bool {
+        let no_tracepoints = programs::KSM
+            .iter()
+            .all(|tp| !self.has_tracepoint(tp.tracepoint));
+        no_tracepoints && self.function_backend_missing().is_empty()
+    }
+
+    /// What the function backend would need and this kernel lacks.
+    pub fn function_backend_missing(&self) -> Vec<String> {
+        let mut missing: Vec<String> = programs::FUNCTIONS
+            .iter()
+            .filter(|f| !self.functions.get(f.function).copied().unwrap_or(false))
+            .map(|f| format!("function {} (inlined or absent)", f.function))
+            .collect();
+        for name in FUNCTION_BACKEND_OFFSETS {
+            if self.offset(name) == NO_OFFSET {
+                missing.push(format!("{name} in BTF"));
+            }
+        }
+        if self.ksm_scan.is_none() {
+            missing.push("ksm_scan in /proc/kallsyms (CONFIG_KALLSYMS_ALL)".into());
+        }
+        if self.vmemmap_base.is_none() {
+            missing.push("vmemmap_base in /proc/kallsyms".into());
+        }
+        missing
     }
 
     pub fn has_tracepoint(&self, name: &str) -> bool {
@@ -120,10 +156,11 @@ impl Capabilities {
             .iter()
             .filter(|tp| !self.has_tracepoint(tp.tracepoint))
             .count();
-        if missing == programs::KSM.len() {
+        if missing == programs::KSM.len() && !self.function_backend() {
             bail!(
-                "this kernel ({}) has no ksm tracepoints (they arrived in Linux 6.4): run `ksm-trace doctor` to see what it can measure",
-                self.kernel_release
+                "this kernel ({}) has no ksm tracepoints (they arrived in Linux 6.4) and lacks what the function probes standing in for them need ({}): run `ksm-trace doctor` to see what it can measure",
+                self.kernel_release,
+                self.function_backend_missing().join(", ")
             );
         }
         if let Some((tp, why)) = self
@@ -140,6 +177,8 @@ impl Capabilities {
     }
 
     pub fn config(&self, ksmd_pid: u32) -> Config {
+        let functions = self.function_backend();
+        let seqnr = self.offset("ksm_scan.seqnr");
         Config {
             ksmd_pid,
             mm_owner: self.offset("mm_struct.owner"),
@@ -150,13 +189,41 @@ impl Capabilities {
             vmf_orig_pte: self.offset("vm_fault.orig_pte"),
             page_mapping: self.offset("page.mapping"),
             page_size_of: self.page_struct_size.unwrap_or(0),
-            _pad: 0,
+            rmap_item_mm: self.offset("ksm_rmap_item.mm"),
             vmemmap_base_addr: self.vmemmap_base.unwrap_or(0),
+            stable_node_kpfn: self.offset("ksm_stable_node.kpfn"),
+            stable_node_sharers: self.offset("ksm_stable_node.rmap_hlist_len"),
+            // Only for the function backend: it makes ksmd's switch-outs report full scans.
+            ksm_scan_seqnr_addr: match (functions, self.ksm_scan) {
+                (true, Some(addr)) if seqnr != NO_OFFSET => addr + seqnr as u64,
+                _ => 0,
+            },
+            ksm_rmap_items_addr: if functions {
+                self.ksm_rmap_items.unwrap_or(0)
+            } else {
+                0
+            },
         }
     }
 }
 
-const OFFSETS: [(&str, &str, &str); 7] = [
+/// Offsets only the function backend reads.
+const FUNCTION_BACKEND_OFFSETS: [&str; 4] = [
+    "ksm_rmap_item.mm",
+    "ksm_stable_node.kpfn",
+    "ksm_stable_node.rmap_hlist_len",
+    "ksm_scan.seqnr",
+];
+
+const OFFSETS: [(&str, &str, &str); 11] = [
+    ("ksm_rmap_item.mm", "ksm_rmap_item", "mm"),
+    ("ksm_stable_node.kpfn", "ksm_stable_node", "kpfn"),
+    (
+        "ksm_stable_node.rmap_hlist_len",
+        "ksm_stable_node",
+        "rmap_hlist_len",
+    ),
+    ("ksm_scan.seqnr", "ksm_scan", "seqnr"),
     ("vm_fault.orig_pte", "vm_fault", "orig_pte"),
     ("page.mapping", "page", "mapping"),
     ("mm_struct.owner", "mm_struct", "owner"),

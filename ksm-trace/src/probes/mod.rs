@@ -19,7 +19,7 @@ use ksm_trace_common::{
 
 pub use crate::recording::schema::LatencyMode;
 use crate::recording::schema::{
-    AttributionMechanism, BatchMechanism, BracketAttach, CowMechanism, Mechanisms,
+    AttributionMechanism, BatchMechanism, BracketAttach, CowMechanism, EventSource, Mechanisms,
     MergeLatencyMechanism,
 };
 pub use capabilities::Capabilities;
@@ -110,12 +110,42 @@ impl Probes {
             .map_err(|e| anyhow!("loading the eBPF object: {}", one_line(&e.to_string())))?;
         let mut fallbacks = Vec::new();
 
-        for tp in &programs::KSM {
-            match caps.raw_tracepoint(tp) {
-                Ok(()) => attach_raw(&mut ebpf, tp)?,
-                Err(why) => fallbacks.push(format!("ksm:{}: not traced ({why})", tp.tracepoint)),
+        // aya needs its own parse of the kernel's BTF to load fentry/fexit: once, and only if
+        // a function probe is wanted.
+        let btf = std::cell::OnceCell::new();
+        let kernel_btf = || -> Result<&aya::Btf> {
+            if btf.get().is_none() {
+                let parsed = aya::Btf::from_sys_fs().context("reading kernel BTF")?;
+                let _ = btf.set(parsed);
             }
-        }
+            Ok(btf.get().expect("just set"))
+        };
+
+        let events = if caps.function_backend() {
+            kernel_btf()
+                .and_then(|btf| attach_function_backend(&mut ebpf, caps, btf))
+                .map_err(|e| {
+                    anyhow!(
+                        "this kernel ({}) has no ksm tracepoints, and the function probes that stand in for them could not attach ({e:#}): run `ksm-trace doctor`",
+                        caps.kernel_release
+                    )
+                })?;
+            fallbacks.push(format!(
+                "no ksm:* tracepoints (Linux < 6.4): events from fentry/fexit on {}; full scans end at ksmd's switch-out that sees ksm_scan.seqnr move; zero-page merges (use_zero_pages) are not traced",
+                programs::FUNCTIONS.map(|f| f.function).join(", ")
+            ));
+            EventSource::Functions
+        } else {
+            for tp in &programs::KSM {
+                match caps.raw_tracepoint(tp) {
+                    Ok(()) => attach_raw(&mut ebpf, tp)?,
+                    Err(why) => {
+                        fallbacks.push(format!("ksm:{}: not traced ({why})", tp.tracepoint))
+                    }
+                }
+            }
+            EventSource::Tracepoints
+        };
 
         let batches = match caps.raw_tracepoint(&programs::SCHED_SWITCH) {
             // sched_switch fires on every context switch of every process: its own switch.
@@ -150,16 +180,11 @@ impl Probes {
             }
         };
 
-        // aya needs its own parse of the kernel's BTF to load fentry/fexit: once, and only if
-        // a function probe is wanted.
-        let btf = std::cell::OnceCell::new();
-        let kernel_btf = || -> Result<&aya::Btf> {
-            if btf.get().is_none() {
-                let parsed = aya::Btf::from_sys_fs().context("reading kernel BTF")?;
-                let _ = btf.set(parsed);
-            }
-            Ok(btf.get().expect("just set"))
-        };
+        if events == EventSource::Functions && batches != BatchMechanism::SchedSwitch {
+            fallbacks.push(
+                "full scans are not traced: with the function backend their end is seen at ksmd's switch-out (sched_switch), which is off".into(),
+            );
+        }
 
         let mut fexit_attached = false;
         if latency != LatencyMode::Off {
@@ -225,6 +250,7 @@ impl Probes {
             bracket_usable: bracket_present && !(fexit_attached && latency != LatencyMode::Both),
             fexit_attached,
             mechanisms: Mechanisms {
+                events,
                 merge_latency,
                 batches,
                 attribution,
@@ -407,6 +433,26 @@ fn attach_fexit(ebpf: &mut Ebpf, caps: &Capabilities, btf: &aya::Btf) -> Result<
         programs::MERGE_EXIT,
         FUNCTION,
     )
+}
+
+/// The function backend ([`programs::FUNCTIONS`]): every program loads before any attaches,
+/// so a refusal leaves nothing attached.
+fn attach_function_backend(ebpf: &mut Ebpf, caps: &Capabilities, btf: &aya::Btf) -> Result<()> {
+    use programs::Hook;
+    for f in &programs::FUNCTIONS {
+        let loaded = match f.hook {
+            Hook::Entry => program::<FEntry>(ebpf, f.program)?.load(f.function, btf),
+            Hook::Exit => program::<FExit>(ebpf, f.program)?.load(f.function, btf),
+        };
+        loaded.map_err(|e| refused(caps, e).context(format!("{} on {}", f.program, f.function)))?;
+    }
+    for f in &programs::FUNCTIONS {
+        match f.hook {
+            Hook::Entry => program::<FEntry>(ebpf, f.program)?.attach().map(drop)?,
+            Hook::Exit => program::<FExit>(ebpf, f.program)?.attach().map(drop)?,
+        }
+    }
+    Ok(())
 }
 
 /// Loads an fentry/fexit pair on `function`, then attaches both (neither is attached when

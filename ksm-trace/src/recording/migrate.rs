@@ -12,10 +12,29 @@ pub fn upgrade(mut value: Value, version: u32) -> Result<Value> {
     for from in version..VERSION {
         value = match from {
             1 => v1_to_v2(value)?,
+            2 => v2_to_v3(value)?,
             _ => return Err(anyhow!("no upgrade from version {from}")),
         };
     }
     Ok(value)
+}
+
+/// Version 2 was written only from the ksm tracepoints, and did not look up mm/ksm.c's
+/// globals.
+fn v2_to_v3(mut v: Value) -> Result<Value> {
+    let root = object(&mut v, "recording")?;
+    root.insert("version".into(), json!(3));
+    let mech = object(
+        root.get_mut("mechanisms")
+            .ok_or_else(|| anyhow!("no mechanisms"))?,
+        "mechanisms",
+    )?;
+    mech.insert("events".into(), json!({"kind": "tracepoints"}));
+    if let Some(caps) = root.get_mut("meta").and_then(|m| m.get_mut("capabilities")) {
+        default(caps, "ksm_scan", Value::Null);
+        default(caps, "ksm_rmap_items", Value::Null);
+    }
+    Ok(v)
 }
 
 /// Version 1 stored mechanisms as prose, the parsed workload spec, and lacked the COW fields in

@@ -83,13 +83,15 @@ impl Recording {
 const MAX_PLAUSIBLE: u64 = 1 << 53;
 
 /// Fields that hold CLOCK_MONOTONIC timestamps or kernel addresses, which may be larger.
-const UNBOUNDED: [&str; 6] = [
+const UNBOUNDED: [&str; 8] = [
     "start_ns",
     "end_ns",
     "stop_ns",
     "ts_ns",
     "bracket_windows",
     "vmemmap_base",
+    "ksm_scan",
+    "ksm_rmap_items",
 ];
 
 /// Refuses numbers no ksm-trace run can have produced, naming the first one.

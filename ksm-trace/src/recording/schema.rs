@@ -25,8 +25,10 @@ use crate::histogram::Histogram;
 
 pub const FORMAT: &str = "ksm-trace-recording";
 /// 1: first format. 2: typed mechanisms, workload kind instead of the parsed spec, COW fields
-/// and the kernel's page/vmemmap facts always present.
-pub const VERSION: u32 = 2;
+/// and the kernel's page/vmemmap facts always present. 3: where the events came from
+/// (`Mechanisms::events`: tracepoints or the function backend) and the kernel's ksm_scan and
+/// ksm_rmap_items addresses.
+pub const VERSION: u32 = 3;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Recording {
@@ -286,12 +288,18 @@ pub struct Capabilities {
     /// Address of `vmemmap_base` from /proc/kallsyms (absent without KASLR memory
     /// randomization or CONFIG_KALLSYMS_ALL).
     pub vmemmap_base: Option<u64>,
+    /// Addresses of mm/ksm.c's `ksm_scan` and `ksm_rmap_items` from /proc/kallsyms (the
+    /// function backend reads the full-scan counter there).
+    pub ksm_scan: Option<u64>,
+    pub ksm_rmap_items: Option<u64>,
 }
 
 /// Which mechanism produced each figure; the prose a report prints is derived from these
 /// (`report::mechanisms`), never stored.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Mechanisms {
+    /// Where merges, unmerges, full scans and enter/exit come from.
+    pub events: EventSource,
     pub merge_latency: MergeLatencyMechanism,
     pub batches: BatchMechanism,
     pub attribution: AttributionMechanism,
@@ -299,6 +307,16 @@ pub struct Mechanisms {
     pub cow: CowMechanism,
     /// What the kernel refused and what was used instead, with the kernel's reason.
     pub fallbacks: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum EventSource {
+    /// The `ksm:*` tracepoints (Linux 6.4 and later).
+    Tracepoints,
+    /// fentry/fexit on the functions the tracepoints later went into (older kernels); full
+    /// scans end at ksmd's switch-out that sees `ksm_scan.seqnr` move.
+    Functions,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,13 +1,21 @@
 //! The prose for each mechanism, derived from the typed [`Mechanisms`] a recording stores: what
 //! reports, `doctor` and the lab print.
 use crate::recording::schema::{
-    AttributionMechanism, BatchMechanism, BracketAttach, CowMechanism, Mechanisms,
+    AttributionMechanism, BatchMechanism, BracketAttach, CowMechanism, EventSource, Mechanisms,
     MergeLatencyMechanism,
 };
 
-/// How events reach user space; the same for every recording this version writes.
-pub const EVENTS: &str =
-    "raw tracepoints on ksm:* (no tracefs needed), ring buffer drained every 100 ms";
+/// Where the events come from, and how they reach user space.
+pub fn events(e: EventSource) -> &'static str {
+    match e {
+        EventSource::Tracepoints => {
+            "raw tracepoints on ksm:* (no tracefs needed), ring buffer drained every 100 ms"
+        }
+        EventSource::Functions => {
+            "function backend (no ksm:* tracepoints on this kernel): fentry/fexit on try_to_merge_with_ksm_page, lru_add_drain_all (full scan start), remove_node_from_stable_tree, __ksm_enter/__ksm_exit; a full scan's end at ksmd's switch-out that sees ksm_scan.seqnr move; ring buffer drained every 100 ms"
+        }
+    }
+}
 
 pub fn merge_latency(m: MergeLatencyMechanism) -> String {
     const BRACKET: &str = "mmap_lock bracket (mmap_lock_acquire_returned → mmap_lock_released in ksmd on the merged mm)";
@@ -104,7 +112,8 @@ pub fn cow(m: CowMechanism) -> &'static str {
 /// `  name: prose` lines for every mechanism, then the fallbacks.
 pub fn lines(m: &Mechanisms) -> String {
     let mut o = format!(
-        "  events: {EVENTS}\n  merge latency: {}\n  batches: {}\n  attribution: {}\n  COW breaks: {}\n",
+        "  events: {}\n  merge latency: {}\n  batches: {}\n  attribution: {}\n  COW breaks: {}\n",
+        events(m.events),
         merge_latency(m.merge_latency),
         batches(m.batches),
         attribution(m.attribution),

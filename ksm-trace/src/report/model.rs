@@ -334,7 +334,7 @@ pub fn full_scan_histogram(rec: &Recording) -> Histogram {
 fn descriptions(m: &Mechanisms) -> BTreeMap<String, String> {
     use super::mechanisms as text;
     [
-        ("events", text::EVENTS.to_owned()),
+        ("events", text::events(m.events).to_owned()),
         ("merge_latency", text::merge_latency(m.merge_latency)),
         ("batches", text::batches(m.batches).to_owned()),
         ("attribution", text::attribution(m.attribution)),

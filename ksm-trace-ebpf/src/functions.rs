@@ -1,0 +1,133 @@
+//! The function backend: kernels without the ksm tracepoints (before 6.4) get the same events
+//! from fentry/fexit on the functions the tracepoints later went into (the table, and why each
+//! function, is `ksm_trace_common::programs::FUNCTIONS`). Each program emits exactly what its
+//! tracepoint would, so the collector cannot tell the backends apart. A full scan's end is
+//! reported by ksmd's switch-out (`scan.rs`), which sees `ksm_scan.seqnr` move.
+use aya_ebpf::{
+    helpers::bpf_probe_read_kernel,
+    macros::{fentry, fexit},
+    programs::{FEntryContext, FExitContext},
+};
+use ksm_trace_common::{Event, NO_OFFSET, kind};
+
+use crate::{
+    maps::{config, emit, now, read_u64, vmemmap_base},
+    membership::mm_event,
+    merge::merge_event,
+    owner::current_is_ksmd,
+};
+
+/// fentry/fexit arguments are typed pointers to the verifier, which refuses arithmetic such as
+/// division on them; a copy read back through the stack is a plain number.
+#[inline(always)]
+fn scalar(value: u64) -> u64 {
+    // SAFETY: reads our own stack slot.
+    unsafe { bpf_probe_read_kernel(&value as *const u64) }.unwrap_or(0)
+}
+
+#[inline(always)]
+fn page_to_pfn(page: u64) -> u64 {
+    let size = config().page_size_of as u64;
+    let base = vmemmap_base();
+    if page < base || size == 0 || base == 0 {
+        return 0;
+    }
+    (page - base) / size
+}
+
+/// `int try_to_merge_with_ksm_page(struct ksm_rmap_item *rmap_item, struct page *page,
+/// struct page *kpage)`: at its end 6.4+ fires ksm_merge_with_ksm_page(kpage,
+/// pfn(kpage ?: page), rmap_item, rmap_item->mm, err).
+#[fexit(function = "try_to_merge_with_ksm_page")]
+// Inlined into the program: Linux 6.1's verifier refuses a subprogram taking the context
+// struct ("reg type unsupported for arg#0").
+#[inline(always)]
+pub fn fn_merge_with_ksm_page(ctx: FExitContext) -> u32 {
+    let cfg = config();
+    if cfg.rmap_item_mm == NO_OFFSET {
+        return 0;
+    }
+    let rmap_item = scalar(ctx.arg(0));
+    let page = scalar(ctx.arg(1));
+    let kpage = scalar(ctx.arg(2));
+    let err: i64 = ctx.arg(3);
+    let mm = read_u64(rmap_item + cfg.rmap_item_mm as u64);
+    let pfn = page_to_pfn(if kpage != 0 { kpage } else { page });
+    merge_event(kind::MERGE_WITH_KSM_PAGE, kpage, pfn, mm, err as i32);
+    0
+}
+
+/// ksmd calls `lru_add_drain_all()` once per full scan, where 6.4+ fires ksm_start_scan.
+#[fentry(function = "lru_add_drain_all")]
+// Inlined into the program: Linux 6.1's verifier refuses a subprogram taking the context
+// struct ("reg type unsupported for arg#0").
+#[inline(always)]
+pub fn fn_start_scan(_ctx: FEntryContext) -> u32 {
+    let cfg = config();
+    if !current_is_ksmd() || cfg.ksm_scan_seqnr_addr == 0 {
+        return 0;
+    }
+    emit(&Event {
+        ts_ns: now(),
+        kind: kind::START_SCAN,
+        arg0: read_u64(cfg.ksm_scan_seqnr_addr),
+        arg1: if cfg.ksm_rmap_items_addr != 0 {
+            read_u64(cfg.ksm_rmap_items_addr)
+        } else {
+            0
+        },
+        ..Event::default()
+    });
+    0
+}
+
+/// `void remove_node_from_stable_tree(struct ksm_stable_node *)`: 6.4+ fires
+/// ksm_remove_rmap_item for every sharer on its hlist but the last, then ksm_remove_ksm_page.
+/// Walking the hlist here would need a loop that 6.1's verifier explores per iteration; one
+/// event with the sharer count serves as well, since the collector knows who merged into
+/// that KSM page while traced and counts the others as unattributed.
+#[fentry(function = "remove_node_from_stable_tree")]
+// Inlined into the program (see fn_merge_with_ksm_page).
+#[inline(always)]
+pub fn fn_remove_stable_node(ctx: FEntryContext) -> u32 {
+    let cfg = config();
+    if cfg.stable_node_kpfn == NO_OFFSET || cfg.stable_node_sharers == NO_OFFSET {
+        return 0;
+    }
+    let node = scalar(ctx.arg(0));
+    // SAFETY: bpf_probe_read_kernel tolerates any address.
+    let sharers: i32 =
+        unsafe { bpf_probe_read_kernel((node + cfg.stable_node_sharers as u64) as *const i32) }
+            .unwrap_or(0);
+    emit(&Event {
+        ts_ns: now(),
+        kind: kind::REMOVE_KSM_PAGE,
+        pfn: read_u64(node + cfg.stable_node_kpfn as u64),
+        arg0: sharers.max(0) as u64,
+        ..Event::default()
+    });
+    0
+}
+
+/// `int __ksm_enter(struct mm_struct *)`: ksm_enter fires at its end when it succeeded.
+#[fexit(function = "__ksm_enter")]
+// Inlined into the program: Linux 6.1's verifier refuses a subprogram taking the context
+// struct ("reg type unsupported for arg#0").
+#[inline(always)]
+pub fn fn_ksm_enter(ctx: FExitContext) -> u32 {
+    let ret: i64 = ctx.arg(1);
+    if ret == 0 {
+        mm_event(kind::ENTER, scalar(ctx.arg(0)), 0);
+    }
+    0
+}
+
+/// `void __ksm_exit(struct mm_struct *)`.
+#[fentry(function = "__ksm_exit")]
+// Inlined into the program: Linux 6.1's verifier refuses a subprogram taking the context
+// struct ("reg type unsupported for arg#0").
+#[inline(always)]
+pub fn fn_ksm_exit(ctx: FEntryContext) -> u32 {
+    mm_event(kind::EXIT, scalar(ctx.arg(0)), 0);
+    0
+}
