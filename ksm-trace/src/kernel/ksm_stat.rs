@@ -8,7 +8,16 @@ impl KsmStat {
     pub fn read(pid: u32) -> Result<Self> {
         let path = format!("/proc/{pid}/ksm_stat");
         let text = fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-        Ok(Self::parse(&text))
+        let mut stat = Self::parse(&text);
+        // Older kernels' ksm_stat (Debian 12's 6.1) has no ksm_merging_pages line; the count is
+        // in /proc/<pid>/ksm_merging_pages there.
+        if !text.contains("ksm_merging_pages") {
+            let path = format!("/proc/{pid}/ksm_merging_pages");
+            if let Ok(count) = fs::read_to_string(&path) {
+                stat.ksm_merging_pages = count.trim().parse().unwrap_or(0);
+            }
+        }
+        Ok(stat)
     }
 
     /// Every process the kernel tracks in KSM now (rmap items or merged pages), so a run can
