@@ -269,3 +269,32 @@ fn cow_breaks_are_numbers_only_where_they_were_traced() {
     let text = report::render(&rec, Format::Text).unwrap();
     assert!(text.contains("COW breaks of KSM pages traced: 7"), "{text}");
 }
+
+#[test]
+fn counters_an_older_kernel_lacks_are_not_available_rather_than_zero() {
+    // Debian 12's 6.1 has neither general_profit nor pages_scanned in /sys/kernel/mm/ksm.
+    let mut rec = recording();
+    for counters in [&mut rec.counters_start, &mut rec.counters_end] {
+        counters.ksm.remove("general_profit");
+        counters.ksm.remove("pages_scanned");
+    }
+    let json: serde_json::Value =
+        serde_json::from_str(&report::render(&rec, Format::Json).unwrap()).unwrap();
+    assert!(json["general_profit_mib_end"].is_null());
+    assert!(json["scans"]["pages_scanned"].is_null());
+    assert!(json["scans"]["pages_scanned_per_sec"].is_null());
+    let text = report::render(&rec, Format::Text).unwrap();
+    assert!(
+        text.contains("general_profit not available on this kernel"),
+        "{text}"
+    );
+    assert!(
+        text.contains("pages scanned: not counted by this kernel"),
+        "{text}"
+    );
+    // The fixture itself has both.
+    let full: serde_json::Value =
+        serde_json::from_str(&report::render(&recording(), Format::Json).unwrap()).unwrap();
+    assert!(full["general_profit_mib_end"].is_number());
+    assert!(full["scans"]["pages_scanned"].is_number());
+}

@@ -29,8 +29,8 @@ pub struct Report {
     pub groups: Vec<GroupReport>,
     /// Memory KSM saves at the end: (pages_sharing + ksm_zero_pages) × page size, MiB.
     pub saved_mib_end: f64,
-    /// general_profit at the end, MiB.
-    pub general_profit_mib_end: f64,
+    /// general_profit at the end, MiB (None: the kernel has no general_profit file, e.g. 6.1).
+    pub general_profit_mib_end: Option<f64>,
     pub scans: ScansReport,
     /// end − start of /sys/kernel/mm/ksm counters and /proc/vmstat's cow_ksm, ksm_swpin_copy.
     pub kernel_deltas: BTreeMap<String, i64>,
@@ -119,8 +119,9 @@ pub struct ScansReport {
     pub ksmd_cpu_percent: Option<f64>,
     /// The scheduler's own figure (/proc/<ksmd>/schedstat; excludes steal), as a cross-check.
     pub ksmd_cpu_percent_schedstat: f64,
-    pub pages_scanned: i64,
-    pub pages_scanned_per_sec: f64,
+    /// None where the kernel has no pages_scanned counter (older kernels): not measured.
+    pub pages_scanned: Option<i64>,
+    pub pages_scanned_per_sec: Option<f64>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -222,7 +223,7 @@ impl Report {
             let start = rec.counters_start.vmstat.get(name).copied().unwrap_or(0);
             kernel_deltas.insert(name.clone(), end - start);
         }
-        let pages_scanned = kernel_deltas.get("pages_scanned").copied().unwrap_or(0);
+        let pages_scanned = kernel_deltas.get("pages_scanned").copied();
 
         let all = all_latencies(rec);
         let timed = all.count();
@@ -256,7 +257,7 @@ impl Report {
             groups,
             saved_mib_end: (end.ksm("pages_sharing") + end.ksm("ksm_zero_pages")) as f64 * page
                 / MIB,
-            general_profit_mib_end: end.ksm("general_profit") as f64 / MIB,
+            general_profit_mib_end: end.ksm.get("general_profit").map(|&p| p as f64 / MIB),
             scans: ScansReport {
                 full_scans: rec.scans.full_scans.len() as u64,
                 full_scan_ns: full_scan_histogram(rec).summary(),
@@ -272,7 +273,7 @@ impl Report {
                     * 100.0
                     / duration_ns as f64,
                 pages_scanned,
-                pages_scanned_per_sec: pages_scanned as f64 / duration_s,
+                pages_scanned_per_sec: pages_scanned.map(|p| p as f64 / duration_s),
             },
             kernel_deltas,
             other_actors: super::others::OtherActors::from_samples(&rec.timeseries),

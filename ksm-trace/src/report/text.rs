@@ -90,8 +90,12 @@ pub fn render(rec: &Recording, r: &Report) -> String {
     }
     let _ = writeln!(
         o,
-        "memory saved at the end: {:.1} MiB (pages_sharing + ksm_zero_pages); general_profit {:.1} MiB",
-        r.saved_mib_end, r.general_profit_mib_end
+        "memory saved at the end: {:.1} MiB (pages_sharing + ksm_zero_pages); general_profit {}",
+        r.saved_mib_end,
+        r.general_profit_mib_end
+            .map_or("not available on this kernel".into(), |p| format!(
+                "{p:.1} MiB"
+            ))
     );
     let _ = writeln!(
         o,
@@ -194,25 +198,23 @@ pub fn render(rec: &Recording, r: &Report) -> String {
         Some(cpu) => {
             let _ = writeln!(
                 o,
-                "\nksmd batches: {} (on-CPU p50 {} p99 {} max {}); ksmd CPU {cpu:.1}% on-CPU by sched_switch, {:.1}% by schedstat; {} pages scanned ({:.0}/s)",
+                "\nksmd batches: {} (on-CPU p50 {} p99 {} max {}); ksmd CPU {cpu:.1}% on-CPU by sched_switch, {:.1}% by schedstat; {}",
                 s.batches,
                 fmt_ns(s.batch_ns.p50),
                 fmt_ns(s.batch_ns.p99),
                 fmt_ns(s.batch_ns.max),
                 s.ksmd_cpu_percent_schedstat,
-                s.pages_scanned,
-                s.pages_scanned_per_sec
+                scanned(s)
             );
             o.push_str(&render_log2(&rec.scans.batch_on_cpu_ns, Unit::Nanoseconds));
         }
         None => {
             let _ = writeln!(
                 o,
-                "\nksmd batches: not traced ({}); ksmd CPU {:.1}% by schedstat; {} pages scanned ({:.0}/s)",
+                "\nksmd batches: not traced ({}); ksmd CPU {:.1}% by schedstat; {}",
                 super::mechanisms::batches(r.mechanisms.batches),
                 s.ksmd_cpu_percent_schedstat,
-                s.pages_scanned,
-                s.pages_scanned_per_sec
+                scanned(s)
             );
         }
     }
@@ -357,4 +359,12 @@ fn table(rows: &[Vec<String>], left: &[usize]) -> String {
         out.push('\n');
     }
     out
+}
+
+/// Pages ksmd scanned in the window, where the kernel counts them (`pages_scanned`).
+fn scanned(s: &super::model::ScansReport) -> String {
+    match (s.pages_scanned, s.pages_scanned_per_sec) {
+        (Some(n), Some(rate)) => format!("{n} pages scanned ({rate:.0}/s)"),
+        _ => "pages scanned: not counted by this kernel (no pages_scanned)".into(),
+    }
 }
