@@ -171,6 +171,10 @@ pub struct TopArgs {
     /// Rows printed per refresh with --batch.
     #[arg(long, default_value_t = 20)]
     pub limit: usize,
+    /// How to time merges: auto samples (the bracket 1 s of every 20 s while merging), always
+    /// times every merge at a cost to ksmd's scan rate.
+    #[arg(long, default_value = "auto", value_parser = named(&LatencyMode::ALL))]
+    pub merge_latency: LatencyMode,
     #[command(flatten)]
     pub switches: ProbeSwitches,
 }
@@ -187,6 +191,10 @@ pub struct ServeArgs {
     /// `comm="other"` series.
     #[arg(long, default_value_t = 20)]
     pub top: usize,
+    /// How to time merges: auto samples (the bracket 1 s of every 20 s while merging), always
+    /// times every merge at a cost to ksmd's scan rate.
+    #[arg(long, default_value = "auto", value_parser = named(&LatencyMode::ALL))]
+    pub merge_latency: LatencyMode,
     #[command(flatten)]
     pub switches: ProbeSwitches,
 }

@@ -193,7 +193,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 interval: args.interval,
                 batch: args.batch,
                 limit: args.limit,
-                probes: args.switches.options(ksm_trace::live::LiveTracer::LATENCY),
+                probes: args.switches.options(args.merge_latency),
             })
             .await
         }
@@ -202,7 +202,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 listen: args.listen,
                 interval: args.interval,
                 top: args.top,
-                probes: args.switches.options(ksm_trace::live::LiveTracer::LATENCY),
+                probes: args.switches.options(args.merge_latency),
             })
             .await
         }

@@ -1,7 +1,8 @@
 //! Live tracing for `top` and `serve`: the probes and collector of `record`, but no window to
 //! close, no knob changed, ksmd neither started nor paused, nothing written. Merge latency is
 //! sampled as `--merge-latency auto` samples it (the mmap_lock bracket 1 s of every 20 s while
-//! merges happen), so watching a host for days costs ksmd what `record`'s default costs.
+//! merges happen) unless `--merge-latency` says otherwise, so watching a host for days costs
+//! ksmd what `record`'s default costs.
 //! Processes that exit are forgotten, so memory stays bounded by the processes alive.
 pub mod frame;
 
@@ -14,7 +15,7 @@ use crate::{
     collect::Collector,
     histogram::Histogram,
     kernel::{self, KsmStat, process::ProcessIdentity, sysfs},
-    probes::{Capabilities, LatencyMode, ProbeOptions, Probes, bracket::BracketPolicy},
+    probes::{Capabilities, ProbeOptions, Probes, bracket::BracketPolicy},
     recording::schema::CowMechanism,
     report::mechanisms,
     session,
@@ -71,10 +72,6 @@ impl LiveTracer {
             only: only.iter().copied().collect(),
         })
     }
-
-    /// How a live view times merges: sampled (`auto`), so watching costs what `record`'s
-    /// default costs.
-    pub const LATENCY: LatencyMode = LatencyMode::Auto;
 
     /// Takes the events waiting; call every [`DRAIN_EVERY`].
     pub fn drain(&mut self) -> Result<()> {
