@@ -23,16 +23,20 @@ impl KsmStat {
     /// Every process the kernel tracks in KSM now (rmap items or merged pages), so a run can
     /// read their counts at its start rather than meet them later with no start value.
     pub fn tracked_processes() -> Vec<u32> {
+        Self::tracked().into_keys().collect()
+    }
+
+    /// The same processes with the ksm_stat just read (one read per process).
+    pub fn tracked() -> std::collections::BTreeMap<u32, Self> {
         let Ok(entries) = fs::read_dir("/proc") else {
-            return Vec::new();
+            return Default::default();
         };
         let me = std::process::id();
         entries
             .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
             .filter(|&pid| pid != me)
-            .filter(|&pid| {
-                Self::read(pid).is_ok_and(|s| s.ksm_rmap_items > 0 || s.ksm_merging_pages > 0)
-            })
+            .filter_map(|pid| Some((pid, Self::read(pid).ok()?)))
+            .filter(|(_, s)| s.ksm_rmap_items > 0 || s.ksm_merging_pages > 0)
             .collect()
     }
 

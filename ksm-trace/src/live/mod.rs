@@ -91,8 +91,9 @@ impl LiveTracer {
         }
         self.collector.scans.advisor.clear();
 
+        let tracked = KsmStat::tracked();
         let mut pids: BTreeSet<u32> = self.collector.merges.by_pid.keys().copied().collect();
-        pids.extend(KsmStat::tracked_processes());
+        pids.extend(tracked.keys());
         pids.remove(&0);
         if !self.only.is_empty() {
             pids.retain(|p| self.only.contains(p));
@@ -111,7 +112,12 @@ impl LiveTracer {
 
         let mut processes = Vec::new();
         for pid in pids.difference(&gone) {
-            let Ok(stat) = KsmStat::read(*pid) else {
+            // Read once above for the processes KSM tracks; traced ones it no longer does.
+            let Some(stat) = tracked
+                .get(pid)
+                .cloned()
+                .or_else(|| KsmStat::read(*pid).ok())
+            else {
                 continue; // exited just now
             };
             let id = self
