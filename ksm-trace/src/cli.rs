@@ -38,7 +38,8 @@ pub enum Command {
 Examples:
   ksm-trace record --workload procs:4 --duration 30s   # 4 processes, half their pages identical
   ksm-trace record --workload vms:4 -o vms.json        # 4 QEMU guests, until KSM has settled
-  ksm-trace record --pid 1234 --duration 1m            # a running KSM user (e.g. a VM), 1 min")]
+  ksm-trace record --pid 1234 --duration 1m            # a running KSM user, 1 min
+  ksm-trace record --vm db1 --vm db2 --duration 2m     # two running guests (libvirt names)")]
     Record(RecordArgs),
     /// Print the report of a recording.
     #[command(after_help = "\
@@ -162,6 +163,8 @@ pub struct TopArgs {
     /// Only these processes (repeat, or separate with commas).
     #[arg(short, long = "pid", value_delimiter = ',')]
     pub pids: Vec<u32>,
+    #[command(flatten)]
+    pub guests: GuestArgs,
     /// How often the view refreshes (e.g. 1s, 500ms).
     #[arg(short, long, default_value = "1s", value_parser = parse::duration)]
     pub interval: Duration,
@@ -215,6 +218,8 @@ pub struct RecordArgs {
     /// Report only these processes (repeatable); their ksm_stat is read at start and end.
     #[arg(short, long = "pid")]
     pub pids: Vec<u32>,
+    #[command(flatten)]
+    pub guests: GuestArgs,
     /// Where to write the recording.
     #[arg(short, long, default_value = "ksm-trace.json")]
     pub output: PathBuf,
@@ -269,6 +274,31 @@ pub struct WorkloadArgs {
     /// Rebuild cached workload assets (guest kernel and initramfs for vms).
     #[arg(long)]
     pub refresh: bool,
+}
+
+/// QEMU guests that already run, traced by name like `--pid`s.
+#[derive(Debug, Clone, Args)]
+pub struct GuestArgs {
+    /// Only this running QEMU guest (repeatable): its name as `virsh list` shows it, or QEMU's
+    /// `-name`.
+    #[arg(long = "vm", value_name = "NAME")]
+    pub vms: Vec<String>,
+    /// Only the QEMU guests running at start.
+    #[arg(long, conflicts_with = "vms")]
+    pub all_vms: bool,
+}
+
+impl GuestArgs {
+    /// `pids` plus the pids of the guests asked for; a guest name that does not run is refused.
+    pub fn with_pids(&self, pids: &[u32]) -> anyhow::Result<Vec<u32>> {
+        let mut all = pids.to_vec();
+        if self.all_vms || !self.vms.is_empty() {
+            all.extend(crate::guest::running::select(&self.vms, self.all_vms)?);
+        }
+        all.sort_unstable();
+        all.dedup();
+        Ok(all)
+    }
 }
 
 /// KSM knobs set for a run and restored afterwards.

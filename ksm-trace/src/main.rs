@@ -88,14 +88,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Record(args) => {
             let (duration, until_settled, settle_margin) =
-                record::end_policy(args.workload.is_some(), args.duration, args.until_settled);
+                record::end_policy(args.workload.as_deref(), args.duration, args.until_settled);
             let opts = RecordOptions {
                 duration,
                 until_settled,
                 settle_margin,
                 auto_scan: true,
                 workload: args.workload,
-                pids: args.pids,
+                pids: args.guests.with_pids(&args.pids)?,
                 output: args.output,
                 knobs: args.knobs.settings(),
                 probes: ksm_trace::probes::ProbeOptions {
@@ -189,7 +189,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         )?),
         Command::Top(args) => {
             ksm_trace::top::run(&ksm_trace::top::TopOptions {
-                pids: args.pids,
+                pids: args.guests.with_pids(&args.pids)?,
                 interval: args.interval,
                 batch: args.batch,
                 limit: args.limit,

@@ -15,7 +15,7 @@ use aya::maps::{MapData, RingBuf};
 use crate::{
     collect::Collector,
     interrupts::Interrupts,
-    kernel::{self, Counters, KsmStat, sysfs},
+    kernel::{self, Counters, KsmStat, process::ProcessIdentity, sysfs},
     knobs::KnobSettings,
     probes::{ProbeOptions, Probes, bracket::BracketPolicy},
     recording::{
@@ -63,15 +63,21 @@ pub const DEFAULT_SETTLE_MARGIN: u64 = 2;
 
 /// When a run ends: `(duration or timeout, until_settled, settle_margin)`. `--duration` wins;
 /// a workload run with neither `--duration` nor `--until-settled` ends once KSM has settled
-/// and stayed so for [`DEFAULT_SETTLE_MARGIN`] full scans, or at [`DEFAULT_TIMEOUT`]; a run
-/// on the machine's own processes runs until Ctrl-C.
+/// and stayed so for [`DEFAULT_SETTLE_MARGIN`] full scans, or at [`DEFAULT_TIMEOUT`] — unless
+/// the workload runs a load of its own (vms with sysbench), which it ends when it finishes
+/// (with [`DEFAULT_TIMEOUT`] beyond the load's time as a cap); a run on the machine's own
+/// processes runs until Ctrl-C.
 pub fn end_policy(
-    workload: bool,
+    workload: Option<&str>,
     duration: Option<Duration>,
     until_settled: bool,
 ) -> (Option<Duration>, bool, u64) {
-    match (duration, until_settled, workload) {
-        (None, false, true) => (Some(DEFAULT_TIMEOUT), true, DEFAULT_SETTLE_MARGIN),
+    let load_time = workload
+        .and_then(|w| WorkloadSpec::parse(w).ok())
+        .and_then(|w| w.load_time());
+    match (duration, until_settled, workload.is_some(), load_time) {
+        (None, false, true, Some(load)) => (Some(load + DEFAULT_TIMEOUT), false, 0),
+        (None, false, true, None) => (Some(DEFAULT_TIMEOUT), true, DEFAULT_SETTLE_MARGIN),
         _ => (duration, until_settled, 0),
     }
 }
@@ -288,10 +294,14 @@ impl Window {
             .filter(|&&p| p != 0)
             .filter_map(|&p| KsmStat::read(p).ok().map(|s| (p, s)))
             .collect();
-        let comms = self
+        // Who each process is, read while it still runs (guests and workers stop below).
+        let identities = self
             .pids
             .iter()
-            .map(|&p| (p, process_comm(p)))
+            .chain(self.collector.merges.by_pid.keys())
+            .filter(|&&p| p != 0)
+            .map(|&p| (p, ProcessIdentity::read(p)))
+            .filter(|(_, id)| !id.comm.is_empty())
             .collect::<BTreeMap<_, _>>();
         if let Some(w) = &self.session.workload {
             w.thaw();
@@ -310,7 +320,7 @@ impl Window {
             timeseries: self.timeseries,
             pids: self.pids,
             ksm_stat_end,
-            comms,
+            identities,
             workers,
             spec,
             caps,
@@ -334,7 +344,7 @@ struct Closed {
     timeseries: Vec<Sample>,
     pids: BTreeSet<u32>,
     ksm_stat_end: BTreeMap<u32, KsmStat>,
-    comms: BTreeMap<u32, String>,
+    identities: BTreeMap<u32, ProcessIdentity>,
     workers: Vec<Worker>,
     spec: Option<WorkloadSpec>,
     caps: crate::probes::Capabilities,
@@ -371,14 +381,17 @@ impl Closed {
             .iter()
             .map(|&pid| {
                 let mut stats = merges.by_pid.get(&pid).cloned().unwrap_or_default();
+                let identity = self.identities.get(&pid);
                 if pid == 0 {
                     stats.comm = "(exited)".into();
                 } else if stats.comm.is_empty() {
-                    stats.comm = self.comms.get(&pid).cloned().unwrap_or_default();
+                    stats.comm = identity.map(|i| i.comm.clone()).unwrap_or_default();
                 }
                 ProcessRecord {
                     pid,
                     stats,
+                    guest: identity.and_then(|i| i.guest.clone()),
+                    cgroup: identity.map(|i| i.cgroup.clone()),
                     ksm_stat_start: stat_start.get(&pid).copied(),
                     ksm_stat_end: self.ksm_stat_end.get(&pid).copied(),
                 }
@@ -469,8 +482,25 @@ impl Closed {
     }
 }
 
-fn process_comm(pid: u32) -> String {
-    std::fs::read_to_string(format!("/proc/{pid}/comm"))
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_default()
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_load_ends_the_run_a_settled_workload_ends_it_otherwise() {
+        let s = Duration::from_secs;
+        assert_eq!(
+            end_policy(Some("procs:2"), None, false),
+            (Some(DEFAULT_TIMEOUT), true, DEFAULT_SETTLE_MARGIN)
+        );
+        assert_eq!(
+            end_policy(Some("vms:2,load=sysbench,time=60s"), None, false),
+            (Some(s(60) + DEFAULT_TIMEOUT), false, 0)
+        );
+        assert_eq!(
+            end_policy(Some("vms:2,load=sysbench"), Some(s(120)), false),
+            (Some(s(120)), false, 0)
+        );
+        assert_eq!(end_policy(None, None, false), (None, false, 0));
+    }
 }

@@ -17,7 +17,7 @@ fn fixture(name: &str) -> PathBuf {
 }
 
 fn recording() -> Recording {
-    Recording::read(&fixture("recording-v3.json")).expect("fixture reads")
+    Recording::read(&fixture("recording-v4.json")).expect("fixture reads")
 }
 
 fn golden(name: &str) -> String {
@@ -30,12 +30,12 @@ fn folded_stacks_are_exactly_the_golden_ones() {
     let stacks = flame::folded(&rec, View::Stack).unwrap();
     assert_eq!(
         stacks.lines.join("\n") + "\n",
-        golden("recording-v3.folded")
+        golden("recording-v4.folded")
     );
     let by_process = flame::folded(&rec, View::Process).unwrap();
     assert_eq!(
         by_process.lines.join("\n") + "\n",
-        golden("recording-v3.by-process.folded")
+        golden("recording-v4.by-process.folded")
     );
     assert_eq!(by_process.unit, "ns");
     // Counts add up to what the recording holds.

@@ -13,10 +13,37 @@ pub fn upgrade(mut value: Value, version: u32) -> Result<Value> {
         value = match from {
             1 => v1_to_v2(value)?,
             2 => v2_to_v3(value)?,
+            3 => v3_to_v4(value)?,
             _ => return Err(anyhow!("no upgrade from version {from}")),
         };
     }
     Ok(value)
+}
+
+/// Version 3 did not read who a process is beyond its comm, and had no guest loads.
+fn v3_to_v4(mut v: Value) -> Result<Value> {
+    let root = object(&mut v, "recording")?;
+    root.insert("version".into(), json!(4));
+    for p in root
+        .get_mut("processes")
+        .and_then(Value::as_array_mut)
+        .into_iter()
+        .flatten()
+    {
+        default(p, "guest", Value::Null);
+        default(p, "cgroup", Value::Null);
+    }
+    for worker in root
+        .get_mut("meta")
+        .and_then(|m| m.get_mut("workload"))
+        .and_then(|w| w.get_mut("workers"))
+        .and_then(Value::as_array_mut)
+        .into_iter()
+        .flatten()
+    {
+        default(worker, "load", Value::Null);
+    }
+    Ok(v)
 }
 
 /// Version 2 was written only from the ksm tracepoints, and did not look up mm/ksm.c's

@@ -27,8 +27,9 @@ pub const FORMAT: &str = "ksm-trace-recording";
 /// 1: first format. 2: typed mechanisms, workload kind instead of the parsed spec, COW fields
 /// and the kernel's page/vmemmap facts always present. 3: where the events came from
 /// (`Mechanisms::events`: tracepoints or the function backend) and the kernel's ksm_scan and
-/// ksm_rmap_items addresses.
-pub const VERSION: u32 = 3;
+/// ksm_rmap_items addresses. 4: each process's guest name and cgroup, and what a guest's
+/// load (sysbench) measured.
+pub const VERSION: u32 = 4;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Recording {
@@ -102,6 +103,27 @@ pub struct Worker {
     /// procs: latency of the worker's own writes to the pages it made identical, each a
     /// copy-on-write fault when KSM had merged the page (the user-side view of a COW break).
     pub write_fault_ns: Histogram,
+    /// vms with a load: what the benchmark inside the guest measured (None: no load, or it had
+    /// not finished when the recording ended).
+    pub load: Option<LoadResult>,
+}
+
+/// A benchmark's own figures, as it printed them inside a guest (sysbench's summary).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct LoadResult {
+    /// What ran, with its parameters (e.g. `sysbench oltp_read_write --tables=2 ...`).
+    pub command: String,
+    pub duration_s: f64,
+    pub transactions: u64,
+    pub transactions_per_sec: f64,
+    pub queries_per_sec: f64,
+    /// Errors the benchmark ignored (deadlocks retried) and reconnects.
+    pub errors: u64,
+    pub latency_ms_avg: f64,
+    pub latency_ms_p95: f64,
+    pub latency_ms_max: f64,
+    /// Transactions per second in each report interval, in order.
+    pub interval_tps: Vec<f64>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -109,6 +131,10 @@ pub struct ProcessRecord {
     pub pid: u32,
     #[serde(flatten)]
     pub stats: MergeStats,
+    /// The guest's name, for a QEMU process (`-name`, as libvirt names its domains).
+    pub guest: Option<String>,
+    /// Its cgroup v2 path (None: it was gone before the end of the window).
+    pub cgroup: Option<String>,
     /// /proc/<pid>/ksm_stat when the window opened (None: process not known then or gone).
     pub ksm_stat_start: Option<KsmStat>,
     pub ksm_stat_end: Option<KsmStat>,

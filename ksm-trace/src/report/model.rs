@@ -58,6 +58,9 @@ pub struct Report {
 pub struct ProcessReport {
     pub pid: u32,
     pub comm: String,
+    /// The guest's name, for a QEMU process.
+    pub guest: Option<String>,
+    pub cgroup: Option<String>,
     /// One of the workload ksm-trace started (else another process on the machine).
     pub workload: bool,
     pub merges: u64,
@@ -76,6 +79,9 @@ pub struct ProcessReport {
     pub ksm_merging_pages_end: Option<u64>,
     pub ksm_zero_pages_start: Option<u64>,
     pub ksm_zero_pages_end: Option<u64>,
+    /// ksm_process_profit at the end, MiB: what KSM saves this process net of its rmap items
+    /// (None where the kernel has no such figure, e.g. 6.1, or the process was gone).
+    pub profit_mib_end: Option<f64>,
     pub merge_latency_ns: Summary,
     pub untimed_merges: u64,
     /// Copy-on-write breaks of KSM pages by this process; None where they were not traced
@@ -105,6 +111,13 @@ pub struct WorkerReport {
     pub ready_ns: u64,
     /// procs: the worker's writes to pages that were KSM pages (copy-on-write breaks).
     pub write_fault_ns: Summary,
+    /// Memory the worker was given (procs: its pages; vms: guest RAM), MiB.
+    pub mib: f64,
+    /// Its ksm_process_profit at the end, MiB, and as a share of its memory.
+    pub profit_mib_end: Option<f64>,
+    pub profit_percent_of_memory: Option<f64>,
+    /// vms with a load: what the benchmark inside the guest measured.
+    pub load: Option<crate::recording::schema::LoadResult>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -145,6 +158,8 @@ impl Report {
         let duration_ns = rec.meta.duration_ns().max(1);
         let duration_s = duration_ns as f64 / 1e9;
         let cow_traced = rec.mechanisms.cow_traced();
+        // ksm_process_profit came with general_profit (6.6): without it ksm_stat reads 0.
+        let has_profit = rec.counters_end.ksm.contains_key("general_profit");
         let workers: Vec<u32> = rec
             .meta
             .workload
@@ -158,6 +173,12 @@ impl Report {
             .map(|p| ProcessReport {
                 pid: p.pid,
                 comm: p.stats.comm.clone(),
+                guest: p.guest.clone(),
+                cgroup: p.cgroup.clone(),
+                profit_mib_end: p
+                    .ksm_stat_end
+                    .filter(|_| has_profit)
+                    .map(|s| s.ksm_process_profit as f64 / MIB),
                 workload: workers.contains(&p.pid),
                 merges: p.stats.merges,
                 new_pages: p.stats.new_pages,
@@ -244,11 +265,24 @@ impl Report {
                 .workload
                 .iter()
                 .flat_map(|w| &w.workers)
-                .map(|w| WorkerReport {
-                    pid: w.pid,
-                    comm: w.comm.clone(),
-                    ready_ns: w.ready_ns,
-                    write_fault_ns: w.write_fault_ns.summary(),
+                .map(|w| {
+                    let profit = processes
+                        .iter()
+                        .find(|p| p.pid == w.pid)
+                        .and_then(|p| p.profit_mib_end);
+                    let mib = w.bytes as f64 / MIB;
+                    WorkerReport {
+                        pid: w.pid,
+                        comm: w.comm.clone(),
+                        ready_ns: w.ready_ns,
+                        write_fault_ns: w.write_fault_ns.summary(),
+                        mib,
+                        profit_mib_end: profit,
+                        profit_percent_of_memory: profit
+                            .filter(|_| mib > 0.0)
+                            .map(|p| p * 100.0 / mib),
+                        load: w.load.clone(),
+                    }
                 })
                 .collect(),
             ended_by: rec.meta.ended_by.clone(),

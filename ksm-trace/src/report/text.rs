@@ -50,7 +50,25 @@ pub fn render(rec: &Recording, r: &Report) -> String {
             } else {
                 String::new()
             };
-            let _ = writeln!(o, "  {:>7} {:<16} {ready}{faults}", wk.pid, wk.comm);
+            let seen = r.workers.iter().find(|x| x.pid == wk.pid);
+            let saving = seen
+                .and_then(|x| Some((x.profit_mib_end?, x.profit_percent_of_memory?, x.mib)))
+                .map_or(String::new(), |(mib, share, of)| {
+                    format!("; saves {mib:.1} MiB ({share:.1} % of its {of:.0} MiB)")
+                });
+            let load = seen
+                .and_then(|x| x.load.as_ref())
+                .map_or(String::new(), |l| {
+                    format!(
+                        "; sysbench {:.1} tps, p95 {:.1} ms over {:.0} s",
+                        l.transactions_per_sec, l.latency_ms_p95, l.duration_s
+                    )
+                });
+            let _ = writeln!(
+                o,
+                "  {:>7} {:<16} {ready}{saving}{load}{faults}",
+                wk.pid, wk.comm
+            );
         }
         let breaks: u64 = w.workers.iter().map(|wk| wk.write_fault_ns.count()).sum();
         if breaks > 0 {
@@ -308,7 +326,12 @@ fn process_table(processes: &[&ProcessReport], page: f64) -> String {
                 fmt_ns(v)
             }
         };
-        let mut row = vec![p.pid.to_string(), p.comm.clone()];
+        let name = match &p.guest {
+            // ksm-trace's own guests already carry their name as comm.
+            Some(guest) if *guest != p.comm => format!("{} [{guest}]", p.comm),
+            _ => p.comm.clone(),
+        };
+        let mut row = vec![p.pid.to_string(), name];
         row.extend(
             [
                 p.merges,
