@@ -45,7 +45,14 @@ impl BuildEnv {
 /// service is not started in a container, and the test starts its own on a free port) and
 /// tmux.
 pub fn test_tools() -> Result<()> {
-    ensure_packages(&["prometheus", "tmux"])
+    // A real Prometheus, tmux for `top`, and libvirt for guests that already run (the tests
+    // start and stop the daemons themselves).
+    ensure_packages(&[
+        "prometheus",
+        "tmux",
+        "libvirt-daemon-system",
+        "libvirt-clients",
+    ])
 }
 
 pub fn run() -> Result<BuildEnv> {
@@ -53,7 +60,16 @@ pub fn run() -> Result<BuildEnv> {
     ensure_rust_src(&toolchain)?;
     ensure_llvm_dev()?;
     ensure_bpf_linker()?;
-    ensure_packages(&["qemu-system-x86", "busybox-static", "bpftrace"])?;
+    // QEMU and busybox for the vms guests; qemu-utils (their disk overlays), mmdebstrap and
+    // e2fsprogs (the Debian guest image) for the Debian and image= guests.
+    ensure_packages(&[
+        "qemu-system-x86",
+        "busybox-static",
+        "bpftrace",
+        "qemu-utils",
+        "mmdebstrap",
+        "e2fsprogs",
+    ])?;
     Ok(BuildEnv {
         ebpf_toolchain: toolchain,
     })

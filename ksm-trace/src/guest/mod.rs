@@ -3,10 +3,12 @@
 //! guest lifecycle ([`qemu`]: spawned to die with ksm-trace, console in a file, ended over QMP,
 //! then SIGTERM, then SIGKILL). What a guest runs is the caller's business: `workload::vms`
 //! and `lab` build their own `/init` on top of these.
+pub mod disk;
 pub mod initramfs;
 pub mod kernel;
 pub mod qemu;
 pub mod qmp;
+pub mod running;
 
 use std::{
     fs,
@@ -44,7 +46,7 @@ pub fn check_prerequisites() -> Result<()> {
     Ok(())
 }
 
-fn find_in_path(program: &str) -> Option<PathBuf> {
+pub fn find_in_path(program: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)
         .map(|dir| dir.join(program))

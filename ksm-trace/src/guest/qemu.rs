@@ -28,8 +28,27 @@ pub struct Machine<'a> {
     pub machine: &'a str,
     pub smp: u32,
     pub mem_mib: u64,
-    pub kernel: &'a Path,
-    pub initramfs: &'a Path,
+    pub boot: Boot<'a>,
+}
+
+/// How a guest boots.
+pub enum Boot<'a> {
+    /// A kernel and an initramfs that is the whole root (a ramfs): ksm-trace's busybox guests.
+    Initramfs {
+        kernel: &'a Path,
+        initramfs: &'a Path,
+    },
+    /// A kernel and its initrd, with the root file system on a virtio disk (a qcow2 overlay)
+    /// and `append` added to the kernel command line: the Debian guests.
+    KernelAndDisk {
+        kernel: &'a Path,
+        initrd: &'a Path,
+        disk: &'a Path,
+        append: String,
+    },
+    /// The firmware boots a virtio disk (a qcow2 overlay) as a real machine would: the user's
+    /// own images.
+    Disk { disk: &'a Path },
 }
 
 pub struct Guest {
@@ -45,7 +64,7 @@ pub struct Guest {
 }
 
 impl Guest {
-    /// Starts QEMU on `m`'s kernel and initramfs, with a ramfs root, its console log
+    /// Starts QEMU booting as `m.boot` says, with its console log
     /// (`NAME.log`), QEMU's own error output (`NAME.stderr`) and QMP socket (`NAME.qmp`) in
     /// `run_dir`.
     pub fn spawn(m: &Machine<'_>, run_dir: &Path) -> Result<Self> {
@@ -69,22 +88,40 @@ impl Guest {
             .arg(format!("file:{}", log.display()))
             .arg("-qmp")
             .arg(format!("unix:{},server=on,wait=off", qmp.display()))
-            .arg("-kernel")
-            .arg(m.kernel)
-            .arg("-initrd")
-            .arg(m.initramfs)
-            // ramfs, not the default tmpfs, as the root: tmpfs is capped at half the RAM the
-            // kernel sees at boot, too little for payload plus private data in a 128M guest.
-            .args([
-                "-append",
-                "console=ttyS0 quiet panic=-1 rdinit=/init rootfstype=ramfs",
-            ])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr)
             // Its own process group: a terminal's Ctrl-C reaches ksm-trace only, which then
             // stops the guests in order.
             .process_group(0);
+        let drive = |disk: &Path| format!("file={},if=virtio,format=qcow2", disk.display());
+        match &m.boot {
+            Boot::Initramfs { kernel, initramfs } => {
+                // ramfs, not the default tmpfs, as the root: tmpfs is capped at half the RAM
+                // the kernel sees at boot, too little for payload plus private data in a 128M
+                // guest.
+                cmd.arg("-kernel").arg(kernel).arg("-initrd").arg(initramfs);
+                cmd.args([
+                    "-append",
+                    "console=ttyS0 quiet panic=-1 rdinit=/init rootfstype=ramfs",
+                ]);
+            }
+            Boot::KernelAndDisk {
+                kernel,
+                initrd,
+                disk,
+                append,
+            } => {
+                cmd.arg("-kernel").arg(kernel).arg("-initrd").arg(initrd);
+                cmd.args(["-drive", &drive(disk)]);
+                cmd.arg("-append").arg(format!(
+                    "console=ttyS0 quiet panic=-1 root=/dev/vda rw {append}"
+                ));
+            }
+            Boot::Disk { disk } => {
+                cmd.args(["-drive", &drive(disk)]);
+            }
+        }
         crate::child::end_with_parent(&mut cmd, Signal::SIGKILL);
         let child = cmd
             .spawn()

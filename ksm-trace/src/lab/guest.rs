@@ -9,7 +9,7 @@ use std::{
 use anyhow::Result;
 
 use super::scenario::DONE;
-use crate::guest::qemu::{Guest, Machine};
+use crate::guest::qemu::{Boot, Guest, Machine};
 
 /// How the wait for the scenario ended.
 pub enum Outcome {
@@ -32,8 +32,7 @@ pub fn spawn(kernel: &Path, initramfs: &Path, run_dir: &Path) -> Result<Guest> {
             machine: "q35,mem-merge=off",
             smp: 2,
             mem_mib: 1536,
-            kernel,
-            initramfs,
+            boot: Boot::Initramfs { kernel, initramfs },
         },
         run_dir,
     )

@@ -28,8 +28,15 @@ impl Workload {
                 available >> 20
             );
         }
-        if let WorkloadSpec::Vms(_) = spec {
+        if let WorkloadSpec::Vms(v) = spec {
             crate::guest::check_prerequisites()?;
+            match &v.system {
+                spec::GuestSystem::Busybox => {}
+                spec::GuestSystem::Debian { .. } => vms::debian::check_tools()?,
+                spec::GuestSystem::Image { path } => {
+                    crate::guest::disk::format_of(path)?;
+                }
+            }
         }
         Ok(())
     }

@@ -56,6 +56,32 @@ pub struct VmsSpec {
     pub private: u64,
     /// Overwrite then restore `bytes` of the shared payload every `every`.
     pub churn: Option<Churn>,
+    /// What the guests run (shared, private and churn apply to busybox guests only).
+    pub system: GuestSystem,
+}
+
+/// What a `vms` guest boots and runs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "os", rename_all = "lowercase")]
+pub enum GuestSystem {
+    /// ksm-trace's busybox initramfs with the seeded payload: quick, synthetic.
+    Busybox,
+    /// Debian 12 with MariaDB from the cached image; `load` runs sysbench against it.
+    Debian { load: Option<SysbenchLoad> },
+    /// The user's bootable disk image (raw or qcow2), booted by firmware from a copy-on-write
+    /// overlay per guest; the image itself is never written.
+    Image { path: std::path::PathBuf },
+}
+
+/// `sysbench oltp_read_write` inside each Debian guest, on its own MariaDB.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SysbenchLoad {
+    pub tables: u32,
+    pub table_size: u64,
+    pub threads: u32,
+    /// How long the load runs once the tables are ready.
+    #[serde(with = "humantime_serde_compat")]
+    pub time: Duration,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -73,7 +99,7 @@ pub enum WorkloadSpec {
 }
 
 const PROCS_HELP: &str = "procs:N[,pages=P][,dup=F][,zero=F][,rounds=R][,wait=D][,write=F][,mode=madvise|prctl][,thp=on|off][,pattern=distinct|same]";
-const VMS_HELP: &str = "vms:N[,mem=256M][,shared=32M][,private=16M][,churn=1M/2s]";
+const VMS_HELP: &str = "vms:N[,mem=256M][,shared=32M][,private=16M][,churn=1M/2s] or vms:N,os=debian[,load=sysbench,tables=2,table-size=10000,threads=1,time=60s] or vms:N,image=PATH";
 
 impl WorkloadSpec {
     pub fn parse(text: &str) -> Result<Self> {
@@ -87,6 +113,17 @@ impl WorkloadSpec {
             "procs" => parse_procs(count_text, options).map(Self::Procs),
             "vms" => parse_vms(count_text, options).map(Self::Vms),
             _ => bail!("unknown workload kind {kind:?}: use {PROCS_HELP} or {VMS_HELP}"),
+        }
+    }
+
+    /// How long the workload's own load runs (vms with sysbench), if it has one.
+    pub fn load_time(&self) -> Option<Duration> {
+        match self {
+            Self::Vms(VmsSpec {
+                system: GuestSystem::Debian { load: Some(load) },
+                ..
+            }) => Some(load.time),
+            _ => None,
         }
     }
 
@@ -149,15 +186,26 @@ fn parse_procs(count_text: &str, options: BTreeMap<String, String>) -> Result<Pr
     Ok(spec)
 }
 
-fn parse_vms(count_text: &str, options: BTreeMap<String, String>) -> Result<VmsSpec> {
+fn parse_vms(count_text: &str, mut options: BTreeMap<String, String>) -> Result<VmsSpec> {
+    let system = parse_guest_system(&mut options)?;
+    let busybox = system == GuestSystem::Busybox;
     let mut spec = VmsSpec {
         count: parse_count(count_text, 1, 64, "vms")?,
-        mem: 256 << 20,
+        // A Debian guest with MariaDB needs more than busybox; a user's image, a typical VM's.
+        mem: match system {
+            GuestSystem::Busybox => 256 << 20,
+            GuestSystem::Debian { .. } => 512 << 20,
+            GuestSystem::Image { .. } => 1 << 30,
+        },
         shared: 32 << 20,
         private: 16 << 20,
         churn: None,
+        system,
     };
     for (key, value) in options {
+        if !busybox && ["shared", "private", "churn"].contains(&key.as_str()) {
+            bail!("{key}= shapes the busybox guests' payload only: drop it, or drop os=/image=");
+        }
         match key.as_str() {
             "mem" => spec.mem = parsed(parse::size(&value), "mem", &value)?,
             "shared" => spec.shared = parsed(parse::size(&value), "shared", &value)?,
@@ -174,11 +222,16 @@ fn parse_vms(count_text: &str, options: BTreeMap<String, String>) -> Result<VmsS
             _ => bail!("unknown vms option {key:?}: use {VMS_HELP}"),
         }
     }
-    if spec.mem < 96 << 20 {
+    let min_mem = if busybox { 96 << 20 } else { 384 << 20 };
+    if spec.mem < min_mem {
         bail!(
-            "mem={} MiB is too small for a guest: use at least 96M",
-            spec.mem >> 20
+            "mem={} MiB is too small for a guest: use at least {}M",
+            spec.mem >> 20,
+            min_mem >> 20
         );
+    }
+    if !busybox {
+        return Ok(spec);
     }
     // The guest kernel and busybox need room besides the payloads.
     if spec.shared + spec.private + (64 << 20) > spec.mem {
@@ -198,6 +251,72 @@ fn parse_vms(count_text: &str, options: BTreeMap<String, String>) -> Result<VmsS
         );
     }
     Ok(spec)
+}
+
+/// Takes `os=`, `image=`, `load=` and the load's own options out of `options`.
+fn parse_guest_system(options: &mut BTreeMap<String, String>) -> Result<GuestSystem> {
+    let os = options.remove("os");
+    let image = options.remove("image");
+    let load = options.remove("load");
+    let mut sysbench = SysbenchLoad {
+        tables: 2,
+        table_size: 10_000,
+        threads: 1,
+        time: Duration::from_secs(60),
+    };
+    let mut load_options = Vec::new();
+    for key in ["tables", "table-size", "threads", "time"] {
+        let Some(value) = options.remove(key) else {
+            continue;
+        };
+        load_options.push(key);
+        match key {
+            "tables" => sysbench.tables = parse_count(&value, 1, 64, "tables")?,
+            "table-size" => {
+                sysbench.table_size = parse_count(&value, 1, 10_000_000, "table-size")? as u64
+            }
+            "threads" => sysbench.threads = parse_count(&value, 1, 256, "threads")?,
+            _ => {
+                sysbench.time = parsed(parse::duration(&value), "time", &value)?;
+                if sysbench.time < Duration::from_secs(1) {
+                    bail!(
+                        "time={value} is too short: sysbench runs whole seconds, use at least 1s"
+                    );
+                }
+            }
+        }
+    }
+    let load = match load.as_deref() {
+        None | Some("none") => None,
+        Some("sysbench") => Some(sysbench),
+        Some(other) => bail!("load={other} is not sysbench or none"),
+    };
+    if load.is_none()
+        && let Some(key) = load_options.first()
+    {
+        bail!("{key}= sets the sysbench load: add load=sysbench");
+    }
+    match (os.as_deref(), image) {
+        (Some(_), Some(_)) => bail!("image= boots your own image: drop os="),
+        (None, Some(path)) => {
+            if load.is_some() {
+                bail!("load=sysbench runs in ksm-trace's Debian guests, not in image=: drop one");
+            }
+            if path.is_empty() {
+                bail!("image= needs the path of a bootable raw or qcow2 disk image");
+            }
+            Ok(GuestSystem::Image { path: path.into() })
+        }
+        (None | Some("debian"), None) if load.is_some() => Ok(GuestSystem::Debian { load }),
+        (Some("debian"), None) => Ok(GuestSystem::Debian { load }),
+        (None | Some("busybox"), None) => {
+            if load.is_some() {
+                bail!("load=sysbench needs os=debian (busybox guests have no database)");
+            }
+            Ok(GuestSystem::Busybox)
+        }
+        (Some(other), None) => bail!("os={other} is not busybox or debian"),
+    }
 }
 
 fn parse_options<'a>(parts: impl Iterator<Item = &'a str>) -> Result<BTreeMap<String, String>> {
@@ -284,6 +403,38 @@ mod tests {
     }
 
     #[test]
+    fn parses_guest_systems_with_their_defaults() {
+        let vms = |text: &str| match WorkloadSpec::parse(text).unwrap() {
+            WorkloadSpec::Vms(v) => v,
+            _ => panic!("{text}"),
+        };
+        let v = vms("vms:2,load=sysbench,tables=4,table-size=500,threads=2,time=90s");
+        let GuestSystem::Debian { load: Some(load) } = &v.system else {
+            panic!("{v:?}")
+        };
+        assert_eq!(
+            (load.tables, load.table_size, load.threads, load.time),
+            (4, 500, 2, Duration::from_secs(90))
+        );
+        assert_eq!(v.mem, 512 << 20);
+        assert_eq!(
+            vms("vms:1,os=debian").system,
+            GuestSystem::Debian { load: None }
+        );
+        let v = vms("vms:3,image=/srv/db.qcow2,mem=2G");
+        assert_eq!(
+            (v.system, v.mem),
+            (
+                GuestSystem::Image {
+                    path: "/srv/db.qcow2".into()
+                },
+                2 << 30
+            )
+        );
+        assert_eq!(vms("vms:1").system, GuestSystem::Busybox);
+    }
+
+    #[test]
     fn parses_vms() {
         let WorkloadSpec::Vms(v) =
             WorkloadSpec::parse("vms:4,mem=256M,shared=32M,churn=1M/2s").unwrap()
@@ -341,6 +492,17 @@ mod tests {
             ),
             ("vms:2,churn=64M/1s", "larger than the shared"),
             ("vms:2,disk=1G", "unknown vms option"),
+            ("vms:2,os=windows", "not busybox or debian"),
+            ("vms:2,os=busybox,load=sysbench", "needs os=debian"),
+            ("vms:2,load=pgbench", "not sysbench or none"),
+            ("vms:2,os=debian,tables=4", "add load=sysbench"),
+            ("vms:2,load=sysbench,tables=0", "out of range"),
+            ("vms:2,load=sysbench,time=500ms", "too short"),
+            ("vms:2,os=debian,shared=8M", "busybox guests' payload only"),
+            ("vms:2,os=debian,image=/x.qcow2", "drop os="),
+            ("vms:2,image=/x.qcow2,load=sysbench", "not in image="),
+            ("vms:2,image=", "needs the path"),
+            ("vms:2,os=debian,mem=256M", "at least 384M"),
             ("disks:2", "unknown workload kind"),
         ] {
             let err = WorkloadSpec::parse(spec).unwrap_err().to_string();

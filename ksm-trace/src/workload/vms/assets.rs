@@ -81,6 +81,7 @@ mod tests {
             shared: 32 << 20,
             private: 16 << 20,
             churn: None,
+            system: crate::workload::spec::GuestSystem::Busybox,
         };
         assert_eq!(
             initramfs_name(&spec),

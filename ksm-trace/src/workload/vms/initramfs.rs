@@ -129,6 +129,7 @@ mod tests {
             shared,
             private: 1 << 20,
             churn,
+            system: crate::workload::spec::GuestSystem::Busybox,
         }
     }
 
