@@ -256,30 +256,10 @@ fn running_libvirt_guests_are_traced_by_domain_name() {
     };
     // The busybox guest's kernel and initramfs, from ksm-trace's own cache (filled here if a
     // vms run has not yet), copied where libvirt's qemu user may read them.
-    let fill = ksm_trace(&["workload", "vms:1,mem=128M", "--duration", "1s"]);
-    assert!(
-        fill.status.success(),
-        "{}",
-        String::from_utf8_lossy(&fill.stderr)
-    );
-    let cache = Path::new("/var/cache/ksm-trace");
-    let pick = |prefix: &str| {
-        let mut found: Vec<PathBuf> = fs::read_dir(cache)
-            .unwrap()
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with(prefix))
-            .collect();
-        found.sort();
-        found.pop().unwrap()
-    };
     let (kernel, initrd) = (session.path("vmlinuz"), session.path("initrd.cpio.gz"));
-    fs::copy(pick("vmlinuz-"), &kernel).unwrap();
-    fs::copy(
-        cache.join("initramfs-33554432-16777216-none.cpio.gz"),
-        &initrd,
-    )
-    .unwrap();
+    let (cached_kernel, cached_initramfs) = busybox_guest();
+    fs::copy(cached_kernel, &kernel).unwrap();
+    fs::copy(cached_initramfs, &initrd).unwrap();
 
     let t0 = std::time::Instant::now();
     let mut libvirt = Libvirt::start();
@@ -389,4 +369,159 @@ fn running_libvirt_guests_are_traced_by_domain_name() {
             "domain's QEMU survived destroy"
         );
     }
+}
+
+/// A bootable hybrid ISO (isolinux) in `dir` that boots ksm-trace's busybox guest: a disk
+/// image like a user's, booted by the firmware rather than by QEMU's -kernel.
+fn bootable_image(dir: &Path) -> PathBuf {
+    let (kernel, initramfs) = busybox_guest();
+    let tree = dir.join("iso");
+    fs::create_dir_all(tree.join("isolinux")).unwrap();
+    for (from, to) in [
+        ("/usr/lib/ISOLINUX/isolinux.bin", "isolinux/isolinux.bin"),
+        (
+            "/usr/lib/syslinux/modules/bios/ldlinux.c32",
+            "isolinux/ldlinux.c32",
+        ),
+        (initramfs.to_str().unwrap(), "initrd.gz"),
+        (kernel.to_str().unwrap(), "vmlinuz"),
+    ] {
+        fs::copy(from, tree.join(to))
+            .unwrap_or_else(|e| panic!("{from}: {e} (cargo xtask test installs isolinux)"));
+    }
+    fs::write(
+        tree.join("isolinux/isolinux.cfg"),
+        "DEFAULT linux\nPROMPT 0\nTIMEOUT 0\nLABEL linux\n  KERNEL /vmlinuz\n  \
+         APPEND initrd=/initrd.gz console=ttyS0 quiet panic=-1 rdinit=/init rootfstype=ramfs\n",
+    )
+    .unwrap();
+    let iso = dir.join("guest.iso");
+    let out = Command::new("xorriso")
+        .args(["-as", "mkisofs", "-quiet", "-o"])
+        .arg(&iso)
+        .args([
+            "-isohybrid-mbr",
+            "/usr/lib/ISOLINUX/isohdpfx.bin",
+            "-c",
+            "isolinux/boot.cat",
+            "-b",
+            "isolinux/isolinux.bin",
+            "-no-emul-boot",
+            "-boot-load-size",
+            "4",
+            "-boot-info-table",
+        ])
+        .arg(&tree)
+        .output()
+        .expect("running xorriso (cargo xtask test installs it)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    iso
+}
+
+/// The busybox guest's kernel and initramfs (default payload) in ksm-trace's cache, filled by
+/// a short vms run if no run has yet.
+fn busybox_guest() -> (PathBuf, PathBuf) {
+    let fill = ksm_trace(&["workload", "vms:1,mem=128M", "--duration", "1s"]);
+    assert!(
+        fill.status.success(),
+        "{}",
+        String::from_utf8_lossy(&fill.stderr)
+    );
+    (
+        newest("/var/cache/ksm-trace", "vmlinuz-"),
+        PathBuf::from("/var/cache/ksm-trace/initramfs-33554432-16777216-none.cpio.gz"),
+    )
+}
+
+/// The last file in `dir` whose name starts with `prefix`.
+fn newest(dir: &str, prefix: &str) -> PathBuf {
+    let mut found: Vec<PathBuf> = fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with(prefix))
+        .collect();
+    found.sort();
+    found.pop().unwrap_or_else(|| panic!("no {dir}/{prefix}*"))
+}
+
+#[test]
+fn a_users_image_boots_from_overlays_and_is_never_written() {
+    let Some(session) = KsmSession::try_start("image") else {
+        return;
+    };
+    let iso = bootable_image(&session.dir);
+    let before = fs::read(&iso).unwrap();
+
+    // A path that is not an image: one line, nothing started.
+    let bad = ksm_trace(&[
+        "record",
+        "--workload",
+        "vms:2,image=/nonexistent/disk.qcow2",
+        "--duration",
+        "5s",
+    ]);
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert_eq!(bad.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("/nonexistent/disk.qcow2"), "{stderr}");
+    session.assert_knobs_restored();
+
+    let spec = format!("vms:2,image={},mem=256M", iso.display());
+    let (rec, rep) = record(
+        &session,
+        &[
+            "--workload",
+            &spec,
+            "--duration",
+            "40s",
+            "--pages-to-scan",
+            "2000",
+            "--sleep-ms",
+            "20",
+        ],
+    );
+    let workers = rep["workers"].as_array().unwrap();
+    assert_eq!(workers.len(), 2);
+    for w in workers {
+        let pid = w["pid"].as_u64().unwrap();
+        let p = rep["processes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["pid"].as_u64() == Some(pid))
+            .unwrap();
+        // Both guests load the same kernel and initramfs from their disks: KSM merges them.
+        let merges = p["merges"].as_u64().unwrap();
+        let end = p["ksm_merging_pages_end"].as_u64().unwrap();
+        assert!(
+            merges > 1000 && merges >= end,
+            "{}: {merges} merges, {end} merging",
+            w["comm"]
+        );
+    }
+    assert_eq!(rec["meta"]["ended_by"], "duration");
+    assert!(fs::read(&iso).unwrap() == before, "the image was written");
+    assert!(
+        wait_until(Duration::from_secs(5), || pids_named("ksm-vm").is_empty()),
+        "a guest survived"
+    );
+    let overlays: Vec<_> = fs::read_dir("/tmp")
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("ksm-trace-vms-")
+        })
+        .collect();
+    assert!(
+        overlays.is_empty(),
+        "run directory with the overlays left behind"
+    );
+    session.assert_knobs_restored();
 }

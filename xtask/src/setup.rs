@@ -41,17 +41,19 @@ impl BuildEnv {
     }
 }
 
-/// What the tests of `serve` and `top` drive: a real Prometheus (Debian's; the package's own
-/// service is not started in a container, and the test starts its own on a free port) and
-/// tmux.
+/// What the tests drive besides the kernel: a real Prometheus (Debian's; the package's own
+/// service is not started in a container, and the test starts its own on a free port), tmux
+/// for `top`, libvirt for guests that already run (the test starts and stops its daemons),
+/// and isolinux with xorriso to make a bootable disk image for `vms:N,image=`.
 pub fn test_tools() -> Result<()> {
-    // A real Prometheus, tmux for `top`, and libvirt for guests that already run (the tests
-    // start and stop the daemons themselves).
     ensure_packages(&[
         "prometheus",
         "tmux",
         "libvirt-daemon-system",
         "libvirt-clients",
+        "isolinux",
+        "syslinux-common",
+        "xorriso",
     ])
 }
 

@@ -36,6 +36,8 @@ pub fn render(rec: &Recording, r: &Report) -> String {
                     wk.bytes >> 20,
                     wk.bytes as f64 / (1u64 << 30) as f64 / (wk.ready_ns.max(1) as f64 / 1e9)
                 ),
+                // A user's own image prints no marker ksm-trace knows.
+                WorkloadKind::Vms if wk.ready_ns == 0 => "booting (no ready marker)".to_owned(),
                 WorkloadKind::Vms => format!("booted to ready in {}", fmt_ns(wk.ready_ns)),
             };
             let writes = wk.write_fault_ns.summary();

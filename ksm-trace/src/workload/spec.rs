@@ -222,7 +222,11 @@ fn parse_vms(count_text: &str, mut options: BTreeMap<String, String>) -> Result<
             _ => bail!("unknown vms option {key:?}: use {VMS_HELP}"),
         }
     }
-    let min_mem = if busybox { 96 << 20 } else { 384 << 20 };
+    // MariaDB needs room; anything else is the user's to judge above a bootable minimum.
+    let min_mem = match spec.system {
+        GuestSystem::Debian { .. } => 384 << 20,
+        _ => 96 << 20,
+    };
     if spec.mem < min_mem {
         bail!(
             "mem={} MiB is too small for a guest: use at least {}M",
