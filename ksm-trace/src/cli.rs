@@ -479,6 +479,10 @@ pub struct SweepArgs {
     /// Directory for the recordings and the summary.
     #[arg(short, long, default_value = "ksm-trace-sweep")]
     pub output: PathBuf,
+    /// First record the workload with KSM off; the summary then gives each configuration's
+    /// impact: the workload's throughput (sysbench tps in vms guests) ÷ that without KSM.
+    #[arg(long)]
+    pub baseline: bool,
 }
 
 #[derive(Debug, Args)]

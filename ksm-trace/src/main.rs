@@ -106,6 +106,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 refresh: args.refresh,
                 interval: args.interval,
                 until_full_scans: None,
+                ksm_off: false,
             };
             let recording = record::record(&opts, std::env::args().collect()).await?;
             recording.write(&opts.output)?;
@@ -142,6 +143,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 interval: args.interval,
                 merge_latency: args.merge_latency,
                 out_dir: args.output,
+                baseline: args.baseline,
             };
             let summaries = ksm_trace::sweep::run(&opts, std::env::args().collect()).await?;
             print(&ksm_trace::sweep::render(&summaries))?;

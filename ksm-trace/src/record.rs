@@ -52,6 +52,9 @@ pub struct RecordOptions {
     pub until_full_scans: Option<u64>,
     /// Which probes, how to time merges, the ring buffer's size.
     pub probes: ProbeOptions,
+    /// Keep ksmd stopped for the whole window: the workload without KSM, the baseline a
+    /// sweep compares its configurations with.
+    pub ksm_off: bool,
 }
 
 const DRAIN_EVERY: Duration = Duration::from_millis(100);
@@ -157,8 +160,10 @@ impl Window {
                 .fallbacks
                 .push(format!("no ksmd profile (flame graphs): {e:#}"));
         }
-        session.run_ksmd()?;
-        if session.ksmd_started_for_run() && opts.progress {
+        if !opts.ksm_off {
+            session.run_ksmd()?;
+        }
+        if session.ksmd_started_for_run() && opts.progress && !opts.ksm_off {
             eprintln!(
                 "ksm-trace: ksmd was off (run=0): started it for this run; it is stopped again afterwards"
             );

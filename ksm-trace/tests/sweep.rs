@@ -10,6 +10,73 @@ use std::time::Duration;
 use common::*;
 
 #[test]
+fn a_baseline_sweep_gives_each_configuration_its_impact_on_sysbench() {
+    let Some(session) = KsmSession::try_start("sweep-baseline") else {
+        return;
+    };
+    let dir = session.path("sweep");
+    let out = ksm_trace(&[
+        "sweep",
+        "--workload",
+        "vms:2,load=sysbench,tables=1,table-size=2000,time=15s",
+        "--pages-to-scan",
+        "4000",
+        "--sleep-ms",
+        "20",
+        "--baseline",
+        "-o",
+        dir.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let table = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        table.contains("impact") && table.contains("KSM off (baseline)"),
+        "{table}"
+    );
+    let stored: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(stored.len(), 2);
+    let (base, config) = (&stored[0], &stored[1]);
+    assert_eq!(base["baseline"], true);
+    assert_eq!(config["baseline"], false);
+    // Each summary's tps is the sum of its guests' own sysbench figures in its recording.
+    let tps = |s: &serde_json::Value| {
+        let rec = json(&dir.join(s["recording"].as_str().unwrap()));
+        assert_eq!(rec["meta"]["ended_by"], "workload-finished", "{s}");
+        let workers = rec["meta"]["workload"]["workers"]
+            .as_array()
+            .unwrap()
+            .clone();
+        assert_eq!(workers.len(), 2);
+        let sum: f64 = workers
+            .iter()
+            .map(|w| w["load"]["transactions_per_sec"].as_f64().unwrap())
+            .sum();
+        assert_eq!(s["load_tps"].as_f64(), Some(sum), "{s}");
+        (sum, rec)
+    };
+    let (base_tps, base_rec) = tps(base);
+    let (config_tps, _) = tps(config);
+    // The baseline ran without KSM: ksmd stayed stopped, nothing merged or scanned.
+    let delta = |name: &str| {
+        base_rec["counters_end"]["ksm"][name].as_i64().unwrap()
+            - base_rec["counters_start"]["ksm"][name].as_i64().unwrap()
+    };
+    assert_eq!(delta("full_scans"), 0);
+    assert_eq!(delta("pages_scanned"), 0);
+    assert_eq!(base_rec["meta"]["knobs"]["run"], "0");
+    assert_eq!(base["saved_mib_end"].as_f64(), Some(0.0));
+    assert!(config["saved_mib_end"].as_f64().unwrap() > 10.0, "{config}");
+    assert_eq!(base["impact"].as_f64(), Some(1.0));
+    assert_eq!(config["impact"].as_f64(), Some(config_tps / base_tps));
+    session.assert_knobs_restored();
+}
+
+#[test]
 fn two_configuration_sweep_summarizes_its_recordings() {
     let Some(session) = KsmSession::try_start("sweep") else {
         return;

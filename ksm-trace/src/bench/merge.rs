@@ -56,6 +56,7 @@ pub async fn merge(b: &MergeBench, command_line: Vec<String>) -> Result<(Recordi
         interval: Duration::from_millis(500),
         until_settled: false,
         until_full_scans: Some(FULL_SCANS),
+        ksm_off: false,
     };
     let rec = record::record(&opts, command_line).await?;
     rec.write(&b.output)?;

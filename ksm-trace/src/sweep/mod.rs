@@ -36,7 +36,12 @@ pub struct SweepOptions {
     pub interval: Duration,
     pub merge_latency: LatencyMode,
     pub out_dir: PathBuf,
+    /// Record the workload once with KSM off first, and give each configuration's impact on
+    /// the workload's own throughput against it.
+    pub baseline: bool,
 }
+
+const BASELINE_LABEL: &str = "KSM off (baseline)";
 
 /// Share of the best saving the closing recommendation must reach.
 pub const NEAR_BEST: f64 = 0.95;
@@ -85,7 +90,19 @@ pub async fn run(o: &SweepOptions, command_line: Vec<String>) -> Result<Vec<Conf
     for c in &configs {
         c.validate()?;
     }
-    crate::workload::WorkloadSpec::parse(&o.workload)?;
+    let spec = crate::workload::WorkloadSpec::parse(&o.workload)?;
+    // A workload with a load of its own runs each configuration until the load ends.
+    let duration = match spec.load_time() {
+        Some(load) => load + record::DEFAULT_TIMEOUT,
+        None => o.duration,
+    };
+    // The baseline (KSM off) first: None knobs, recorded with ksmd stopped.
+    let runs: Vec<Option<&KnobSettings>> = o
+        .baseline
+        .then_some(None)
+        .into_iter()
+        .chain(configs.iter().map(Some))
+        .collect();
     std::fs::create_dir_all(&o.out_dir).with_context(|| {
         format!(
             "cannot create {}: choose a writable directory with -o",
@@ -94,28 +111,31 @@ pub async fn run(o: &SweepOptions, command_line: Vec<String>) -> Result<Vec<Conf
     })?;
     let started = Instant::now();
     let mut summaries = Vec::new();
-    for (k, knobs) in configs.iter().enumerate() {
-        let label = summary::label(knobs);
+    for (k, knobs) in runs.iter().enumerate() {
+        let label = knobs.map_or(BASELINE_LABEL.into(), summary::label);
         let eta = match k {
             0 => String::new(),
             _ => format!(
                 ", ETA {:.0} s",
-                started.elapsed().as_secs_f64() / k as f64 * (configs.len() - k) as f64
+                started.elapsed().as_secs_f64() / k as f64 * (runs.len() - k) as f64
             ),
         };
         eprintln!(
             "ksm-trace sweep: configuration {} of {}: {label} (elapsed {:.0} s{eta})",
             k + 1,
-            configs.len(),
+            runs.len(),
             started.elapsed().as_secs_f64()
         );
-        let file = format!("config-{:02}.json", k + 1);
+        let file = match knobs {
+            Some(_) => format!("config-{:02}.json", k + 1),
+            None => "baseline.json".into(),
+        };
         let opts = RecordOptions {
-            duration: Some(o.duration),
+            duration: Some(duration),
             workload: Some(o.workload.clone()),
             pids: Vec::new(),
             output: o.out_dir.join(&file),
-            knobs: knobs.clone(),
+            knobs: knobs.cloned().unwrap_or_default(),
             probes: crate::probes::ProbeOptions::new(o.merge_latency),
             progress: false,
             refresh: false,
@@ -125,10 +145,16 @@ pub async fn run(o: &SweepOptions, command_line: Vec<String>) -> Result<Vec<Conf
             // Each configuration is exactly the knobs the sweep names.
             auto_scan: false,
             until_full_scans: None,
+            ksm_off: knobs.is_none(),
         };
         let rec = record::record(&opts, command_line.clone()).await?;
         rec.write(&opts.output)?;
-        summaries.push(summary::summarize(k + 1, knobs, &file, &rec));
+        let mut summary = summary::summarize(k + 1, &opts.knobs, &file, &rec);
+        if knobs.is_none() {
+            summary.baseline = true;
+            summary.label = BASELINE_LABEL.into();
+        }
+        summaries.push(summary);
         if matches!(rec.meta.ended_by.as_str(), "interrupt" | "terminate") {
             eprintln!(
                 "ksm-trace sweep: interrupted; keeping the {} configuration(s) recorded so far",
@@ -137,6 +163,7 @@ pub async fn run(o: &SweepOptions, command_line: Vec<String>) -> Result<Vec<Conf
             break;
         }
     }
+    summary::set_impact(&mut summaries);
     write_outputs(&summaries, &o.out_dir)?;
     Ok(summaries)
 }
@@ -150,12 +177,7 @@ fn write_outputs(summaries: &[ConfigSummary], dir: &Path) -> Result<()> {
         serde_json::to_string_pretty(summaries)? + "\n",
     )?;
     std::fs::write(dir.join("summary.csv"), csv(summaries))?;
-    let front = summary::pareto_front(
-        &summaries
-            .iter()
-            .map(|s| (s.ksmd_cpu_percent, s.saved_mib_end))
-            .collect::<Vec<_>>(),
-    );
+    let front = summary::front(summaries);
     let mut front_points: Vec<(f64, f64)> = summaries
         .iter()
         .zip(&front)
@@ -219,13 +241,13 @@ fn write_outputs(summaries: &[ConfigSummary], dir: &Path) -> Result<()> {
 
 fn csv(summaries: &[ConfigSummary]) -> String {
     let mut out = String::from(
-        "index,configuration,recording,ended_by,duration_s,saved_mib_settle,saved_mib_end,general_profit_mib_settle,general_profit_mib_end,settle_s,ksmd_cpu_percent,cpu_s_per_mib_saved,merges_per_s,full_scan_p50_ms,merge_latency_p50_ns,merge_latency_p99_ns,cow_fault_p99_ns,lost_events\n",
+        "index,configuration,recording,ended_by,duration_s,saved_mib_settle,saved_mib_end,general_profit_mib_settle,general_profit_mib_end,settle_s,ksmd_cpu_percent,cpu_s_per_mib_saved,merges_per_s,full_scan_p50_ms,merge_latency_p50_ns,merge_latency_p99_ns,cow_fault_p99_ns,lost_events,baseline,load_tps,load_p95_ms,impact\n",
     );
     let opt = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v:.3}"));
     for s in summaries {
         let _ = writeln!(
             out,
-            "{},\"{}\",{},{},{:.3},{},{:.3},{},{:.3},{},{:.3},{},{:.1},{:.3},{},{},{},{}",
+            "{},\"{}\",{},{},{:.3},{},{:.3},{},{},{},{:.3},{},{:.1},{:.3},{},{},{},{},{},{},{},{}",
             s.index,
             s.label,
             s.recording,
@@ -234,7 +256,7 @@ fn csv(summaries: &[ConfigSummary]) -> String {
             opt(s.saved_mib_settle),
             s.saved_mib_end,
             opt(s.general_profit_mib_settle),
-            s.general_profit_mib_end,
+            opt(s.general_profit_mib_end),
             opt(s.settle_s),
             s.ksmd_cpu_percent,
             opt(s.cpu_s_per_mib_saved),
@@ -243,7 +265,11 @@ fn csv(summaries: &[ConfigSummary]) -> String {
             s.merge_latency_p50_ns,
             s.merge_latency_p99_ns,
             s.cow_fault_p99_ns,
-            s.lost_events
+            s.lost_events,
+            s.baseline,
+            opt(s.load_tps),
+            opt(s.load_p95_ms),
+            opt(s.impact)
         );
     }
     out
@@ -252,7 +278,8 @@ fn csv(summaries: &[ConfigSummary]) -> String {
 /// The terminal table and the closing recommendation.
 pub fn render(summaries: &[ConfigSummary]) -> String {
     let mut o = String::new();
-    let _ = writeln!(
+    let loaded = summaries.iter().any(|s| s.load_tps.is_some());
+    let _ = write!(
         o,
         "{:>3}  {:<44} {:>9} {:>9} {:>8} {:>7} {:>9} {:>8} {:>8} {:>8} {:>8} {:>5}",
         "#",
@@ -268,21 +295,33 @@ pub fn render(summaries: &[ConfigSummary]) -> String {
         "lat p99",
         "lost"
     );
-    let front = summary::pareto_front(
-        &summaries
-            .iter()
-            .map(|s| (s.ksmd_cpu_percent, s.saved_mib_end))
-            .collect::<Vec<_>>(),
-    );
+    if loaded {
+        let _ = write!(o, " {:>8} {:>8} {:>7}", "tps", "p95 ms", "impact");
+    }
+    let _ = writeln!(o);
+    let front = summary::front(summaries);
     for (s, on_front) in summaries.iter().zip(front) {
-        let _ = writeln!(
+        let load = if loaded {
+            let opt =
+                |v: Option<f64>, digits: usize| v.map_or("-".into(), |v| format!("{v:.digits$}"));
+            format!(
+                " {:>8} {:>8} {:>7}",
+                opt(s.load_tps, 1),
+                opt(s.load_p95_ms, 1),
+                opt(s.impact, 3)
+            )
+        } else {
+            String::new()
+        };
+        let _ = write!(
             o,
-            "{:>3}{} {:<44} {:>9.1} {:>9.1} {:>8} {:>7.2} {:>9} {:>8.0} {:>7.1}ms {:>8} {:>8} {:>5}",
+            "{:>3}{} {:<44} {:>9.1} {:>9} {:>8} {:>7.2} {:>9} {:>8.0} {:>7.1}ms {:>8} {:>8} {:>5}",
             s.index,
             if on_front { "*" } else { " " },
             s.label,
             s.saved_mib_end,
-            s.general_profit_mib_end,
+            s.general_profit_mib_end
+                .map_or("n/a".into(), |p| format!("{p:.1}")),
             s.settle_s.map_or("-".into(), |t| format!("{t:.1}")),
             s.ksmd_cpu_percent,
             s.cpu_s_per_mib_saved
@@ -293,8 +332,15 @@ pub fn render(summaries: &[ConfigSummary]) -> String {
             fmt_ns(s.merge_latency_p99_ns),
             s.lost_events
         );
+        let _ = writeln!(o, "{load}");
     }
     let _ = writeln!(o, "(* on the Pareto front of saved memory vs ksmd CPU)");
+    if loaded {
+        let _ = writeln!(
+            o,
+            "(tps: the guests' sysbench transactions/s summed; p95 ms: the worst guest's; impact: tps ÷ the KSM-off baseline's)"
+        );
+    }
     match summary::cheapest_near_best(summaries, NEAR_BEST) {
         Some(s) => {
             let _ = writeln!(

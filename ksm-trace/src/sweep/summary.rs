@@ -21,7 +21,8 @@ pub struct ConfigSummary {
     pub saved_mib_settle: Option<f64>,
     pub saved_mib_end: f64,
     pub general_profit_mib_settle: Option<f64>,
-    pub general_profit_mib_end: f64,
+    /// None where the kernel has no general_profit (before 6.6).
+    pub general_profit_mib_end: Option<f64>,
     pub settle_s: Option<f64>,
     pub ksmd_cpu_percent: f64,
     /// ksmd CPU seconds spent per MiB saved at the end.
@@ -33,6 +34,16 @@ pub struct ConfigSummary {
     /// The workload's own writes to KSM pages (COW faults), p99.
     pub cow_fault_p99_ns: u64,
     pub lost_events: u64,
+    /// The KSM-off run of the same workload (`--baseline`).
+    pub baseline: bool,
+    /// The workload's own load (vms with sysbench): transactions per second summed over the
+    /// guests, and the worst guest's p95 latency. None without a load, or when a guest's load
+    /// had not finished.
+    pub load_tps: Option<f64>,
+    pub load_p95_ms: Option<f64>,
+    /// load_tps ÷ the baseline's load_tps: what KSM at this configuration leaves of the
+    /// workload's throughput (1.0 = no impact).
+    pub impact: Option<f64>,
 }
 
 const MIB: f64 = (1u64 << 20) as f64;
@@ -76,6 +87,13 @@ pub fn summarize(
     let saved = |s: &crate::recording::schema::Sample| {
         (s.counters.ksm("pages_sharing") + s.counters.ksm("ksm_zero_pages")) as f64 * page / MIB
     };
+    // Absent before 6.6 (Debian 12's 6.1): not available, never a measured 0.
+    let profit = |s: &crate::recording::schema::Sample| {
+        s.counters
+            .ksm
+            .get("general_profit")
+            .map(|&p| p as f64 / MIB)
+    };
     let settle_s = settle_time_s(&rec.timeseries, SETTLE_THRESHOLD);
     let at_settle = settle_s.and_then(|t| rec.timeseries.iter().find(|s| s.t_ns as f64 / 1e9 >= t));
     let end = rec.timeseries.last();
@@ -94,6 +112,18 @@ pub fn summarize(
         .map(|w| w.write_fault_ns.percentile(99.0))
         .max()
         .unwrap_or(0);
+    let loads: Vec<_> = rec
+        .meta
+        .workload
+        .iter()
+        .flat_map(|w| &w.workers)
+        .map(|w| w.load.as_ref())
+        .collect();
+    let all_loads: Option<Vec<_>> = if loads.is_empty() {
+        None
+    } else {
+        loads.into_iter().collect()
+    };
     ConfigSummary {
         index,
         label: label(knobs),
@@ -103,10 +133,8 @@ pub fn summarize(
         duration_s: report.duration_s,
         saved_mib_settle: at_settle.map(saved),
         saved_mib_end: saved_end,
-        general_profit_mib_settle: at_settle.map(|s| s.counters.ksm("general_profit") as f64 / MIB),
-        general_profit_mib_end: end
-            .map(|s| s.counters.ksm("general_profit") as f64 / MIB)
-            .unwrap_or(0.0),
+        general_profit_mib_settle: at_settle.and_then(profit),
+        general_profit_mib_end: end.and_then(profit),
         settle_s,
         ksmd_cpu_percent: report.scans.ksmd_cpu_percent_schedstat,
         cpu_s_per_mib_saved: (saved_end > 0.0).then(|| cpu_s / saved_end),
@@ -116,7 +144,48 @@ pub fn summarize(
         merge_latency_p99_ns: report.merge_latency.all_ns.p99,
         cow_fault_p99_ns: cow_p99,
         lost_events: report.lost_events,
+        baseline: false,
+        load_tps: all_loads
+            .as_ref()
+            .map(|l| l.iter().map(|l| l.transactions_per_sec).sum()),
+        load_p95_ms: all_loads
+            .as_ref()
+            .map(|l| l.iter().map(|l| l.latency_ms_p95).fold(0.0, f64::max)),
+        impact: None,
     }
+}
+
+/// Marks the baseline's impact 1 and every other configuration's as its throughput over the
+/// baseline's, where both measured their load.
+pub fn set_impact(summaries: &mut [ConfigSummary]) {
+    let Some(base) = summaries
+        .iter()
+        .find(|s| s.baseline)
+        .and_then(|s| s.load_tps)
+        .filter(|&t| t > 0.0)
+    else {
+        return;
+    };
+    for s in summaries {
+        s.impact = s.load_tps.map(|t| t / base);
+    }
+}
+
+/// Which configurations are on the Pareto front of saved memory vs ksmd CPU; the baseline
+/// (KSM off) is a reference, never a choice.
+pub fn front(summaries: &[ConfigSummary]) -> Vec<bool> {
+    let candidates: Vec<&ConfigSummary> = summaries.iter().filter(|s| !s.baseline).collect();
+    let on = pareto_front(
+        &candidates
+            .iter()
+            .map(|s| (s.ksmd_cpu_percent, s.saved_mib_end))
+            .collect::<Vec<_>>(),
+    );
+    let mut on = on.into_iter();
+    summaries
+        .iter()
+        .map(|s| !s.baseline && on.next().unwrap_or(false))
+        .collect()
 }
 
 /// Which points are on the Pareto front when more saved memory and less CPU are better.
@@ -143,7 +212,7 @@ pub fn cheapest_near_best(summaries: &[ConfigSummary], share: f64) -> Option<&Co
     }
     summaries
         .iter()
-        .filter(|s| s.saved_mib_end >= share * best)
+        .filter(|s| !s.baseline && s.saved_mib_end >= share * best)
         .min_by(|a, b| a.ksmd_cpu_percent.total_cmp(&b.ksmd_cpu_percent))
 }
 
@@ -169,6 +238,34 @@ mod tests {
         let mk = |i: usize, cpu: f64, saved: f64| ConfigSummary {
             index: i,
             label: format!("c{i}"),
+            ksmd_cpu_percent: cpu,
+            ..summary_with(saved)
+        };
+        let s = [mk(0, 9.0, 100.0), mk(1, 3.0, 96.0), mk(2, 1.0, 50.0)];
+        assert_eq!(cheapest_near_best(&s, 0.95).unwrap().index, 1);
+        assert_eq!(cheapest_near_best(&s, 0.99).unwrap().index, 0);
+        assert!(cheapest_near_best(&[mk(0, 1.0, 0.0)], 0.95).is_none());
+    }
+
+    #[test]
+    fn impact_is_throughput_over_the_baselines() {
+        let mk = |baseline: bool, tps: Option<f64>| ConfigSummary {
+            baseline,
+            load_tps: tps,
+            ..summary_with(0.0)
+        };
+        let mut s = [mk(true, Some(80.0)), mk(false, Some(60.0)), mk(false, None)];
+        set_impact(&mut s);
+        assert_eq!(s.map(|s| s.impact), [Some(1.0), Some(0.75), None]);
+        let mut no_base = [mk(false, Some(60.0))];
+        set_impact(&mut no_base);
+        assert_eq!(no_base[0].impact, None);
+    }
+
+    fn summary_with(saved: f64) -> ConfigSummary {
+        ConfigSummary {
+            index: 0,
+            label: String::new(),
             knobs: KnobSettings::default(),
             recording: String::new(),
             ended_by: "duration".into(),
@@ -176,9 +273,9 @@ mod tests {
             saved_mib_settle: None,
             saved_mib_end: saved,
             general_profit_mib_settle: None,
-            general_profit_mib_end: saved,
+            general_profit_mib_end: Some(saved),
             settle_s: None,
-            ksmd_cpu_percent: cpu,
+            ksmd_cpu_percent: 0.0,
             cpu_s_per_mib_saved: None,
             merges_per_s: 0.0,
             full_scan_p50_ms: 0.0,
@@ -186,11 +283,11 @@ mod tests {
             merge_latency_p99_ns: 0,
             cow_fault_p99_ns: 0,
             lost_events: 0,
-        };
-        let s = [mk(0, 9.0, 100.0), mk(1, 3.0, 96.0), mk(2, 1.0, 50.0)];
-        assert_eq!(cheapest_near_best(&s, 0.95).unwrap().index, 1);
-        assert_eq!(cheapest_near_best(&s, 0.99).unwrap().index, 0);
-        assert!(cheapest_near_best(&[mk(0, 1.0, 0.0)], 0.95).is_none());
+            baseline: false,
+            load_tps: None,
+            load_p95_ms: None,
+            impact: None,
+        }
     }
 
     #[test]
