@@ -46,7 +46,8 @@ Examples:
 Examples:
   ksm-trace report                   # the report of ./ksm-trace.json
   ksm-trace report vms.json --json   # another recording's report, as JSON
-  ksm-trace report vms.json --csv    # its counter time series, as CSV")]
+  ksm-trace report vms.json --csv    # its counter time series, as CSV
+  ksm-trace report --by cgroup       # merges summed per cgroup (container, pod)")]
     Report(ReportArgs),
     /// Flame graph (SVG) or folded stacks of ksmd's cost; two files give a differential graph.
     #[command(after_help = "\
@@ -244,6 +245,9 @@ pub struct RecordArgs {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Sum the report's per-process tables by guest or cgroup (JSON always has all three).
+    #[arg(long, default_value = "process", value_parser = named(&crate::kernel::process::By::ALL))]
+    pub by: crate::kernel::process::By,
     /// No progress line and no report on the terminal.
     #[arg(short, long)]
     pub quiet: bool,
@@ -260,6 +264,9 @@ pub struct ReportArgs {
     /// The counter time series as CSV.
     #[arg(long)]
     pub csv: bool,
+    /// Sum the per-process tables by guest or cgroup (JSON always has all three).
+    #[arg(long, default_value = "process", value_parser = named(&crate::kernel::process::By::ALL))]
+    pub by: crate::kernel::process::By,
 }
 
 #[derive(Debug, Args)]
@@ -502,8 +509,8 @@ pub struct SharingArgs {
     #[arg(long, required = true)]
     pub now: bool,
     /// What a group is.
-    #[arg(long, default_value = "process", value_parser = named(&crate::sharing::By::ALL))]
-    pub by: crate::sharing::By,
+    #[arg(long, default_value = "process", value_parser = named(&crate::kernel::process::By::ALL))]
+    pub by: crate::kernel::process::By,
     /// Trust domains as cgroup path prefixes (e.g. /tenant-a,/tenant-b): pages mapped from
     /// more than one are reported as shared across a boundary.
     #[arg(long, value_delimiter = ',')]

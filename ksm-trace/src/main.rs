@@ -114,7 +114,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 let format = if args.json {
                     Format::Json
                 } else {
-                    Format::Text
+                    Format::TextBy(args.by)
                 };
                 print(&report::render(&recording, format)?)?;
                 eprintln!("ksm-trace: recording written to {}", opts.output.display());
@@ -125,7 +125,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let format = match (args.json, args.csv) {
                 (true, _) => Format::Json,
                 (_, true) => Format::Csv,
-                _ => Format::Text,
+                _ => Format::TextBy(args.by),
             };
             print(&report::render_file(&args.file, format)?)
         }

@@ -298,3 +298,42 @@ fn counters_an_older_kernel_lacks_are_not_available_rather_than_zero() {
     assert!(full["general_profit_mib_end"].is_number());
     assert!(full["scans"]["pages_scanned"].is_number());
 }
+
+#[test]
+fn tables_by_guest_and_cgroup_sum_the_processes() {
+    let rec = recording();
+    let json: serde_json::Value =
+        serde_json::from_str(&report::render(&rec, Format::Json).unwrap()).unwrap();
+    let processes = json["processes"].as_array().unwrap();
+    let total = |v: &[serde_json::Value], field: &str| -> u64 {
+        v.iter().map(|x| x[field].as_u64().unwrap()).sum()
+    };
+    for by in ["by_guest", "by_cgroup"] {
+        let groups = json[by].as_array().unwrap();
+        assert!(!groups.is_empty(), "{by}");
+        assert_eq!(total(groups, "processes"), processes.len() as u64, "{by}");
+        assert_eq!(total(groups, "merges"), total(processes, "merges"), "{by}");
+        assert_eq!(
+            total(groups, "unmerges"),
+            total(processes, "unmerges"),
+            "{by}"
+        );
+    }
+    let text =
+        report::render(&rec, Format::TextBy(ksm_trace::kernel::process::By::Cgroup)).unwrap();
+    assert!(text.contains("By cgroup:"), "{text}");
+    for g in json["by_cgroup"].as_array().unwrap() {
+        let name = g["name"].as_str().unwrap();
+        let row = text
+            .lines()
+            .find(|l| l.trim_start().starts_with(name) && !l.contains("ksm-procs"))
+            .unwrap_or_else(|| panic!("no row for {name}:\n{text}"));
+        let cells: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(cells[1], g["processes"].to_string(), "{row}");
+        assert_eq!(cells[2], g["merges"].to_string(), "{row}");
+    }
+    assert!(
+        !text.contains("Workload (started by ksm-trace)"),
+        "per-process tables replaced by the sums"
+    );
+}

@@ -4,7 +4,11 @@
 //! construction exactly, by process and by cgroup, and across trust domains.
 mod common;
 
-use std::{fs, path::PathBuf, time::Duration};
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use common::*;
 
@@ -58,37 +62,121 @@ fn sharing(args: &[&str]) -> serde_json::Value {
     serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["matrix"].clone()
 }
 
+/// The test session and the cgroup2 mount, or None when the test is skipped (not root, or no
+/// cgroup2 mount: said on stderr).
+fn session_with_cgroups(name: &str) -> Option<(KsmSession, PathBuf)> {
+    let session = KsmSession::try_start(name)?;
+    match cgroup2_root() {
+        Some(root) => Some((session, root)),
+        None => {
+            eprintln!("{name}: skipped: no cgroup2 mount");
+            None
+        }
+    }
+}
+
+/// Three cgroups: A holds a1; B holds b1 and b2; C holds c1 and c2. 1000 pages each, half
+/// identical across a pair: a1 with b1, b2 with c1; c2 shares with no one.
+struct Construction {
+    cgroups: [Cgroup; 3],
+    processes: [TestProcess; 5],
+}
+
+impl Construction {
+    fn build(root: &Path) -> Self {
+        let tag = std::process::id();
+        let cgroups =
+            ["a", "b", "c"].map(|n| Cgroup::new(root, &format!("ksm-trace-test-{n}-{tag}")));
+        let (n1, n2, n3) = (
+            tag as u64 * 7_919,
+            tag as u64 * 104_729,
+            tag as u64 * 1_299_709,
+        );
+        let processes = [(0, n1), (1, n1), (2, n2), (3, n2), (4, n3)]
+            .map(|(i, nonce)| TestProcess::start_for(i, 1000, 0.5, nonce, 600.0));
+        for (process, cgroup) in processes.iter().zip([0, 1, 1, 2, 2]) {
+            cgroups[cgroup].add(process.pid());
+        }
+        Self { cgroups, processes }
+    }
+}
+
+#[test]
+fn record_by_cgroup_sums_the_construction_exactly() {
+    let Some((session, root)) = session_with_cgroups("record-by-cgroup") else {
+        return;
+    };
+    let built = Construction::build(&root);
+    let pids: Vec<String> = built
+        .processes
+        .iter()
+        .map(|p| p.pid().to_string())
+        .collect();
+    let mut args = vec![
+        "--pages-to-scan",
+        "2000",
+        "--sleep-ms",
+        "10",
+        "--duration",
+        "12s",
+    ];
+    for p in &pids {
+        args.extend(["--pid", p.as_str()]);
+    }
+    let (_, rep) = record(&session, &args);
+    let by_cgroup = rep["by_cgroup"].as_array().unwrap();
+    let group = |cgroup: &Cgroup| {
+        by_cgroup
+            .iter()
+            .find(|g| g["name"] == cgroup.path.as_str())
+            .unwrap_or_else(|| panic!("{} not in {by_cgroup:?}", cgroup.path))
+    };
+    // (processes, merges, ksm_merging_pages at the end) of each cgroup, as constructed.
+    for (cgroup, want) in built
+        .cgroups
+        .iter()
+        .zip([(1, 500, 500), (2, 1000, 1000), (2, 500, 500)])
+    {
+        let g = group(cgroup);
+        let got = (
+            g["processes"].as_u64().unwrap(),
+            g["merges"].as_u64().unwrap(),
+            g["merging_pages_end"].as_u64().unwrap(),
+        );
+        assert_eq!(got, want, "{}", cgroup.path);
+    }
+    assert_eq!(by_cgroup.len(), 3, "{by_cgroup:?}");
+    // The text table is the same sums.
+    let text = ksm_trace(&[
+        "report",
+        session.path("rec.json").to_str().unwrap(),
+        "--by",
+        "cgroup",
+    ]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    let row = |cgroup: &Cgroup| {
+        text.lines()
+            .find(|l| l.trim_start().starts_with(cgroup.path.as_str()))
+            .unwrap_or_else(|| panic!("no row for {} in\n{text}", cgroup.path))
+            .split_whitespace()
+            .skip(1)
+            .take(2)
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    assert_eq!(row(&built.cgroups[1]), "2 1000", "{text}");
+    session.assert_knobs_restored();
+}
+
 #[test]
 fn snapshot_matrix_equals_the_construction() {
-    let Some(session) = KsmSession::try_start("sharing") else {
+    let Some((session, root)) = session_with_cgroups("sharing") else {
         return;
     };
-    let Some(root) = cgroup2_root() else {
-        eprintln!("snapshot_matrix_equals_the_construction: skipped: no cgroup2 mount");
-        return;
-    };
-    let tag = std::process::id();
-    let (a, b, c) = (
-        Cgroup::new(&root, &format!("ksm-trace-test-a-{tag}")),
-        Cgroup::new(&root, &format!("ksm-trace-test-b-{tag}")),
-        Cgroup::new(&root, &format!("ksm-trace-test-c-{tag}")),
-    );
-    let (n1, n2, n3) = (
-        tag as u64 * 7_919,
-        tag as u64 * 104_729,
-        tag as u64 * 1_299_709,
-    );
-    // 1000 pages each, half identical to the worker with the same nonce.
-    let a1 = TestProcess::start_for(0, 1000, 0.5, n1, 600.0);
-    let b1 = TestProcess::start_for(1, 1000, 0.5, n1, 600.0);
-    let b2 = TestProcess::start_for(2, 1000, 0.5, n2, 600.0);
-    let c1 = TestProcess::start_for(3, 1000, 0.5, n2, 600.0);
-    let c2 = TestProcess::start_for(4, 1000, 0.5, n3, 600.0); // shares with no one
-    a.add(a1.pid());
-    b.add(b1.pid());
-    b.add(b2.pid());
-    c.add(c1.pid());
-    c.add(c2.pid());
+    let Construction {
+        cgroups: [a, b, c],
+        processes: [a1, b1, b2, c1, c2],
+    } = Construction::build(&root);
     set_knob("pages_to_scan", "2000");
     set_knob("sleep_millisecs", "10");
     set_knob("run", "1");

@@ -28,6 +28,45 @@ impl ProcessIdentity {
     }
 }
 
+/// What a group of processes is, for the tables that sum processes up (sharing, report).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum By {
+    Process,
+    Guest,
+    Cgroup,
+}
+
+impl By {
+    pub const ALL: [(By, &'static str, &'static str); 3] = [
+        (By::Process, "process", "each process (pid and comm)"),
+        (
+            By::Guest,
+            "guest",
+            "each QEMU guest by name; other processes as one group",
+        ),
+        (
+            By::Cgroup,
+            "cgroup",
+            "each cgroup v2 path (a container, a pod, a VM's scope)",
+        ),
+    ];
+
+    /// The group of a process with these fields (a cgroup unknown because the process was
+    /// gone reads `(gone)`).
+    pub fn key(self, pid: u32, comm: &str, guest: Option<&str>, cgroup: Option<&str>) -> String {
+        match self {
+            By::Process => format!("{comm}[{pid}]"),
+            By::Guest => guest.unwrap_or("(not a guest)").to_owned(),
+            By::Cgroup => cgroup.unwrap_or("(gone)").to_owned(),
+        }
+    }
+
+    /// The group of `p`.
+    pub fn group(self, p: &ProcessIdentity) -> String {
+        self.key(p.pid, &p.comm, p.guest.as_deref(), Some(&p.cgroup))
+    }
+}
+
 /// The `0::PATH` line of /proc/<pid>/cgroup.
 pub fn cgroup_v2(text: &str) -> String {
     text.lines()

@@ -12,11 +12,13 @@ use anyhow::Result;
 
 pub use model::Report;
 
-use crate::recording::Recording;
+use crate::{kernel::process::By, recording::Recording};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
     Text,
+    /// Text, its per-process tables summed by guest or cgroup (`--by`).
+    TextBy(crate::kernel::process::By),
     Json,
     /// The counter time series.
     Csv,
@@ -25,7 +27,8 @@ pub enum Format {
 pub fn render(rec: &Recording, format: Format) -> Result<String> {
     let report = Report::from_recording(rec);
     Ok(match format {
-        Format::Text => text::render(rec, &report),
+        Format::Text => text::render(rec, &report, By::Process),
+        Format::TextBy(by) => text::render(rec, &report, by),
         Format::Json => serde_json::to_string_pretty(&report)? + "\n",
         Format::Csv => crate::timeseries::csv(rec),
     })

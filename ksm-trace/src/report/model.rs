@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     histogram::{Histogram, Summary},
+    kernel::process::By,
     recording::{
         Recording,
         schema::{BatchMechanism, Mechanisms},
@@ -27,6 +28,10 @@ pub struct Report {
     pub processes: Vec<ProcessReport>,
     /// Totals of the workload's processes and of the machine's other processes.
     pub groups: Vec<GroupReport>,
+    /// Totals per guest (QEMU's `-name`; other processes as one group) and per cgroup v2
+    /// path, most merging pages first: `report --by guest|cgroup`.
+    pub by_guest: Vec<GroupReport>,
+    pub by_cgroup: Vec<GroupReport>,
     /// Memory KSM saves at the end: (pages_sharing + ksm_zero_pages) × page size, MiB.
     pub saved_mib_end: f64,
     /// general_profit at the end, MiB (None: the kernel has no general_profit file, e.g. 6.1).
@@ -88,6 +93,27 @@ pub struct ProcessReport {
     /// (fentry/fexit refused): not measured, rather than zero.
     pub cow_breaks: Option<u64>,
     pub cow_fault_ns: Summary,
+}
+
+impl GroupReport {
+    fn of<'a>(name: &str, members: impl Iterator<Item = &'a ProcessReport>, page: f64) -> Self {
+        let mut g = Self {
+            name: name.into(),
+            processes: 0,
+            merges: 0,
+            unmerges: 0,
+            merging_pages_end: 0,
+            merging_mib_end: 0.0,
+        };
+        for p in members {
+            g.processes += 1;
+            g.merges += p.merges;
+            g.unmerges += p.unmerges;
+            g.merging_pages_end += p.ksm_merging_pages_end.unwrap_or(0);
+        }
+        g.merging_mib_end = g.merging_pages_end as f64 * page / MIB;
+        g
+    }
 }
 
 /// The sums over one group of processes.
@@ -212,24 +238,34 @@ impl Report {
                 .then(a.pid.cmp(&b.pid))
         });
         let page = rec.meta.page_size as f64;
-        let groups = [("workload", true), ("other", false)]
-            .into_iter()
-            .map(|(name, workload)| {
-                let members = processes.iter().filter(|p| p.workload == workload);
-                let merging: u64 = members
-                    .clone()
-                    .filter_map(|p| p.ksm_merging_pages_end)
-                    .sum();
-                GroupReport {
-                    name: name.into(),
-                    processes: members.clone().count() as u64,
-                    merges: members.clone().map(|p| p.merges).sum(),
-                    unmerges: members.map(|p| p.unmerges).sum(),
-                    merging_pages_end: merging,
-                    merging_mib_end: merging as f64 * page / MIB,
-                }
+        let groups = ["workload", "other"]
+            .map(|name| {
+                let members = processes
+                    .iter()
+                    .filter(|p| p.workload == (name == "workload"));
+                GroupReport::of(name, members, page)
             })
-            .collect();
+            .to_vec();
+        let by = |by: By| {
+            let mut keys: Vec<String> = processes
+                .iter()
+                .map(|p| by.key(p.pid, &p.comm, p.guest.as_deref(), p.cgroup.as_deref()))
+                .collect();
+            keys.sort();
+            keys.dedup();
+            let mut sums: Vec<GroupReport> = keys
+                .into_iter()
+                .map(|key| {
+                    let members = processes.iter().filter(|p| {
+                        by.key(p.pid, &p.comm, p.guest.as_deref(), p.cgroup.as_deref()) == key
+                    });
+                    GroupReport::of(&key, members, page)
+                })
+                .collect();
+            sums.sort_by_key(|g| std::cmp::Reverse(g.merging_pages_end));
+            sums
+        };
+        let (by_guest, by_cgroup) = (by(By::Guest), by(By::Cgroup));
         let end = &rec.counters_end;
 
         let mut kernel_deltas = BTreeMap::new();
@@ -289,6 +325,8 @@ impl Report {
             knobs: rec.meta.knobs.clone(),
             processes,
             groups,
+            by_guest,
+            by_cgroup,
             saved_mib_end: (end.ksm("pages_sharing") + end.ksm("ksm_zero_pages")) as f64 * page
                 / MIB,
             general_profit_mib_end: end.ksm.get("general_profit").map(|&p| p as f64 / MIB),

@@ -5,9 +5,12 @@ use super::{
     histogram::{Unit, fmt_ns, render_log2},
     model::{ProcessReport, Report, all_latencies, full_scan_histogram},
 };
-use crate::recording::{Recording, WorkloadKind};
+use crate::{
+    kernel::process::By,
+    recording::{Recording, WorkloadKind},
+};
 
-pub fn render(rec: &Recording, r: &Report) -> String {
+pub fn render(rec: &Recording, r: &Report, by: By) -> String {
     let mut o = String::new();
     let ended = match (r.ended_by.as_str(), r.settle_s) {
         ("settled", Some(s)) => format!("settled after {s:.1} s"),
@@ -117,12 +120,28 @@ pub fn render(rec: &Recording, r: &Report) -> String {
                 "{p:.1} MiB"
             ))
     );
-    let _ = writeln!(
-        o,
-        "\nPer process (merges: pages that entered the stable tree; unmerged: seen leaving it; KSM_PAGES: ksm_merging_pages at start→end)"
-    );
     let page = rec.meta.page_size as f64;
-    for group in &r.groups {
+    let summed = match by {
+        By::Process => None,
+        By::Guest => Some(("guest", &r.by_guest)),
+        By::Cgroup => Some(("cgroup", &r.by_cgroup)),
+    };
+    match summed {
+        Some((what, sums)) => {
+            let _ = writeln!(
+                o,
+                "\nBy {what}: sums of its processes (merges: pages that entered the stable tree; unmerged: seen leaving it; KSM_PAGES_END: ksm_merging_pages at the end)"
+            );
+            o.push_str(&group_table(what, sums));
+        }
+        None => {
+            let _ = writeln!(
+                o,
+                "\nPer process (merges: pages that entered the stable tree; unmerged: seen leaving it; KSM_PAGES: ksm_merging_pages at start→end)"
+            );
+        }
+    }
+    for group in r.groups.iter().filter(|_| summed.is_none()) {
         let members: Vec<&ProcessReport> = r
             .processes
             .iter()
@@ -288,6 +307,33 @@ pub fn render(rec: &Recording, r: &Report) -> String {
     o
 }
 
+/// One row per group: its processes and what they merged.
+fn group_table(what: &str, groups: &[super::model::GroupReport]) -> String {
+    let mut rows = vec![
+        [
+            what,
+            "PROCESSES",
+            "MERGES",
+            "UNMERGED",
+            "KSM_PAGES_END",
+            "MIB",
+        ]
+        .map(|h| h.to_uppercase())
+        .to_vec(),
+    ];
+    for g in groups {
+        rows.push(vec![
+            g.name.clone(),
+            g.processes.to_string(),
+            g.merges.to_string(),
+            g.unmerges.to_string(),
+            g.merging_pages_end.to_string(),
+            format!("{:.1}", g.merging_mib_end),
+        ]);
+    }
+    table(&rows, &[0])
+}
+
 fn process_table(processes: &[&ProcessReport], page: f64) -> String {
     let mut rows = vec![
         [
@@ -306,6 +352,7 @@ fn process_table(processes: &[&ProcessReport], page: f64) -> String {
             "P90",
             "P99",
             "MAX",
+            "CGROUP",
         ]
         .map(String::from)
         .to_vec(),
@@ -347,9 +394,10 @@ fn process_table(processes: &[&ProcessReport], page: f64) -> String {
         );
         row.push(p.cow_breaks.map_or("-".into(), |c| c.to_string()));
         row.extend([pages, mib, lat(l.p50), lat(l.p90), lat(l.p99), lat(l.max)]);
+        row.push(p.cgroup.clone().unwrap_or_else(|| "-".into()));
         rows.push(row);
     }
-    table(&rows, &[1])
+    table(&rows, &[1, 15])
 }
 
 const MIB: f64 = (1u64 << 20) as f64;

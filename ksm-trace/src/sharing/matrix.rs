@@ -7,38 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::Serialize;
 
 use super::snapshot::{Sharer, Snapshot};
-
-/// What a group is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum By {
-    Process,
-    Guest,
-    Cgroup,
-}
-
-impl By {
-    pub const ALL: [(By, &'static str, &'static str); 3] = [
-        (By::Process, "process", "each process (pid and comm)"),
-        (
-            By::Guest,
-            "guest",
-            "each QEMU guest by name; other processes as one group",
-        ),
-        (
-            By::Cgroup,
-            "cgroup",
-            "each cgroup v2 path (a container, a pod, a VM's scope)",
-        ),
-    ];
-
-    fn group(self, s: &Sharer) -> String {
-        match self {
-            By::Process => format!("{}[{}]", s.comm, s.pid),
-            By::Guest => s.guest.clone().unwrap_or_else(|| "(not a guest)".into()),
-            By::Cgroup => s.cgroup.clone(),
-        }
-    }
-}
+pub use crate::kernel::process::By;
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct Matrix {
