@@ -103,7 +103,7 @@ impl DebianImage {
         }
         check_tools()?;
         fs::create_dir_all(&images).with_context(|| format!("creating {}", images.display()))?;
-        check_space(&images)?;
+        check_space(&images, BUILD_SPACE)?;
         // Built aside and renamed: an interrupted build never looks like a cached image.
         let build = images.join(format!(".{}.build-{}", image_name(), std::process::id()));
         let _ = fs::remove_dir_all(&build);
@@ -129,14 +129,15 @@ pub fn check_tools() -> Result<()> {
     Ok(())
 }
 
-fn check_space(dir: &Path) -> Result<()> {
+/// Refuses, before anything is written, a build that would fill the disk.
+fn check_space(dir: &Path, need: u64) -> Result<()> {
     let stat = nix::sys::statvfs::statvfs(dir)
         .with_context(|| format!("checking free space in {}", dir.display()))?;
     let free = stat.blocks_available() as u64 * stat.fragment_size() as u64;
-    if free < BUILD_SPACE {
+    if free < need {
         bail!(
-            "building the Debian guest image needs {} GiB free in {} but {} MiB is: free some space there",
-            BUILD_SPACE >> 30,
+            "building the Debian guest image needs {} MiB free in {} but {} MiB is: free some space there",
+            need >> 20,
             dir.display(),
             free >> 20
         );
@@ -216,4 +217,17 @@ fn run(cmd: &mut Command, what: &str) -> Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_build_that_does_not_fit_is_refused_in_one_line() {
+        let dir = std::env::temp_dir();
+        check_space(&dir, 1 << 20).unwrap();
+        let e = check_space(&dir, u64::MAX >> 1).unwrap_err().to_string();
+        assert!(e.contains("free some space") && !e.contains('\n'), "{e}");
+    }
 }
