@@ -42,6 +42,11 @@ pub struct ProcsSpec {
     /// ignored); `distinct`: the dup/zero/unique pattern.
     #[serde(default)]
     pub same: bool,
+    /// Workers spin on a CPU between their writes instead of sleeping, so their memory is in
+    /// use while ksmd merges it (as a running VM's is, and as the kernel selftest's busy-polling
+    /// process is): every merge must then shoot down the worker's TLB entries on that CPU.
+    #[serde(default)]
+    pub busy: bool,
 }
 
 /// Guest VMs under QEMU.
@@ -98,7 +103,11 @@ pub enum WorkloadSpec {
     Vms(VmsSpec),
 }
 
-const PROCS_HELP: &str = "procs:N[,pages=P][,dup=F][,zero=F][,rounds=R][,wait=D][,write=F][,mode=madvise|prctl][,thp=on|off][,pattern=distinct|same]";
+/// Workers a procs workload may start: each holds two pipes in ksm-trace (the open-file limit
+/// is raised to fit) and about 1 MiB of its own beside its pages.
+pub const MAX_PROCS: u64 = 4096;
+
+const PROCS_HELP: &str = "procs:N[,pages=P][,dup=F][,zero=F][,rounds=R][,wait=D][,write=F][,mode=madvise|prctl][,thp=on|off][,pattern=distinct|same][,busy=on|off]";
 const VMS_HELP: &str = "vms:N[,mem=256M][,shared=32M][,private=16M][,churn=1M/2s] or vms:N,os=debian[,load=sysbench,tables=2,table-size=10000,threads=1,time=60s] or vms:N,image=PATH";
 
 impl WorkloadSpec {
@@ -139,7 +148,7 @@ impl WorkloadSpec {
 
 fn parse_procs(count_text: &str, options: BTreeMap<String, String>) -> Result<ProcsSpec> {
     let mut spec = ProcsSpec {
-        count: parse_count(count_text, 1, 256, "procs")?,
+        count: parse_count(count_text, 1, MAX_PROCS, "procs")?,
         pages: 25_600,
         dup: 0.5,
         zero: 0.0,
@@ -149,6 +158,7 @@ fn parse_procs(count_text: &str, options: BTreeMap<String, String>) -> Result<Pr
         mode: MergeMode::Madvise,
         thp: None,
         same: false,
+        busy: false,
     };
     for (key, value) in options {
         match key.as_str() {
@@ -166,6 +176,7 @@ fn parse_procs(count_text: &str, options: BTreeMap<String, String>) -> Result<Pr
                 }
             }
             "thp" => spec.thp = Some(parsed(parse::on_off(&value), "thp", &value)?),
+            "busy" => spec.busy = parsed(parse::on_off(&value), "busy", &value)?,
             "pattern" => {
                 spec.same = match value.as_str() {
                     "same" => true,
@@ -391,7 +402,7 @@ mod tests {
             (4, 25_600, 0.5, 1, MergeMode::Madvise, None)
         );
         let WorkloadSpec::Procs(p) = WorkloadSpec::parse(
-            "procs:8,pages=100,dup=0.5,zero=0.1,rounds=5,wait=2s,write=0.05,mode=prctl,thp=off",
+            "procs:8,pages=100,dup=0.5,zero=0.1,rounds=5,wait=2s,write=0.05,mode=prctl,thp=off,busy=on",
         )
         .unwrap() else {
             panic!()
@@ -404,6 +415,10 @@ mod tests {
             (p.zero, p.write, p.mode, p.thp),
             (0.1, 0.05, MergeMode::Prctl, Some(false))
         );
+        assert!(p.busy);
+        assert!(WorkloadSpec::parse("procs:1000,pages=64").is_ok());
+        let err = WorkloadSpec::parse("procs:5000").unwrap_err().to_string();
+        assert!(err.contains("4096"), "{err}");
     }
 
     #[test]

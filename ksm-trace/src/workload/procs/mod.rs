@@ -54,6 +54,7 @@ impl ProcsWorkload {
         // One value per run so our pages never merge with another run's leftovers.
         let nonce = crate::kernel::monotonic_ns() ^ (std::process::id() as u64) << 32;
         let spec_json = serde_json::to_string(spec)?;
+        open_files_for(spec.count)?;
         let mut workload = Self {
             children: Vec::new(),
             lines: Vec::new(),
@@ -216,4 +217,22 @@ fn set_nonblocking(stdout: &ChildStdout) -> Result<()> {
     let flags = OFlag::from_bits_truncate(fcntl(stdout, FcntlArg::F_GETFL)?);
     fcntl(stdout, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
     Ok(())
+}
+
+/// Raises the soft open-file limit (usually 1024) towards the hard one so that `count` workers'
+/// pipes fit, with room for everything else ksm-trace opens.
+fn open_files_for(count: u32) -> Result<()> {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let need = 2 * count as u64 + 256;
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    if soft >= need {
+        return Ok(());
+    }
+    if hard < need {
+        bail!(
+            "{count} procs workers need {need} open files but the hard limit is {hard}: raise it (ulimit -Hn) or start fewer workers"
+        );
+    }
+    setrlimit(Resource::RLIMIT_NOFILE, need, hard)
+        .context("raising the open-file limit for the procs workers")
 }

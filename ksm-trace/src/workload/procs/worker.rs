@@ -210,7 +210,14 @@ pub fn worker_main(args: &[String]) -> Result<()> {
             cursor = if to >= memory.dup_pages { 0 } else { to };
             next_write += Duration::from_secs(1);
         }
-        std::thread::sleep(Duration::from_millis(20));
+        let until = Instant::now() + Duration::from_millis(20);
+        if spec.busy {
+            while Instant::now() < until && !stop.load(Ordering::Relaxed) {
+                std::hint::spin_loop();
+            }
+        } else {
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
     let report = WorkerReport {
         write_fault_ns: faults,
