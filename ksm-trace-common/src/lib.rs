@@ -19,9 +19,10 @@ pub mod kind {
     /// rmap entries.
     pub const STOP_SCAN: u32 = 2;
     /// `ksm:ksm_merge_with_ksm_page`: `ksm_page` (0 for the first half of a new-page pair),
-    /// `pfn`, `mm`, `err`, latencies.
+    /// `pfn`, `mm`, `err`, latencies; since the previous merge event (while the TLB programs
+    /// are attached) `arg0` = remote TLB flushes ksmd asked for, `arg1` = IPIs it sent.
     pub const MERGE_WITH_KSM_PAGE: u32 = 3;
-    /// `ksm:ksm_merge_one_page` (only zero-page merges): `pfn`, `mm`, `err`, latencies.
+    /// `ksm:ksm_merge_one_page` (only zero-page merges): as MERGE_WITH_KSM_PAGE.
     pub const MERGE_ONE_PAGE: u32 = 4;
     /// `ksm:ksm_remove_ksm_page`: `pfn`; from the function backend also `arg0` = the KSM
     /// page's sharers (its `rmap_hlist_len`), since no per-sharer event precedes it there.
@@ -202,6 +203,31 @@ pub mod programs {
         tracepoint: "sched_switch",
         reads: &[(2, Ptr), (3, Int(4))],
     };
+
+    /// TLB shootdowns ksmd sends while merging: (int reason, unsigned long pages), counted
+    /// when reason is [`TLB_REMOTE_SEND_IPI`] (x86: native_flush_tlb_multi).
+    pub const TLB_FLUSH: RawTracepoint = RawTracepoint {
+        program: "ksmd_tlb_flush",
+        tracepoint: "tlb_flush",
+        reads: &[(0, Int(4))],
+    };
+    /// `enum tlb_flush_reason` (include/linux/mm_types.h): a flush that sends IPIs.
+    pub const TLB_REMOTE_SEND_IPI: u32 = 4;
+    /// IPIs actually sent (6.6 and later, kernel/smp.c): (unsigned int cpu, unsigned long
+    /// callsite, void *callback) and (struct cpumask *mask, callsite, callback); counted when
+    /// the callback is set (a function call: the TLB flush), not for reschedule IPIs.
+    pub const IPI_SEND: [RawTracepoint; 2] = [
+        RawTracepoint {
+            program: "ksmd_ipi_send_cpu",
+            tracepoint: "ipi_send_cpu",
+            reads: &[(2, Ptr)],
+        },
+        RawTracepoint {
+            program: "ksmd_ipi_send_cpumask",
+            tracepoint: "ipi_send_cpumask",
+            reads: &[(0, Ptr), (2, Ptr)],
+        },
+    ];
 
     /// The mmap_lock bracket that times merges where fentry/fexit is refused: both read the
     /// mm, their first argument.

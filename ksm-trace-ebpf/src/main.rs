@@ -12,6 +12,7 @@ mod merge;
 mod owner;
 mod profile;
 mod scan;
+mod tlb;
 
 #[cfg(not(test))]
 #[panic_handler]

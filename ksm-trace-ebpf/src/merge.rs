@@ -65,6 +65,7 @@ pub(crate) fn merge_event(kind: u32, ksm_page: u64, pfn: u64, mm: u64, err: i32)
     let t = now();
     let lat_lock_ns = take_latency(BRACKET, mm, t);
     let lat_fexit_ns = take_latency(FEXIT, mm, t);
+    let (flushes, ipis) = crate::tlb::take_shootdowns();
     let mut event = Event {
         ts_ns: t,
         kind,
@@ -73,6 +74,8 @@ pub(crate) fn merge_event(kind: u32, ksm_page: u64, pfn: u64, mm: u64, err: i32)
         ksm_page,
         lat_lock_ns,
         lat_fexit_ns,
+        arg0: flushes,
+        arg1: ipis,
         err,
         ..Event::default()
     };

@@ -80,13 +80,14 @@ Examples:
   ksm-trace bench merge --size 100M --thp   # the same on transparent huge pages"
     )]
     Bench(BenchCommand),
-    /// Who shares KSM pages with whom right now: by process, guest or cgroup, pages shared by
-    /// k processes, and the memory shared across trust domains.
+    /// Who shares KSM pages with whom, now or in a recording: by process, guest or cgroup,
+    /// pages shared by k processes, and the memory shared across trust domains.
     #[command(after_help = "\
 Examples:
   ksm-trace sharing --now                        # which processes share KSM pages
   ksm-trace sharing --now --by guest             # which QEMU guests share with which
-  ksm-trace sharing --now --by cgroup --domains /tenant-a,/tenant-b   # across tenants")]
+  ksm-trace sharing --now --by cgroup --domains /tenant-a,/tenant-b   # across tenants
+  ksm-trace sharing ksm-trace.json --by guest    # the traced matrix of a recording")]
     Sharing(SharingArgs),
     /// Undo what a ksm-trace that was killed left behind: KSM knobs, processes it started, run
     /// directories, mounts. Every command that changes the system does this first by itself.
@@ -135,7 +136,7 @@ Examples:
     ProcsWorker { args: Vec<String> },
 }
 
-/// The two probes that run for every process on the machine, which a user may turn off.
+/// The probes that run for every process on the machine, which a user may turn on or off.
 #[derive(Debug, Args)]
 pub struct ProbeSwitches {
     /// The COW probe (fentry/fexit on do_wp_page, where the kernel allows it): it runs on every
@@ -146,6 +147,10 @@ pub struct ProbeSwitches {
     /// every process; off leaves ksmd's CPU from /proc/<ksmd>/schedstat.
     #[arg(long, default_value = "on", value_parser = parse::on_off, action = ArgAction::Set)]
     pub batches: bool,
+    /// TLB shootdowns ksmd sends per merge (tlb:tlb_flush, which runs on every TLB flush of
+    /// every process, hence off unless asked for).
+    #[arg(long, default_value = "off", value_parser = parse::on_off, action = ArgAction::Set)]
+    pub tlb_shootdowns: bool,
 }
 
 impl ProbeSwitches {
@@ -154,6 +159,7 @@ impl ProbeSwitches {
         ProbeOptions {
             cow: self.cow_probe,
             batches: self.batches,
+            tlb: self.tlb_shootdowns,
             ..ProbeOptions::new(latency)
         }
     }
@@ -439,6 +445,9 @@ pub struct MergeBenchArgs {
     /// How to time merges (off by default: tracing merges slows ksmd).
     #[arg(long, default_value = "off", value_parser = named(&LatencyMode::ALL))]
     pub merge_latency: LatencyMode,
+    /// Whose conditions: the region's owner busy (ksm_tests'), idle, or both in turn.
+    #[arg(long, default_value = "busy,idle", value_delimiter = ',', value_parser = named(&crate::bench::Owner::ALL))]
+    pub owner: Vec<crate::bench::Owner>,
     /// Give up after this long.
     #[arg(long, default_value = "120s", value_parser = parse::duration)]
     pub timeout: Duration,
@@ -504,10 +513,17 @@ pub struct PlotArgs {
 
 #[derive(Debug, Args)]
 pub struct SharingArgs {
-    /// Take a snapshot of the page tables now (no tracing, nothing changed). Required: the
-    /// matrix of a recording is not stored yet.
-    #[arg(long, required = true)]
+    /// A recording: its traced matrix (merge events, reconciled with the snapshot taken at the
+    /// window's end).
+    #[arg(required_unless_present = "now", conflicts_with = "now")]
+    pub file: Option<PathBuf>,
+    /// Take a snapshot of the page tables now instead (no tracing, nothing changed).
+    #[arg(long)]
     pub now: bool,
+    /// With a recording: its end snapshot (which also holds pages merged before the window)
+    /// instead of the traced matrix.
+    #[arg(long, requires = "file")]
+    pub snapshot: bool,
     /// What a group is.
     #[arg(long, default_value = "process", value_parser = named(&crate::kernel::process::By::ALL))]
     pub by: crate::kernel::process::By,
@@ -515,8 +531,8 @@ pub struct SharingArgs {
     /// more than one are reported as shared across a boundary.
     #[arg(long, value_delimiter = ',')]
     pub domains: Vec<String>,
-    /// Only these processes (repeatable); default: every process with KSM pages.
-    #[arg(short, long = "pid")]
+    /// With --now: only these processes (repeatable); default: every process with KSM pages.
+    #[arg(short, long = "pid", requires = "now")]
     pub pids: Vec<u32>,
     /// JSON instead of text.
     #[arg(long)]

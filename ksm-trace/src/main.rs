@@ -155,6 +155,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Bench(ksm_trace::cli::BenchCommand::Merge(args)) => {
             let bench = ksm_trace::bench::MergeBench {
+                owners: args.owner,
                 size: args.size,
                 thp: args.thp,
                 pages_to_scan: args.pages_to_scan,
@@ -182,13 +183,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Sharing(args) => print(&ksm_trace::sharing::run(
-            args.by,
-            &args.domains,
-            &args.pids,
-            args.json,
-            args.svg.as_deref(),
-        )?),
+        Command::Sharing(args) => {
+            use ksm_trace::sharing::{Source, View};
+            let source = match &args.file {
+                Some(path) => Source::Recording {
+                    path,
+                    snapshot: args.snapshot,
+                },
+                None => Source::Now { pids: &args.pids },
+            };
+            let view = View {
+                by: args.by,
+                domains: &args.domains,
+                json: args.json,
+                svg: args.svg.as_deref(),
+            };
+            print(&ksm_trace::sharing::run(source, &view)?)
+        }
         Command::Top(args) => {
             ksm_trace::top::run(&ksm_trace::top::TopOptions {
                 pids: args.guests.with_pids(&args.pids)?,

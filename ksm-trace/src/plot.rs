@@ -1,6 +1,6 @@
 //! `ksm-trace plot`: SVG charts of a recording's time series (plotters), one line-chart helper
 //! for all of them: memory saved, ksmd CPU, merge and COW-break rates, full-scan duration, and
-//! merged pages per process.
+//! merged pages per process; and the sharing matrix as a heatmap.
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result, anyhow, bail};
@@ -124,6 +124,17 @@ pub fn plot(rec: &Recording, dir: &Path) -> Result<Vec<PathBuf>> {
             "pages",
             per_process,
         )?;
+    }
+    // Who shares with whom: by guest when the recording has guests.
+    let by = if rec.processes.iter().any(|p| p.guest.is_some()) {
+        crate::kernel::process::By::Guest
+    } else {
+        crate::kernel::process::By::Process
+    };
+    if let Some(m) = crate::sharing::traced_matrix(rec, by).filter(|m| !m.groups.is_empty()) {
+        let path = dir.join("sharing.svg");
+        crate::sharing::heatmap::svg(&m, &path)?;
+        written.push(path);
     }
     Ok(written)
 }

@@ -21,10 +21,11 @@ use crate::{
     recording::{
         self, EventCounts, LatencyCoverage, Meta, ProcessRecord, Recording, ScanRecord,
         WorkloadKind, WorkloadRecord,
-        schema::{Sample, Worker},
+        schema::{Sample, SharingRecord, Worker},
     },
     sample::{SETTLE_THRESHOLD, Sampler, settle_time_s},
     session::{Preflight, Progress, Session},
+    sharing,
     workload::WorkloadSpec,
 };
 
@@ -112,7 +113,7 @@ pub async fn record(opts: &RecordOptions, command_line: Vec<String>) -> Result<R
     let session = pre.start(&knobs, opts.refresh)?;
     let mut window = Window::open(opts, session, probes, ring, bracket)?;
     let ended_by = window.run(opts, &mut interrupts).await?;
-    let closed = window.close()?;
+    let closed = window.close(&opts.pids)?;
     Ok(closed.into_recording(opts, command_line, ended_by))
 }
 
@@ -266,7 +267,7 @@ impl Window {
 
     /// Pauses ksmd and freezes the workload, takes the end snapshot, detaches the probes, then
     /// stops the workload and puts the knobs back.
-    fn close(mut self) -> Result<Closed> {
+    fn close(mut self, pid_filter: &[u32]) -> Result<Closed> {
         self.session.pause_ksmd()?;
         if let Some(w) = &self.session.workload {
             w.freeze();
@@ -308,6 +309,7 @@ impl Window {
             .map(|&p| (p, ProcessIdentity::read(p)))
             .filter(|(_, id)| !id.comm.is_empty())
             .collect::<BTreeMap<_, _>>();
+        let sharing = sharing_at_close(&self.collector.merges, &identities, pid_filter);
         if let Some(w) = &self.session.workload {
             w.thaw();
         }
@@ -326,6 +328,7 @@ impl Window {
             pids: self.pids,
             ksm_stat_end,
             identities,
+            sharing,
             workers,
             spec,
             caps,
@@ -343,6 +346,27 @@ impl Window {
     }
 }
 
+/// Who shares with whom among the recorded processes (those in `identities`, i.e. still
+/// running): the traced sets, and the page-table snapshot that reconciles them.
+fn sharing_at_close(
+    merges: &crate::collect::merges::MergeTracker,
+    identities: &BTreeMap<u32, ProcessIdentity>,
+    pid_filter: &[u32],
+) -> SharingRecord {
+    let keep = |pid: u32| {
+        identities.contains_key(&pid) && (pid_filter.is_empty() || pid_filter.contains(&pid))
+    };
+    let traced = merges.sharers_by_page(keep);
+    if !std::path::Path::new("/proc/kpageflags").exists() {
+        return sharing::sets::record(traced, None);
+    }
+    let pids: Vec<u32> = identities.keys().copied().filter(|&p| keep(p)).collect();
+    let started = Instant::now();
+    let snapshot = sharing::Snapshot::take(&pids);
+    let took_ms = started.elapsed().as_secs_f64() * 1e3;
+    sharing::sets::record(traced, Some((&snapshot, took_ms)))
+}
+
 /// Everything the window produced, with the system already restored.
 struct Closed {
     collector: Collector,
@@ -350,6 +374,7 @@ struct Closed {
     pids: BTreeSet<u32>,
     ksm_stat_end: BTreeMap<u32, KsmStat>,
     identities: BTreeMap<u32, ProcessIdentity>,
+    sharing: SharingRecord,
     workers: Vec<Worker>,
     spec: Option<WorkloadSpec>,
     caps: crate::probes::Capabilities,
@@ -479,6 +504,7 @@ impl Closed {
             },
             profile: self.profile,
             timeseries: self.timeseries,
+            sharing: Some(self.sharing),
             latency: LatencyCoverage {
                 mode: opts.probes.latency,
                 bracket_windows: self.bracket_windows,

@@ -17,7 +17,7 @@ fn fixture(name: &str) -> PathBuf {
 }
 
 fn recording() -> Recording {
-    Recording::read(&fixture("recording-v4.json")).expect("fixture reads")
+    Recording::read(&fixture("recording-v5.json")).expect("fixture reads")
 }
 
 fn golden(name: &str) -> String {
@@ -30,12 +30,12 @@ fn folded_stacks_are_exactly_the_golden_ones() {
     let stacks = flame::folded(&rec, View::Stack).unwrap();
     assert_eq!(
         stacks.lines.join("\n") + "\n",
-        golden("recording-v4.folded")
+        golden("recording-v5.folded")
     );
     let by_process = flame::folded(&rec, View::Process).unwrap();
     assert_eq!(
         by_process.lines.join("\n") + "\n",
-        golden("recording-v4.by-process.folded")
+        golden("recording-v5.by-process.folded")
     );
     assert_eq!(by_process.unit, "ns");
     // Counts add up to what the recording holds.
@@ -110,7 +110,8 @@ fn charts_are_written() {
             "ksmd-cpu.svg",
             "rates.svg",
             "full-scans.svg",
-            "processes.svg"
+            "processes.svg",
+            "sharing.svg"
         ]
     );
     for f in &files {
@@ -335,5 +336,65 @@ fn tables_by_guest_and_cgroup_sum_the_processes() {
     assert!(
         !text.contains("Workload (started by ksm-trace)"),
         "per-process tables replaced by the sums"
+    );
+}
+
+#[test]
+fn the_recorded_sharing_matrix_renders_from_the_file() {
+    use ksm_trace::sharing::{By, Source, View};
+    let rec = recording();
+    let end = rec.sharing.as_ref().unwrap().end_snapshot.as_ref().unwrap();
+    let shared: u64 = end.traced_still_mapped.iter().map(|s| s.pages).sum();
+    assert!(shared > 0, "the fixture's workers share pages");
+    let path = fixture("recording-v5.json");
+    let view = |json| View {
+        by: By::Process,
+        domains: &[],
+        json,
+        svg: None,
+    };
+    let text = ksm_trace::sharing::run(
+        Source::Recording {
+            path: &path,
+            snapshot: false,
+        },
+        &view(false),
+    )
+    .unwrap();
+    assert!(
+        text.contains(&format!("still mapped at its end: {shared} distinct")),
+        "{text}"
+    );
+    assert!(text.contains("ksm-procs-0["), "{text}");
+    let json: serde_json::Value = serde_json::from_str(
+        &ksm_trace::sharing::run(
+            Source::Recording {
+                path: &path,
+                snapshot: true,
+            },
+            &view(true),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(json["source"], "end snapshot");
+    assert_eq!(
+        json["matrix"]["ksm_pages"],
+        end.sets.iter().map(|s| s.pages).sum::<u64>()
+    );
+    // A recording made before sharing was recorded says so in one line.
+    let old = fixture("recording-v4.json");
+    let err = ksm_trace::sharing::run(
+        Source::Recording {
+            path: &old,
+            snapshot: false,
+        },
+        &view(false),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("no sharing matrix") && !err.contains('\n'),
+        "{err}"
     );
 }

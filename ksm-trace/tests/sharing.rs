@@ -165,7 +165,55 @@ fn record_by_cgroup_sums_the_construction_exactly() {
             .join(" ")
     };
     assert_eq!(row(&built.cgroups[1]), "2 1000", "{text}");
+
+    // The recording's sharing matrix: traced from the merge events, reconciled with the
+    // snapshot taken at the window's end — and the snapshot itself — equal the construction.
+    let rec = session.path("rec.json");
+    let from_file = |extra: &[&str]| {
+        let mut args = vec!["sharing", rec.to_str().unwrap(), "--by", "cgroup", "--json"];
+        args.extend_from_slice(extra);
+        let out = ksm_trace(&args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let traced = from_file(&[]);
+    assert_eq!(traced["left_silently"], 0, "{traced}");
+    assert_eq!(traced["merged_before"], 0, "{traced}");
+    assert_eq!(traced["traced_pages"], 1000, "{traced}");
+    let snapshot = from_file(&["--snapshot"]);
+    for m in [&traced["matrix"], &snapshot["matrix"]] {
+        assert_constructed(m, &built);
+    }
     session.assert_knobs_restored();
+}
+
+/// The matrix by cgroup of the construction: 1000 KSM pages, each mapped by two processes;
+/// A∩B 500 pages, B∩C 500, nothing else.
+fn assert_constructed(by_cgroup: &serde_json::Value, built: &Construction) {
+    let [a, b, c] = &built.cgroups;
+    assert_eq!(by_cgroup["ksm_pages"], 1000, "{by_cgroup}");
+    assert_eq!(
+        by_cgroup["pages_by_sharers"],
+        serde_json::json!({"2": 1000})
+    );
+    assert_eq!(pair(by_cgroup, &a.path, &b.path), 500, "{by_cgroup}");
+    assert_eq!(pair(by_cgroup, &b.path, &c.path), 500);
+    assert_eq!(pair(by_cgroup, &a.path, &c.path), 0);
+    assert_eq!(by_cgroup["pairs"].as_array().unwrap().len(), 2);
+}
+
+/// Pages both `x` and `y` map, from a matrix's pairs.
+fn pair(m: &serde_json::Value, x: &str, y: &str) -> u64 {
+    m["pairs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p[0] == x && p[1] == y)
+        .map_or(0, |p| p[2].as_u64().unwrap())
 }
 
 #[test]
@@ -173,14 +221,13 @@ fn snapshot_matrix_equals_the_construction() {
     let Some((session, root)) = session_with_cgroups("sharing") else {
         return;
     };
-    let Construction {
-        cgroups: [a, b, c],
-        processes: [a1, b1, b2, c1, c2],
-    } = Construction::build(&root);
+    let built = Construction::build(&root);
+    let [a1, b1, b2, c1, c2] = &built.processes;
+    let [a, b, c] = &built.cgroups;
     set_knob("pages_to_scan", "2000");
     set_knob("sleep_millisecs", "10");
     set_knob("run", "1");
-    let merged = [&a1, &b1, &b2, &c1];
+    let merged = [a1, b1, b2, c1];
     assert!(
         wait_until(Duration::from_secs(30), || merged
             .iter()
@@ -194,7 +241,7 @@ fn snapshot_matrix_equals_the_construction() {
         .map(|k| knob(k))
         .collect();
 
-    let pids: Vec<String> = [&a1, &b1, &b2, &c1, &c2]
+    let pids: Vec<String> = [a1, b1, b2, c1, c2]
         .iter()
         .map(|p| p.pid().to_string())
         .collect();
@@ -202,15 +249,6 @@ fn snapshot_matrix_equals_the_construction() {
     for p in &pids {
         pid_args.extend(["--pid", p.as_str()]);
     }
-    let pair = |m: &serde_json::Value, x: &str, y: &str| {
-        m["pairs"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|p| p[0] == x && p[1] == y)
-            .map_or(0, |p| p[2].as_u64().unwrap())
-    };
-
     let svg = session.path("sharing.svg");
     let by_cgroup = sharing(
         &[
@@ -224,24 +262,16 @@ fn snapshot_matrix_equals_the_construction() {
         picture.contains(&a.path) && picture.contains(&c.path),
         "heatmap labels"
     );
-    assert_eq!(by_cgroup["ksm_pages"], 1000, "{by_cgroup}");
-    assert_eq!(
-        by_cgroup["pages_by_sharers"],
-        serde_json::json!({"2": 1000})
-    );
-    assert_eq!(pair(&by_cgroup, &a.path, &b.path), 500, "{by_cgroup}");
-    assert_eq!(pair(&by_cgroup, &b.path, &c.path), 500);
-    assert_eq!(pair(&by_cgroup, &a.path, &c.path), 0);
-    assert_eq!(by_cgroup["pairs"].as_array().unwrap().len(), 2);
+    assert_constructed(&by_cgroup, &built);
 
     let by_process = sharing(&pid_args);
     let name = |p: &TestProcess, i: u32| format!("ksm-procs-{i}[{}]", p.pid());
     assert_eq!(
-        pair(&by_process, &name(&a1, 0), &name(&b1, 1)),
+        pair(&by_process, &name(a1, 0), &name(b1, 1)),
         500,
         "{by_process}"
     );
-    assert_eq!(pair(&by_process, &name(&b2, 2), &name(&c1, 3)), 500);
+    assert_eq!(pair(&by_process, &name(b2, 2), &name(c1, 3)), 500);
     assert_eq!(by_process["pairs"].as_array().unwrap().len(), 2);
     // c2 maps no KSM page: it is in no group at all.
     assert!(
@@ -262,7 +292,6 @@ fn snapshot_matrix_equals_the_construction() {
         .collect();
     assert_eq!(knobs_before, knobs_after);
     assert!(merged.iter().all(|p| ksm_merging_pages(p.pid()) == 500));
-    drop((a1, b1, b2, c1, c2));
-    drop((a, b, c));
+    drop(built);
     drop(session);
 }

@@ -3,6 +3,12 @@
 //! MiB/s), run as a recording so the distributions the selftest cannot show come with it.
 //! Unlike the selftest it does not write run=2 (which would unmerge every process on the host):
 //! ksmd is paused instead while the region is prepared.
+//!
+//! The owner of the region matters: the selftest's process busy-polls `full_scans` while ksmd
+//! merges its memory, so its mm is live on another CPU and every merge's TLB flushes must
+//! interrupt that CPU and wait (a VM exit on a virtual machine). A process that sleeps costs
+//! ksmd no such wait. Both are run by default, the selftest's (busy owner) first, and each
+//! figure is named for its condition, with the TLB shootdowns per merge that tell them apart.
 use std::{fmt::Write as _, path::PathBuf, time::Duration};
 
 use anyhow::{Result, bail};
@@ -15,42 +21,136 @@ use crate::{
     report::{Report, histogram::fmt_ns},
 };
 
+/// Whether the region's owner runs while ksmd merges it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Owner {
+    /// Spinning on a CPU, as the selftest's busy-polling process (its conditions).
+    Busy,
+    /// Asleep.
+    Idle,
+}
+
+impl Owner {
+    pub const ALL: [(Owner, &'static str, &'static str); 2] = [
+        (
+            Owner::Busy,
+            "busy",
+            "the owner spins on a CPU while ksmd merges it (ksm_tests' conditions)",
+        ),
+        (Owner::Idle, "idle", "the owner sleeps while ksmd merges it"),
+    ];
+
+    fn describe(self) -> &'static str {
+        match self {
+            Owner::Busy => "owner busy, as ksm_tests' busy-polling process",
+            Owner::Idle => "owner idle (asleep)",
+        }
+    }
+}
+
 pub struct MergeBench {
+    /// The conditions to run, in order.
+    pub owners: Vec<Owner>,
     pub size: u64,
     pub thp: bool,
     /// The selftest's default `-p` is 10.
     pub pages_to_scan: u32,
     pub merge_latency: LatencyMode,
     pub timeout: Duration,
+    /// The first condition's recording; the others' get `-idle`/`-busy` before the extension.
     pub output: PathBuf,
 }
 
 /// The selftest waits for two full scans: merging needs a page to look the same on two.
 const FULL_SCANS: u64 = 2;
 
-pub async fn merge(b: &MergeBench, command_line: Vec<String>) -> Result<(Recording, String)> {
+/// Runs each condition of `b` in turn; returns the recordings and one summary.
+pub async fn merge(b: &MergeBench, command_line: Vec<String>) -> Result<(Vec<Recording>, String)> {
     let page = crate::kernel::page_size();
     if b.size < page {
         bail!("--size must be at least one page ({page} bytes)");
     }
+    let mut recordings = Vec::new();
+    let mut summary = String::new();
+    let mut runs = Vec::new();
+    for (i, &owner) in b.owners.iter().enumerate() {
+        let output = if i == 0 {
+            b.output.clone()
+        } else {
+            suffixed(
+                &b.output,
+                if owner == Owner::Idle { "idle" } else { "busy" },
+            )
+        };
+        let rec = run_one(b, owner, &output, command_line.clone()).await?;
+        let (text, run) = summarize(&rec, b, owner, &output)?;
+        summary.push_str(&text);
+        runs.push(run);
+        recordings.push(rec);
+    }
+    if runs.len() > 1 {
+        let _ = writeln!(
+            summary,
+            "{:<44} {:>10} {:>10} {:>12}",
+            "condition", "MiB/s", "IPIs/merge", "merge p50"
+        );
+        for r in &runs {
+            let _ = writeln!(
+                summary,
+                "{:<44} {:>10.1} {:>10} {:>12}",
+                r.owner.describe(),
+                r.mib_per_s,
+                r.shootdowns_per_merge
+                    .map_or("-".into(), |s| format!("{s:.2}")),
+                r.merge_p50_ns.map_or("not timed".into(), fmt_ns)
+            );
+        }
+    }
+    Ok((recordings, summary))
+}
+
+/// `dir/name.json` → `dir/name-TAG.json`.
+fn suffixed(path: &std::path::Path, tag: &str) -> PathBuf {
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let name = match path.extension() {
+        Some(ext) => format!("{stem}-{tag}.{}", ext.to_string_lossy()),
+        None => format!("{stem}-{tag}"),
+    };
+    path.with_file_name(name)
+}
+
+async fn run_one(
+    b: &MergeBench,
+    owner: Owner,
+    output: &std::path::Path,
+    command_line: Vec<String>,
+) -> Result<Recording> {
+    let page = crate::kernel::page_size();
     let opts = RecordOptions {
         settle_margin: 0,
         // The selftest's set-up names its scan rate.
         auto_scan: false,
         duration: Some(b.timeout),
         workload: Some(format!(
-            "procs:1,pages={},pattern=same,thp={}",
+            "procs:1,pages={},pattern=same,thp={},busy={}",
             b.size / page,
-            if b.thp { "on" } else { "off" }
+            if b.thp { "on" } else { "off" },
+            if owner == Owner::Busy { "on" } else { "off" }
         )),
         pids: Vec::new(),
-        output: b.output.clone(),
+        output: output.to_path_buf(),
         knobs: KnobSettings {
             pages_to_scan: Some(b.pages_to_scan),
             sleep_ms: Some(0),
             ..Default::default()
         },
-        probes: crate::probes::ProbeOptions::new(b.merge_latency),
+        probes: crate::probes::ProbeOptions {
+            tlb: true,
+            ..crate::probes::ProbeOptions::new(b.merge_latency)
+        },
         progress: false,
         refresh: false,
         interval: Duration::from_millis(500),
@@ -59,12 +159,25 @@ pub async fn merge(b: &MergeBench, command_line: Vec<String>) -> Result<(Recordi
         ksm_off: false,
     };
     let rec = record::record(&opts, command_line).await?;
-    rec.write(&b.output)?;
-    let summary = summarize(&rec, b)?;
-    Ok((rec, summary))
+    rec.write(output)?;
+    Ok(rec)
 }
 
-fn summarize(rec: &Recording, b: &MergeBench) -> Result<String> {
+/// One condition's headline figures, for the table comparing them.
+struct Run {
+    owner: Owner,
+    mib_per_s: f64,
+    shootdowns_per_merge: Option<f64>,
+    merge_p50_ns: Option<u64>,
+}
+
+/// The selftest's figures and ours for one condition.
+fn summarize(
+    rec: &Recording,
+    b: &MergeBench,
+    owner: Owner,
+    output: &std::path::Path,
+) -> Result<(String, Run)> {
     let Some(second) = rec.scans.full_scans.get(FULL_SCANS as usize - 1) else {
         bail!(
             "ksmd did not complete {FULL_SCANS} full scans within {:?}: raise --timeout or --pages-to-scan",
@@ -78,7 +191,8 @@ fn summarize(rec: &Recording, b: &MergeBench) -> Result<String> {
     let mut o = String::new();
     let _ = writeln!(
         o,
-        "KSM merge time ({} pages, pages_to_scan={}, sleep_millisecs=0{})",
+        "KSM merge time, {} ({} pages, pages_to_scan={}, sleep_millisecs=0{})",
+        owner.describe(),
         b.size / rec.meta.page_size,
         b.pages_to_scan,
         if b.thp { ", THP" } else { "" }
@@ -116,10 +230,32 @@ fn summarize(rec: &Recording, b: &MergeBench) -> Result<String> {
             l.count
         );
     }
+    let tlb: Vec<_> = r.processes.iter().filter_map(|p| p.tlb.as_ref()).collect();
+    let flushes: u64 = tlb.iter().map(|t| t.remote_flushes).sum();
+    let ipis: Option<u64> = tlb.iter().map(|t| t.shootdowns).sum();
+    let per_merge = |n: u64| n as f64 / merges.max(1) as f64;
+    if !tlb.is_empty() {
+        let _ = writeln!(
+            o,
+            "  remote TLB flushes ksmd asked for: {flushes} ({:.2} per merge); IPIs it sent for them: {}",
+            per_merge(flushes),
+            ipis.map_or("not traced".into(), |n| format!(
+                "{n} ({:.2} per merge)",
+                per_merge(n)
+            ))
+        );
+    }
+    let shootdowns_per_merge = ipis.filter(|_| !tlb.is_empty()).map(per_merge);
     let _ = writeln!(
         o,
-        "  recording: {} (ksm-trace report / flame / plot read it)",
-        b.output.display()
+        "  recording: {} (ksm-trace report / flame / plot read it)\n",
+        output.display()
     );
-    Ok(o)
+    let run = Run {
+        owner,
+        mib_per_s: mib / secs,
+        shootdowns_per_merge,
+        merge_p50_ns: (l.count > 0).then_some(l.p50),
+    };
+    Ok((o, run))
 }

@@ -4,5 +4,5 @@ pub mod bpftrace;
 pub mod merge;
 pub mod overhead;
 
-pub use merge::{MergeBench, merge};
+pub use merge::{MergeBench, Owner, merge};
 pub use overhead::{OverheadBench, overhead};

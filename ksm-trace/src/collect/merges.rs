@@ -52,6 +52,7 @@ impl MergeTracker {
         let stats = self.stats(event);
         stats.merges += 1;
         let ns = record_latency(stats, event);
+        count_shootdowns(stats, event, ns);
         if new_page {
             stats.new_pages += 1;
             stats.time_ns.new_page += ns;
@@ -64,6 +65,7 @@ impl MergeTracker {
     fn failed(&mut self, event: &Event) {
         let stats = self.stats(event);
         stats.failed += 1;
+        add_shootdowns(stats, event);
         stats.time_ns.failed += latency(event);
     }
 
@@ -74,9 +76,12 @@ impl MergeTracker {
                 let stats = self.stats(event);
                 if event.err == 0 {
                     stats.zero_page_merges += 1;
-                    stats.time_ns.zero_page += record_latency(stats, event);
+                    let ns = record_latency(stats, event);
+                    stats.time_ns.zero_page += ns;
+                    count_shootdowns(stats, event, ns);
                 } else {
                     stats.zero_page_failed += 1;
+                    add_shootdowns(stats, event);
                     stats.time_ns.failed += latency(event);
                 }
             }
@@ -163,6 +168,24 @@ impl MergeTracker {
         });
     }
 
+    /// KSM page pfn → the processes the events say map it, for processes `keep` accepts.
+    pub fn sharers_by_page(
+        &self,
+        keep: impl Fn(u32) -> bool,
+    ) -> BTreeMap<u64, std::collections::BTreeSet<u32>> {
+        self.sharers
+            .iter()
+            .map(|(&pfn, list)| {
+                let pids = list
+                    .iter()
+                    .map(|&(_, tgid)| tgid)
+                    .filter(|&tgid| keep(tgid))
+                    .collect();
+                (pfn, pids)
+            })
+            .collect()
+    }
+
     /// Call at the end of a recording: a first half still waiting is unpaired.
     pub fn finish(&mut self) {
         self.drop_pending();
@@ -190,6 +213,24 @@ fn record_latency(stats: &mut MergeStats, event: &Event) -> u64 {
         stats.merge_latency_bracket_ns.record(event.lat_lock_ns);
     }
     primary
+}
+
+/// The remote TLB flushes (`arg0`) and IPIs (`arg1`) a merge attempt caused.
+fn add_shootdowns(stats: &mut MergeStats, event: &Event) {
+    stats.tlb_remote_flushes += event.arg0;
+    stats.tlb_shootdowns += event.arg1;
+}
+
+/// [`add_shootdowns`] for a successful merge, with its latency `ns` (0: untimed) among the
+/// merges that sent IPIs.
+fn count_shootdowns(stats: &mut MergeStats, event: &Event, ns: u64) {
+    add_shootdowns(stats, event);
+    if event.arg1 > 0 {
+        stats.merges_with_shootdowns += 1;
+        if ns > 0 {
+            stats.merge_latency_shootdown_ns.record(ns);
+        }
+    }
 }
 
 /// The NUL-terminated comm as a string.
@@ -318,6 +359,26 @@ mod tests {
         t.handle(&merge(1, 0, 100, -14, 0));
         assert_eq!(t.by_pid[&1].failed, 1);
         assert_eq!(t.by_pid[&1].merges, 0);
+    }
+
+    #[test]
+    fn shootdowns_go_to_the_merge_that_sent_them() {
+        let mut t = MergeTracker::default();
+        let mut sent = merge(6, 0xaaaa, 9, 0, 40_000);
+        (sent.arg0, sent.arg1) = (2, 2);
+        t.handle(&sent);
+        // Flushes asked for, but the other CPU was idle: no IPI.
+        let mut skipped = merge(6, 0xaaaa, 10, 0, 1_500);
+        skipped.arg0 = 2;
+        t.handle(&skipped);
+        let mut failed = merge(6, 0xaaaa, 11, -14, 0);
+        (failed.arg0, failed.arg1) = (1, 1);
+        t.handle(&failed);
+        let s = &t.by_pid[&6];
+        assert_eq!(s.tlb_remote_flushes, 5);
+        assert_eq!((s.tlb_shootdowns, s.merges_with_shootdowns), (3, 1));
+        assert_eq!(s.merge_latency_shootdown_ns.count(), 1);
+        assert_eq!(s.merge_latency_ns.count(), 2);
     }
 
     #[test]

@@ -5,6 +5,9 @@ use std::{fs::File, os::unix::fs::FileExt as _};
 use anyhow::{Context as _, Result};
 
 const PRESENT: u64 = 1 << 63;
+/// A file page or shared anonymous memory: never a KSM page (those are private anonymous), so
+/// the kernel's page flags need not be read (a process's text alone is thousands of pages).
+const FILE_OR_SHARED: u64 = 1 << 61;
 const PFN_MASK: u64 = (1 << 55) - 1;
 const KPF_KSM: u64 = 1 << 21;
 
@@ -61,7 +64,7 @@ impl KsmPages {
 
     fn ksm(&self, entry: u64) -> Option<u64> {
         let pfn = entry & PFN_MASK;
-        if entry & PRESENT == 0 || pfn == 0 {
+        if entry & PRESENT == 0 || entry & FILE_OR_SHARED != 0 || pfn == 0 {
             return None;
         }
         let mut flags = [0u8; 8];

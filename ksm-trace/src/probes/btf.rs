@@ -166,8 +166,13 @@ mod tests {
     #[test]
     fn tracepoint_prototypes_match_what_the_programs_read() {
         let btf = btf();
-        use ksm_trace_common::programs::{BRACKET, KSM, SCHED_SWITCH};
-        for tp in KSM.iter().chain(&BRACKET).chain([&SCHED_SWITCH]) {
+        use ksm_trace_common::programs::{BRACKET, IPI_SEND, KSM, SCHED_SWITCH, TLB_FLUSH};
+        for tp in KSM
+            .iter()
+            .chain(&BRACKET)
+            .chain([&SCHED_SWITCH, &TLB_FLUSH])
+            .chain(&IPI_SEND)
+        {
             if btf.has_tracepoint(tp.tracepoint) {
                 let args = btf.tracepoint_args(tp.tracepoint).unwrap();
                 for (i, kind) in tp.reads {

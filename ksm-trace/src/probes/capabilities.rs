@@ -17,7 +17,8 @@ fn raw_tracepoints() -> impl Iterator<Item = &'static RawTracepoint> {
     programs::KSM
         .iter()
         .chain(&programs::BRACKET)
-        .chain([&programs::SCHED_SWITCH])
+        .chain([&programs::SCHED_SWITCH, &programs::TLB_FLUSH])
+        .chain(&programs::IPI_SEND)
 }
 
 /// Whether `name` is one of the `ksm:*` tracepoints.

@@ -20,7 +20,7 @@ use ksm_trace_common::{
 pub use crate::recording::schema::LatencyMode;
 use crate::recording::schema::{
     AttributionMechanism, BatchMechanism, BracketAttach, CowMechanism, EventSource, Mechanisms,
-    MergeLatencyMechanism,
+    MergeLatencyMechanism, ShootdownMechanism,
 };
 pub use capabilities::Capabilities;
 
@@ -69,6 +69,8 @@ pub struct ProbeOptions {
     pub cow: bool,
     /// sched_switch (ksmd's batches and CPU time).
     pub batches: bool,
+    /// tlb_flush (TLB shootdowns per merge).
+    pub tlb: bool,
 }
 
 impl ProbeOptions {
@@ -78,6 +80,7 @@ impl ProbeOptions {
             ring_buffer_bytes: ksm_trace_common::EVENTS_BYTES,
             cow: true,
             batches: true,
+            tlb: false,
         }
     }
 }
@@ -97,6 +100,7 @@ impl Probes {
             ring_buffer_bytes: events_bytes,
             cow: want_cow,
             batches: want_batches,
+            tlb: want_tlb,
         } = options;
         if PROGRAMS.is_empty() {
             return Err(anyhow!(
@@ -212,6 +216,34 @@ impl Probes {
                 }
             };
 
+        // tlb_flush fires on TLB flushes of every process: only when asked for.
+        let tlb_shootdowns = match caps.raw_tracepoint(&programs::TLB_FLUSH) {
+            _ if !want_tlb => ShootdownMechanism::Off,
+            Ok(()) => {
+                attach_raw(&mut ebpf, &programs::TLB_FLUSH)?;
+                let ipis = programs::IPI_SEND.iter().all(|tp| {
+                    caps.raw_tracepoint(tp)
+                        .map_err(|why| {
+                            fallbacks.push(format!(
+                                "TLB flushes per merge are those asked for, not the IPIs sent: {} {why}",
+                                tp.tracepoint
+                            ))
+                        })
+                        .is_ok()
+                });
+                if ipis {
+                    for tp in &programs::IPI_SEND {
+                        attach_raw(&mut ebpf, tp)?;
+                    }
+                }
+                ShootdownMechanism::TlbFlush { ipis }
+            }
+            Err(why) => {
+                fallbacks.push(format!("no TLB shootdowns per merge: tlb_flush {why}"));
+                ShootdownMechanism::Unavailable
+            }
+        };
+
         let bracket_present = latency != LatencyMode::Off
             && programs::BRACKET.iter().all(|tp| {
                 caps.raw_tracepoint(tp)
@@ -255,6 +287,7 @@ impl Probes {
                 batches,
                 attribution,
                 cow,
+                tlb_shootdowns,
                 fallbacks,
             },
         })

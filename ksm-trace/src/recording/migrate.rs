@@ -14,22 +14,37 @@ pub fn upgrade(mut value: Value, version: u32) -> Result<Value> {
             1 => v1_to_v2(value)?,
             2 => v2_to_v3(value)?,
             3 => v3_to_v4(value)?,
+            4 => v4_to_v5(value)?,
             _ => return Err(anyhow!("no upgrade from version {from}")),
         };
     }
     Ok(value)
 }
 
+/// Version 4 did not record who shares with whom, nor TLB shootdowns ("off": not recorded).
+fn v4_to_v5(mut v: Value) -> Result<Value> {
+    let root = object(&mut v, "recording")?;
+    root.insert("version".into(), json!(5));
+    root.entry("sharing").or_insert(Value::Null);
+    if let Some(mech) = root.get_mut("mechanisms") {
+        default(mech, "tlb_shootdowns", json!({"kind": "off"}));
+    }
+    let empty = serde_json::to_value(crate::histogram::Histogram::new())?;
+    for p in processes(root) {
+        // A process's merge figures are flattened into its record.
+        default(p, "tlb_remote_flushes", json!(0));
+        default(p, "tlb_shootdowns", json!(0));
+        default(p, "merges_with_shootdowns", json!(0));
+        default(p, "merge_latency_shootdown_ns", empty.clone());
+    }
+    Ok(v)
+}
+
 /// Version 3 did not read who a process is beyond its comm, and had no guest loads.
 fn v3_to_v4(mut v: Value) -> Result<Value> {
     let root = object(&mut v, "recording")?;
     root.insert("version".into(), json!(4));
-    for p in root
-        .get_mut("processes")
-        .and_then(Value::as_array_mut)
-        .into_iter()
-        .flatten()
-    {
+    for p in processes(root) {
         default(p, "guest", Value::Null);
         default(p, "cgroup", Value::Null);
     }
@@ -131,12 +146,7 @@ fn v1_to_v2(mut v: Value) -> Result<Value> {
     if let Some(events) = root.get_mut("events") {
         default(events, "unattributed_unmerges", json!(0));
     }
-    for p in root
-        .get_mut("processes")
-        .and_then(Value::as_array_mut)
-        .into_iter()
-        .flatten()
-    {
+    for p in processes(root) {
         // Without the COW probe these stay unread: `cow` above is then unavailable.
         default(p, "cow_breaks", json!(0));
         default(p, "cow_fault_ns", json!([]));
@@ -193,6 +203,14 @@ fn object<'a>(v: &'a mut Value, what: &str) -> Result<&'a mut Map<String, Value>
 }
 
 /// Inserts `key: value` into an object that lacks it.
+/// The recording's process records.
+fn processes(root: &mut Map<String, Value>) -> impl Iterator<Item = &mut Value> {
+    root.get_mut("processes")
+        .and_then(Value::as_array_mut)
+        .into_iter()
+        .flatten()
+}
+
 fn default(v: &mut Value, key: &str, value: Value) {
     if let Some(o) = v.as_object_mut() {
         o.entry(key).or_insert(value);

@@ -28,8 +28,8 @@ pub const FORMAT: &str = "ksm-trace-recording";
 /// and the kernel's page/vmemmap facts always present. 3: where the events came from
 /// (`Mechanisms::events`: tracepoints or the function backend) and the kernel's ksm_scan and
 /// ksm_rmap_items addresses. 4: each process's guest name and cgroup, and what a guest's
-/// load (sysbench) measured.
-pub const VERSION: u32 = 4;
+/// load (sysbench) measured. 5: who shares KSM pages with whom (`Recording::sharing`).
+pub const VERSION: u32 = 5;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Recording {
@@ -47,6 +47,40 @@ pub struct Recording {
     pub profile: Profile,
     /// The kernel's counters at a fixed interval.
     pub timeseries: Vec<Sample>,
+    /// Who shares KSM pages with whom (None: not recorded, before version 5).
+    pub sharing: Option<SharingRecord>,
+}
+
+/// Who shares KSM pages with whom, as the sets of recorded processes that map the same pages
+/// (see `sharing/sets.rs`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SharingRecord {
+    /// From the merge events: the KSM pages merged in the window, by the processes that merged
+    /// into each, less those the kernel reported leaving (a sharer that leaves silently stays).
+    pub traced: Vec<SharerSet>,
+    /// The recorded processes' page tables at the window's end (None where the kernel has no
+    /// /proc/kpageflags).
+    pub end_snapshot: Option<SharingSnapshot>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SharingSnapshot {
+    /// Every KSM page the processes map, including pages merged before the window.
+    pub sets: Vec<SharerSet>,
+    pub took_ms: f64,
+    /// `traced` less the sharers the snapshot no longer shows on the page: the traced matrix.
+    pub traced_still_mapped: Vec<SharerSet>,
+    /// (page, process) pairs traced but not mapped at the end: left without an event.
+    pub left_silently: u64,
+    /// (page, process) pairs mapped at the end but not traced: merged before the window.
+    pub merged_before: u64,
+}
+
+/// `pages` KSM pages, each mapped by exactly these processes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SharerSet {
+    pub pids: Vec<u32>,
+    pub pages: u64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -174,6 +208,13 @@ pub struct MergeStats {
     /// where [`Mechanisms::cow`] traced them) and how long each fault took.
     pub cow_breaks: u64,
     pub cow_fault_ns: Histogram,
+    /// With `Mechanisms::tlb_shootdowns`: the remote TLB flushes ksmd asked for while merging
+    /// this process's pages, the IPIs it sent for them (a CPU idle or in lazy TLB mode is
+    /// skipped), the merges that sent at least one IPI, and their latency.
+    pub tlb_remote_flushes: u64,
+    pub tlb_shootdowns: u64,
+    pub merges_with_shootdowns: u64,
+    pub merge_latency_shootdown_ns: Histogram,
     /// Measured merge time per outcome, ns (what the `--by process` flame graph weighs).
     pub time_ns: OutcomeTimes,
 }
@@ -331,8 +372,22 @@ pub struct Mechanisms {
     pub attribution: AttributionMechanism,
     /// Per-process copy-on-write breaks of KSM pages.
     pub cow: CowMechanism,
+    /// TLB shootdowns ksmd sends per merge.
+    pub tlb_shootdowns: ShootdownMechanism,
     /// What the kernel refused and what was used instead, with the kernel's reason.
     pub fallbacks: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum ShootdownMechanism {
+    /// Not asked for (`--tlb-shootdowns off`, the default), or not recorded (before version 5).
+    Off,
+    /// `tlb:tlb_flush` in ksmd with TLB_REMOTE_SEND_IPI (remote flushes asked for) and, where
+    /// `ipis`, `ipi:ipi_send_cpu[mask]` (the IPIs really sent), handed to the next merge event.
+    TlbFlush { ipis: bool },
+    /// Asked for, but the kernel has no usable tlb_flush tracepoint (not x86).
+    Unavailable,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

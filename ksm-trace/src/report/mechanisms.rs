@@ -2,7 +2,7 @@
 //! reports, `doctor` and the lab print.
 use crate::recording::schema::{
     AttributionMechanism, BatchMechanism, BracketAttach, CowMechanism, EventSource, Mechanisms,
-    MergeLatencyMechanism,
+    MergeLatencyMechanism, ShootdownMechanism,
 };
 
 /// Where the events come from, and how they reach user space.
@@ -109,15 +109,29 @@ pub fn cow(m: CowMechanism) -> &'static str {
     }
 }
 
+pub fn tlb_shootdowns(m: ShootdownMechanism) -> &'static str {
+    match m {
+        ShootdownMechanism::Off => "off (--tlb-shootdowns on counts them per merge)",
+        ShootdownMechanism::TlbFlush { ipis: true } => {
+            "tlb:tlb_flush in ksmd (remote flushes asked for) and ipi:ipi_send_cpu[mask] (the IPIs sent: CPUs idle or in lazy TLB mode are skipped), each counted for the merge it preceded"
+        }
+        ShootdownMechanism::TlbFlush { ipis: false } => {
+            "tlb:tlb_flush in ksmd (remote flushes asked for; no ipi tracepoints on this kernel, so not the IPIs sent), each counted for the merge it preceded"
+        }
+        ShootdownMechanism::Unavailable => "unavailable (no usable tlb_flush tracepoint)",
+    }
+}
+
 /// `  name: prose` lines for every mechanism, then the fallbacks.
 pub fn lines(m: &Mechanisms) -> String {
     let mut o = format!(
-        "  events: {}\n  merge latency: {}\n  batches: {}\n  attribution: {}\n  COW breaks: {}\n",
+        "  events: {}\n  merge latency: {}\n  batches: {}\n  attribution: {}\n  COW breaks: {}\n  TLB shootdowns: {}\n",
         events(m.events),
         merge_latency(m.merge_latency),
         batches(m.batches),
         attribution(m.attribution),
-        cow(m.cow)
+        cow(m.cow),
+        tlb_shootdowns(m.tlb_shootdowns)
     );
     for f in &m.fallbacks {
         o.push_str(&format!("  fallback: {f}\n"));

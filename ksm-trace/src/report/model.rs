@@ -9,7 +9,7 @@ use crate::{
     kernel::process::By,
     recording::{
         Recording,
-        schema::{BatchMechanism, Mechanisms},
+        schema::{BatchMechanism, Mechanisms, ShootdownMechanism},
     },
     sample::SETTLE_THRESHOLD,
 };
@@ -43,6 +43,9 @@ pub struct Report {
     pub other_actors: super::others::OtherActors,
     /// Seconds until pages_sharing changed by less than 5 % over a full scan (None: not settled).
     pub settle_s: Option<f64>,
+    /// Who shares with whom, in brief (None: not recorded, before format version 5).
+    #[serde(default)]
+    pub sharing: Option<SharingReport>,
     pub lost_events: u64,
     /// False when events were lost: every figure traced from events is then a lower bound and
     /// the exactness checks against the kernel's counters do not hold.
@@ -57,6 +60,32 @@ pub struct Report {
     pub mechanisms: Mechanisms,
     /// The same, in words: figure → mechanism.
     pub mechanism_descriptions: BTreeMap<String, String>,
+}
+
+/// The traced sharing matrix in brief; `ksm-trace sharing FILE` has it whole.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SharingReport {
+    /// KSM pages merged in the window and still mapped at its end by a recorded process.
+    pub ksm_pages: u64,
+    /// Of those, the pages two or more recorded processes map.
+    pub shared_pages: u64,
+    /// The processes that share most, and how many pages (at most three pairs).
+    pub top_pairs: Vec<(String, String, u64)>,
+    /// Reconciled with the end snapshot (sharers that left without an event removed).
+    pub reconciled: bool,
+}
+
+impl SharingReport {
+    fn of(rec: &Recording) -> Option<Self> {
+        let sharing = rec.sharing.as_ref()?;
+        let m = crate::sharing::traced_matrix(rec, By::Process)?;
+        Some(Self {
+            ksm_pages: m.ksm_pages,
+            shared_pages: m.ksm_pages - m.pages_by_sharers.get(&1).copied().unwrap_or(0),
+            top_pairs: m.pairs.into_iter().take(3).collect(),
+            reconciled: sharing.end_snapshot.is_some(),
+        })
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -93,6 +122,56 @@ pub struct ProcessReport {
     /// (fentry/fexit refused): not measured, rather than zero.
     pub cow_breaks: Option<u64>,
     pub cow_fault_ns: Summary,
+    /// TLB shootdowns ksmd sent merging this process's pages (None: not recorded).
+    #[serde(default)]
+    pub tlb: Option<ShootdownReport>,
+}
+
+/// TLB shootdowns ksmd sent merging one process's pages, and what they cost its merges.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ShootdownReport {
+    /// Remote TLB flushes ksmd asked for, and per successful merge (zero-page merges included).
+    pub remote_flushes: u64,
+    pub flushes_per_merge: f64,
+    /// The IPIs it sent for them (None: the kernel has no ipi tracepoints), per merge.
+    pub shootdowns: Option<u64>,
+    pub per_merge: Option<f64>,
+    pub merges_with: u64,
+    /// The timed merges that sent shootdowns.
+    pub with_ns: Summary,
+    /// Mean latency of the timed merges that sent none (None: every timed merge sent some).
+    pub without_mean_ns: Option<f64>,
+    /// Share of the timed merges' total time that the shootdowns explain: (mean with − mean
+    /// without) × merges with, over the total (from the histograms' means).
+    pub share_of_merge_time: Option<f64>,
+}
+
+impl ShootdownReport {
+    fn of(stats: &crate::recording::schema::MergeStats, ipis: bool) -> Self {
+        let (all, with) = (
+            stats.merge_latency_ns.summary(),
+            stats.merge_latency_shootdown_ns.summary(),
+        );
+        let without_n = all.count.saturating_sub(with.count);
+        let without_mean_ns = (without_n > 0).then(|| {
+            (all.mean * all.count as f64 - with.mean * with.count as f64) / without_n as f64
+        });
+        let total = all.mean * all.count as f64;
+        let share_of_merge_time = without_mean_ns
+            .filter(|_| total > 0.0)
+            .map(|without| ((with.mean - without) * with.count as f64 / total).max(0.0));
+        let merges = (stats.merges + stats.zero_page_merges).max(1) as f64;
+        Self {
+            remote_flushes: stats.tlb_remote_flushes,
+            flushes_per_merge: stats.tlb_remote_flushes as f64 / merges,
+            shootdowns: ipis.then_some(stats.tlb_shootdowns),
+            per_merge: ipis.then(|| stats.tlb_shootdowns as f64 / merges),
+            merges_with: stats.merges_with_shootdowns,
+            with_ns: with,
+            without_mean_ns,
+            share_of_merge_time,
+        }
+    }
 }
 
 impl GroupReport {
@@ -230,6 +309,12 @@ impl Report {
                 untimed_merges: p.stats.untimed_merges,
                 cow_breaks: cow_traced.then_some(p.stats.cow_breaks),
                 cow_fault_ns: p.stats.cow_fault_ns.summary(),
+                tlb: match rec.mechanisms.tlb_shootdowns {
+                    ShootdownMechanism::TlbFlush { ipis } => {
+                        Some(ShootdownReport::of(&p.stats, ipis))
+                    }
+                    _ => None,
+                },
             })
             .collect();
         processes.sort_by(|a, b| {
@@ -350,6 +435,7 @@ impl Report {
             kernel_deltas,
             other_actors: super::others::OtherActors::from_samples(&rec.timeseries),
             settle_s: crate::sample::settle_time_s(&rec.timeseries, SETTLE_THRESHOLD),
+            sharing: SharingReport::of(rec),
             profile_samples: rec.profile.samples(),
             profile_lost: rec.profile.lost,
             lost_events: rec.events.lost,
@@ -412,8 +498,45 @@ fn descriptions(m: &Mechanisms) -> BTreeMap<String, String> {
         ("batches", text::batches(m.batches).to_owned()),
         ("attribution", text::attribution(m.attribution)),
         ("cow", text::cow(m.cow).to_owned()),
+        (
+            "tlb_shootdowns",
+            text::tlb_shootdowns(m.tlb_shootdowns).to_owned(),
+        ),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
     .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::recording::schema::MergeStats;
+
+    #[test]
+    fn shootdowns_explain_the_extra_time_of_the_merges_that_sent_them() {
+        let mut stats = MergeStats {
+            merges: 4,
+            tlb_remote_flushes: 8,
+            tlb_shootdowns: 6,
+            merges_with_shootdowns: 2,
+            ..Default::default()
+        };
+        // Two merges at 1000 ns without shootdowns, two at 2000 ns with (exact below 2048).
+        for ns in [1000, 1000, 2000, 2000] {
+            stats.merge_latency_ns.record(ns);
+        }
+        for ns in [2000, 2000] {
+            stats.merge_latency_shootdown_ns.record(ns);
+        }
+        let r = ShootdownReport::of(&stats, true);
+        assert_eq!((r.flushes_per_merge, r.per_merge), (2.0, Some(1.5)));
+        assert_eq!(r.without_mean_ns, Some(1000.0));
+        // (2000 − 1000) × 2 of 6000 ns.
+        assert!((r.share_of_merge_time.unwrap() - 1.0 / 3.0).abs() < 1e-9);
+        // Every timed merge sent some: nothing to compare with.
+        stats.merge_latency_ns = stats.merge_latency_shootdown_ns.clone();
+        assert_eq!(ShootdownReport::of(&stats, true).share_of_merge_time, None);
+        assert_eq!(ShootdownReport::of(&stats, false).shootdowns, None);
+    }
 }

@@ -258,6 +258,8 @@ pub fn render(rec: &Recording, r: &Report, by: By) -> String {
         }
     }
 
+    shootdowns(&mut o, r);
+
     let _ = writeln!(o, "\nKernel counters (end − start)");
     for (name, delta) in &r.kernel_deltas {
         let end = rec
@@ -288,6 +290,29 @@ pub fn render(rec: &Recording, r: &Report, by: By) -> String {
         r.profile_samples,
         r.profile_lost
     );
+    if let Some(sh) = &r.sharing {
+        let pairs: Vec<String> = sh
+            .top_pairs
+            .iter()
+            .map(|(a, b, n)| format!("{a} ↔ {b} {n}"))
+            .collect();
+        let _ = writeln!(
+            o,
+            "\nSharing: {} of the {} KSM pages merged in the window are mapped by two or more recorded processes at its end{}{}; `ksm-trace sharing FILE [--by guest|cgroup]` for the matrix",
+            sh.shared_pages,
+            sh.ksm_pages,
+            if sh.reconciled {
+                ""
+            } else {
+                " (not reconciled: no end snapshot)"
+            },
+            if pairs.is_empty() {
+                String::new()
+            } else {
+                format!("; most: {}", pairs.join(", "))
+            }
+        );
+    }
     let received: u64 = rec.events.received.values().sum();
     let _ = writeln!(
         o,
@@ -439,5 +464,56 @@ fn scanned(s: &super::model::ScansReport) -> String {
     match (s.pages_scanned, s.pages_scanned_per_sec) {
         (Some(n), Some(rate)) => format!("{n} pages scanned ({rate:.0}/s)"),
         _ => "pages scanned: not counted by this kernel (no pages_scanned)".into(),
+    }
+}
+
+/// The TLB shootdowns ksmd caused per merge, per process that merged (`--tlb-shootdowns on`).
+fn shootdowns(o: &mut String, r: &Report) {
+    let rows: Vec<_> = r
+        .processes
+        .iter()
+        .filter_map(|p| Some((p, p.tlb.as_ref()?)))
+        .filter(|(p, _)| p.merges + p.zero_page_merges > 0)
+        .collect();
+    if rows.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        o,
+        "\nTLB shootdowns ksmd caused while merging: remote flushes it asked for (tlb:tlb_flush) and the IPIs it sent for them (ipi:ipi_send_cpu[mask]; CPUs idle or in lazy TLB mode are skipped), and what the merges that sent IPIs cost"
+    );
+    let header = [
+        "PROCESS",
+        "MERGES",
+        "FLUSHES/MERGE",
+        "IPIS/MERGE",
+        "MERGES W/IPI",
+        "p50 W/IPI",
+        "MEAN W/O",
+        "TIME SHARE",
+    ];
+    let _ = writeln!(
+        o,
+        "  {:<24} {:>9} {:>14} {:>10} {:>12} {:>12} {:>12} {:>10}",
+        header[0], header[1], header[2], header[3], header[4], header[5], header[6], header[7]
+    );
+    for (p, t) in rows {
+        let _ = writeln!(
+            o,
+            "  {:<24} {:>9} {:>14.2} {:>10} {:>12} {:>12} {:>12} {:>10}",
+            format!("{}[{}]", p.comm, p.pid),
+            p.merges + p.zero_page_merges,
+            t.flushes_per_merge,
+            t.per_merge.map_or("-".into(), |n| format!("{n:.2}")),
+            t.merges_with,
+            if t.with_ns.count > 0 {
+                fmt_ns(t.with_ns.p50)
+            } else {
+                "-".into()
+            },
+            t.without_mean_ns.map_or("-".into(), |ns| fmt_ns(ns as u64)),
+            t.share_of_merge_time
+                .map_or("-".into(), |s| format!("{:.0} %", s * 100.0)),
+        );
     }
 }

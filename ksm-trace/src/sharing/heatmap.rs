@@ -3,7 +3,10 @@
 use std::path::Path;
 
 use anyhow::{Result, anyhow, bail};
-use plotters::prelude::*;
+use plotters::{
+    prelude::*,
+    style::text_anchor::{HPos, Pos, VPos},
+};
 
 use super::Matrix;
 
@@ -25,18 +28,27 @@ pub fn svg(m: &Matrix, path: &Path) -> Result<()> {
         }
     }
     let max = cells.iter().flatten().copied().max().unwrap_or(0).max(1);
-    let size = (240 + 40 * n as u32).min(4000);
+    let size = (320 + 60 * n as u32).min(4000);
     let root = SVGBackend::new(path, (size, size)).into_drawing_area();
     let fail = |e: &dyn std::fmt::Display| anyhow!("drawing {}: {e}", path.display());
     root.fill(&WHITE).map_err(|e| fail(&e))?;
+    // Segmented axes put each group's label at the middle of its row and column.
     let mut chart = ChartBuilder::on(&root)
-        .caption("KSM pages shared between groups", ("sans-serif", 18))
+        .caption(
+            "KSM pages shared between groups (diagonal: each group's own)",
+            ("sans-serif", 16),
+        )
         .margin(10)
-        .x_label_area_size(160)
-        .y_label_area_size(160)
-        .build_cartesian_2d(0..n, 0..n)
+        .x_label_area_size(40)
+        .y_label_area_size(120)
+        .build_cartesian_2d((0..n - 1).into_segmented(), (0..n - 1).into_segmented())
         .map_err(|e| fail(&e))?;
-    let label = |i: &usize| m.groups.get(*i).cloned().unwrap_or_default();
+    let label = |v: &SegmentValue<usize>| match v {
+        SegmentValue::CenterOf(i) | SegmentValue::Exact(i) => {
+            m.groups.get(*i).cloned().unwrap_or_default()
+        }
+        SegmentValue::Last => String::new(),
+    };
     chart
         .configure_mesh()
         .disable_mesh()
@@ -44,20 +56,37 @@ pub fn svg(m: &Matrix, path: &Path) -> Result<()> {
         .y_labels(n)
         .x_label_formatter(&label)
         .y_label_formatter(&label)
-        .x_label_style(
-            ("sans-serif", 11)
-                .into_font()
-                .transform(FontTransform::Rotate90),
-        )
+        .x_label_style(("sans-serif", 11))
+        .y_label_style(("sans-serif", 11))
         .draw()
         .map_err(|e| fail(&e))?;
+    let shade = |pages: u64| (255.0 * (1.0 - pages as f64 / max as f64)) as u8;
     chart
         .draw_series(cells.iter().enumerate().flat_map(|(i, row)| {
             row.iter().enumerate().map(move |(j, &pages)| {
-                let shade = (255.0 * (1.0 - pages as f64 / max as f64)) as u8;
+                let s = shade(pages);
                 Rectangle::new(
-                    [(i, j), (i + 1, j + 1)],
-                    RGBColor(shade, shade, 255).filled(),
+                    [
+                        (SegmentValue::Exact(i), SegmentValue::Exact(j)),
+                        (SegmentValue::Exact(i + 1), SegmentValue::Exact(j + 1)),
+                    ],
+                    RGBColor(s, s, 255).filled(),
+                )
+            })
+        }))
+        .map_err(|e| fail(&e))?;
+    // The count in each cell, light on dark cells.
+    chart
+        .draw_series(cells.iter().enumerate().flat_map(|(i, row)| {
+            row.iter().enumerate().map(move |(j, &pages)| {
+                let color = if shade(pages) < 128 { &WHITE } else { &BLACK };
+                Text::new(
+                    pages.to_string(),
+                    (SegmentValue::CenterOf(i), SegmentValue::CenterOf(j)),
+                    ("sans-serif", 11)
+                        .into_font()
+                        .color(color)
+                        .pos(Pos::new(HPos::Center, VPos::Center)),
                 )
             })
         }))
@@ -84,6 +113,10 @@ mod tests {
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(text.contains("/tenant-a") && text.contains("/tenant-b"));
         assert!(text.matches("<rect").count() >= 4, "a cell per pair");
+        assert!(
+            text.contains("300") && text.contains("800"),
+            "counts in the cells"
+        );
         std::fs::remove_file(&path).unwrap();
         assert!(svg(&Matrix::default(), &path).is_err());
     }

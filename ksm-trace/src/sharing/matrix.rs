@@ -6,8 +6,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 
-use super::snapshot::{Sharer, Snapshot};
+use super::snapshot::Sharer;
 pub use crate::kernel::process::By;
+use crate::recording::schema::SharerSet;
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct Matrix {
@@ -26,51 +27,71 @@ pub struct Matrix {
 }
 
 impl Matrix {
-    /// `domains`: cgroup path prefixes; a process belongs to the first that its cgroup starts
-    /// with, or to none.
-    pub fn build(snapshot: &Snapshot, by: By, domains: &[String]) -> Matrix {
-        let names: Vec<String> = snapshot.sharers.iter().map(|s| by.group(s)).collect();
-        let groups: Vec<String> = names
+    /// `sets`: the pages each set of processes maps; `sharers`: who those processes are (a pid
+    /// missing there is labelled as gone). `domains`: cgroup path prefixes; a process belongs
+    /// to the first that its cgroup starts with, or to none.
+    pub fn build(
+        sharers: &BTreeMap<u32, Sharer>,
+        sets: &[SharerSet],
+        by: By,
+        domains: &[String],
+    ) -> Matrix {
+        let who = |pid: u32| {
+            sharers.get(&pid).cloned().unwrap_or_else(|| Sharer {
+                pid,
+                comm: "(gone)".into(),
+                cgroup: "(gone)".into(),
+                guest: None,
+            })
+        };
+        let name_of: BTreeMap<u32, String> = sets
             .iter()
+            .flat_map(|s| &s.pids)
+            .map(|&pid| (pid, by.group(&who(pid))))
+            .collect();
+        let groups: Vec<String> = name_of
+            .values()
             .cloned()
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect();
-        let index = |name: &String| groups.binary_search(name).expect("a group of these names");
-        let mut m = Matrix {
-            group_pages: vec![0; groups.len()],
-            ksm_pages: snapshot.pages.len() as u64,
-            ..Default::default()
+        let index = |pid: &u32| {
+            groups
+                .binary_search(&name_of[pid])
+                .expect("a group of these names")
         };
-        let domain = |s: &Sharer| {
+        let domain = |pid: &u32| {
+            let cgroup = who(*pid).cgroup;
             domains
                 .iter()
-                .find(|d| s.cgroup.starts_with(d.as_str()))
+                .find(|d| cgroup.starts_with(d.as_str()))
                 .cloned()
+        };
+        let mut m = Matrix {
+            group_pages: vec![0; groups.len()],
+            ksm_pages: sets.iter().map(|s| s.pages).sum(),
+            ..Default::default()
         };
         let mut pairs: BTreeMap<(usize, usize), u64> = BTreeMap::new();
         let mut cross: BTreeMap<(String, String), u64> = BTreeMap::new();
-        for sharers in snapshot.pages.values() {
-            *m.pages_by_sharers.entry(sharers.len()).or_default() += 1;
-            let in_groups: BTreeSet<usize> = sharers.iter().map(|&s| index(&names[s])).collect();
+        for SharerSet { pids, pages } in sets {
+            *m.pages_by_sharers.entry(pids.len()).or_default() += pages;
+            let in_groups: BTreeSet<usize> = pids.iter().map(index).collect();
             for &g in &in_groups {
-                m.group_pages[g] += 1;
+                m.group_pages[g] += pages;
             }
             for (i, &a) in in_groups.iter().enumerate() {
                 for &b in in_groups.iter().skip(i + 1) {
-                    *pairs.entry((a, b)).or_default() += 1;
+                    *pairs.entry((a, b)).or_default() += pages;
                 }
             }
-            let in_domains: BTreeSet<String> = sharers
-                .iter()
-                .filter_map(|&s| domain(&snapshot.sharers[s]))
-                .collect();
+            let in_domains: BTreeSet<String> = pids.iter().filter_map(domain).collect();
             if in_domains.len() > 1 {
-                m.cross_domain_pages += 1;
+                m.cross_domain_pages += pages;
                 let list: Vec<&String> = in_domains.iter().collect();
                 for (i, a) in list.iter().enumerate() {
                     for b in list.iter().skip(i + 1) {
-                        *cross.entry(((*a).clone(), (*b).clone())).or_default() += 1;
+                        *cross.entry(((*a).clone(), (*b).clone())).or_default() += pages;
                     }
                 }
             }
@@ -102,23 +123,28 @@ mod tests {
     #[test]
     fn pairs_groups_and_domains() {
         // 1 and 2 in /a, 3 in /b/x, 4 in /c.
-        let snapshot = Snapshot {
-            sharers: vec![
-                sharer(1, "/a"),
-                sharer(2, "/a"),
-                sharer(3, "/b/x"),
-                sharer(4, "/c"),
-            ],
-            pages: [
-                (100, vec![0, 1]),    // inside /a
-                (101, vec![1, 2]),    // /a with /b
-                (102, vec![0, 1, 2]), // /a with /b, three sharers
-                (103, vec![2, 3]),    // /b with /c
-                (104, vec![3]),       // one process, twice (within itself)
-            ]
-            .into(),
+        let sharers: BTreeMap<u32, Sharer> = [
+            sharer(1, "/a"),
+            sharer(2, "/a"),
+            sharer(3, "/b/x"),
+            sharer(4, "/c"),
+        ]
+        .into_iter()
+        .map(|s| (s.pid, s))
+        .collect();
+        let set = |pids: &[u32], pages| SharerSet {
+            pids: pids.to_vec(),
+            pages,
         };
-        let by_process = Matrix::build(&snapshot, By::Process, &[]);
+        let sets = [
+            set(&[1, 2], 1),    // inside /a
+            set(&[2, 3], 1),    // /a with /b
+            set(&[1, 2, 3], 1), // /a with /b, three sharers
+            set(&[3, 4], 1),    // /b with /c
+            set(&[4], 1),       // one process, twice (within itself)
+        ];
+        let build = |by, domains: &[String]| Matrix::build(&sharers, &sets, by, domains);
+        let by_process = build(By::Process, &[]);
         assert_eq!(by_process.ksm_pages, 5);
         assert_eq!(by_process.pages_by_sharers, [(1, 1), (2, 3), (3, 1)].into());
         assert!(
@@ -126,7 +152,7 @@ mod tests {
                 .pairs
                 .contains(&("p1[1]".into(), "p2[2]".into(), 2))
         );
-        let by_cgroup = Matrix::build(&snapshot, By::Cgroup, &[]);
+        let by_cgroup = build(By::Cgroup, &[]);
         assert_eq!(by_cgroup.groups, ["/a", "/b/x", "/c"]);
         assert_eq!(by_cgroup.group_pages, [3, 3, 2]);
         assert_eq!(
@@ -137,7 +163,7 @@ mod tests {
             ]
         );
         let domains = ["/a".to_string(), "/b".to_string()];
-        let exposed = Matrix::build(&snapshot, By::Cgroup, &domains);
+        let exposed = build(By::Cgroup, &domains);
         // /c is in no domain: only /a–/b pages cross a boundary.
         assert_eq!(exposed.cross_domain_pages, 2);
         assert_eq!(exposed.cross_domain, [("/a".into(), "/b".into(), 2)]);

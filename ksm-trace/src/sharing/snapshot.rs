@@ -1,7 +1,10 @@
 //! Who maps which KSM page right now, without tracing: for every process the kernel counts
 //! KSM pages for (ksm_stat), the pfns behind its private mappings (/proc/<pid>/pagemap) that
 //! /proc/kpageflags marks KSM. Root only; reads, never writes.
-use std::{collections::BTreeMap, fs};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fs,
+};
 
 use crate::kernel::{KsmStat, pagemap::KsmPages, process::ProcessIdentity};
 
@@ -49,6 +52,14 @@ impl Snapshot {
             }
         }
         snapshot
+    }
+
+    /// KSM page pfn → the pids mapping it.
+    pub fn pids_by_page(&self) -> BTreeMap<u64, BTreeSet<u32>> {
+        self.pages
+            .iter()
+            .map(|(&pfn, list)| (pfn, list.iter().map(|&i| self.sharers[i].pid).collect()))
+            .collect()
     }
 }
 
