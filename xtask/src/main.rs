@@ -5,12 +5,15 @@
 //! - `test`: unit tests and the root integration tests against the real kernel;
 //! - `bench`: what tracing costs ksmd, and the selftest's merge time;
 //! - `soak --duration 1h`: a long record over a merging workload (tests/soak.rs);
+//! - `selftests`: builds the kernel's KSM selftests (tests/selftests.rs runs them under record);
+//! - `scale`: 1000 small processes and about 10 M events, each attributed exactly (tests/scale.rs);
 //! - `lab --kernel K`: runs ksm-trace's scenario in a QEMU guest booting kernel K (e.g.
 //!   debian-6.12), or on the running kernel (`host`);
 //! - `fixture`: re-records the small recording the rendering tests read, and their golden files;
 //! - `dist`, `install [--uninstall]`: the Debian package, or the same files under /usr/local.
 mod dist;
 mod fixture;
+mod selftests;
 mod setup;
 
 use std::process::Command;
@@ -67,6 +70,12 @@ enum Cmd {
         #[arg(long, default_value = "1h")]
         duration: humantime::Duration,
     },
+    /// The scale runs: 1000 small processes and about 10 M events, each attributed exactly
+    /// (tests/scale.rs, which CI runs small), printing the recordings' sizes and report times.
+    Scale,
+    /// Build the kernel's KSM selftests (ksm_tests, ksm_functional_tests) from Debian's
+    /// linux-source-6.12, cached; print where (`cargo xtask test` does this itself).
+    Selftests,
     /// Run all tests: unit tests and the root integration tests on the real kernel. Builds the
     /// Debian package first, for the test that installs it (tests/package.rs).
     Test {
@@ -152,20 +161,15 @@ fn main() -> Result<()> {
             setup::packaging()?;
             dist::install(&env)
         }
-        Cmd::Soak { duration } => {
-            let env = setup::run()?;
-            let args = [
-                "test",
-                "-p",
-                "ksm-trace",
-                "--test",
-                "soak",
-                "--",
-                "--nocapture",
-            ];
-            let mut cmd = cargo_command(&env, &args, false)?;
-            cmd.env("KSM_TRACE_SOAK_SECS", duration.as_secs().to_string());
-            run_cargo(cmd, &args)
+        Cmd::Soak { duration } => long_test(
+            "soak",
+            "KSM_TRACE_SOAK_SECS",
+            &duration.as_secs().to_string(),
+        ),
+        Cmd::Scale => long_test("scale", "KSM_TRACE_SCALE", "full"),
+        Cmd::Selftests => {
+            println!("{}", selftests::ensure()?.display());
+            Ok(())
         }
         Cmd::Test { args } => {
             let env = setup::run()?;
@@ -177,16 +181,20 @@ fn main() -> Result<()> {
                 );
             }
             let deb = dist::package(&env)?;
+            let selftests = selftests::ensure()?;
             let mut test_args = vec!["test", "--workspace", "--exclude", "ksm-trace-ebpf"];
             test_args.extend(args.iter().map(String::as_str));
             let mut cmd = cargo_command(&env, &test_args, false)?;
             cmd.env(PACKAGE_ENV, &deb);
+            cmd.env(SELFTESTS_ENV, &selftests);
             run_cargo(cmd, &test_args)
         }
     }
 }
 
 /// The Debian package `cargo xtask test` built, for tests/package.rs to install.
+/// Where the kernel's KSM selftests were built, for tests/selftests.rs.
+const SELFTESTS_ENV: &str = "KSM_TRACE_SELFTESTS";
 const PACKAGE_ENV: &str = "KSM_TRACE_TEST_DEB";
 
 fn cargo(env: &setup::BuildEnv, args: &[&str], release: bool) -> Result<()> {
@@ -238,4 +246,21 @@ fn as_root(bin: &str, args: &[String]) -> Command {
         cmd.args(args);
         cmd
     }
+}
+
+/// Runs one integration test file in its long form (`var=value`), showing its figures.
+fn long_test(test: &str, var: &str, value: &str) -> Result<()> {
+    let env = setup::run()?;
+    let args = [
+        "test",
+        "-p",
+        "ksm-trace",
+        "--test",
+        test,
+        "--",
+        "--nocapture",
+    ];
+    let mut cmd = cargo_command(&env, &args, false)?;
+    cmd.env(var, value);
+    run_cargo(cmd, &args)
 }

@@ -116,14 +116,14 @@ fn cargo_bin() -> Option<PathBuf> {
         .map(|h| h.join("bin"))
 }
 
-fn output(cmd: &mut Command) -> Option<String> {
+pub fn output(cmd: &mut Command) -> Option<String> {
     let out = cmd.output().ok()?;
     out.status
         .success()
         .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn run_checked(cmd: &mut Command) -> Result<()> {
+pub fn run_checked(cmd: &mut Command) -> Result<()> {
     eprintln!("xtask: running {cmd:?}");
     let status = cmd.status().with_context(|| format!("starting {cmd:?}"))?;
     if !status.success() {
@@ -190,7 +190,7 @@ fn ensure_rust_src(toolchain: &str) -> Result<()> {
 /// Debian packages the vms workload runs guests with (the guest kernel is fetched by
 /// ksm-trace itself, into its cache).
 /// Installs, from apt, those of `packages` that are not installed.
-fn ensure_packages(packages: &[&str]) -> Result<()> {
+pub fn ensure_packages(packages: &[&str]) -> Result<()> {
     let installed = |package: &str| {
         output(Command::new("dpkg-query").args(["-W", "-f=${Status}", package]))
             .is_some_and(|s| s.contains("install ok installed"))

@@ -1,0 +1,161 @@
+//! The kernel's own KSM selftests as an external check: `ksm_tests` and `ksm_functional_tests`
+//! (built by `cargo xtask test` from Debian's linux-source-6.12, see xtask/src/selftests.rs)
+//! run under `ksm-trace record`. Every selftest must pass while traced, ksm-trace must
+//! attribute to each selftest process the pages it merged, and report that another process
+//! changed KSM's knobs during the window; `bench merge` in the selftest's conditions (owner
+//! busy) must give the selftest's own merge speed within ±20 %, measured in the same run.
+mod common;
+
+use std::{
+    path::PathBuf,
+    process::{Command, Output},
+    time::Duration,
+};
+
+use common::*;
+
+/// Where xtask built the selftests; None (said on stderr) when run outside `cargo xtask test`.
+fn selftests() -> Option<PathBuf> {
+    let Some(dir) = std::env::var_os("KSM_TRACE_SELFTESTS") else {
+        eprintln!("selftests: skipped: KSM_TRACE_SELFTESTS unset (cargo xtask test builds them)");
+        return None;
+    };
+    let dir = PathBuf::from(dir);
+    assert!(
+        dir.join("ksm_tests").is_file() && dir.join("ksm_functional_tests").is_file(),
+        "KSM_TRACE_SELFTESTS={} holds no selftests",
+        dir.display()
+    );
+    Some(dir)
+}
+
+/// Runs one selftest program to its end; returns its pid and output, asserting it passed.
+fn selftest(dir: &std::path::Path, program: &str, args: &[&str]) -> (u32, Output) {
+    let child = Command::new(dir.join(program))
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{program} {args:?} failed ({}):\n{text}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (pid, out)
+}
+
+/// `Average speed:  N MiB/s` from ksm_tests' or bench merge's output.
+fn average_speed(text: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.split("Average speed:").nth(1))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no average speed in\n{text}"))
+}
+
+#[test]
+fn the_kernels_ksm_selftests_pass_while_traced_and_are_attributed_exactly() {
+    let Some(dir) = selftests() else { return };
+    let Some(session) = KsmSession::try_start("selftests") else {
+        return;
+    };
+    let rec = session.path("rec.json");
+    let recorder = Background::spawn(&[
+        "record",
+        "--duration",
+        "600s",
+        "-q",
+        "-o",
+        rec.to_str().unwrap(),
+    ]);
+    assert!(
+        wait_until(Duration::from_secs(20), || knob("run") == "1"),
+        "the window opened"
+    );
+    // (pid, merges it must have): page merging (5000 identical pages: one KSM page with
+    // 4999 sharers), merge time (100 MiB of identical pages).
+    let (merging, _) = selftest(&dir, "ksm_tests", &["-M", "-p", "5000"]);
+    let (merge_time, _) = selftest(&dir, "ksm_tests", &["-P", "-s", "100"]);
+    let (zero, _) = selftest(&dir, "ksm_tests", &["-Z", "-p", "1000", "-z", "1"]);
+    let (functional, out) = selftest(&dir, "ksm_functional_tests", &[]);
+    let functional_text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(recorder.stop().success());
+    // ksm_functional_tests leaves run=1 and use_zero_pages=1 behind: the session puts every
+    // knob back when it ends; ksm-trace's own restore is checked here.
+    let rep = report(&rec);
+    let process = |pid: u32| {
+        rep["processes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["pid"].as_u64() == Some(pid as u64))
+            .unwrap_or_else(|| panic!("selftest pid {pid} not in the report"))
+            .clone()
+    };
+    assert_eq!(process(merging)["merges"], 5000, "ksm_tests -M -p 5000");
+    assert_eq!(process(merge_time)["merges"], 25_600, "ksm_tests -P -s 100");
+    assert_eq!(
+        process(zero)["zero_page_merges"],
+        1000,
+        "ksm_tests -Z -p 1000 -z 1"
+    );
+    let f = process(functional);
+    assert!(
+        f["merges"].as_u64().unwrap() > 0 && f["unmerges"].as_u64().unwrap() > 0,
+        "ksm_functional_tests merged and unmerged: {f}\n{functional_text}"
+    );
+    // The selftests rewrote pages_to_scan and sleep_millisecs during the window.
+    let others = rep["other_actors"].to_string();
+    assert!(others.contains("pages_to_scan"), "{others}");
+    assert_eq!(rep["lost_events"], 0);
+    drop(session);
+}
+
+#[test]
+fn bench_merge_in_the_selftests_conditions_gives_its_speed() {
+    let Some(dir) = selftests() else { return };
+    let Some(session) = KsmSession::try_start("selftest-speed") else {
+        return;
+    };
+    // Alternating, so drift on the machine falls on both.
+    let (mut selftest_speeds, mut bench_speeds) = (Vec::new(), Vec::new());
+    for _ in 0..3 {
+        let (_, out) = selftest(&dir, "ksm_tests", &["-P", "-s", "100"]);
+        selftest_speeds.push(average_speed(&String::from_utf8_lossy(&out.stdout)));
+        let out = ksm_trace(&[
+            "bench",
+            "merge",
+            "--size",
+            "100M",
+            "--owner",
+            "busy",
+            "-o",
+            session.path("bench.json").to_str().unwrap(),
+        ]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        bench_speeds.push(average_speed(&text));
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (selftest, bench) = (median(&mut selftest_speeds), median(&mut bench_speeds));
+    eprintln!(
+        "ksm_tests -P -s 100: {selftest_speeds:?} MiB/s; bench merge --owner busy: {bench_speeds:?} MiB/s; medians {selftest:.1} vs {bench:.1}"
+    );
+    let ratio = bench / selftest;
+    assert!(
+        (0.8..=1.2).contains(&ratio),
+        "bench merge (owner busy) {bench:.1} MiB/s vs ksm_tests -P {selftest:.1} MiB/s: ratio {ratio:.2}"
+    );
+    session.assert_knobs_restored();
+}
