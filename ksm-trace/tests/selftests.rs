@@ -3,7 +3,9 @@
 //! run under `ksm-trace record`. Every selftest must pass while traced, ksm-trace must
 //! attribute to each selftest process the pages it merged, and report that another process
 //! changed KSM's knobs during the window; `bench merge` in the selftest's conditions (owner
-//! busy) must give the selftest's own merge speed within ±20 %, measured in the same run.
+//! busy) must give the selftest's own merge speed within ±20 %, measured in the same run with
+//! the release build users run (on two cores, a debug build's collector takes enough CPU from
+//! ksmd or the owner to move the figure by ~15 %).
 mod common;
 
 use std::{
@@ -108,6 +110,24 @@ fn the_kernels_ksm_selftests_pass_while_traced_and_are_attributed_exactly() {
         f["merges"].as_u64().unwrap() > 0 && f["unmerges"].as_u64().unwrap() > 0,
         "ksm_functional_tests merged and unmerged: {f}\n{functional_text}"
     );
+    // Its prctl fork and fork+exec cases merge in a child (identical pages: joins to one KSM
+    // page), which must be attributed to the child, not the parent.
+    let children: Vec<&serde_json::Value> = rep["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| {
+            p["comm"]
+                .as_str()
+                .is_some_and(|c| c.starts_with("ksm_functional"))
+                && p["pid"].as_u64() != Some(functional as u64)
+                && p["joins"].as_u64().unwrap_or(0) > 0
+        })
+        .collect();
+    assert!(
+        children.len() >= 2,
+        "the fork and fork+exec children joined KSM pages: {children:?}"
+    );
     // The selftests rewrote pages_to_scan and sleep_millisecs during the window.
     let others = rep["other_actors"].to_string();
     assert!(others.contains("pages_to_scan"), "{others}");
@@ -121,21 +141,27 @@ fn bench_merge_in_the_selftests_conditions_gives_its_speed() {
     let Some(session) = KsmSession::try_start("selftest-speed") else {
         return;
     };
-    // Alternating, so drift on the machine falls on both.
+    let release = std::env::var("KSM_TRACE_RELEASE_BIN")
+        .expect("KSM_TRACE_RELEASE_BIN: cargo xtask test sets it with KSM_TRACE_SELFTESTS");
+    // Alternating, so drift on the machine falls on both; medians, since single runs of the
+    // selftest itself vary by a third here.
     let (mut selftest_speeds, mut bench_speeds) = (Vec::new(), Vec::new());
-    for _ in 0..3 {
+    for _ in 0..5 {
         let (_, out) = selftest(&dir, "ksm_tests", &["-P", "-s", "100"]);
         selftest_speeds.push(average_speed(&String::from_utf8_lossy(&out.stdout)));
-        let out = ksm_trace(&[
-            "bench",
-            "merge",
-            "--size",
-            "100M",
-            "--owner",
-            "busy",
-            "-o",
-            session.path("bench.json").to_str().unwrap(),
-        ]);
+        let out = Command::new(&release)
+            .args([
+                "bench",
+                "merge",
+                "--size",
+                "100M",
+                "--owner",
+                "busy",
+                "-o",
+                session.path("bench.json").to_str().unwrap(),
+            ])
+            .output()
+            .unwrap();
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         assert!(
             out.status.success(),

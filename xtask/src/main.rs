@@ -187,6 +187,13 @@ fn main() -> Result<()> {
             let mut cmd = cargo_command(&env, &test_args, false)?;
             cmd.env(PACKAGE_ENV, &deb);
             cmd.env(SELFTESTS_ENV, &selftests);
+            // The release binary the package holds (built by dist::package), for the test that
+            // compares a speed with the selftest's.
+            let release = setup::workspace_root()?
+                .join("target")
+                .join(setup::TARGET)
+                .join("release/ksm-trace");
+            cmd.env(RELEASE_BIN_ENV, &release);
             run_cargo(cmd, &test_args)
         }
     }
@@ -195,6 +202,8 @@ fn main() -> Result<()> {
 /// The Debian package `cargo xtask test` built, for tests/package.rs to install.
 /// Where the kernel's KSM selftests were built, for tests/selftests.rs.
 const SELFTESTS_ENV: &str = "KSM_TRACE_SELFTESTS";
+/// The release build of ksm-trace, for tests/selftests.rs.
+const RELEASE_BIN_ENV: &str = "KSM_TRACE_RELEASE_BIN";
 const PACKAGE_ENV: &str = "KSM_TRACE_TEST_DEB";
 
 fn cargo(env: &setup::BuildEnv, args: &[&str], release: bool) -> Result<()> {

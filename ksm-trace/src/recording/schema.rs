@@ -55,8 +55,9 @@ pub struct Recording {
 /// (see `sharing/sets.rs`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SharingRecord {
-    /// From the merge events: the KSM pages merged in the window, by the processes that merged
-    /// into each, less those the kernel reported leaving (a sharer that leaves silently stays).
+    /// From the merge events: the KSM pages merged in the window, by the processes (still
+    /// running at its end) that merged into each, less those the kernel reported leaving (a
+    /// sharer that leaves silently stays).
     pub traced: Vec<SharerSet>,
     /// The recorded processes' page tables at the window's end (None where the kernel has no
     /// /proc/kpageflags).
