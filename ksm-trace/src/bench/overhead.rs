@@ -70,6 +70,8 @@ struct Scenario {
     program_stats: BTreeMap<String, (u64, u64)>,
     /// Merge latencies timed by the sampled default and by `always`.
     latency: [Histogram; 2],
+    /// Each procs worker's fill rate (GiB/s) as the scenario's workload started.
+    fill: Vec<f64>,
 }
 
 /// Measures ksmd's scan rate with and without tracing; Ctrl-C or SIGTERM ends it early with
@@ -131,6 +133,12 @@ async fn scenario(
         None => None,
     };
     let mut session = pre.start(&knobs, false)?;
+    let fill = session
+        .workload
+        .iter()
+        .flat_map(|w| w.workers())
+        .map(|w| w.fill_gib_per_s())
+        .collect();
     session.run_ksmd()?;
     let caps = session.caps.clone();
     settle(name).await?;
@@ -154,6 +162,7 @@ async fn scenario(
         traced: (0..tracers.len()).map(|_| Vec::new()).collect(),
         program_stats: BTreeMap::new(),
         latency: [Histogram::new(), Histogram::new()],
+        fill,
     };
     let untraced = |s: &mut Scenario, w: Window| {
         s.untraced.push(w.pages_per_s);
@@ -341,6 +350,12 @@ fn mean(v: &[f64]) -> f64 {
     v.iter().sum::<f64>() / v.len().max(1) as f64
 }
 
+/// (min, max) of a non-empty list.
+fn range(v: &[f64]) -> (f64, f64) {
+    v.iter()
+        .fold((f64::MAX, 0f64), |(lo, hi), v| (lo.min(*v), hi.max(*v)))
+}
+
 fn render(b: &OverheadBench, scenarios: &[Scenario], stats: bool) -> String {
     let mut o = String::new();
     let _ = writeln!(
@@ -352,10 +367,7 @@ fn render(b: &OverheadBench, scenarios: &[Scenario], stats: bool) -> String {
         b.repetitions
     );
     for s in scenarios {
-        let (min, max) = s
-            .untraced
-            .iter()
-            .fold((f64::MAX, 0f64), |(lo, hi), v| (lo.min(*v), hi.max(*v)));
+        let (min, max) = range(&s.untraced);
         let _ = writeln!(
             o,
             "\n{} ({}): untraced {:.0} pages scanned/s (windows {:.0}–{:.0}); other process {:.0} mmap/touch/munmap per s",
@@ -366,6 +378,14 @@ fn render(b: &OverheadBench, scenarios: &[Scenario], stats: bool) -> String {
             max,
             mean(&s.other_untraced)
         );
+        if !s.fill.is_empty() {
+            let (lo, hi) = range(&s.fill);
+            let _ = writeln!(
+                o,
+                "  procs fill rate: {lo:.2}–{hi:.2} GiB/s per worker ({} workers filling at once)",
+                s.fill.len()
+            );
+        }
         let _ = writeln!(
             o,
             "  {:<58} {:>11} {:>14}",

@@ -143,6 +143,13 @@ pub struct Worker {
     pub load: Option<LoadResult>,
 }
 
+impl Worker {
+    /// procs: how fast the worker made its memory resident, in GiB/s.
+    pub fn fill_gib_per_s(&self) -> f64 {
+        self.bytes as f64 / (1u64 << 30) as f64 / (self.ready_ns.max(1) as f64 / 1e9)
+    }
+}
+
 /// A benchmark's own figures, as it printed them inside a guest (sysbench's summary).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct LoadResult {

@@ -37,7 +37,7 @@ pub fn render(rec: &Recording, r: &Report, by: By) -> String {
                 WorkloadKind::Procs => format!(
                     "filled {} MiB at {:.2} GiB/s",
                     wk.bytes >> 20,
-                    wk.bytes as f64 / (1u64 << 30) as f64 / (wk.ready_ns.max(1) as f64 / 1e9)
+                    wk.fill_gib_per_s()
                 ),
                 // A user's own image prints no marker ksm-trace knows.
                 WorkloadKind::Vms if wk.ready_ns == 0 => "booting (no ready marker)".to_owned(),

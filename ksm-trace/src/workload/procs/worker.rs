@@ -139,6 +139,11 @@ pub fn worker_main(args: &[String]) -> Result<()> {
         nonce,
     };
     let started = Instant::now();
+    // Fault the whole mapping in with one call: a fault per page costs an exception each,
+    // which on a VM held the fill to ~1.6 GiB/s per worker. Kernels before 5.14 lack the
+    // advice (EINVAL); the writes below then fault the pages in one by one, as before.
+    // SAFETY: the mapping made above.
+    let _ = unsafe { madvise(base, len.get(), MmapAdvise::MADV_POPULATE_WRITE) };
     if spec.same {
         // The kernel selftest's fill: every page identical.
         memory.words.fill(u64::from_ne_bytes([b'*'; 8]));
