@@ -216,7 +216,7 @@ pub struct RecordArgs {
     #[arg(short, long, value_parser = parse::duration)]
     pub duration: Option<Duration>,
     /// Start a workload for the run: procs:N[,pages=P,dup=F,zero=F,rounds=R,wait=D,write=F,
-    /// mode=madvise|prctl,thp=on|off] or vms:N[,mem=256M,shared=32M,private=16M,churn=1M/2s].
+    /// mode=madvise|prctl,thp=on|off,pattern=distinct|same,busy=on|off,unmerge=F] or vms:N[,mem=256M,shared=32M,private=16M,churn=1M/2s].
     #[arg(short, long)]
     pub workload: Option<String>,
     /// Rebuild cached workload assets (guest kernel and initramfs for vms).
@@ -404,6 +404,13 @@ Examples:
   ksm-trace bench merge --size 100M --thp                 # ksm_tests -H: on transparent huge pages
   ksm-trace bench merge --merge-latency always -o m.json  # with every merge timed")]
     Merge(MergeBenchArgs),
+    /// The kernel selftest's unmerge time (ksm_tests -D): one MADV_UNMERGEABLE call over a
+    /// merged region, each round, as a recording.
+    #[command(after_help = "\
+Examples:
+  ksm-trace bench unmerge --size 100M               # ksm_tests -D -s 100, five rounds
+  ksm-trace bench unmerge --size 1G --wait 10s      # a larger region needs longer to merge")]
+    Unmerge(UnmergeBenchArgs),
     /// What tracing costs ksmd: pages scanned per second, traced vs untraced, in one run.
     #[command(after_help = "\
 Examples:
@@ -452,6 +459,24 @@ pub struct MergeBenchArgs {
     #[arg(long, default_value = "120s", value_parser = parse::duration)]
     pub timeout: Duration,
     #[arg(short, long, default_value = "ksm-trace-bench.json")]
+    pub output: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct UnmergeBenchArgs {
+    /// Size of the region of identical pages (e.g. 100M).
+    #[arg(long, default_value = "100M", value_parser = parse::size)]
+    pub size: u64,
+    /// Timed calls, one per round.
+    #[arg(long, default_value_t = 5)]
+    pub rounds: u32,
+    /// Time each round gives ksmd to merge the region before the call.
+    #[arg(long, default_value = "3s", value_parser = parse::duration)]
+    pub wait: Duration,
+    /// pages_to_scan while ksmd merges the region (sleep_millisecs=0).
+    #[arg(long, default_value_t = 5000)]
+    pub pages_to_scan: u32,
+    #[arg(short, long, default_value = "ksm-trace-bench-unmerge.json")]
     pub output: PathBuf,
 }
 

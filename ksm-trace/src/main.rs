@@ -166,6 +166,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let (_, summary) = ksm_trace::bench::merge(&bench, std::env::args().collect()).await?;
             print(&summary)
         }
+        Command::Bench(ksm_trace::cli::BenchCommand::Unmerge(args)) => {
+            let bench = ksm_trace::bench::UnmergeBench {
+                size: args.size,
+                rounds: args.rounds,
+                wait: args.wait,
+                pages_to_scan: args.pages_to_scan,
+                output: args.output,
+            };
+            let (_, summary) =
+                ksm_trace::bench::unmerge(&bench, std::env::args().collect()).await?;
+            print(&summary)
+        }
         Command::Bench(ksm_trace::cli::BenchCommand::Overhead(args)) => {
             let bench = ksm_trace::bench::OverheadBench {
                 workload: args.workload,

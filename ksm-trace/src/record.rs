@@ -68,9 +68,9 @@ pub const DEFAULT_SETTLE_MARGIN: u64 = 2;
 /// When a run ends: `(duration or timeout, until_settled, settle_margin)`. `--duration` wins;
 /// a workload run with neither `--duration` nor `--until-settled` ends once KSM has settled
 /// and stayed so for [`DEFAULT_SETTLE_MARGIN`] full scans, or at [`DEFAULT_TIMEOUT`] — unless
-/// the workload runs a load of its own (vms with sysbench), which it ends when it finishes
-/// (with [`DEFAULT_TIMEOUT`] beyond the load's time as a cap); a run on the machine's own
-/// processes runs until Ctrl-C.
+/// the workload runs a script of its own (vms with sysbench, procs with rounds or unmerging),
+/// which it ends when it finishes (with [`DEFAULT_TIMEOUT`] beyond the script's time as a
+/// cap); a run on the machine's own processes runs until Ctrl-C.
 pub fn end_policy(
     workload: Option<&str>,
     duration: Option<Duration>,
@@ -78,7 +78,7 @@ pub fn end_policy(
 ) -> (Option<Duration>, bool, u64) {
     let load_time = workload
         .and_then(|w| WorkloadSpec::parse(w).ok())
-        .and_then(|w| w.load_time());
+        .and_then(|w| w.load_time().or_else(|| w.rounds_time()));
     match (duration, until_settled, workload.is_some(), load_time) {
         (None, false, true, Some(load)) => (Some(load + DEFAULT_TIMEOUT), false, 0),
         (None, false, true, None) => (Some(DEFAULT_TIMEOUT), true, DEFAULT_SETTLE_MARGIN),
@@ -531,6 +531,14 @@ mod tests {
         assert_eq!(
             end_policy(Some("vms:2,load=sysbench"), Some(s(120)), false),
             (Some(s(120)), false, 0)
+        );
+        assert_eq!(
+            end_policy(Some("procs:2,rounds=3,wait=2s"), None, false),
+            (Some(s(6) + DEFAULT_TIMEOUT), false, 0)
+        );
+        assert_eq!(
+            end_policy(Some("procs:2,unmerge=1,wait=4s"), None, false),
+            (Some(s(4) + DEFAULT_TIMEOUT), false, 0)
         );
         assert_eq!(end_policy(None, None, false), (None, false, 0));
     }

@@ -17,7 +17,7 @@ fn fixture(name: &str) -> PathBuf {
 }
 
 fn recording() -> Recording {
-    Recording::read(&fixture("recording-v5.json")).expect("fixture reads")
+    Recording::read(&fixture("recording-v6.json")).expect("fixture reads")
 }
 
 fn golden(name: &str) -> String {
@@ -30,12 +30,12 @@ fn folded_stacks_are_exactly_the_golden_ones() {
     let stacks = flame::folded(&rec, View::Stack).unwrap();
     assert_eq!(
         stacks.lines.join("\n") + "\n",
-        golden("recording-v5.folded")
+        golden("recording-v6.folded")
     );
     let by_process = flame::folded(&rec, View::Process).unwrap();
     assert_eq!(
         by_process.lines.join("\n") + "\n",
-        golden("recording-v5.by-process.folded")
+        golden("recording-v6.by-process.folded")
     );
     assert_eq!(by_process.unit, "ns");
     // Counts add up to what the recording holds.
@@ -346,7 +346,7 @@ fn the_recorded_sharing_matrix_renders_from_the_file() {
     let end = rec.sharing.as_ref().unwrap().end_snapshot.as_ref().unwrap();
     let shared: u64 = end.traced_still_mapped.iter().map(|s| s.pages).sum();
     assert!(shared > 0, "the fixture's workers share pages");
-    let path = fixture("recording-v5.json");
+    let path = fixture("recording-v6.json");
     let view = |json| View {
         by: By::Process,
         domains: &[],
@@ -396,5 +396,35 @@ fn the_recorded_sharing_matrix_renders_from_the_file() {
     assert!(
         err.contains("no sharing matrix") && !err.contains('\n'),
         "{err}"
+    );
+}
+
+#[test]
+fn workers_unmerge_calls_render_with_the_kernels_count() {
+    let rec = recording();
+    let report = report::Report::from_recording(&rec);
+    // The fixture's spec: 300 identical pages per worker, half unmerged in each of 2 rounds.
+    for w in &report.workers {
+        let u = w
+            .unmerge
+            .as_ref()
+            .expect("unmerge=0.5 in the fixture's spec");
+        assert_eq!((u.call_ns.count, u.pages), (2, 300), "{}", w.comm);
+        assert!(u.mib_per_s > 0.0);
+    }
+    let text = report::render(&rec, Format::Text).unwrap();
+    let calls: u64 = report
+        .workers
+        .iter()
+        .filter_map(|w| w.unmerge.as_ref()?.ksm_pages)
+        .sum();
+    assert!(
+        text.contains(&format!("+ {calls} KSM pages its unmerge calls broke")),
+        "{text}"
+    );
+    assert_eq!(
+        text.matches("MADV_UNMERGEABLE calls at").count(),
+        2,
+        "{text}"
     );
 }

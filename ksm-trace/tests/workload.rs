@@ -258,3 +258,121 @@ fn workload_command_runs_without_tracing_and_cleans_up() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("too small"));
 }
+
+#[test]
+fn unmerge_calls_agree_with_kpageflags_cow_ksm_and_the_traced_merges() {
+    let Some(session) = KsmSession::try_start("unmerge") else {
+        return;
+    };
+    // The selftest's region (every page alike), merged and unmerged twice. Nothing else on
+    // the machine breaks KSM pages meanwhile (tests are serialized), so the global cow_ksm
+    // must rise by exactly the pages the calls unmerged.
+    let cow_before = cow_ksm();
+    let (_rec, rep, _seen) = record_workload(
+        &session,
+        "procs:1,pages=5120,pattern=same,unmerge=1,rounds=2,wait=3s",
+        &["--merge-latency", "off"],
+    );
+    let cow_delta = cow_ksm() - cow_before;
+    let worker = &rep["workers"][0];
+    let u = &worker["unmerge"];
+    assert_eq!(u["call_ns"]["count"], 2, "{u}");
+    assert_eq!(u["pages"], 2 * 5120, "{u}");
+    assert_eq!(
+        u["ksm_pages"],
+        2 * 5120,
+        "every page was merged before its call: {u}"
+    );
+    assert_eq!(u["cow_ksm_during"], 2 * 5120, "{u}");
+    assert_eq!(cow_delta, 2 * 5120, "nothing but the calls broke KSM pages");
+    assert!(u["mib_per_s"].as_f64().unwrap() > 0.0, "{u}");
+    let p = &workers(&rep)[0];
+    // Each round merged every page once, and the last call leaves them unmergeable.
+    assert_eq!(p["merges"], 2 * 5120, "{p}");
+    // The kernel drops an unmerged page's rmap item (and counts it out of ksm_merging_pages)
+    // only when ksmd next passes, so how many have left by the window's end varies; the
+    // traced unmerges must follow the kernel's count exactly.
+    assert_eq!(
+        p["merges"].as_i64().unwrap() - p["unmerges"].as_i64().unwrap(),
+        delta(p, "ksm_merging_pages"),
+        "{p}"
+    );
+
+    // Part of each worker unmerged while the rest stays merged: the calls' KSM pages and the
+    // workload's own COW writes are all the kernel counted.
+    let cow_before = cow_ksm();
+    let (rec, rep, _seen) = record_workload(
+        &session,
+        "procs:2,pages=2000,dup=0.5,unmerge=0.5,rounds=2,wait=3s",
+        &["--merge-latency", "off"],
+    );
+    let cow_delta = cow_ksm() - cow_before;
+    let mut unmerged = 0;
+    for w in rep["workers"].as_array().unwrap() {
+        let u = &w["unmerge"];
+        assert_eq!(u["call_ns"]["count"], 2, "{u}");
+        assert_eq!(u["pages"], 2 * 500, "{u}");
+        unmerged += u["ksm_pages"].as_u64().unwrap();
+    }
+    assert!(unmerged > 0);
+    let writes: u64 = rec["meta"]["workload"]["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| {
+            w["write_fault_ns"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|b| b[1].as_u64().unwrap())
+                .sum::<u64>()
+        })
+        .sum();
+    // A page ksmd merges between a worker's kpageflags check and its write or call is the
+    // only way to miss one (see the rounds test).
+    let seen = unmerged + writes;
+    assert!(
+        seen <= cow_delta && seen * 100 >= cow_delta * 99,
+        "calls unmerged {unmerged} and writes broke {writes} KSM pages; kernel cow_ksm +{cow_delta}"
+    );
+    session.assert_knobs_restored();
+}
+
+#[test]
+fn bench_unmerge_gives_the_selftest_figure_and_refuses_bad_input() {
+    let Some(session) = KsmSession::try_start("bench-unmerge") else {
+        return;
+    };
+    let out = session.path("u.json");
+    let run = ksm_trace(&[
+        "bench",
+        "unmerge",
+        "--size",
+        "20M",
+        "--rounds",
+        "2",
+        "--wait",
+        "2s",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    let text = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(text.contains("Average speed:"), "{text}");
+    assert!(
+        text.contains("KSM pages among them just before (kpageflags): 10240; kernel cow_ksm during the calls: +10240"),
+        "{text}"
+    );
+    let rep = report(&out);
+    assert_eq!(rep["workers"][0]["unmerge"]["call_ns"]["count"], 2);
+    let bad = ksm_trace(&["bench", "unmerge", "--rounds", "0"]);
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(!bad.status.success());
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("--rounds"), "{err}");
+    session.assert_knobs_restored();
+}

@@ -10,7 +10,7 @@ use crate::setup::workspace_root;
 
 pub const RECORD_ARGS: [&str; 9] = [
     "--workload",
-    "procs:2,pages=600,dup=0.5,rounds=2,wait=2s",
+    "procs:2,pages=600,dup=0.5,rounds=2,wait=2s,unmerge=0.5",
     "--pages-to-scan",
     "1000",
     "--sleep-ms",

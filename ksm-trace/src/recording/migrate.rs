@@ -15,10 +15,21 @@ pub fn upgrade(mut value: Value, version: u32) -> Result<Value> {
             2 => v2_to_v3(value)?,
             3 => v3_to_v4(value)?,
             4 => v4_to_v5(value)?,
+            5 => v5_to_v6(value)?,
             _ => return Err(anyhow!("no upgrade from version {from}")),
         };
     }
     Ok(value)
+}
+
+/// Version 5 did not time a worker's unmerge calls (there was no `unmerge=F`).
+fn v5_to_v6(mut v: Value) -> Result<Value> {
+    let root = object(&mut v, "recording")?;
+    root.insert("version".into(), json!(6));
+    for worker in workers(root) {
+        default(worker, "unmerge", Value::Null);
+    }
+    Ok(v)
 }
 
 /// Version 4 did not record who shares with whom, nor TLB shootdowns ("off": not recorded).
@@ -48,14 +59,7 @@ fn v3_to_v4(mut v: Value) -> Result<Value> {
         default(p, "guest", Value::Null);
         default(p, "cgroup", Value::Null);
     }
-    for worker in root
-        .get_mut("meta")
-        .and_then(|m| m.get_mut("workload"))
-        .and_then(|w| w.get_mut("workers"))
-        .and_then(Value::as_array_mut)
-        .into_iter()
-        .flatten()
-    {
+    for worker in workers(root) {
         default(worker, "load", Value::Null);
     }
     Ok(v)
@@ -206,6 +210,16 @@ fn object<'a>(v: &'a mut Value, what: &str) -> Result<&'a mut Map<String, Value>
 /// The recording's process records.
 fn processes(root: &mut Map<String, Value>) -> impl Iterator<Item = &mut Value> {
     root.get_mut("processes")
+        .and_then(Value::as_array_mut)
+        .into_iter()
+        .flatten()
+}
+
+/// The workload's workers, if the recording had a workload.
+fn workers(root: &mut Map<String, Value>) -> impl Iterator<Item = &mut Value> {
+    root.get_mut("meta")
+        .and_then(|m| m.get_mut("workload"))
+        .and_then(|w| w.get_mut("workers"))
         .and_then(Value::as_array_mut)
         .into_iter()
         .flatten()

@@ -29,7 +29,8 @@ pub const FORMAT: &str = "ksm-trace-recording";
 /// (`Mechanisms::events`: tracepoints or the function backend) and the kernel's ksm_scan and
 /// ksm_rmap_items addresses. 4: each process's guest name and cgroup, and what a guest's
 /// load (sysbench) measured. 5: who shares KSM pages with whom (`Recording::sharing`).
-pub const VERSION: u32 = 5;
+/// 6: a procs worker's own timed unmerge calls (`Worker::unmerge`).
+pub const VERSION: u32 = 6;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Recording {
@@ -141,13 +142,27 @@ pub struct Worker {
     /// vms with a load: what the benchmark inside the guest measured (None: no load, or it had
     /// not finished when the recording ended).
     pub load: Option<LoadResult>,
+    /// procs with `unmerge=F`: the worker's own timed MADV_UNMERGEABLE calls (None: not asked).
+    pub unmerge: Option<UnmergeTiming>,
 }
 
-impl Worker {
-    /// procs: how fast the worker made its memory resident, in GiB/s.
-    pub fn fill_gib_per_s(&self) -> f64 {
-        self.bytes as f64 / (1u64 << 30) as f64 / (self.ready_ns.max(1) as f64 / 1e9)
-    }
+/// A worker's timed MADV_UNMERGEABLE calls: the user-side view of unmerging, the kernel
+/// selftest's `ksm_tests -D` measure.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct UnmergeTiming {
+    /// Duration of each call.
+    pub call_ns: Histogram,
+    /// Sum of the calls' durations (exact; the histogram keeps 3 significant digits).
+    pub total_ns: u64,
+    /// Pages the calls covered.
+    pub pages: u64,
+    /// Of those, pages that were KSM pages just before their call (None: /proc/kpageflags was
+    /// not readable). Zero-page merges are not KSM pages and are not counted here.
+    pub ksm_pages: Option<u64>,
+    /// The kernel's count: how far /proc/vmstat cow_ksm rose during the calls (unmerging a
+    /// KSM page is a copy-on-write break). Global: another process's COW breaks in the same
+    /// instants count too. None: the kernel has no cow_ksm.
+    pub cow_ksm_during: Option<u64>,
 }
 
 /// A benchmark's own figures, as it printed them inside a guest (sysbench's summary).

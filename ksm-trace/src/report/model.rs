@@ -223,6 +223,33 @@ pub struct WorkerReport {
     pub profit_percent_of_memory: Option<f64>,
     /// vms with a load: what the benchmark inside the guest measured.
     pub load: Option<crate::recording::schema::LoadResult>,
+    /// procs with `unmerge=F`: its timed MADV_UNMERGEABLE calls.
+    pub unmerge: Option<UnmergeReport>,
+}
+
+/// A worker's own unmerge calls, with the kernel's count beside them.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct UnmergeReport {
+    pub call_ns: Summary,
+    pub pages: u64,
+    /// Pages that were KSM pages before their call (kpageflags), and the kernel's own count:
+    /// cow_ksm's rise during the calls; None where not readable.
+    pub ksm_pages: Option<u64>,
+    pub cow_ksm_during: Option<u64>,
+    /// MiB covered per second of call time (the selftest's `ksm_tests -D` figure).
+    pub mib_per_s: f64,
+}
+
+impl UnmergeReport {
+    pub fn of(t: &crate::recording::schema::UnmergeTiming, page_size: u64) -> Self {
+        Self {
+            call_ns: t.call_ns.summary(),
+            pages: t.pages,
+            ksm_pages: t.ksm_pages,
+            cow_ksm_during: t.cow_ksm_during,
+            mib_per_s: (t.pages * page_size) as f64 / MIB / (t.total_ns.max(1) as f64 / 1e9),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -403,6 +430,10 @@ impl Report {
                             .filter(|_| mib > 0.0)
                             .map(|p| p * 100.0 / mib),
                         load: w.load.clone(),
+                        unmerge: w
+                            .unmerge
+                            .as_ref()
+                            .map(|t| UnmergeReport::of(t, rec.meta.page_size)),
                     }
                 })
                 .collect(),

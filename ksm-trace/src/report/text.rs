@@ -69,17 +69,43 @@ pub fn render(rec: &Recording, r: &Report, by: By) -> String {
                         l.transactions_per_sec, l.latency_ms_p95, l.duration_s
                     )
                 });
+            let unmerge = seen
+                .and_then(|x| x.unmerge.as_ref())
+                .map_or(String::new(), |u| {
+                    let count = |n: Option<u64>| n.map_or("not readable".into(), |n| n.to_string());
+                    format!(
+                        "; unmerged {} pages in {} MADV_UNMERGEABLE calls at {:.1} MiB/s, call p50 {} max {} (KSM pages before: {}; cow_ksm during the calls +{})",
+                        u.pages,
+                        u.call_ns.count,
+                        u.mib_per_s,
+                        fmt_ns(u.call_ns.p50),
+                        fmt_ns(u.call_ns.max),
+                        count(u.ksm_pages),
+                        count(u.cow_ksm_during)
+                    )
+                });
             let _ = writeln!(
                 o,
-                "  {:>7} {:<16} {ready}{saving}{load}{faults}",
+                "  {:>7} {:<16} {ready}{saving}{load}{faults}{unmerge}",
                 wk.pid, wk.comm
             );
         }
         let breaks: u64 = w.workers.iter().map(|wk| wk.write_fault_ns.count()).sum();
-        if breaks > 0 {
+        // Unmerging a KSM page is a copy-on-write break too, in the kernel's count.
+        let unmerged: u64 = r
+            .workers
+            .iter()
+            .filter_map(|wk| wk.unmerge.as_ref()?.ksm_pages)
+            .sum();
+        if breaks + unmerged > 0 {
+            let calls = if unmerged > 0 {
+                format!(" writes + {unmerged} KSM pages its unmerge calls broke")
+            } else {
+                String::new()
+            };
             let _ = writeln!(
                 o,
-                "  COW breaks seen by the workload: {breaks}; kernel cow_ksm {:+}",
+                "  COW breaks seen by the workload: {breaks}{calls}; kernel cow_ksm {:+}",
                 r.kernel_deltas.get("cow_ksm").copied().unwrap_or(0)
             );
         }

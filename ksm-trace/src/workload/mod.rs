@@ -101,6 +101,13 @@ impl Workload {
     }
 }
 
+impl Worker {
+    /// procs: how fast the worker made its memory resident, in GiB/s.
+    pub fn fill_gib_per_s(&self) -> f64 {
+        self.bytes as f64 / (1u64 << 30) as f64 / (self.ready_ns.max(1) as f64 / 1e9)
+    }
+}
+
 /// Fails with one line once Ctrl-C or SIGTERM has asked to stop, for the waits of a start
 /// (guests booting, workers filling their memory), so a stop request is not held up by them.
 fn stopped_during_start(doing: &str) -> Result<()> {

@@ -39,7 +39,7 @@ pub struct ProcsSpec {
     /// Some(true): MADV_HUGEPAGE, Some(false): MADV_NOHUGEPAGE, None: system default.
     pub thp: Option<bool>,
     /// `same`: every byte of every page is '*' (the kernel selftest's fill; dup and zero are
-    /// ignored); `distinct`: the dup/zero/unique pattern.
+    /// ignored, and rounds rewrite nothing); `distinct`: the dup/zero/unique pattern.
     #[serde(default)]
     pub same: bool,
     /// Workers spin on a CPU between their writes instead of sleeping, so their memory is in
@@ -47,6 +47,11 @@ pub struct ProcsSpec {
     /// process is): every merge must then shoot down the worker's TLB entries on that CPU.
     #[serde(default)]
     pub busy: bool,
+    /// Fraction of the identical pages each worker unmerges at the end of every round, in one
+    /// timed MADV_UNMERGEABLE call (the kernel selftest's `ksm_tests -D`), then marks them
+    /// mergeable again for the next round (after the last round they stay unmerged); 0: none.
+    #[serde(default)]
+    pub unmerge: f64,
 }
 
 /// Guest VMs under QEMU.
@@ -107,7 +112,7 @@ pub enum WorkloadSpec {
 /// is raised to fit) and about 1 MiB of its own beside its pages.
 pub const MAX_PROCS: u64 = 4096;
 
-const PROCS_HELP: &str = "procs:N[,pages=P][,dup=F][,zero=F][,rounds=R][,wait=D][,write=F][,mode=madvise|prctl][,thp=on|off][,pattern=distinct|same][,busy=on|off]";
+const PROCS_HELP: &str = "procs:N[,pages=P][,dup=F][,zero=F][,rounds=R][,wait=D][,write=F][,mode=madvise|prctl][,thp=on|off][,pattern=distinct|same][,busy=on|off][,unmerge=F]";
 const VMS_HELP: &str = "vms:N[,mem=256M][,shared=32M][,private=16M][,churn=1M/2s] or vms:N,os=debian[,load=sysbench,tables=2,table-size=10000,threads=1,time=60s] or vms:N,image=PATH";
 
 impl WorkloadSpec {
@@ -136,6 +141,15 @@ impl WorkloadSpec {
         }
     }
 
+    /// procs with rounds or unmerging: how long its script runs (every round and the wait
+    /// after the last); None when the workload only fills once and holds.
+    pub fn rounds_time(&self) -> Option<Duration> {
+        match self {
+            Self::Procs(p) if p.rounds > 1 || p.unmerge > 0.0 => Some(p.wait * p.rounds),
+            _ => None,
+        }
+    }
+
     /// Host memory the workload will use, in bytes.
     pub fn memory_bytes(&self, page_size: u64) -> u64 {
         match self {
@@ -159,6 +173,7 @@ fn parse_procs(count_text: &str, options: BTreeMap<String, String>) -> Result<Pr
         thp: None,
         same: false,
         busy: false,
+        unmerge: 0.0,
     };
     for (key, value) in options {
         match key.as_str() {
@@ -168,6 +183,7 @@ fn parse_procs(count_text: &str, options: BTreeMap<String, String>) -> Result<Pr
             "rounds" => spec.rounds = parse_count(&value, 1, 10_000, "rounds")?,
             "wait" => spec.wait = parsed(parse::duration(&value), "wait", &value)?,
             "write" => spec.write = parse_fraction(&value, "write")?,
+            "unmerge" => spec.unmerge = parse_fraction(&value, "unmerge")?,
             "mode" => {
                 spec.mode = match value.as_str() {
                     "madvise" => MergeMode::Madvise,
@@ -402,7 +418,7 @@ mod tests {
             (4, 25_600, 0.5, 1, MergeMode::Madvise, None)
         );
         let WorkloadSpec::Procs(p) = WorkloadSpec::parse(
-            "procs:8,pages=100,dup=0.5,zero=0.1,rounds=5,wait=2s,write=0.05,mode=prctl,thp=off,busy=on",
+            "procs:8,pages=100,dup=0.5,zero=0.1,rounds=5,wait=2s,write=0.05,mode=prctl,thp=off,busy=on,unmerge=0.25",
         )
         .unwrap() else {
             panic!()
@@ -416,6 +432,13 @@ mod tests {
             (0.1, 0.05, MergeMode::Prctl, Some(false))
         );
         assert!(p.busy);
+        assert_eq!(p.unmerge, 0.25);
+        assert!(
+            WorkloadSpec::parse("procs:1,unmerge=2")
+                .unwrap_err()
+                .to_string()
+                .contains("unmerge")
+        );
         assert!(WorkloadSpec::parse("procs:1000,pages=64").is_ok());
         let err = WorkloadSpec::parse("procs:5000").unwrap_err().to_string();
         assert!(err.contains("4096"), "{err}");

@@ -42,6 +42,8 @@ pub struct WorkerReport {
     pub write_fault_ns: Histogram,
     /// Whether pages were classified through /proc/kpageflags.
     pub classified: bool,
+    /// With `unmerge=F`: the worker's timed MADV_UNMERGEABLE calls.
+    pub unmerge: Option<crate::recording::schema::UnmergeTiming>,
 }
 
 pub fn worker_comm(index: u32) -> String {
@@ -185,6 +187,7 @@ impl ProcsWorkload {
                             && let Some(worker) = self.workers.get_mut(i)
                         {
                             worker.write_fault_ns = report.write_fault_ns;
+                            worker.unmerge = report.unmerge;
                         }
                         line.clear();
                     }

@@ -21,6 +21,7 @@ use super::{WorkerReport, worker_comm};
 use crate::{
     histogram::Histogram,
     kernel::pagemap::KsmPages,
+    recording::schema::UnmergeTiming,
     workload::spec::{MergeMode, ProcsSpec},
 };
 
@@ -33,7 +34,11 @@ struct Memory<'a> {
     zero_pages: usize,
     index: u32,
     nonce: u64,
+    /// The selftest's pattern: every word '*', whatever the round.
+    same: bool,
 }
+
+const STAR: u64 = u64::from_ne_bytes([b'*'; 8]);
 
 impl Memory<'_> {
     fn pages(&self) -> usize {
@@ -48,6 +53,9 @@ impl Memory<'_> {
     /// the same header in every worker, unique pages carry the worker's index; `round` changes
     /// the pattern so a rewrite breaks merged pages.
     fn header(&self, p: usize, round: u32) -> (u64, u64) {
+        if self.same {
+            return (STAR, STAR);
+        }
         let seed = self.nonce ^ (round as u64) << 48;
         let first = seed ^ (p as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
         if p < self.dup_pages {
@@ -68,6 +76,62 @@ impl Memory<'_> {
         }
     }
 
+    /// Pages meant to merge across workers: a prefix of the mapping.
+    fn identical_pages(&self) -> usize {
+        if self.same {
+            self.pages()
+        } else {
+            self.dup_pages
+        }
+    }
+
+    /// Unmerges the first `pages` pages in one timed MADV_UNMERGEABLE call (as the kernel
+    /// selftest's `ksm_tests -D` does), counting those that were KSM pages just before; with
+    /// `again`, marks them mergeable again so ksmd merges them anew for the next round.
+    fn unmerge(
+        &self,
+        pages: usize,
+        again: bool,
+        ksm: Option<&KsmPages>,
+        t: &mut UnmergeTiming,
+    ) -> Result<()> {
+        let start = self.addr(0);
+        let len = pages * self.page;
+        let were_ksm = ksm.map(|k| {
+            let mut pfns = Vec::new();
+            k.ksm_pfns(start as u64, (start + len) as u64, &mut pfns);
+            pfns.len() as u64
+        });
+        let base = NonNull::new(start as *mut std::ffi::c_void).expect("a mapping is not null");
+        // The worker's own ksm_merging_pages would not do: the kernel drops the unmerged
+        // pages' rmap items only when ksmd next passes.
+        let cow_ksm = || {
+            crate::kernel::vmstat()
+                .ok()
+                .and_then(|v| v.get("cow_ksm").copied())
+        };
+        let cow_before = cow_ksm();
+        let began = Instant::now();
+        // SAFETY: a prefix of this worker's own mapping.
+        unsafe { madvise(base, len, MmapAdvise::MADV_UNMERGEABLE) }
+            .context("madvise(MADV_UNMERGEABLE)")?;
+        let ns = began.elapsed().as_nanos() as u64;
+        let rose = cow_before
+            .zip(cow_ksm())
+            .map(|(before, after)| (after - before).max(0) as u64);
+        if again {
+            unsafe { madvise(base, len, MmapAdvise::MADV_MERGEABLE) }
+                .context("madvise(MADV_MERGEABLE)")?;
+        }
+        t.call_ns.record(ns);
+        t.total_ns += ns;
+        t.pages += pages as u64;
+        // Pages are classified on every call or on none (kpageflags opened once).
+        t.ksm_pages = were_ksm.map(|n| t.ksm_pages.unwrap_or(0) + n);
+        t.cow_ksm_during = rose.map(|n| t.cow_ksm_during.unwrap_or(0) + n);
+        Ok(())
+    }
+
     /// Writes page `p`, timing the write if it hits a KSM page (or every write to an identical
     /// page when pages cannot be classified).
     fn timed_write(
@@ -79,7 +143,7 @@ impl Memory<'_> {
     ) {
         let timed = match ksm {
             Some(k) => k.ksm_pfn(self.addr(p) as u64).is_some(),
-            None => p < self.dup_pages,
+            None => p < self.identical_pages(),
         };
         let start = Instant::now();
         self.write(p, value);
@@ -137,6 +201,7 @@ pub fn worker_main(args: &[String]) -> Result<()> {
         zero_pages: (pages as f64 * spec.zero).round() as usize,
         index,
         nonce,
+        same: spec.same,
     };
     let started = Instant::now();
     // Fault the whole mapping in with one call: a fault per page costs an exception each,
@@ -146,7 +211,7 @@ pub fn worker_main(args: &[String]) -> Result<()> {
     let _ = unsafe { madvise(base, len.get(), MmapAdvise::MADV_POPULATE_WRITE) };
     if spec.same {
         // The kernel selftest's fill: every page identical.
-        memory.words.fill(u64::from_ne_bytes([b'*'; 8]));
+        memory.words.fill(STAR);
     } else {
         for p in 0..memory.pages() {
             // Zero pages are written too, so they are resident for KSM to find.
@@ -176,7 +241,10 @@ pub fn worker_main(args: &[String]) -> Result<()> {
     let mut faults = Histogram::new();
     let mut round = 0u32;
     let mut next_round = started + spec.wait;
-    let mut said_done = spec.rounds <= 1;
+    let unmerge_pages = (memory.identical_pages() as f64 * spec.unmerge).round() as usize;
+    let mut unmerge = (unmerge_pages > 0).then(UnmergeTiming::default);
+    // A round ends at each `wait`; with unmerging, the single round ends too.
+    let mut said_done = spec.rounds <= 1 && unmerge.is_none();
     // Steady writes: each second, un-share the next chunk of identical pages and restore the
     // chunk written a second earlier, so KSM keeps merging and the workload keeps breaking.
     let per_tick = (memory.dup_pages as f64 * spec.write).ceil() as usize;
@@ -186,9 +254,16 @@ pub fn worker_main(args: &[String]) -> Result<()> {
     while !stop.load(Ordering::SeqCst) {
         let now = Instant::now();
         if !said_done && now >= next_round {
+            if let Some(t) = unmerge.as_mut() {
+                // After the last round the pages stay unmerged, as the selftest leaves them.
+                memory.unmerge(unmerge_pages, round + 1 < spec.rounds, ksm.as_ref(), t)?;
+            }
             if round + 1 < spec.rounds {
                 round += 1;
-                for p in 0..memory.pages() {
+                // The selftest's pattern is the same in every round: rewriting it would only
+                // break the merges ksmd made since the last unmerge, with nothing new to merge.
+                let rewrite = if memory.same { 0 } else { memory.pages() };
+                for p in 0..rewrite {
                     let value = memory.header(p, round);
                     memory.timed_write(p, value, ksm.as_ref(), &mut faults);
                 }
@@ -227,6 +302,7 @@ pub fn worker_main(args: &[String]) -> Result<()> {
     let report = WorkerReport {
         write_fault_ns: faults,
         classified: ksm.is_some(),
+        unmerge,
     };
     say(&format!("report {}", serde_json::to_string(&report)?));
     Ok(())
