@@ -9,7 +9,7 @@ use clap::{
 use crate::{
     flame::View,
     parse,
-    probes::{LatencyMode, ProbeOptions},
+    probes::{Backend, LatencyMode, ProbeOptions},
 };
 
 #[derive(Debug, Parser)]
@@ -151,6 +151,11 @@ pub struct ProbeSwitches {
     /// every process, hence off unless asked for).
     #[arg(long, default_value = "off", value_parser = parse::on_off, action = ArgAction::Set)]
     pub tlb_shootdowns: bool,
+    /// Where KSM's events come from: auto takes the ksm tracepoints where the kernel has them
+    /// and function probes where it has not; `functions` forces the function probes (to compare
+    /// the two on one kernel).
+    #[arg(long, default_value = "auto", value_parser = named(&Backend::ALL))]
+    pub backend: Backend,
 }
 
 impl ProbeSwitches {
@@ -160,6 +165,7 @@ impl ProbeSwitches {
             cow: self.cow_probe,
             batches: self.batches,
             tlb: self.tlb_shootdowns,
+            backend: self.backend,
             ..ProbeOptions::new(latency)
         }
     }

@@ -21,7 +21,7 @@ pub fn run(json: bool) -> Result<String> {
         Err("not probed: this kernel has no BTF".to_owned())
     } else {
         let ksmd = kernel::ksmd_pid().unwrap_or(0);
-        Probes::load(&caps, caps.config(ksmd), LatencyMode::Auto)
+        Probes::load(&caps, ksmd, LatencyMode::Auto)
             .map(|p| p.mechanisms.clone())
             .map_err(|e| format!("loading the programs failed: {e:#}"))
     };

@@ -106,7 +106,7 @@ pub async fn record(opts: &RecordOptions, command_line: Vec<String>) -> Result<R
     } else {
         opts.knobs.clone()
     };
-    let mut probes = Probes::load_with(&pre.caps, pre.caps.config(pre.ksmd), opts.probes)?;
+    let mut probes = Probes::load_with(&pre.caps, pre.ksmd, opts.probes)?;
     let ring = probes.take_events()?;
     let bracket = BracketPolicy::start(&mut probes, opts.probes.latency)?;
 

@@ -173,7 +173,7 @@ async fn scenario(
         for (t, tracer) in tracers.iter().enumerate() {
             let w = match tracer {
                 Tracer::KsmTrace(_, mode) => {
-                    let mut probes = Probes::load(&caps, caps.config(ksmd), *mode)?;
+                    let mut probes = Probes::load(&caps, ksmd, *mode)?;
                     let mut policy = bracket::BracketPolicy::start(&mut probes, *mode)?;
                     probes.start_profile(ksmd)?;
                     // The default samples 1 s in every 20 s: a shorter window would overstate

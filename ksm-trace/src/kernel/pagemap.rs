@@ -19,8 +19,14 @@ pub struct KsmPages {
 }
 
 impl KsmPages {
-    /// `pid` = None: this process.
+    /// `pid` = None: this process. Fails where /proc/kpageflags cannot be trusted to say
+    /// which pages are KSM pages (see [`kpf_ksm_is_truthful`]).
     pub fn open(pid: Option<u32>) -> Result<Self> {
+        static TRUTHFUL: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+        TRUTHFUL
+            .get_or_init(|| kpf_ksm_is_truthful().map_err(|e| format!("{e:#}")))
+            .clone()
+            .map_err(anyhow::Error::msg)?;
         let path = match pid {
             Some(pid) => format!("/proc/{pid}/pagemap"),
             None => "/proc/self/pagemap".to_owned(),
@@ -71,4 +77,46 @@ impl KsmPages {
         self.kpageflags.read_exact_at(&mut flags, pfn * 8).ok()?;
         (u64::from_ne_bytes(flags) & KPF_KSM != 0).then_some(pfn)
     }
+}
+
+/// Whether KPF_KSM means a KSM page here: some kernels (Debian 12's 6.12.118 among them) set it
+/// on every anonymous page, because they test the page's mapping for either of the two bits
+/// that make up KSM's tag. A fresh page of our own, never mergeable, must not carry it.
+pub fn kpf_ksm_is_truthful() -> Result<()> {
+    let page = super::page_size() as usize;
+    // SAFETY: a private anonymous page of our own, written, read through pagemap, unmapped.
+    let addr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            page,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if addr == libc::MAP_FAILED {
+        anyhow::bail!("mapping a test page: {}", std::io::Error::last_os_error());
+    }
+    unsafe { std::ptr::write_volatile(addr as *mut u64, 0x6b73_6d2d_7472_6163) };
+    let flags = (|| -> Result<u64> {
+        let pagemap = File::open("/proc/self/pagemap").context("opening /proc/self/pagemap")?;
+        let mut entry = [0u8; 8];
+        pagemap.read_exact_at(&mut entry, addr as u64 / page as u64 * 8)?;
+        let pfn = u64::from_ne_bytes(entry) & PFN_MASK;
+        if pfn == 0 {
+            anyhow::bail!("/proc/self/pagemap shows no pfns (not root?)");
+        }
+        let kpageflags = File::open("/proc/kpageflags").context("opening /proc/kpageflags")?;
+        let mut flags = [0u8; 8];
+        kpageflags.read_exact_at(&mut flags, pfn * 8)?;
+        Ok(u64::from_ne_bytes(flags))
+    })();
+    unsafe { libc::munmap(addr, page) };
+    if flags? & KPF_KSM != 0 {
+        anyhow::bail!(
+            "this kernel's /proc/kpageflags marks every anonymous page KSM (KPF_KSM on a fresh page): KSM pages cannot be told apart there"
+        );
+    }
+    Ok(())
 }

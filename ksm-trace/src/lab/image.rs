@@ -9,8 +9,8 @@ use std::{
 use anyhow::{Context as _, Result, anyhow, bail};
 
 use super::scenario::{
-    BOOTED, COUNTERS_AFTER, COUNTERS_BEFORE, DOCTOR, DOCTOR_STDERR, DONE, RECORD_ARGS,
-    RECORD_STDERR, RECORDING, REPORT, REPORT_STDERR, STATUS,
+    BACKEND, BACKENDS, BOOTED, COMPARE_ARGS, COUNTERS_AFTER, COUNTERS_BEFORE, DOCTOR,
+    DOCTOR_STDERR, DONE, RECORD_ARGS, RECORD_STDERR, RECORDING, REPORT, REPORT_STDERR, STATUS,
 };
 
 use crate::guest::{
@@ -24,6 +24,7 @@ const GUEST_BIN: &str = "bin/ksm-trace";
 /// The `/init` script (busybox sh): mounts, runs doctor, record and report, prints each result
 /// between markers, then powers off.
 pub fn init_script() -> String {
+    let backends = BACKENDS.join(" ");
     format!(
         r#"#!/bin/busybox sh
 /bin/busybox --install -s /bin
@@ -67,6 +68,23 @@ if [ $rrc -eq 0 ]; then
 fi
 echo "{STATUS} doctor=$drc record=$rrc report=$prc record_start=$t0 record_end=$t1"
 [ $rrc -ne 0 ] && dmesg | tail -n 20
+# The same fixed workload under each backend, stopping at the first that fails. smart_scan
+# (6.7+) would slow the re-merge of rewritten pages past the workload's wait.
+ss=
+[ -e /sys/kernel/mm/ksm/smart_scan ] && ss="--smart-scan off"
+for b in {backends}; do
+  counters {BACKEND}-$b-BEFORE
+  /{GUEST_BIN} {COMPARE_ARGS} $ss --backend $b -o /tmp/c.json > /dev/null 2> /tmp/c.err
+  crc=$?
+  counters {BACKEND}-$b-AFTER
+  block {BACKEND}-$b-STDERR /tmp/c.err
+  if [ $crc -eq 0 ]; then
+    /{GUEST_BIN} report /tmp/c.json --json > /tmp/c.report.json 2> /dev/null
+    block {BACKEND}-$b-REPORT /tmp/c.report.json
+  fi
+  echo "{BACKEND}-$b-STATUS rc=$crc"
+  [ $crc -ne 0 ] && break
+done
 echo "{DONE}"
 poweroff -f
 "#

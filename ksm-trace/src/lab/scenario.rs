@@ -33,6 +33,19 @@ pub const DONE: &str = "KSM-TRACE-LAB-DONE";
 pub const RECORD_ARGS: &str = "record --workload procs:2,pages=3000,dup=0.5,rounds=2,wait=4s,write=0.02 \
      --duration 60s --pages-to-scan 2000 --sleep-ms 10 --merge-latency both -q";
 
+/// The backends compared, in order: the scenario records [`COMPARE_ARGS`] once with
+/// `--backend` set to each, and stops at the first that fails (on a kernel without the ksm
+/// tracepoints, the first: its refusal is the result).
+pub const BACKENDS: [&str; 2] = ["tracepoints", "functions"];
+/// A workload whose merges are fixed by its spec, so two runs must count the same: two
+/// workers with 1000 identical pages each, merged in each of two rounds; each round ends by
+/// unmerging half of them (MADV_UNMERGEABLE), and the rewrite between the rounds breaks the
+/// rest. Per worker: 2000 merges, 1000 pages unmerged by its calls.
+pub const COMPARE_ARGS: &str = "record --workload procs:2,pages=2000,dup=0.5,unmerge=0.5,rounds=2,wait=4s \
+     --duration 60s --pages-to-scan 2000 --sleep-ms 10 --merge-latency off -q";
+/// `KSM-TRACE-BACKEND-<backend>-…` markers: counters before and after, stderr, report, status.
+pub const BACKEND: &str = "KSM-TRACE-BACKEND";
+
 /// What the scenario's steps left behind.
 #[derive(Debug, Serialize)]
 pub struct Transcript {
@@ -55,6 +68,8 @@ pub struct Transcript {
     /// The kernel's counters just before and just after `record`.
     pub counters_before: Counters,
     pub counters_after: Counters,
+    /// [`COMPARE_ARGS`] recorded with each backend that ran (see [`BACKENDS`]).
+    pub backends: Vec<BackendRun>,
     /// What is missing from the transcript, and why (a block the guest never printed, output
     /// that is not JSON).
     pub problems: Vec<String>,
@@ -62,6 +77,17 @@ pub struct Transcript {
     /// error output.
     #[serde(skip)]
     pub diagnostics: String,
+}
+
+/// [`COMPARE_ARGS`] under one `--backend`, with the kernel's counters around it.
+#[derive(Debug, Default, Serialize)]
+pub struct BackendRun {
+    pub backend: String,
+    /// `record`, and its `report --json` when it succeeded.
+    pub record: Step,
+    pub report: Option<Value>,
+    pub counters_before: Counters,
+    pub counters_after: Counters,
 }
 
 /// One step of the scenario.
@@ -136,6 +162,25 @@ impl Transcript {
         let report = recorded.then(|| json(REPORT)).flatten();
         let recording = recorded.then(|| json(RECORDING)).flatten();
         let stderr = |marker: &str| block(console, marker).unwrap_or_default();
+        let backends = BACKENDS
+            .iter()
+            .filter_map(|b| {
+                let marker = |what: &str| format!("{BACKEND}-{b}-{what}");
+                let rc = field(console, &marker("STATUS"), "rc")?;
+                let ok = rc == "0";
+                Some(BackendRun {
+                    backend: (*b).to_owned(),
+                    record: Step {
+                        rc: rc.parse().ok(),
+                        stderr: stderr(&marker("STDERR")),
+                        json: None,
+                    },
+                    report: ok.then(|| json(&marker("REPORT"))).flatten(),
+                    counters_before: Counters::from_console(console, &marker("BEFORE")),
+                    counters_after: Counters::from_console(console, &marker("AFTER")),
+                })
+            })
+            .collect();
         Self {
             kernel: kernel.to_owned(),
             release: booted.get(1).copied().unwrap_or("?").to_owned(),
@@ -161,6 +206,7 @@ impl Transcript {
             recording,
             counters_before: Counters::from_console(console, COUNTERS_BEFORE),
             counters_after: Counters::from_console(console, COUNTERS_AFTER),
+            backends,
             problems,
             diagnostics,
         }
@@ -241,6 +287,36 @@ mod tests {
         assert_eq!(t.counters_after.full_scans, Some(9));
         // No report or recording after a failed record, and none missed.
         assert!(t.recording.is_none() && t.report.json.is_none());
+        assert!(t.problems.is_empty(), "{:?}", t.problems);
+        assert!(t.backends.is_empty());
+        // The backend comparison: one that ran with its report, one refused.
+        let b = |name: &str, what: &str| format!("{BACKEND}-{name}-{what}");
+        let compared = format!(
+            "{console}{} cow_ksm=25 full_scans=9\n{} cow_ksm=2025 full_scans=14\n\
+             {}-BEGIN\n{}-END\n{}-BEGIN\n{{\"processes\": []}}\n{}-END\n{} rc=0\n\
+             {}-BEGIN\nerror: no kallsyms\n{}-END\n{} rc=1\n",
+            b("tracepoints", "BEFORE"),
+            b("tracepoints", "AFTER"),
+            b("tracepoints", "STDERR"),
+            b("tracepoints", "STDERR"),
+            b("tracepoints", "REPORT"),
+            b("tracepoints", "REPORT"),
+            b("tracepoints", "STATUS"),
+            b("functions", "STDERR"),
+            b("functions", "STDERR"),
+            b("functions", "STATUS"),
+        );
+        let t = Transcript::from_console("debian-6.12", &compared, String::new());
+        assert_eq!(t.backends.len(), 2);
+        let (tp, f) = (&t.backends[0], &t.backends[1]);
+        assert_eq!(
+            (tp.backend.as_str(), tp.record.rc),
+            ("tracepoints", Some(0))
+        );
+        assert_eq!(tp.counters_after.cow_ksm, Some(2025));
+        assert!(tp.report.as_ref().unwrap()["processes"].is_array());
+        assert_eq!((f.record.rc, f.report.is_none()), (Some(1), true));
+        assert_eq!(f.record.stderr.trim(), "error: no kallsyms");
         assert!(t.problems.is_empty(), "{:?}", t.problems);
         let without_doctor = console.replace(DOCTOR, "X");
         let t = Transcript::from_console("debian-6.12", &without_doctor, String::new());

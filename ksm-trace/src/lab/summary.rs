@@ -48,9 +48,53 @@ pub fn text(t: &Transcript) -> String {
             }
         }
     }
+    for b in &t.backends {
+        o += &backend(b);
+    }
     for p in &t.problems {
         let _ = writeln!(o, "  missing: {p}");
     }
+    o
+}
+
+/// One run of the fixed workload under `--backend`: per worker, merges, unmerges and the
+/// ksm_merging_pages change; full scans traced against the kernel's.
+fn backend(b: &super::scenario::BackendRun) -> String {
+    let mut o = String::new();
+    let _ = writeln!(o, "  --backend {}: record {}", b.backend, exit(&b.record));
+    if b.record.rc != Some(0) {
+        for line in b.record.stderr.lines().filter(|l| !l.trim().is_empty()) {
+            let _ = writeln!(o, "    {line}");
+        }
+    }
+    let Some(rep) = &b.report else {
+        return o;
+    };
+    let num = |v: &Value| v.as_i64().map_or("?".into(), |n| n.to_string());
+    for p in rep["processes"].as_array().into_iter().flatten() {
+        if p["workload"] != true {
+            continue;
+        }
+        let _ = writeln!(
+            o,
+            "    {}: merges {}, unmerges {}, ksm_merging_pages {}→{}",
+            p["comm"].as_str().unwrap_or("?"),
+            num(&p["merges"]),
+            num(&p["unmerges"]),
+            num(&p["ksm_merging_pages_start"]),
+            num(&p["ksm_merging_pages_end"])
+        );
+    }
+    let around = match (b.counters_before.full_scans, b.counters_after.full_scans) {
+        (Some(a), Some(z)) => format!("{:+}", z - a),
+        _ => "?".into(),
+    };
+    let _ = writeln!(
+        o,
+        "    full scans: traced {}; kernel {} in the window, {around} around record",
+        num(&rep["scans"]["full_scans"]),
+        num(&rep["kernel_deltas"]["full_scans"])
+    );
     o
 }
 

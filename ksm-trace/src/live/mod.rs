@@ -52,7 +52,7 @@ impl LiveTracer {
         let caps = Capabilities::detect();
         caps.require_tracing()?;
         let ksmd = kernel::ksmd_pid()?;
-        let mut probes = Probes::load_with(&caps, caps.config(ksmd), options)?;
+        let mut probes = Probes::load_with(&caps, ksmd, options)?;
         let ring = probes.take_events()?;
         let mut bracket = BracketPolicy::start(&mut probes, options.latency)?;
         let started_ns = kernel::monotonic_ns();

@@ -177,8 +177,8 @@ impl Capabilities {
         Ok(())
     }
 
-    pub fn config(&self, ksmd_pid: u32) -> Config {
-        let functions = self.function_backend();
+    /// The programs' globals; `functions`: events come from the function backend.
+    pub fn config(&self, ksmd_pid: u32, functions: bool) -> Config {
         let seqnr = self.offset("ksm_scan.seqnr");
         Config {
             ksmd_pid,

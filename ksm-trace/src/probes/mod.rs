@@ -46,6 +46,66 @@ impl LatencyMode {
     ];
 }
 
+/// Where the KSM events come from (`--backend`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// The ksm:* tracepoints where the kernel has them, else the function probes.
+    Auto,
+    /// The ksm:* tracepoints (Linux ≥ 6.4).
+    Tracepoints,
+    /// Function probes on mm/ksm.c ([`programs::FUNCTIONS`]), also where the tracepoints
+    /// exist: to compare the two on one kernel.
+    Functions,
+}
+
+impl Backend {
+    pub const ALL: [(Backend, &'static str, &'static str); 3] = [
+        (
+            Backend::Auto,
+            "auto",
+            "the ksm tracepoints where the kernel has them, else function probes",
+        ),
+        (
+            Backend::Tracepoints,
+            "tracepoints",
+            "the ksm:* tracepoints (Linux 6.4 and later)",
+        ),
+        (
+            Backend::Functions,
+            "functions",
+            "function probes on mm/ksm.c, even where the tracepoints exist",
+        ),
+    ];
+
+    /// Whether events come from the function backend on this kernel; Err says, in one line,
+    /// why a backend asked for by name cannot run here.
+    pub fn functions(self, caps: &Capabilities) -> Result<bool> {
+        let has_tracepoints = programs::KSM
+            .iter()
+            .any(|tp| caps.has_tracepoint(tp.tracepoint));
+        match self {
+            Backend::Auto => Ok(caps.function_backend()),
+            Backend::Tracepoints if has_tracepoints => Ok(false),
+            Backend::Tracepoints => Err(anyhow!(
+                "--backend tracepoints: this kernel ({}) has no ksm tracepoints (they arrived in Linux 6.4): use --backend auto",
+                caps.kernel_release
+            )),
+            Backend::Functions => {
+                let missing = caps.function_backend_missing();
+                if missing.is_empty() {
+                    Ok(true)
+                } else {
+                    Err(anyhow!(
+                        "--backend functions: this kernel ({}) lacks what the function probes need ({}): use --backend auto",
+                        caps.kernel_release,
+                        missing.join(", ")
+                    ))
+                }
+            }
+        }
+    }
+}
+
 pub struct Probes {
     ebpf: Ebpf,
     bracket_links: Vec<(&'static str, RawTracePointLinkId)>,
@@ -71,6 +131,7 @@ pub struct ProbeOptions {
     pub batches: bool,
     /// tlb_flush (TLB shootdowns per merge).
     pub tlb: bool,
+    pub backend: Backend,
 }
 
 impl ProbeOptions {
@@ -81,6 +142,7 @@ impl ProbeOptions {
             cow: true,
             batches: true,
             tlb: false,
+            backend: Backend::Auto,
         }
     }
 }
@@ -89,19 +151,22 @@ impl Probes {
     /// Loads the programs and attaches those the kernel allows, choosing the best mechanism
     /// for each measurement and saying in [`Mechanisms`] what it chose and what it fell back
     /// from. The mmap_lock bracket is loaded but attached only by [`Probes::arm_bracket`].
-    pub fn load(caps: &Capabilities, config: Config, latency: LatencyMode) -> Result<Self> {
-        Self::load_with(caps, config, ProbeOptions::new(latency))
+    pub fn load(caps: &Capabilities, ksmd: u32, latency: LatencyMode) -> Result<Self> {
+        Self::load_with(caps, ksmd, ProbeOptions::new(latency))
     }
 
     /// [`Probes::load`] with every choice a user can make.
-    pub fn load_with(caps: &Capabilities, config: Config, options: ProbeOptions) -> Result<Self> {
+    pub fn load_with(caps: &Capabilities, ksmd: u32, options: ProbeOptions) -> Result<Self> {
         let ProbeOptions {
             latency,
             ring_buffer_bytes: events_bytes,
             cow: want_cow,
             batches: want_batches,
             tlb: want_tlb,
+            backend,
         } = options;
+        let functions = backend.functions(caps)?;
+        let config: Config = caps.config(ksmd, functions);
         if PROGRAMS.is_empty() {
             return Err(anyhow!(
                 "this ksm-trace was built without its eBPF programs (AYA_BUILD_SKIP): rebuild with `cargo xtask build`"
@@ -125,17 +190,27 @@ impl Probes {
             Ok(btf.get().expect("just set"))
         };
 
-        let events = if caps.function_backend() {
+        let events = if functions {
             kernel_btf()
                 .and_then(|btf| attach_function_backend(&mut ebpf, caps, btf))
                 .map_err(|e| {
+                    let why = if backend == Backend::Functions {
+                        "--backend functions"
+                    } else {
+                        "it has no ksm tracepoints, and"
+                    };
                     anyhow!(
-                        "this kernel ({}) has no ksm tracepoints, and the function probes that stand in for them could not attach ({e:#}): run `ksm-trace doctor`",
+                        "this kernel ({}): {why} the function probes could not attach ({e:#}): run `ksm-trace doctor`",
                         caps.kernel_release
                     )
                 })?;
             fallbacks.push(format!(
-                "no ksm:* tracepoints (Linux < 6.4): events from fentry/fexit on {}; full scans end at ksmd's switch-out that sees ksm_scan.seqnr move; zero-page merges (use_zero_pages) are not traced",
+                "{}: events from fentry/fexit on {}; full scans end at ksmd's switch-out that sees ksm_scan.seqnr move; zero-page merges (use_zero_pages) are not traced",
+                if backend == Backend::Functions {
+                    "--backend functions"
+                } else {
+                    "no ksm:* tracepoints (Linux < 6.4)"
+                },
                 programs::FUNCTIONS.map(|f| f.function).join(", ")
             ));
             EventSource::Functions
