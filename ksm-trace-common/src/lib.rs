@@ -265,6 +265,11 @@ pub mod programs {
         pub function: &'static str,
         pub hook: Hook,
         pub stands_in_for: &'static str,
+        /// The same measurement where fentry is refused but kprobes exist: a kprobe on the
+        /// function's entry, and for an exit hook a kretprobe that the kprobe hands the
+        /// arguments to.
+        pub kprobe: &'static str,
+        pub kretprobe: Option<&'static str>,
     }
     /// The function backend, for kernels without the ksm tracepoints (before 6.4): each
     /// function is where the tracepoint it stands in for fires in later kernels (mm/ksm.c),
@@ -278,30 +283,40 @@ pub mod programs {
             function: "try_to_merge_with_ksm_page",
             hook: Hook::Exit,
             stands_in_for: "ksm_merge_with_ksm_page (fires at its end: kpage, page, rmap_item->mm, err)",
+            kprobe: "kp_merge_with_ksm_page",
+            kretprobe: Some("krp_merge_with_ksm_page"),
         },
         FunctionProbe {
             program: "fn_start_scan",
             function: "lru_add_drain_all",
             hook: Hook::Entry,
             stands_in_for: "ksm_start_scan (ksmd calls it once per full scan, where the tracepoint fires)",
+            kprobe: "kp_start_scan",
+            kretprobe: None,
         },
         FunctionProbe {
             program: "fn_remove_stable_node",
             function: "remove_node_from_stable_tree",
             hook: Hook::Entry,
             stands_in_for: "ksm_remove_ksm_page (fires in it, after ksm_remove_rmap_item for every sharer but the last: here one event carries the sharer count)",
+            kprobe: "kp_remove_stable_node",
+            kretprobe: None,
         },
         FunctionProbe {
             program: "fn_ksm_enter",
             function: "__ksm_enter",
             hook: Hook::Exit,
             stands_in_for: "ksm_enter (fires at its end when it succeeds)",
+            kprobe: "kp_ksm_enter",
+            kretprobe: Some("krp_ksm_enter"),
         },
         FunctionProbe {
             program: "fn_ksm_exit",
             function: "__ksm_exit",
             hook: Hook::Entry,
             stands_in_for: "ksm_exit",
+            kprobe: "kp_ksm_exit",
+            kretprobe: None,
         },
     ];
     /// The perf_event program sampling ksmd's stacks.

@@ -3,10 +3,15 @@
 //! function, is `ksm_trace_common::programs::FUNCTIONS`). Each program emits exactly what its
 //! tracepoint would, so the collector cannot tell the backends apart. A full scan's end is
 //! reported by ksmd's switch-out (`scan.rs`), which sees `ksm_scan.seqnr` move.
+//!
+//! Where fentry is refused but kprobes exist, kprobes/kretprobes on the same functions run the
+//! same bodies (`on_*`). A kretprobe sees no arguments, so the kprobe keeps them: in one slot
+//! for `try_to_merge_with_ksm_page` (only ksmd calls it), by thread for `__ksm_enter`.
 use aya_ebpf::{
-    helpers::bpf_probe_read_kernel,
-    macros::{fentry, fexit},
-    programs::{FEntryContext, FExitContext},
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel},
+    macros::{fentry, fexit, kprobe, kretprobe, map},
+    maps::{Array, HashMap},
+    programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext},
 };
 use ksm_trace_common::{Event, NO_OFFSET, kind};
 
@@ -43,18 +48,24 @@ fn page_to_pfn(page: u64) -> u64 {
 // struct ("reg type unsupported for arg#0").
 #[inline(always)]
 pub fn fn_merge_with_ksm_page(ctx: FExitContext) -> u32 {
+    on_merge_with_ksm_page(
+        scalar(ctx.arg(0)),
+        scalar(ctx.arg(1)),
+        scalar(ctx.arg(2)),
+        ctx.arg(3),
+    );
+    0
+}
+
+#[inline(always)]
+fn on_merge_with_ksm_page(rmap_item: u64, page: u64, kpage: u64, err: i64) {
     let cfg = config();
     if cfg.rmap_item_mm == NO_OFFSET {
-        return 0;
+        return;
     }
-    let rmap_item = scalar(ctx.arg(0));
-    let page = scalar(ctx.arg(1));
-    let kpage = scalar(ctx.arg(2));
-    let err: i64 = ctx.arg(3);
     let mm = read_u64(rmap_item + cfg.rmap_item_mm as u64);
     let pfn = page_to_pfn(if kpage != 0 { kpage } else { page });
     merge_event(kind::MERGE_WITH_KSM_PAGE, kpage, pfn, mm, err as i32);
-    0
 }
 
 /// ksmd calls `lru_add_drain_all()` once per full scan, where 6.4+ fires ksm_start_scan.
@@ -63,9 +74,15 @@ pub fn fn_merge_with_ksm_page(ctx: FExitContext) -> u32 {
 // struct ("reg type unsupported for arg#0").
 #[inline(always)]
 pub fn fn_start_scan(_ctx: FEntryContext) -> u32 {
+    on_start_scan();
+    0
+}
+
+#[inline(always)]
+fn on_start_scan() {
     let cfg = config();
     if !current_is_ksmd() || cfg.ksm_scan_seqnr_addr == 0 {
-        return 0;
+        return;
     }
     emit(&Event {
         ts_ns: now(),
@@ -78,7 +95,6 @@ pub fn fn_start_scan(_ctx: FEntryContext) -> u32 {
         },
         ..Event::default()
     });
-    0
 }
 
 /// `void remove_node_from_stable_tree(struct ksm_stable_node *)`: 6.4+ fires
@@ -90,11 +106,16 @@ pub fn fn_start_scan(_ctx: FEntryContext) -> u32 {
 // Inlined into the program (see fn_merge_with_ksm_page).
 #[inline(always)]
 pub fn fn_remove_stable_node(ctx: FEntryContext) -> u32 {
+    on_remove_stable_node(scalar(ctx.arg(0)));
+    0
+}
+
+#[inline(always)]
+fn on_remove_stable_node(node: u64) {
     let cfg = config();
     if cfg.stable_node_kpfn == NO_OFFSET || cfg.stable_node_sharers == NO_OFFSET {
-        return 0;
+        return;
     }
-    let node = scalar(ctx.arg(0));
     // SAFETY: bpf_probe_read_kernel tolerates any address.
     let sharers: i32 =
         unsafe { bpf_probe_read_kernel((node + cfg.stable_node_sharers as u64) as *const i32) }
@@ -106,7 +127,6 @@ pub fn fn_remove_stable_node(ctx: FEntryContext) -> u32 {
         arg0: sharers.max(0) as u64,
         ..Event::default()
     });
-    0
 }
 
 /// `int __ksm_enter(struct mm_struct *)`: ksm_enter fires at its end when it succeeded.
@@ -129,5 +149,79 @@ pub fn fn_ksm_enter(ctx: FExitContext) -> u32 {
 #[inline(always)]
 pub fn fn_ksm_exit(ctx: FEntryContext) -> u32 {
     mm_event(kind::EXIT, scalar(ctx.arg(0)), 0);
+    0
+}
+
+/// `try_to_merge_with_ksm_page`'s arguments, from its kprobe to its kretprobe.
+#[map]
+static MERGE_ARGS: Array<[u64; 3]> = Array::with_max_entries(1, 0);
+
+/// `__ksm_enter`'s mm by thread, from its kprobe to its kretprobe (it may sleep and migrate).
+#[map]
+static ENTER_MM: HashMap<u64, u64> = HashMap::with_max_entries(1024, 0);
+
+#[kprobe]
+pub fn kp_merge_with_ksm_page(ctx: ProbeContext) -> u32 {
+    if !current_is_ksmd() {
+        return 0;
+    }
+    if let Some(slot) = MERGE_ARGS.get_ptr_mut(0) {
+        let arg = |n| ctx.arg::<u64>(n).unwrap_or(0);
+        // SAFETY: the one slot, written only by ksmd's single thread.
+        unsafe { *slot = [arg(0), arg(1), arg(2)] };
+    }
+    0
+}
+
+#[kretprobe]
+pub fn krp_merge_with_ksm_page(ctx: RetProbeContext) -> u32 {
+    if !current_is_ksmd() {
+        return 0;
+    }
+    let Some(&[rmap_item, page, kpage]) = MERGE_ARGS.get(0) else {
+        return 0;
+    };
+    let err: i64 = ctx.ret();
+    on_merge_with_ksm_page(rmap_item, page, kpage, err as i32 as i64);
+    0
+}
+
+#[kprobe]
+pub fn kp_start_scan(_ctx: ProbeContext) -> u32 {
+    on_start_scan();
+    0
+}
+
+#[kprobe]
+pub fn kp_remove_stable_node(ctx: ProbeContext) -> u32 {
+    on_remove_stable_node(ctx.arg::<u64>(0).unwrap_or(0));
+    0
+}
+
+#[kprobe]
+pub fn kp_ksm_enter(ctx: ProbeContext) -> u32 {
+    let mm = ctx.arg::<u64>(0).unwrap_or(0);
+    let _ = ENTER_MM.insert(&bpf_get_current_pid_tgid(), &mm, 0);
+    0
+}
+
+#[kretprobe]
+pub fn krp_ksm_enter(ctx: RetProbeContext) -> u32 {
+    let tid = bpf_get_current_pid_tgid();
+    // SAFETY: a copy is taken before the entry is removed.
+    let Some(mm) = (unsafe { ENTER_MM.get(&tid) }).copied() else {
+        return 0;
+    };
+    let _ = ENTER_MM.remove(&tid);
+    let ret: i64 = ctx.ret();
+    if ret as i32 == 0 {
+        mm_event(kind::ENTER, mm, 0);
+    }
+    0
+}
+
+#[kprobe]
+pub fn kp_ksm_exit(ctx: ProbeContext) -> u32 {
+    mm_event(kind::EXIT, ctx.arg::<u64>(0).unwrap_or(0), 0);
     0
 }

@@ -83,6 +83,15 @@ pub fn run(json: bool) -> Result<String> {
     }
     let _ = writeln!(
         o,
+        "kprobes (the function backend where fentry is refused; --backend kprobes): {}",
+        if crate::probes::kprobes_available() {
+            "available"
+        } else {
+            "none (no perf kprobe PMU: CONFIG_KPROBES off?)"
+        }
+    );
+    let _ = writeln!(
+        o,
         "functions in BTF (fentry/fexit candidates; absent = inlined):"
     );
     for (f, present) in &caps.functions {

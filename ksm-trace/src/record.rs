@@ -91,6 +91,7 @@ pub async fn record(opts: &RecordOptions, command_line: Vec<String>) -> Result<R
     let mut interrupts = Interrupts::install()?;
     let pre = Preflight::run(opts.workload.as_deref(), &opts.knobs)?;
     pre.caps.require_tracing()?;
+    opts.probes.backend.check(&pre.caps)?;
     for pid in &opts.pids {
         if !Path::new(&format!("/proc/{pid}")).exists() {
             bail!("no process with pid {pid}: give the pid of a running process");

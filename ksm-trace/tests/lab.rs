@@ -176,8 +176,8 @@ fn assert_tracepoints_only(t: &Value) -> i64 {
 }
 
 /// The fixed workload (`scenario::COMPARE_ARGS`) recorded under one backend: each worker's
-/// merges are what its spec fixes, the traced unmerges follow the kernel's ksm_merging_pages
-/// exactly, full scans are the kernel's, and the workload's own count of KSM pages it broke
+/// merges are at least what its spec fixes, the traced unmerges follow the kernel's
+/// ksm_merging_pages (exactly with tracepoints), full scans are the kernel's, and the workload's own count of KSM pages it broke
 /// (its unmerge calls and its rewrite) is the kernel's cow_ksm.
 fn assert_backend_exact(run: &Value, events: &str) {
     let backend = &run["backend"];
@@ -196,11 +196,23 @@ fn assert_backend_exact(run: &Value, events: &str) {
         let (m, u) = (int(&p["merges"]), int(&p["unmerges"]));
         let delta = int(&p["ksm_merging_pages_end"]) - int(&p["ksm_merging_pages_start"]);
         // Two rounds, each merging the worker's 1000 identical pages. The kernel may drop a
-        // stable node and merge its pages again (seen under TCG: 126 removals, 126 more
-        // joins), so ≥; what must hold exactly is that traced merges and unmerges account for
-        // the kernel's own count.
+        // stable node and merge its pages again (seen under TCG: 203 removals, 203 more
+        // joins), so ≥.
         assert!(m >= 2000, "--backend {backend}: {p}");
-        assert_eq!(m - u, delta, "--backend {backend}: {p}");
+        // The tracepoints report every sharer leaving the stable tree: traced merges and
+        // unmerges account exactly for the kernel's count. The function probes see a KSM page
+        // dropped with its sharer count, not a sharer that leaves a page others still map
+        // (remove_rmap_item_from_tree is inlined): those few are the report's silent unmerges.
+        let silent = m - u - delta;
+        if events == "tracepoints" {
+            assert_eq!(silent, 0, "--backend {backend}: {p}");
+        } else {
+            assert!(
+                silent >= 0 && silent * 100 <= m,
+                "--backend {backend}: {silent} silent unmerges: {p}"
+            );
+        }
+        assert_eq!(p["silent_unmerges"].as_i64(), Some(silent), "{p}");
         workers += 1;
     }
     assert_eq!(workers, 2, "{rep}");
@@ -259,12 +271,14 @@ fn lab_runs_the_scenario_on_debian_6_12() {
     );
     assert!(doctor_allows_fexit(&t), "{}", t["doctor"]["json"]);
     assert_fexit(&t);
-    // Both backends load here: the same workload, recorded under each, is accounted for
-    // exactly by each against the guest's counters.
+    // Every backend loads here (the function probes both through fentry and through
+    // kprobes): the same workload, recorded under each, is accounted for exactly by each
+    // against the guest's counters.
     let runs = t["backends"].as_array().unwrap();
-    assert_eq!(runs.len(), 2, "{runs:?}");
+    assert_eq!(runs.len(), 3, "{runs:?}");
     assert_backend_exact(&runs[0], "tracepoints");
     assert_backend_exact(&runs[1], "functions");
+    assert_backend_exact(&runs[2], "kprobes");
     assert_nothing_left(pid);
 }
 

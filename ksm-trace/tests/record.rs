@@ -258,6 +258,21 @@ fn bad_input_is_one_clear_line_and_changes_nothing() {
         &["record", "--pages-to-scan", "0", "-o", o],
         "--pages-to-scan 0",
     );
+    // A backend the kernel cannot run, asked for by name, is refused before a workload starts.
+    if !std::path::Path::new("/sys/bus/event_source/devices/kprobe/type").exists() {
+        assert_clean_error(
+            &[
+                "record",
+                "--workload",
+                "procs:1,pages=100",
+                "--backend",
+                "kprobes",
+                "-o",
+                o,
+            ],
+            "--backend kprobes: this kernel",
+        );
+    }
     assert_clean_error(&["report", "/nonexistent.json"], "cannot read recording");
     std::fs::write(&out, "{\"hello\": 1}").unwrap();
     assert_clean_error(&["report", o], "not a ksm-trace recording");

@@ -10,7 +10,7 @@ use anyhow::{Context as _, Result, anyhow};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{MapData, PerCpuArray, RingBuf},
-    programs::{FEntry, FExit, RawTracePoint, raw_trace_point::RawTracePointLinkId},
+    programs::{FEntry, FExit, KProbe, RawTracePoint, raw_trace_point::RawTracePointLinkId},
 };
 use ksm_trace_common::{
     Config, NO_OFFSET, counter, names,
@@ -53,13 +53,32 @@ pub enum Backend {
     Auto,
     /// The ksm:* tracepoints (Linux ≥ 6.4).
     Tracepoints,
-    /// Function probes on mm/ksm.c ([`programs::FUNCTIONS`]), also where the tracepoints
-    /// exist: to compare the two on one kernel.
+    /// Function probes on mm/ksm.c ([`programs::FUNCTIONS`]) through fentry/fexit, also
+    /// where the tracepoints exist: to compare the two on one kernel.
     Functions,
+    /// The same function probes through kprobes/kretprobes, also where fentry is allowed: to
+    /// prove the path kernels that refuse fentry take.
+    Kprobes,
+}
+
+/// Where the events come from, as chosen on this kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Source {
+    Tracepoints,
+    /// fentry/fexit; with `or_kprobes`, kprobes where fentry is refused.
+    Fentry {
+        or_kprobes: bool,
+    },
+    Kprobes,
+}
+
+/// Whether the kernel can attach kprobes (aya attaches them through the perf kprobe PMU).
+pub fn kprobes_available() -> bool {
+    std::path::Path::new("/sys/bus/event_source/devices/kprobe/type").exists()
 }
 
 impl Backend {
-    pub const ALL: [(Backend, &'static str, &'static str); 3] = [
+    pub const ALL: [(Backend, &'static str, &'static str); 4] = [
         (
             Backend::Auto,
             "auto",
@@ -73,35 +92,57 @@ impl Backend {
         (
             Backend::Functions,
             "functions",
-            "function probes on mm/ksm.c, even where the tracepoints exist",
+            "function probes on mm/ksm.c (fentry/fexit), even where the tracepoints exist",
+        ),
+        (
+            Backend::Kprobes,
+            "kprobes",
+            "the function probes through kprobes/kretprobes, even where fentry is allowed",
         ),
     ];
 
-    /// Whether events come from the function backend on this kernel; Err says, in one line,
-    /// why a backend asked for by name cannot run here.
-    pub fn functions(self, caps: &Capabilities) -> Result<bool> {
+    /// Refuses, in one line, a backend asked for by name that this kernel cannot run: for a
+    /// command to call before it changes anything.
+    pub fn check(self, caps: &Capabilities) -> Result<()> {
+        self.source(caps).map(drop)
+    }
+
+    /// Where events come from on this kernel; Err says, in one line, why a backend asked for
+    /// by name cannot run here.
+    fn source(self, caps: &Capabilities) -> Result<Source> {
         let has_tracepoints = programs::KSM
             .iter()
             .any(|tp| caps.has_tracepoint(tp.tracepoint));
+        let functions = |flag: &str| {
+            let missing = caps.function_backend_missing();
+            if missing.is_empty() {
+                Ok(())
+            } else {
+                Err(anyhow!(
+                    "--backend {flag}: this kernel ({}) lacks what the function probes need ({}): use --backend auto",
+                    caps.kernel_release,
+                    missing.join(", ")
+                ))
+            }
+        };
         match self {
-            Backend::Auto => Ok(caps.function_backend()),
-            Backend::Tracepoints if has_tracepoints => Ok(false),
+            Backend::Auto if caps.function_backend() => Ok(Source::Fentry {
+                or_kprobes: kprobes_available(),
+            }),
+            Backend::Auto => Ok(Source::Tracepoints),
+            Backend::Tracepoints if has_tracepoints => Ok(Source::Tracepoints),
             Backend::Tracepoints => Err(anyhow!(
                 "--backend tracepoints: this kernel ({}) has no ksm tracepoints (they arrived in Linux 6.4): use --backend auto",
                 caps.kernel_release
             )),
             Backend::Functions => {
-                let missing = caps.function_backend_missing();
-                if missing.is_empty() {
-                    Ok(true)
-                } else {
-                    Err(anyhow!(
-                        "--backend functions: this kernel ({}) lacks what the function probes need ({}): use --backend auto",
-                        caps.kernel_release,
-                        missing.join(", ")
-                    ))
-                }
+                functions("functions").map(|()| Source::Fentry { or_kprobes: false })
             }
+            Backend::Kprobes if !kprobes_available() => Err(anyhow!(
+                "--backend kprobes: this kernel ({}) has no kprobes (CONFIG_KPROBES, or no perf kprobe PMU): use --backend auto",
+                caps.kernel_release
+            )),
+            Backend::Kprobes => functions("kprobes").map(|()| Source::Kprobes),
         }
     }
 }
@@ -165,8 +206,8 @@ impl Probes {
             tlb: want_tlb,
             backend,
         } = options;
-        let functions = backend.functions(caps)?;
-        let config: Config = caps.config(ksmd, functions);
+        let source = backend.source(caps)?;
+        let config: Config = caps.config(ksmd, source != Source::Tracepoints);
         if PROGRAMS.is_empty() {
             return Err(anyhow!(
                 "this ksm-trace was built without its eBPF programs (AYA_BUILD_SKIP): rebuild with `cargo xtask build`"
@@ -190,41 +231,67 @@ impl Probes {
             Ok(btf.get().expect("just set"))
         };
 
-        let events = if functions {
-            kernel_btf()
-                .and_then(|btf| attach_function_backend(&mut ebpf, caps, btf))
-                .map_err(|e| {
-                    let why = if backend == Backend::Functions {
-                        "--backend functions"
-                    } else {
-                        "it has no ksm tracepoints, and"
-                    };
-                    anyhow!(
-                        "this kernel ({}): {why} the function probes could not attach ({e:#}): run `ksm-trace doctor`",
-                        caps.kernel_release
-                    )
-                })?;
-            fallbacks.push(format!(
-                "{}: events from fentry/fexit on {}; full scans end at ksmd's switch-out that sees ksm_scan.seqnr move; zero-page merges (use_zero_pages) are not traced",
-                if backend == Backend::Functions {
-                    "--backend functions"
-                } else {
-                    "no ksm:* tracepoints (Linux < 6.4)"
-                },
-                programs::FUNCTIONS.map(|f| f.function).join(", ")
-            ));
-            EventSource::Functions
-        } else {
-            for tp in &programs::KSM {
-                match caps.raw_tracepoint(tp) {
-                    Ok(()) => attach_raw(&mut ebpf, tp)?,
-                    Err(why) => {
-                        fallbacks.push(format!("ksm:{}: not traced ({why})", tp.tracepoint))
+        let functions = programs::FUNCTIONS.map(|f| f.function).join(", ");
+        let why = match backend {
+            Backend::Functions => "--backend functions",
+            Backend::Kprobes => "--backend kprobes",
+            _ => "no ksm:* tracepoints (Linux < 6.4)",
+        };
+        let events = match source {
+            Source::Tracepoints => {
+                for tp in &programs::KSM {
+                    match caps.raw_tracepoint(tp) {
+                        Ok(()) => attach_raw(&mut ebpf, tp)?,
+                        Err(why) => {
+                            fallbacks.push(format!("ksm:{}: not traced ({why})", tp.tracepoint))
+                        }
+                    }
+                }
+                EventSource::Tracepoints
+            }
+            Source::Fentry { or_kprobes } => {
+                match kernel_btf().and_then(|btf| attach_function_backend(&mut ebpf, caps, btf)) {
+                    Ok(()) => EventSource::Functions,
+                    Err(e) if or_kprobes => {
+                        fallbacks.push(format!(
+                            "fentry/fexit on the KSM functions refused ({e:#}): kprobes instead"
+                        ));
+                        attach_kprobe_backend(&mut ebpf).map_err(|k| {
+                            anyhow!(
+                                "this kernel ({}): {why}, and neither fentry ({e:#}) nor kprobes ({k:#}) could attach to the KSM functions: run `ksm-trace doctor`",
+                                caps.kernel_release
+                            )
+                        })?;
+                        EventSource::Kprobes
+                    }
+                    Err(e) => {
+                        return Err(anyhow!(
+                            "this kernel ({}): {why}, and the function probes could not attach ({e:#}): run `ksm-trace doctor`",
+                            caps.kernel_release
+                        ));
                     }
                 }
             }
-            EventSource::Tracepoints
+            Source::Kprobes => {
+                attach_kprobe_backend(&mut ebpf).map_err(|e| {
+                    anyhow!(
+                        "this kernel ({}): --backend kprobes: the kprobes could not attach ({e:#}): run `ksm-trace doctor`",
+                        caps.kernel_release
+                    )
+                })?;
+                EventSource::Kprobes
+            }
         };
+        if events != EventSource::Tracepoints {
+            let how = if events == EventSource::Kprobes {
+                "kprobes/kretprobes"
+            } else {
+                "fentry/fexit"
+            };
+            fallbacks.push(format!(
+                "{why}: events from {how} on {functions}; full scans end at ksmd's switch-out that sees ksm_scan.seqnr move; zero-page merges (use_zero_pages) are not traced"
+            ));
+        }
 
         let batches = match caps.raw_tracepoint(&programs::SCHED_SWITCH) {
             // sched_switch fires on every context switch of every process: its own switch.
@@ -259,7 +326,7 @@ impl Probes {
             }
         };
 
-        if events == EventSource::Functions && batches != BatchMechanism::SchedSwitch {
+        if events != EventSource::Tracepoints && batches != BatchMechanism::SchedSwitch {
             fallbacks.push(
                 "full scans are not traced: with the function backend their end is seen at ksmd's switch-out (sched_switch), which is off".into(),
             );
@@ -559,6 +626,27 @@ fn attach_function_backend(ebpf: &mut Ebpf, caps: &Capabilities, btf: &aya::Btf)
             Hook::Entry => program::<FEntry>(ebpf, f.program)?.attach().map(drop)?,
             Hook::Exit => program::<FExit>(ebpf, f.program)?.attach().map(drop)?,
         }
+    }
+    Ok(())
+}
+
+/// The function backend through kprobes ([`programs::FunctionProbe::kprobe`]): every program
+/// loads before any attaches, so a refusal leaves nothing attached.
+fn attach_kprobe_backend(ebpf: &mut Ebpf) -> Result<()> {
+    let programs = || {
+        programs::FUNCTIONS.iter().flat_map(|f| {
+            std::iter::once((f.kprobe, f.function)).chain(f.kretprobe.map(|p| (p, f.function)))
+        })
+    };
+    for (name, _) in programs() {
+        program::<KProbe>(ebpf, name)?
+            .load()
+            .map_err(|e| load_error(name, e))?;
+    }
+    for (name, function) in programs() {
+        program::<KProbe>(ebpf, name)?
+            .attach(function, 0)
+            .with_context(|| format!("attaching {name} to {function}"))?;
     }
     Ok(())
 }

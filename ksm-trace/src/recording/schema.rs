@@ -29,7 +29,8 @@ pub const FORMAT: &str = "ksm-trace-recording";
 /// (`Mechanisms::events`: tracepoints or the function backend) and the kernel's ksm_scan and
 /// ksm_rmap_items addresses. 4: each process's guest name and cgroup, and what a guest's
 /// load (sysbench) measured. 5: who shares KSM pages with whom (`Recording::sharing`).
-/// 6: a procs worker's own timed unmerge calls (`Worker::unmerge`).
+/// 6: a procs worker's own timed unmerge calls (`Worker::unmerge`), and events from kprobes
+/// (`EventSource::Kprobes`).
 pub const VERSION: u32 = 6;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -421,6 +422,8 @@ pub enum EventSource {
     /// fentry/fexit on the functions the tracepoints later went into (older kernels); full
     /// scans end at ksmd's switch-out that sees `ksm_scan.seqnr` move.
     Functions,
+    /// kprobes/kretprobes on the same functions, where fentry is refused.
+    Kprobes,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

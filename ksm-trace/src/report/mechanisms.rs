@@ -12,7 +12,10 @@ pub fn events(e: EventSource) -> &'static str {
             "raw tracepoints on ksm:* (no tracefs needed), ring buffer drained every 100 ms"
         }
         EventSource::Functions => {
-            "function backend (no ksm:* tracepoints on this kernel): fentry/fexit on try_to_merge_with_ksm_page, lru_add_drain_all (full scan start), remove_node_from_stable_tree, __ksm_enter/__ksm_exit; a full scan's end at ksmd's switch-out that sees ksm_scan.seqnr move; ring buffer drained every 100 ms"
+            "function backend: fentry/fexit on try_to_merge_with_ksm_page, lru_add_drain_all (full scan start), remove_node_from_stable_tree, __ksm_enter/__ksm_exit; a full scan's end at ksmd's switch-out that sees ksm_scan.seqnr move; ring buffer drained every 100 ms"
+        }
+        EventSource::Kprobes => {
+            "function backend through kprobes: kprobe/kretprobe on try_to_merge_with_ksm_page and __ksm_enter, kprobes on lru_add_drain_all (full scan start), remove_node_from_stable_tree, __ksm_exit; a full scan's end at ksmd's switch-out that sees ksm_scan.seqnr move; ring buffer drained every 100 ms"
         }
     }
 }
