@@ -3,7 +3,7 @@
 //! - `setup`: installs what the eBPF build needs, only what is missing;
 //! - `build`, `run -- ARGS`: builds ksm-trace (eBPF included) and runs it as root;
 //! - `test`: unit tests and the root integration tests against the real kernel;
-//! - `bench`: what tracing costs ksmd, and the selftest's merge time;
+//! - `bench`: what tracing costs ksmd, and the selftest's merge and unmerge times;
 //! - `soak --duration 1h`: a long record over a merging workload (tests/soak.rs);
 //! - `selftests`: builds the kernel's KSM selftests (tests/selftests.rs runs them under record);
 //! - `scale`: 1000 small processes and about 10 M events, each attributed exactly (tests/scale.rs);
@@ -115,6 +115,14 @@ fn main() -> Result<()> {
                     "100M",
                     "-o",
                     "/tmp/ksm-trace-bench.json",
+                ],
+                &[
+                    "bench",
+                    "unmerge",
+                    "--size",
+                    "100M",
+                    "-o",
+                    "/tmp/ksm-trace-bench-unmerge.json",
                 ],
             ] {
                 let status = as_root(
