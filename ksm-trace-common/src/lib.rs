@@ -40,6 +40,9 @@ pub mod kind {
     /// A write fault copied a KSM page (what /proc/vmstat counts as cow_ksm): `tgid`/`comm` of
     /// the faulting process, `pfn` of the KSM page, `arg0` = do_wp_page's duration in ns.
     pub const COW_BREAK: u32 = 11;
+    /// `unmerge_ksm_pages` returned (MADV_UNMERGEABLE, prctl off, run=2): `tgid`/`comm` and
+    /// `mm` of the range's process, `arg0` = the call's ns, `arg1` = pages in the range.
+    pub const UNMERGE_CALL: u32 = 12;
 }
 
 /// One record in the `EVENTS` ring buffer. Fields a kind does not use are zero.
@@ -251,6 +254,12 @@ pub mod programs {
     pub const COW_ENTRY: &str = "cow_entry";
     pub const COW_EXIT: &str = "cow_exit";
     pub const COW_FUNCTION: &str = "do_wp_page";
+    /// Unmerge latency: `unmerge_ksm_pages`, through fentry/fexit or kprobe/kretprobe.
+    pub const UNMERGE_FUNCTION: &str = "unmerge_ksm_pages";
+    pub const UNMERGE_ENTRY: &str = "unmerge_entry";
+    pub const UNMERGE_EXIT: &str = "unmerge_exit";
+    pub const UNMERGE_KPROBE: &str = "kp_unmerge_entry";
+    pub const UNMERGE_KRETPROBE: &str = "krp_unmerge_exit";
     /// fentry or fexit.
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]
     pub enum Hook {

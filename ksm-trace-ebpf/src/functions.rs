@@ -25,7 +25,7 @@ use crate::{
 /// fentry/fexit arguments are typed pointers to the verifier, which refuses arithmetic such as
 /// division on them; a copy read back through the stack is a plain number.
 #[inline(always)]
-fn scalar(value: u64) -> u64 {
+pub(crate) fn scalar(value: u64) -> u64 {
     // SAFETY: reads our own stack slot.
     unsafe { bpf_probe_read_kernel(&value as *const u64) }.unwrap_or(0)
 }

@@ -13,6 +13,7 @@ mod owner;
 mod profile;
 mod scan;
 mod tlb;
+mod unmerge;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -213,6 +213,25 @@ fn assert_backend_exact(run: &Value, events: &str) {
             );
         }
         assert_eq!(p["silent_unmerges"].as_i64(), Some(silent), "{p}");
+        // The kernel's unmerge_ksm_pages calls (fentry or kprobes, whichever backend): the
+        // worker's two MADV_UNMERGEABLE calls of 500 pages each, each no longer in the kernel
+        // than the worker timed it from user space.
+        if rep["mechanisms"]["unmerge"]["kind"] != "unavailable" {
+            assert_eq!(p["unmerge_call_ns"]["count"], 2, "--backend {backend}: {p}");
+            assert_eq!(p["unmerge_call_pages"], 1000, "--backend {backend}: {p}");
+            let worker = rep["workers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|w| w["pid"] == p["pid"])
+                .unwrap();
+            let user = int(&worker["unmerge"]["call_ns"]["max"]);
+            let kernel = int(&p["unmerge_call_ns"]["max"]);
+            assert!(
+                kernel <= user + user / 100,
+                "--backend {backend}: kernel {kernel} ns > the worker's {user} ns: {p}"
+            );
+        }
         workers += 1;
     }
     assert_eq!(workers, 2, "{rep}");
@@ -279,6 +298,12 @@ fn lab_runs_the_scenario_on_debian_6_12() {
     assert_backend_exact(&runs[0], "tracepoints");
     assert_backend_exact(&runs[1], "functions");
     assert_backend_exact(&runs[2], "kprobes");
+    let unmerge = |i: usize| runs[i]["report"]["mechanisms"]["unmerge"]["kind"].clone();
+    assert_eq!(
+        [unmerge(0), unmerge(1), unmerge(2)],
+        ["fentry", "fentry", "kprobes"],
+        "where fentry loads it times the kernel's unmerges, kprobes when forced"
+    );
     assert_nothing_left(pid);
 }
 

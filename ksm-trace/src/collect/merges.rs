@@ -113,6 +113,11 @@ impl MergeTracker {
                 stats.cow_fault_ns.record(event.arg0);
             }
             kind::EXIT => self.stats(event).exited += 1,
+            kind::UNMERGE_CALL => {
+                let stats = self.stats(event);
+                stats.unmerge_call_ns.record(event.arg0);
+                stats.unmerge_call_pages += event.arg1;
+            }
             _ => {}
         }
     }
@@ -250,6 +255,27 @@ mod tests {
             mm,
             ..Event::default()
         }
+    }
+
+    #[test]
+    fn kernel_unmerge_calls_add_up_per_process() {
+        let mut t = MergeTracker::default();
+        for (ns, pages) in [(1_500_000, 500), (2_500_000, 500)] {
+            t.handle(&Event {
+                kind: kind::UNMERGE_CALL,
+                tgid: 7,
+                mm: 0xa,
+                arg0: ns,
+                arg1: pages,
+                ..Event::default()
+            });
+        }
+        let s = &t.by_pid[&7];
+        assert_eq!((s.unmerge_call_ns.count(), s.unmerge_call_pages), (2, 1000));
+        // 3 significant digits.
+        assert_eq!(s.unmerge_call_ns.summary().max / 10_000, 250);
+        // Unmerge calls are not unmerges seen leaving the stable tree.
+        assert_eq!(s.unmerges, 0);
     }
 
     #[test]

@@ -103,6 +103,7 @@ pub fn kind_name(kind: u32) -> &'static str {
         kind::ADVISOR => "ksm_advisor",
         kind::KSMD_BATCH => "ksmd_batch",
         kind::COW_BREAK => "cow_break",
+        kind::UNMERGE_CALL => "unmerge_call",
         _ => "unknown",
     }
 }

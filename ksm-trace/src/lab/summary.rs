@@ -77,12 +77,15 @@ fn backend(b: &super::scenario::BackendRun) -> String {
         }
         let _ = writeln!(
             o,
-            "    {}: merges {}, unmerges {}, ksm_merging_pages {}→{}",
+            "    {}: merges {}, unmerges {}, ksm_merging_pages {}→{}; kernel unmerge calls {} over {} pages, max {} ns",
             p["comm"].as_str().unwrap_or("?"),
             num(&p["merges"]),
             num(&p["unmerges"]),
             num(&p["ksm_merging_pages_start"]),
-            num(&p["ksm_merging_pages_end"])
+            num(&p["ksm_merging_pages_end"]),
+            num(&p["unmerge_call_ns"]["count"]),
+            num(&p["unmerge_call_pages"]),
+            num(&p["unmerge_call_ns"]["max"])
         );
     }
     let around = match (b.counters_before.full_scans, b.counters_after.full_scans) {

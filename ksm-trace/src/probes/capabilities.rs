@@ -28,7 +28,7 @@ pub fn is_ksm_tracepoint(name: &str) -> bool {
 
 /// Functions fentry/fexit would use where allowed (the function backend's, and others
 /// `doctor` reports on).
-pub const KSM_FUNCTIONS: [&str; 10] = [
+pub const KSM_FUNCTIONS: [&str; 11] = [
     "try_to_merge_one_page",
     "try_to_merge_with_ksm_page",
     "ksm_do_scan",
@@ -39,6 +39,7 @@ pub const KSM_FUNCTIONS: [&str; 10] = [
     "remove_node_from_stable_tree",
     "__ksm_enter",
     "__ksm_exit",
+    "unmerge_ksm_pages",
 ];
 
 impl Capabilities {
@@ -74,8 +75,8 @@ impl Capabilities {
                 caps.functions.insert(f.to_owned(), btf.has_function(f));
             }
             for (name, s, m) in OFFSETS {
-                caps.offsets
-                    .insert(name.to_owned(), btf.member_offset(s, m));
+                let offset = struct_names(s).find_map(|s| btf.member_offset(s, m));
+                caps.offsets.insert(name.to_owned(), offset);
             }
             caps.page_struct_size = btf.struct_size("page");
         }
@@ -234,6 +235,16 @@ const OFFSETS: [(&str, &str, &str); 11] = [
     ("vm_area_struct.vm_mm", "vm_area_struct", "vm_mm"),
 ];
 
+/// The names a struct of mm/ksm.c has had: `ksm_rmap_item` and `ksm_stable_node` were
+/// `rmap_item` and `stable_node` before Linux 6.0 (Ubuntu 22.04's 5.15, RHEL 9's 5.14).
+fn struct_names(name: &'static str) -> impl Iterator<Item = &'static str> {
+    let before_6_0 = match name {
+        "ksm_rmap_item" | "ksm_stable_node" => name.strip_prefix("ksm_"),
+        _ => None,
+    };
+    std::iter::once(name).chain(before_6_0)
+}
+
 /// Why the kernel's argument list (`args`) does not give `tp`'s program what it reads, if it
 /// does not: an argument it reads is missing or of another kind.
 fn prototype_differs(args: Option<&[Arg]>, tp: &RawTracepoint) -> Option<String> {
@@ -265,6 +276,15 @@ fn describe(a: &Arg) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ksm_structs_are_also_looked_up_by_their_names_before_6_0() {
+        let names = |s| struct_names(s).collect::<Vec<_>>();
+        assert_eq!(names("ksm_rmap_item"), ["ksm_rmap_item", "rmap_item"]);
+        assert_eq!(names("ksm_stable_node"), ["ksm_stable_node", "stable_node"]);
+        assert_eq!(names("ksm_scan"), ["ksm_scan"]);
+        assert_eq!(names("task_struct"), ["task_struct"]);
+    }
 
     #[test]
     fn only_the_arguments_a_program_reads_must_match() {

@@ -20,7 +20,7 @@ use ksm_trace_common::{
 pub use crate::recording::schema::LatencyMode;
 use crate::recording::schema::{
     AttributionMechanism, BatchMechanism, BracketAttach, CowMechanism, EventSource, Mechanisms,
-    MergeLatencyMechanism, ShootdownMechanism,
+    MergeLatencyMechanism, ShootdownMechanism, UnmergeMechanism,
 };
 pub use capabilities::Capabilities;
 
@@ -358,6 +358,55 @@ impl Probes {
                 }
             };
 
+        // unmerge_ksm_pages runs only when something unmerges: always attached where it can be.
+        let unmerge = if !caps
+            .functions
+            .get(programs::UNMERGE_FUNCTION)
+            .copied()
+            .unwrap_or(false)
+        {
+            fallbacks.push(format!(
+                "no unmerge latency from the kernel: {} is not in BTF (inlined)",
+                programs::UNMERGE_FUNCTION
+            ));
+            UnmergeMechanism::Unavailable
+        } else {
+            let fentry = if events == EventSource::Kprobes {
+                Err(anyhow!("--backend kprobes"))
+            } else {
+                kernel_btf().and_then(|btf| {
+                    attach_function(
+                        &mut ebpf,
+                        caps,
+                        btf,
+                        programs::UNMERGE_ENTRY,
+                        programs::UNMERGE_EXIT,
+                        programs::UNMERGE_FUNCTION,
+                    )
+                })
+            };
+            match fentry {
+                Ok(()) => UnmergeMechanism::Fentry,
+                Err(_) if kprobes_available() => {
+                    attach_kprobes(
+                        &mut ebpf,
+                        &[
+                            (programs::UNMERGE_KPROBE, programs::UNMERGE_FUNCTION),
+                            (programs::UNMERGE_KRETPROBE, programs::UNMERGE_FUNCTION),
+                        ],
+                    )?;
+                    UnmergeMechanism::Kprobes
+                }
+                Err(e) => {
+                    fallbacks.push(format!(
+                        "no unmerge latency from the kernel: fentry/fexit on {} unavailable ({e}) and no kprobes; the procs workload's `unmerge=F` times its own calls",
+                        programs::UNMERGE_FUNCTION
+                    ));
+                    UnmergeMechanism::Unavailable
+                }
+            }
+        };
+
         // tlb_flush fires on TLB flushes of every process: only when asked for.
         let tlb_shootdowns = match caps.raw_tracepoint(&programs::TLB_FLUSH) {
             _ if !want_tlb => ShootdownMechanism::Off,
@@ -430,6 +479,7 @@ impl Probes {
                 attribution,
                 cow,
                 tlb_shootdowns,
+                unmerge,
                 fallbacks,
             },
         })
@@ -630,20 +680,26 @@ fn attach_function_backend(ebpf: &mut Ebpf, caps: &Capabilities, btf: &aya::Btf)
     Ok(())
 }
 
-/// The function backend through kprobes ([`programs::FunctionProbe::kprobe`]): every program
-/// loads before any attaches, so a refusal leaves nothing attached.
+/// The function backend through kprobes ([`programs::FunctionProbe::kprobe`]).
 fn attach_kprobe_backend(ebpf: &mut Ebpf) -> Result<()> {
-    let programs = || {
-        programs::FUNCTIONS.iter().flat_map(|f| {
+    let probes: Vec<(&str, &str)> = programs::FUNCTIONS
+        .iter()
+        .flat_map(|f| {
             std::iter::once((f.kprobe, f.function)).chain(f.kretprobe.map(|p| (p, f.function)))
         })
-    };
-    for (name, _) in programs() {
+        .collect();
+    attach_kprobes(ebpf, &probes)
+}
+
+/// Loads every `(program, function)` kprobe before attaching any, so a refusal leaves
+/// nothing attached.
+fn attach_kprobes(ebpf: &mut Ebpf, probes: &[(&str, &str)]) -> Result<()> {
+    for &(name, _) in probes {
         program::<KProbe>(ebpf, name)?
             .load()
             .map_err(|e| load_error(name, e))?;
     }
-    for (name, function) in programs() {
+    for &(name, function) in probes {
         program::<KProbe>(ebpf, name)?
             .attach(function, 0)
             .with_context(|| format!("attaching {name} to {function}"))?;

@@ -22,12 +22,21 @@ pub fn upgrade(mut value: Value, version: u32) -> Result<Value> {
     Ok(value)
 }
 
-/// Version 5 did not time a worker's unmerge calls (there was no `unmerge=F`).
+/// Version 5 did not time a worker's unmerge calls (there was no `unmerge=F`), nor the
+/// kernel's.
 fn v5_to_v6(mut v: Value) -> Result<Value> {
     let root = object(&mut v, "recording")?;
     root.insert("version".into(), json!(6));
     for worker in workers(root) {
         default(worker, "unmerge", Value::Null);
+    }
+    if let Some(mech) = root.get_mut("mechanisms") {
+        default(mech, "unmerge", json!({"kind": "unavailable"}));
+    }
+    let empty = serde_json::to_value(crate::histogram::Histogram::new())?;
+    for p in processes(root) {
+        default(p, "unmerge_call_ns", empty.clone());
+        default(p, "unmerge_call_pages", json!(0));
     }
     Ok(v)
 }

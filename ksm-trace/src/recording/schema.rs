@@ -29,8 +29,9 @@ pub const FORMAT: &str = "ksm-trace-recording";
 /// (`Mechanisms::events`: tracepoints or the function backend) and the kernel's ksm_scan and
 /// ksm_rmap_items addresses. 4: each process's guest name and cgroup, and what a guest's
 /// load (sysbench) measured. 5: who shares KSM pages with whom (`Recording::sharing`).
-/// 6: a procs worker's own timed unmerge calls (`Worker::unmerge`), and events from kprobes
-/// (`EventSource::Kprobes`).
+/// 6: a procs worker's own timed unmerge calls (`Worker::unmerge`), events from kprobes
+/// (`EventSource::Kprobes`), and the kernel's unmerge calls per process (`Mechanisms::unmerge`,
+/// `MergeStats::unmerge_call_ns`).
 pub const VERSION: u32 = 6;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -241,6 +242,11 @@ pub struct MergeStats {
     pub merge_latency_shootdown_ns: Histogram,
     /// Measured merge time per outcome, ns (what the `--by process` flame graph weighs).
     pub time_ns: OutcomeTimes,
+    /// With `Mechanisms::unmerge`: the kernel's `unmerge_ksm_pages` calls on this process's
+    /// memory (MADV_UNMERGEABLE, prctl off, run=2), how long each took, and the pages their
+    /// ranges covered.
+    pub unmerge_call_ns: Histogram,
+    pub unmerge_call_pages: u64,
 }
 
 /// Sums of measured latency by outcome.
@@ -398,8 +404,22 @@ pub struct Mechanisms {
     pub cow: CowMechanism,
     /// TLB shootdowns ksmd sends per merge.
     pub tlb_shootdowns: ShootdownMechanism,
+    /// The kernel's own unmerge calls, timed per process.
+    pub unmerge: UnmergeMechanism,
     /// What the kernel refused and what was used instead, with the kernel's reason.
     pub fallbacks: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum UnmergeMechanism {
+    /// No function probe on `unmerge_ksm_pages` loads here (fentry refused and no kprobes, or
+    /// the function inlined), or not recorded (before version 6).
+    Unavailable,
+    /// fentry/fexit on `unmerge_ksm_pages`.
+    Fentry,
+    /// kprobe/kretprobe on `unmerge_ksm_pages`.
+    Kprobes,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

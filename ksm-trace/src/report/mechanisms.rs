@@ -2,7 +2,7 @@
 //! reports, `doctor` and the lab print.
 use crate::recording::schema::{
     AttributionMechanism, BatchMechanism, BracketAttach, CowMechanism, EventSource, Mechanisms,
-    MergeLatencyMechanism, ShootdownMechanism,
+    MergeLatencyMechanism, ShootdownMechanism, UnmergeMechanism,
 };
 
 /// Where the events come from, and how they reach user space.
@@ -125,16 +125,31 @@ pub fn tlb_shootdowns(m: ShootdownMechanism) -> &'static str {
     }
 }
 
+pub fn unmerge(m: UnmergeMechanism) -> &'static str {
+    match m {
+        UnmergeMechanism::Unavailable => {
+            "no kernel-side unmerge latency here (needs fentry or kprobes on unmerge_ksm_pages)"
+        }
+        UnmergeMechanism::Fentry => {
+            "fentry/fexit on unmerge_ksm_pages (MADV_UNMERGEABLE, prctl off, run=2), per call"
+        }
+        UnmergeMechanism::Kprobes => {
+            "kprobe/kretprobe on unmerge_ksm_pages (MADV_UNMERGEABLE, prctl off, run=2), per call"
+        }
+    }
+}
+
 /// `  name: prose` lines for every mechanism, then the fallbacks.
 pub fn lines(m: &Mechanisms) -> String {
     let mut o = format!(
-        "  events: {}\n  merge latency: {}\n  batches: {}\n  attribution: {}\n  COW breaks: {}\n  TLB shootdowns: {}\n",
+        "  events: {}\n  merge latency: {}\n  batches: {}\n  attribution: {}\n  COW breaks: {}\n  TLB shootdowns: {}\n  unmerge calls: {}\n",
         events(m.events),
         merge_latency(m.merge_latency),
         batches(m.batches),
         attribution(m.attribution),
         cow(m.cow),
-        tlb_shootdowns(m.tlb_shootdowns)
+        tlb_shootdowns(m.tlb_shootdowns),
+        unmerge(m.unmerge)
     );
     for f in &m.fallbacks {
         o.push_str(&format!("  fallback: {f}\n"));

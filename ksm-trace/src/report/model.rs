@@ -122,6 +122,10 @@ pub struct ProcessReport {
     /// (fentry/fexit refused): not measured, rather than zero.
     pub cow_breaks: Option<u64>,
     pub cow_fault_ns: Summary,
+    /// The kernel's unmerge_ksm_pages calls on its memory (with `mechanisms.unmerge`): each
+    /// call's duration, and the pages their ranges covered.
+    pub unmerge_call_ns: Summary,
+    pub unmerge_call_pages: u64,
     /// TLB shootdowns ksmd sent merging this process's pages (None: not recorded).
     #[serde(default)]
     pub tlb: Option<ShootdownReport>,
@@ -336,6 +340,8 @@ impl Report {
                 untimed_merges: p.stats.untimed_merges,
                 cow_breaks: cow_traced.then_some(p.stats.cow_breaks),
                 cow_fault_ns: p.stats.cow_fault_ns.summary(),
+                unmerge_call_ns: p.stats.unmerge_call_ns.summary(),
+                unmerge_call_pages: p.stats.unmerge_call_pages,
                 tlb: match rec.mechanisms.tlb_shootdowns {
                     ShootdownMechanism::TlbFlush { ipis } => {
                         Some(ShootdownReport::of(&p.stats, ipis))
@@ -533,6 +539,7 @@ fn descriptions(m: &Mechanisms) -> BTreeMap<String, String> {
             "tlb_shootdowns",
             text::tlb_shootdowns(m.tlb_shootdowns).to_owned(),
         ),
+        ("unmerge", text::unmerge(m.unmerge).to_owned()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))

@@ -285,6 +285,7 @@ pub fn render(rec: &Recording, r: &Report, by: By) -> String {
     }
 
     shootdowns(&mut o, r);
+    unmerge_calls(&mut o, r);
 
     let _ = writeln!(o, "\nKernel counters (end − start)");
     for (name, delta) in &r.kernel_deltas {
@@ -490,6 +491,42 @@ fn scanned(s: &super::model::ScansReport) -> String {
     match (s.pages_scanned, s.pages_scanned_per_sec) {
         (Some(n), Some(rate)) => format!("{n} pages scanned ({rate:.0}/s)"),
         _ => "pages scanned: not counted by this kernel (no pages_scanned)".into(),
+    }
+}
+
+/// The kernel's unmerge calls per process (function probes on unmerge_ksm_pages).
+fn unmerge_calls(o: &mut String, r: &Report) {
+    let rows: Vec<_> = r
+        .processes
+        .iter()
+        .filter(|p| p.unmerge_call_ns.count > 0)
+        .collect();
+    if rows.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        o,
+        "\nUnmerge calls in the kernel (unmerge_ksm_pages: MADV_UNMERGEABLE, prctl off, run=2), per process"
+    );
+    let _ = writeln!(
+        o,
+        "  {:<24} {:>7} {:>9} {:>10} {:>10} {:>10} {:>10}",
+        "PROCESS", "CALLS", "PAGES", "p50", "p99", "MAX", "ns/PAGE"
+    );
+    for p in rows {
+        let u = &p.unmerge_call_ns;
+        let per_page = u.mean * u.count as f64 / p.unmerge_call_pages.max(1) as f64;
+        let _ = writeln!(
+            o,
+            "  {:<24} {:>7} {:>9} {:>10} {:>10} {:>10} {:>10.0}",
+            format!("{}[{}]", p.comm, p.pid),
+            u.count,
+            p.unmerge_call_pages,
+            fmt_ns(u.p50),
+            fmt_ns(u.p99),
+            fmt_ns(u.max),
+            per_page
+        );
     }
 }
 
