@@ -254,6 +254,16 @@ fn assert_backend_exact(run: &Value, events: &str) {
     // unmerged or rewrote: an upper bound.
     let cow = int(&rep["kernel_deltas"]["cow_ksm"]);
     assert!(cow > 0, "{rep}");
+    // Where fentry loads, the do_wp_page probe counts them exactly, whichever backend.
+    if rep["mechanisms"]["cow"]["kind"] == "do-wp-page" {
+        let traced: i64 = rep["processes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|p| p["cow_breaks"].as_i64())
+            .sum();
+        assert_eq!(traced, cow, "--backend {backend}: {rep}");
+    }
     let workers = rep["workers"].as_array().unwrap();
     let classified = workers.iter().all(|w| w["unmerge"]["ksm_pages"].is_i64());
     let broke: i64 = workers

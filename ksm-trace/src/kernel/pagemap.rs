@@ -79,6 +79,26 @@ impl KsmPages {
     }
 }
 
+/// `[start, end)` of each private mapping (KSM merges only private anonymous memory).
+pub fn private_ranges(pid: u32) -> Vec<(u64, u64)> {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
+    maps.lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let range = fields.next()?;
+            let perms = fields.next()?;
+            if !perms.ends_with('p') {
+                return None;
+            }
+            let (a, b) = range.split_once('-')?;
+            Some((
+                u64::from_str_radix(a, 16).ok()?,
+                u64::from_str_radix(b, 16).ok()?,
+            ))
+        })
+        .collect()
+}
+
 /// Whether KPF_KSM means a KSM page here: some kernels (Debian 12's 6.12.118 among them) set it
 /// on every anonymous page, because they test the page's mapping for either of the two bits
 /// that make up KSM's tag. A fresh page of our own, never mergeable, must not carry it.

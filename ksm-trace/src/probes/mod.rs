@@ -104,12 +104,12 @@ impl Backend {
     /// Refuses, in one line, a backend asked for by name that this kernel cannot run: for a
     /// command to call before it changes anything.
     pub fn check(self, caps: &Capabilities) -> Result<()> {
-        self.source(caps).map(drop)
+        self.source(caps, kprobes_available()).map(drop)
     }
 
     /// Where events come from on this kernel; Err says, in one line, why a backend asked for
     /// by name cannot run here.
-    fn source(self, caps: &Capabilities) -> Result<Source> {
+    fn source(self, caps: &Capabilities, kprobes: bool) -> Result<Source> {
         let has_tracepoints = programs::KSM
             .iter()
             .any(|tp| caps.has_tracepoint(tp.tracepoint));
@@ -127,7 +127,7 @@ impl Backend {
         };
         match self {
             Backend::Auto if caps.function_backend() => Ok(Source::Fentry {
-                or_kprobes: kprobes_available(),
+                or_kprobes: kprobes,
             }),
             Backend::Auto => Ok(Source::Tracepoints),
             Backend::Tracepoints if has_tracepoints => Ok(Source::Tracepoints),
@@ -138,7 +138,7 @@ impl Backend {
             Backend::Functions => {
                 functions("functions").map(|()| Source::Fentry { or_kprobes: false })
             }
-            Backend::Kprobes if !kprobes_available() => Err(anyhow!(
+            Backend::Kprobes if !kprobes => Err(anyhow!(
                 "--backend kprobes: this kernel ({}) has no kprobes (CONFIG_KPROBES, or no perf kprobe PMU): use --backend auto",
                 caps.kernel_release
             )),
@@ -206,7 +206,7 @@ impl Probes {
             tlb: want_tlb,
             backend,
         } = options;
-        let source = backend.source(caps)?;
+        let source = backend.source(caps, kprobes_available())?;
         let config: Config = caps.config(ksmd, source != Source::Tracepoints);
         if PROGRAMS.is_empty() {
             return Err(anyhow!(
@@ -727,4 +727,69 @@ fn attach_function(
     program::<FEntry>(ebpf, entry)?.attach()?;
     program::<FExit>(ebpf, exit)?.attach()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What `doctor --json` found on a kernel of the lab (`ksm-trace lab --kernel NAME --json`,
+    /// its `doctor.json.capabilities`): that kernel's BTF functions and offsets, tracepoints and
+    /// kallsyms symbols, kept as a fixture.
+    fn lab_kernel(name: &str) -> Capabilities {
+        let path = format!(
+            "{}/tests/fixtures/capabilities-{name}.json",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn debian_6_1_takes_the_function_probes_and_refuses_the_tracepoints() {
+        let caps = lab_kernel("debian-6.1");
+        assert!(caps.function_backend_missing().is_empty());
+        let auto = Backend::Auto.source(&caps, true).unwrap();
+        assert_eq!(auto, Source::Fentry { or_kprobes: true });
+        let no_kprobes = Backend::Auto.source(&caps, false).unwrap();
+        assert_eq!(no_kprobes, Source::Fentry { or_kprobes: false });
+        let err = Backend::Tracepoints
+            .source(&caps, true)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no ksm tracepoints"), "{err}");
+        assert_eq!(
+            Backend::Kprobes.source(&caps, true).unwrap(),
+            Source::Kprobes
+        );
+        // The function backend's globals: the full-scan counter and rmap items are read.
+        let config = caps.config(1, true);
+        assert_ne!(config.ksm_scan_seqnr_addr, 0);
+        assert_ne!(config.rmap_item_mm, NO_OFFSET);
+        assert_ne!(config.stable_node_sharers, NO_OFFSET);
+    }
+
+    #[test]
+    fn debian_6_12_takes_the_tracepoints_and_can_be_forced_to_either_function_path() {
+        let caps = lab_kernel("debian-6.12");
+        assert_eq!(
+            Backend::Auto.source(&caps, true).unwrap(),
+            Source::Tracepoints
+        );
+        assert_eq!(
+            Backend::Functions.source(&caps, true).unwrap(),
+            Source::Fentry { or_kprobes: false }
+        );
+        assert_eq!(
+            Backend::Kprobes.source(&caps, true).unwrap(),
+            Source::Kprobes
+        );
+        let err = Backend::Kprobes
+            .source(&caps, false)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("has no kprobes"), "{err}");
+        // With the tracepoints, ksmd's switch-outs must not report full scans too.
+        assert_eq!(caps.config(1, false).ksm_scan_seqnr_addr, 0);
+        assert!(caps.functions[programs::UNMERGE_FUNCTION]);
+    }
 }

@@ -1,12 +1,13 @@
 //! Who maps which KSM page right now, without tracing: for every process the kernel counts
 //! KSM pages for (ksm_stat), the pfns behind its private mappings (/proc/<pid>/pagemap) that
 //! /proc/kpageflags marks KSM. Root only; reads, never writes.
-use std::{
-    collections::{BTreeMap, BTreeSet},
-    fs,
-};
+use std::collections::{BTreeMap, BTreeSet};
 
-use crate::kernel::{KsmStat, pagemap::KsmPages, process::ProcessIdentity};
+use crate::kernel::{
+    KsmStat,
+    pagemap::{KsmPages, private_ranges},
+    process::ProcessIdentity,
+};
 
 /// One process that maps KSM pages.
 pub type Sharer = ProcessIdentity;
@@ -61,24 +62,4 @@ impl Snapshot {
             .map(|(&pfn, list)| (pfn, list.iter().map(|&i| self.sharers[i].pid).collect()))
             .collect()
     }
-}
-
-/// `[start, end)` of each private mapping (KSM merges only private anonymous memory).
-fn private_ranges(pid: u32) -> Vec<(u64, u64)> {
-    let maps = fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
-    maps.lines()
-        .filter_map(|line| {
-            let mut fields = line.split_whitespace();
-            let range = fields.next()?;
-            let perms = fields.next()?;
-            if !perms.ends_with('p') {
-                return None;
-            }
-            let (a, b) = range.split_once('-')?;
-            Some((
-                u64::from_str_radix(a, 16).ok()?,
-                u64::from_str_radix(b, 16).ok()?,
-            ))
-        })
-        .collect()
 }

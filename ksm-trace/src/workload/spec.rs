@@ -50,6 +50,8 @@ pub struct ProcsSpec {
     /// Fraction of the identical pages each worker unmerges at the end of every round, in one
     /// timed MADV_UNMERGEABLE call (the kernel selftest's `ksm_tests -D`), then marks them
     /// mergeable again for the next round (after the last round they stay unmerged); 0: none.
+    /// With `mode=prctl`, `unmerge=1` is prctl(PR_SET_MEMORY_MERGE, 0) instead (the whole
+    /// process), turned on again the same way.
     #[serde(default)]
     pub unmerge: f64,
 }

@@ -87,19 +87,30 @@ impl Memory<'_> {
 
     /// Unmerges the first `pages` pages in one timed MADV_UNMERGEABLE call (as the kernel
     /// selftest's `ksm_tests -D` does), counting those that were KSM pages just before; with
-    /// `again`, marks them mergeable again so ksmd merges them anew for the next round.
+    /// `again`, marks them mergeable again so ksmd merges them anew for the next round. With
+    /// `prctl`, the call is prctl(PR_SET_MEMORY_MERGE, 0) instead, which unmerges the whole
+    /// process (`pages` is then all of them), and merging is turned on again the same way.
     fn unmerge(
         &self,
         pages: usize,
+        prctl: bool,
         again: bool,
         ksm: Option<&KsmPages>,
         t: &mut UnmergeTiming,
     ) -> Result<()> {
         let start = self.addr(0);
         let len = pages * self.page;
+        // prctl off unmerges every private mapping of the process (heap and stack too).
+        let ranges = if prctl {
+            crate::kernel::pagemap::private_ranges(std::process::id())
+        } else {
+            vec![(start as u64, (start + len) as u64)]
+        };
         let were_ksm = ksm.map(|k| {
             let mut pfns = Vec::new();
-            k.ksm_pfns(start as u64, (start + len) as u64, &mut pfns);
+            for (from, to) in ranges {
+                k.ksm_pfns(from, to, &mut pfns);
+            }
             pfns.len() as u64
         });
         let base = NonNull::new(start as *mut std::ffi::c_void).expect("a mapping is not null");
@@ -112,14 +123,20 @@ impl Memory<'_> {
         };
         let cow_before = cow_ksm();
         let began = Instant::now();
-        // SAFETY: a prefix of this worker's own mapping.
-        unsafe { madvise(base, len, MmapAdvise::MADV_UNMERGEABLE) }
-            .context("madvise(MADV_UNMERGEABLE)")?;
+        if prctl {
+            set_memory_merge(false)?;
+        } else {
+            // SAFETY: a prefix of this worker's own mapping.
+            unsafe { madvise(base, len, MmapAdvise::MADV_UNMERGEABLE) }
+                .context("madvise(MADV_UNMERGEABLE)")?;
+        }
         let ns = began.elapsed().as_nanos() as u64;
         let rose = cow_before
             .zip(cow_ksm())
             .map(|(before, after)| (after - before).max(0) as u64);
-        if again {
+        if again && prctl {
+            set_memory_merge(true)?;
+        } else if again {
             unsafe { madvise(base, len, MmapAdvise::MADV_MERGEABLE) }
                 .context("madvise(MADV_MERGEABLE)")?;
         }
@@ -163,13 +180,7 @@ pub fn worker_main(args: &[String]) -> Result<()> {
     let spec: ProcsSpec = serde_json::from_str(spec)?;
     nix::sys::prctl::set_name(&std::ffi::CString::new(worker_comm(index))?)?;
     if spec.mode == MergeMode::Prctl {
-        // SAFETY: plain prctl; marks this process's current and future VMAs mergeable.
-        if unsafe { libc::prctl(libc::PR_SET_MEMORY_MERGE, 1, 0, 0, 0) } != 0 {
-            bail!(
-                "prctl(PR_SET_MEMORY_MERGE): {}",
-                std::io::Error::last_os_error()
-            );
-        }
+        set_memory_merge(true)?;
     }
     let page = crate::kernel::page_size() as usize;
     let pages = spec.pages as usize;
@@ -241,7 +252,13 @@ pub fn worker_main(args: &[String]) -> Result<()> {
     let mut faults = Histogram::new();
     let mut round = 0u32;
     let mut next_round = started + spec.wait;
-    let unmerge_pages = (memory.identical_pages() as f64 * spec.unmerge).round() as usize;
+    // prctl mode unmerges all or nothing: unmerge=1 is prctl(PR_SET_MEMORY_MERGE, 0).
+    let prctl_off = spec.mode == MergeMode::Prctl && spec.unmerge >= 1.0;
+    let unmerge_pages = if prctl_off {
+        memory.pages()
+    } else {
+        (memory.identical_pages() as f64 * spec.unmerge).round() as usize
+    };
     let mut unmerge = (unmerge_pages > 0).then(UnmergeTiming::default);
     // A round ends at each `wait`; with unmerging, the single round ends too.
     let mut said_done = spec.rounds <= 1 && unmerge.is_none();
@@ -256,7 +273,8 @@ pub fn worker_main(args: &[String]) -> Result<()> {
         if !said_done && now >= next_round {
             if let Some(t) = unmerge.as_mut() {
                 // After the last round the pages stay unmerged, as the selftest leaves them.
-                memory.unmerge(unmerge_pages, round + 1 < spec.rounds, ksm.as_ref(), t)?;
+                let again = round + 1 < spec.rounds;
+                memory.unmerge(unmerge_pages, prctl_off, again, ksm.as_ref(), t)?;
             }
             if round + 1 < spec.rounds {
                 round += 1;
@@ -305,6 +323,19 @@ pub fn worker_main(args: &[String]) -> Result<()> {
         unmerge,
     };
     say(&format!("report {}", serde_json::to_string(&report)?));
+    Ok(())
+}
+
+/// prctl(PR_SET_MEMORY_MERGE): merging of every VMA of this process on or off (off unmerges).
+fn set_memory_merge(on: bool) -> Result<()> {
+    // SAFETY: plain prctl on this process.
+    if unsafe { libc::prctl(libc::PR_SET_MEMORY_MERGE, on as libc::c_ulong, 0, 0, 0) } != 0 {
+        bail!(
+            "prctl(PR_SET_MEMORY_MERGE, {}): {}",
+            on as u8,
+            std::io::Error::last_os_error()
+        );
+    }
     Ok(())
 }
 
