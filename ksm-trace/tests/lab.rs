@@ -138,13 +138,21 @@ fn assert_fexit(t: &Value) {
     assert!(timed(&t["recording"], "merge_latency_ns") > 0);
     assert!(timed(&t["recording"], "merge_latency_bracket_ns") > 0);
     assert_eq!(m["cow"]["kind"], "do-wp-page", "{m}");
-    let traced: i64 = rep["processes"]
+    assert_eq!(
+        traced_cow(rep),
+        int(&rep["kernel_deltas"]["cow_ksm"]),
+        "{rep}"
+    );
+}
+
+/// Σ COW breaks the do_wp_page probe counted over the report's processes.
+fn traced_cow(rep: &Value) -> i64 {
+    rep["processes"]
         .as_array()
         .unwrap()
         .iter()
         .filter_map(|p| p["cow_breaks"].as_i64())
-        .sum();
-    assert_eq!(traced, int(&rep["kernel_deltas"]["cow_ksm"]), "{rep}");
+        .sum()
 }
 
 /// Tracepoints only: the mmap_lock bracket timed the merges, the report says why fexit was
@@ -256,13 +264,7 @@ fn assert_backend_exact(run: &Value, events: &str) {
     assert!(cow > 0, "{rep}");
     // Where fentry loads, the do_wp_page probe counts them exactly, whichever backend.
     if rep["mechanisms"]["cow"]["kind"] == "do-wp-page" {
-        let traced: i64 = rep["processes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter_map(|p| p["cow_breaks"].as_i64())
-            .sum();
-        assert_eq!(traced, cow, "--backend {backend}: {rep}");
+        assert_eq!(traced_cow(rep), cow, "--backend {backend}: {rep}");
     }
     let workers = rep["workers"].as_array().unwrap();
     let classified = workers.iter().all(|w| w["unmerge"]["ksm_pages"].is_i64());
