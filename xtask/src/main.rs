@@ -42,7 +42,7 @@ enum Cmd {
         args: Vec<String>,
     },
     /// Benchmarks, each printing ratios measured in one run: ksmd traced vs untraced, and the
-    /// kernel selftest's merge time.
+    /// kernel selftest's merge time beside `bench merge` in its conditions.
     Bench,
     /// Boot another kernel in a QEMU (TCG) guest (or take this one: `host`), run ksm-trace's
     /// scenario there and print its figures (`ksm-trace lab`; tests/lab.rs judges them).
@@ -103,6 +103,11 @@ fn main() -> Result<()> {
             std::process::exit(status.code().unwrap_or(1));
         }
         Cmd::Bench => {
+            if !is_root() {
+                bail!(
+                    "the bench drives KSM and runs the kernel's selftest, which writes KSM's knobs: run `cargo xtask bench` as root"
+                );
+            }
             let env = setup::run()?;
             cargo(&env, &["build", "--package", "ksm-trace"], true)?;
             let bin = setup::workspace_root()?.join("target/release/ksm-trace");
@@ -135,7 +140,7 @@ fn main() -> Result<()> {
                     bail!("ksm-trace {} failed", args.join(" "));
                 }
             }
-            Ok(())
+            selftests::compare_merge_speed(&bin, &selftests::ensure()?)
         }
         Cmd::Lab { kernel } => {
             let env = setup::run()?;
@@ -195,13 +200,6 @@ fn main() -> Result<()> {
             let mut cmd = cargo_command(&env, &test_args, false)?;
             cmd.env(PACKAGE_ENV, &deb);
             cmd.env(SELFTESTS_ENV, &selftests);
-            // The release binary the package holds (built by dist::package), for the test that
-            // compares a speed with the selftest's.
-            let release = setup::workspace_root()?
-                .join("target")
-                .join(setup::TARGET)
-                .join("release/ksm-trace");
-            cmd.env(RELEASE_BIN_ENV, &release);
             run_cargo(cmd, &test_args)
         }
     }
@@ -210,8 +208,6 @@ fn main() -> Result<()> {
 /// The Debian package `cargo xtask test` built, for tests/package.rs to install.
 /// Where the kernel's KSM selftests were built, for tests/selftests.rs.
 const SELFTESTS_ENV: &str = "KSM_TRACE_SELFTESTS";
-/// The release build of ksm-trace, for tests/selftests.rs.
-const RELEASE_BIN_ENV: &str = "KSM_TRACE_RELEASE_BIN";
 const PACKAGE_ENV: &str = "KSM_TRACE_TEST_DEB";
 
 fn cargo(env: &setup::BuildEnv, args: &[&str], release: bool) -> Result<()> {

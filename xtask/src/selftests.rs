@@ -101,3 +101,96 @@ fn build(work: &Path, dir: &Path) -> Result<()> {
     eprintln!("xtask: KSM selftests built in {}", dir.display());
     Ok(())
 }
+
+/// The kernel selftest's merge speed (`ksm_tests -P -s 100`) beside `bench merge --owner busy`
+/// (its conditions), alternating five times so drift on the machine falls on both; medians,
+/// since single runs of the selftest vary by a third here. A benchmark, not a test: on a
+/// shared two-core machine the ratio moves by ±20 % from run to run. KSM's knobs (which the
+/// selftest rewrites) are put back afterwards.
+pub fn compare_merge_speed(bin: &Path, dir: &Path) -> Result<()> {
+    let knobs = KsmKnobs::save()?;
+    let compared = (|| -> Result<(Vec<f64>, Vec<f64>)> {
+        let (mut selftest, mut bench) = (Vec::new(), Vec::new());
+        for _ in 0..5 {
+            selftest.push(average_speed(
+                Command::new(dir.join("ksm_tests")).args(["-P", "-s", "100"]),
+            )?);
+            bench.push(average_speed(Command::new(bin).args([
+                "bench",
+                "merge",
+                "--size",
+                "100M",
+                "--owner",
+                "busy",
+                "-o",
+                "/tmp/ksm-trace-bench-selftest.json",
+            ]))?);
+        }
+        Ok((selftest, bench))
+    })();
+    knobs.restore()?;
+    let _ = fs::remove_file("/tmp/ksm-trace-bench-selftest.json");
+    let (mut selftest, mut bench) = compared?;
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (s, b) = (median(&mut selftest), median(&mut bench));
+    println!("Merge speed, the kernel selftest's conditions (100 MiB, five alternating runs)");
+    println!("  ksm_tests -P -s 100:          {selftest:?} MiB/s, median {s:.1}");
+    println!("  bench merge --owner busy:     {bench:?} MiB/s, median {b:.1}");
+    println!("  ratio bench/selftest:         {:.2}", b / s);
+    Ok(())
+}
+
+/// Runs a program that prints `Average speed: N MiB/s` (ksm_tests, bench merge) and returns N.
+fn average_speed(cmd: &mut Command) -> Result<f64> {
+    let out = cmd.output().with_context(|| format!("starting {cmd:?}"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed ({}):\n{text}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    text.lines()
+        .find_map(|l| l.split("Average speed:").nth(1))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .with_context(|| format!("no average speed in the output of {cmd:?}:\n{text}"))
+}
+
+/// The writable KSM knobs as they were, to put back after the selftest rewrote them.
+struct KsmKnobs(Vec<(PathBuf, String)>);
+
+impl KsmKnobs {
+    fn save() -> Result<Self> {
+        let mut saved = Vec::new();
+        for name in [
+            "run",
+            "pages_to_scan",
+            "sleep_millisecs",
+            "use_zero_pages",
+            "max_page_sharing",
+            "merge_across_nodes",
+        ] {
+            let path = Path::new("/sys/kernel/mm/ksm").join(name);
+            if let Ok(v) = fs::read_to_string(&path) {
+                saved.push((path, v.trim().to_owned()));
+            }
+        }
+        Ok(Self(saved))
+    }
+
+    /// Writes back each knob that differs (merge_across_nodes refuses writes while KSM pages
+    /// exist, so unchanged ones are left alone).
+    fn restore(&self) -> Result<()> {
+        for (path, value) in &self.0 {
+            if fs::read_to_string(path)?.trim() != value {
+                fs::write(path, value)
+                    .with_context(|| format!("restoring {} to {value}", path.display()))?;
+            }
+        }
+        Ok(())
+    }
+}
