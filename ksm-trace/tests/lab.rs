@@ -210,14 +210,17 @@ fn assert_backend_exact(run: &Value, events: &str) {
         // The tracepoints report every sharer leaving the stable tree: traced merges and
         // unmerges account exactly for the kernel's count. The function probes see a KSM page
         // dropped with its sharer count, not a sharer that leaves a page others still map
-        // (remove_rmap_item_from_tree is inlined): those few are the report's silent unmerges.
+        // (remove_rmap_item_from_tree is inlined): those are the report's silent unmerges.
+        // The kernel merges such a sharer again before the round ends (one run's tracepoints:
+        // 218 merges beyond 2000, 206 unmerges beyond 1500), so each silent unmerge is also a
+        // merge beyond the spec's 2000 (the same run under kprobes: 132 silent, 2132 merges).
         let silent = m - u - delta;
         if events == "tracepoints" {
             assert_eq!(silent, 0, "--backend {backend}: {p}");
         } else {
             assert!(
-                silent >= 0 && silent * 100 <= m,
-                "--backend {backend}: {silent} silent unmerges: {p}"
+                silent >= 0 && silent <= m - 2000,
+                "--backend {backend}: {silent} silent unmerges, more than the merges beyond 2000: {p}"
             );
         }
         assert_eq!(p["silent_unmerges"].as_i64(), Some(silent), "{p}");
@@ -362,13 +365,18 @@ fn lab_traces_debian_6_1_through_the_function_backend() {
     // Files 6.1 does not have are "not available", never 0.
     assert!(rep["general_profit_mib_end"].is_null(), "{rep}");
     assert!(rep["scans"]["pages_scanned"].is_null(), "{rep}");
-    // Asked for by name, the tracepoint backend is refused in one line; the comparison stops.
+    // Asked for by name, the tracepoint backend is refused in one line; the same fixed workload
+    // is then accounted for exactly through fentry/fexit and through kprobes, as on 6.12.
     let runs = t["backends"].as_array().unwrap();
-    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert_eq!(runs.len(), 3, "{runs:?}");
     let refusal = runs[0]["record"]["stderr"].as_str().unwrap().trim();
     assert_eq!(runs[0]["record"]["rc"], 1, "{refusal}");
     assert_eq!(refusal.lines().count(), 1, "{refusal}");
     assert!(refusal.contains("--backend tracepoints"), "{refusal}");
+    assert_backend_exact(&runs[1], "functions");
+    assert_backend_exact(&runs[2], "kprobes");
+    let unmerge = |i: usize| runs[i]["report"]["mechanisms"]["unmerge"]["kind"].clone();
+    assert_eq!([unmerge(1), unmerge(2)], ["fentry", "kprobes"]);
     // 6.1's ksm_stat has no ksm_merging_pages: it comes from /proc/<pid>/ksm_merging_pages.
     for p in rep["processes"].as_array().unwrap() {
         if p["comm"].as_str().unwrap().starts_with("ksm-procs-") {

@@ -34,9 +34,9 @@ pub const RECORD_ARGS: &str = "record --workload procs:2,pages=3000,dup=0.5,roun
      --duration 60s --pages-to-scan 2000 --sleep-ms 10 --merge-latency both -q";
 
 /// The backends compared, in order: the scenario records [`COMPARE_ARGS`] once with
-/// `--backend` set to each (fentry, then the same functions through kprobes), and stops at the
-/// first that fails (on a kernel without the ksm tracepoints, the first: its refusal is the
-/// result).
+/// `--backend` set to each (fentry, then the same functions through kprobes). Every one runs:
+/// on a kernel without the ksm tracepoints the first is refused (that refusal is checked) and
+/// the function backend is compared through both fentry and kprobes.
 pub const BACKENDS: [&str; 3] = ["tracepoints", "functions", "kprobes"];
 /// A workload whose merges are fixed by its spec, so two runs must count the same: two
 /// workers with 1000 identical pages each, merged in each of two rounds; each round ends by
