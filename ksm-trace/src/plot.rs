@@ -18,6 +18,8 @@ pub struct Series {
 fn lines(series: Vec<(&str, Vec<(f64, f64)>)>) -> Vec<Series> {
     series
         .into_iter()
+        // A counter the kernel lacks has no points: no legend entry either.
+        .filter(|(_, points)| !points.is_empty())
         .map(|(name, points)| Series {
             name: name.to_owned(),
             points,
@@ -64,9 +66,12 @@ pub fn plot(rec: &Recording, dir: &Path) -> Result<Vec<PathBuf>> {
         lines(vec![
             ("pages_shared", line(&|r| mib(r.pages_shared))),
             ("pages_sharing (saved)", line(&|r| mib(r.pages_sharing))),
+            // Kernels before 6.6 have no general_profit: no line, rather than a line at 0.
             (
                 "general_profit",
-                line(&|r| r.general_profit as f64 / (1 << 20) as f64),
+                rows.iter()
+                    .filter_map(|r| Some((r.t_s, r.general_profit? as f64 / (1 << 20) as f64)))
+                    .collect(),
             ),
         ]),
     )?;

@@ -11,8 +11,9 @@ pub struct Row {
     pub pages_sharing: i64,
     pub pages_unshared: i64,
     pub pages_volatile: i64,
-    pub ksm_zero_pages: i64,
-    pub general_profit: i64,
+    /// None where the kernel has no such file (before 6.5 and 6.6): not available, not 0.
+    pub ksm_zero_pages: Option<i64>,
+    pub general_profit: Option<i64>,
     pub cow_ksm: i64,
     /// Since the previous row.
     pub ksmd_cpu_percent: f64,
@@ -74,8 +75,8 @@ pub fn rows(rec: &Recording) -> Vec<Row> {
             pages_sharing: k("pages_sharing"),
             pages_unshared: k("pages_unshared"),
             pages_volatile: k("pages_volatile"),
-            ksm_zero_pages: k("ksm_zero_pages"),
-            general_profit: k("general_profit"),
+            ksm_zero_pages: s.counters.ksm.get("ksm_zero_pages").copied(),
+            general_profit: s.counters.ksm.get("general_profit").copied(),
             cow_ksm: cow,
             ksmd_cpu_percent: cpu,
             merges: s.merges,
@@ -107,8 +108,8 @@ pub fn csv(rec: &Recording) -> String {
             r.pages_sharing,
             r.pages_unshared,
             r.pages_volatile,
-            r.ksm_zero_pages,
-            r.general_profit,
+            cell(r.ksm_zero_pages),
+            cell(r.general_profit),
             r.cow_ksm,
             r.ksmd_cpu_percent,
             r.merges,
@@ -124,4 +125,9 @@ pub fn csv(rec: &Recording) -> String {
         out.push('\n');
     }
     out
+}
+
+/// A counter the kernel may not have: an empty cell, never 0, where it does not.
+fn cell(v: Option<i64>) -> String {
+    v.map_or(String::new(), |v| v.to_string())
 }

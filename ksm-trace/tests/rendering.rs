@@ -273,17 +273,27 @@ fn cow_breaks_are_numbers_only_where_they_were_traced() {
 
 #[test]
 fn counters_an_older_kernel_lacks_are_not_available_rather_than_zero() {
-    // Debian 12's 6.1 has neither general_profit nor pages_scanned in /sys/kernel/mm/ksm.
+    // Debian 12's 6.1 has none of general_profit, pages_scanned and ksm_zero_pages in
+    // /sys/kernel/mm/ksm (nor their per-process lines in ksm_stat, which then read 0).
     let mut rec = recording();
-    for counters in [&mut rec.counters_start, &mut rec.counters_end] {
-        counters.ksm.remove("general_profit");
-        counters.ksm.remove("pages_scanned");
+    let missing = ["general_profit", "pages_scanned", "ksm_zero_pages"];
+    for counters in [&mut rec.counters_start, &mut rec.counters_end]
+        .into_iter()
+        .chain(rec.timeseries.iter_mut().map(|s| &mut s.counters))
+    {
+        for name in missing {
+            counters.ksm.remove(name);
+        }
     }
     let json: serde_json::Value =
         serde_json::from_str(&report::render(&rec, Format::Json).unwrap()).unwrap();
     assert!(json["general_profit_mib_end"].is_null());
     assert!(json["scans"]["pages_scanned"].is_null());
     assert!(json["scans"]["pages_scanned_per_sec"].is_null());
+    for p in json["processes"].as_array().unwrap() {
+        assert!(p["ksm_zero_pages_end"].is_null(), "{p}");
+        assert!(p["profit_mib_end"].is_null(), "{p}");
+    }
     let text = report::render(&rec, Format::Text).unwrap();
     assert!(
         text.contains("general_profit not available on this kernel"),
@@ -293,11 +303,43 @@ fn counters_an_older_kernel_lacks_are_not_available_rather_than_zero() {
         text.contains("pages scanned: not counted by this kernel"),
         "{text}"
     );
-    // The fixture itself has both.
+    // The time series: empty CSV cells, and no chart line.
+    let csv = timeseries::csv(&rec);
+    let mut lines = csv.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let columns: Vec<usize> = ["general_profit", "ksm_zero_pages"]
+        .iter()
+        .map(|name| header.iter().position(|h| h == name).unwrap())
+        .collect();
+    for l in lines {
+        let cells: Vec<&str> = l.split(',').collect();
+        for &c in &columns {
+            assert_eq!(cells[c], "", "{} in {l}", header[c]);
+        }
+    }
+    let dir = std::env::temp_dir().join(format!("ksm-trace-plot-6.1-{}", std::process::id()));
+    plot::plot(&rec, &dir).unwrap();
+    let memory = std::fs::read_to_string(dir.join("memory.svg")).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(memory.contains("pages_sharing"));
+    assert!(
+        !memory.contains("general_profit"),
+        "a line for a missing counter"
+    );
+    // The fixture itself has them all.
     let full: serde_json::Value =
         serde_json::from_str(&report::render(&recording(), Format::Json).unwrap()).unwrap();
     assert!(full["general_profit_mib_end"].is_number());
     assert!(full["scans"]["pages_scanned"].is_number());
+    assert!(full["processes"][0]["ksm_zero_pages_end"].is_number());
+    assert!(
+        timeseries::csv(&recording())
+            .lines()
+            .nth(1)
+            .unwrap()
+            .split(',')
+            .all(|c| !c.is_empty())
+    );
 }
 
 #[test]

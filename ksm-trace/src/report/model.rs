@@ -294,8 +294,10 @@ impl Report {
         let duration_ns = rec.meta.duration_ns().max(1);
         let duration_s = duration_ns as f64 / 1e9;
         let cow_traced = rec.mechanisms.cow_traced();
-        // ksm_process_profit came with general_profit (6.6): without it ksm_stat reads 0.
+        // ksm_process_profit came with general_profit (6.6), the per-process ksm_zero_pages with
+        // the global one: without them ksm_stat reads 0, which must show as not available.
         let has_profit = rec.counters_end.ksm.contains_key("general_profit");
+        let has_zero_pages = rec.counters_end.ksm.contains_key("ksm_zero_pages");
         let workers: Vec<u32> = rec
             .meta
             .workload
@@ -334,8 +336,14 @@ impl Report {
                 },
                 ksm_merging_pages_start: p.ksm_stat_start.map(|s| s.ksm_merging_pages),
                 ksm_merging_pages_end: p.ksm_stat_end.map(|s| s.ksm_merging_pages),
-                ksm_zero_pages_start: p.ksm_stat_start.map(|s| s.ksm_zero_pages),
-                ksm_zero_pages_end: p.ksm_stat_end.map(|s| s.ksm_zero_pages),
+                ksm_zero_pages_start: p
+                    .ksm_stat_start
+                    .filter(|_| has_zero_pages)
+                    .map(|s| s.ksm_zero_pages),
+                ksm_zero_pages_end: p
+                    .ksm_stat_end
+                    .filter(|_| has_zero_pages)
+                    .map(|s| s.ksm_zero_pages),
                 merge_latency_ns: p.stats.merge_latency_ns.summary(),
                 untimed_merges: p.stats.untimed_merges,
                 cow_breaks: cow_traced.then_some(p.stats.cow_breaks),
