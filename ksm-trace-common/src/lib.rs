@@ -99,6 +99,9 @@ pub struct Config {
     /// for the function backend: then ksmd's switch-outs also report full scans ending.
     pub ksm_scan_seqnr_addr: u64,
     pub ksm_rmap_items_addr: u64,
+    /// The zero page's pfn (from our own pagemap), set only for the function backend: its
+    /// `try_to_merge_one_page` probe reports the merges whose KSM page is the zero page.
+    pub zero_pfn: u64,
 }
 
 impl Config {
@@ -119,6 +122,7 @@ impl Config {
             stable_node_sharers: NO_OFFSET,
             ksm_scan_seqnr_addr: 0,
             ksm_rmap_items_addr: 0,
+            zero_pfn: 0,
         }
     }
 }
@@ -280,6 +284,25 @@ pub mod programs {
         pub kprobe: &'static str,
         pub kretprobe: Option<&'static str>,
     }
+    /// Zero-page merges (`use_zero_pages=1`) on the function backend. Before 6.4 the zero-page
+    /// merge is a call `try_to_merge_one_page(vma, page, ZERO_PAGE(addr))` inside
+    /// cmp_and_merge_page (inlined); from 6.4 it is the same call in try_to_merge_with_zero_page,
+    /// where ksm_merge_one_page fires right after it. Every other merge also goes through
+    /// try_to_merge_one_page, so the probe reports only calls whose `kpage` is the zero page.
+    /// Optional: where the function is inlined or its prototype differs, zero-page merges are
+    /// said to be untraced and the rest of the backend runs.
+    pub const ZERO_PAGE_MERGE: FunctionProbe = FunctionProbe {
+        program: "fn_merge_zero_page",
+        function: "try_to_merge_one_page",
+        hook: Hook::Exit,
+        stands_in_for: "ksm_merge_one_page (fires after it when kpage is the zero page: pfn, rmap_item, mm, err)",
+        kprobe: "kp_merge_one_page",
+        kretprobe: Some("krp_merge_one_page"),
+    };
+    /// What the zero-page probe reads of `try_to_merge_one_page`: `(struct vm_area_struct *vma,
+    /// struct page *page, struct page *kpage)`, then its int return (fexit's next argument).
+    pub const ZERO_PAGE_MERGE_ARGS: [Arg; 3] = [Arg::Ptr, Arg::Ptr, Arg::Ptr];
+
     /// The function backend, for kernels without the ksm tracepoints (before 6.4): each
     /// function is where the tracepoint it stands in for fires in later kernels (mm/ksm.c),
     /// and is out of line in Debian 12's 6.1 (the others there — ksm_do_scan,

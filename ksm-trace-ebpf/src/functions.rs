@@ -18,7 +18,7 @@ use ksm_trace_common::{Event, NO_OFFSET, kind};
 use crate::{
     maps::{config, emit, now, read_u64, vmemmap_base},
     membership::mm_event,
-    merge::merge_event,
+    merge::{merge_event, vma_mm},
     owner::current_is_ksmd,
 };
 
@@ -66,6 +66,29 @@ fn on_merge_with_ksm_page(rmap_item: u64, page: u64, kpage: u64, err: i64) {
     let mm = read_u64(rmap_item + cfg.rmap_item_mm as u64);
     let pfn = page_to_pfn(if kpage != 0 { kpage } else { page });
     merge_event(kind::MERGE_WITH_KSM_PAGE, kpage, pfn, mm, err as i32);
+}
+
+/// `int try_to_merge_one_page(struct vm_area_struct *vma, struct page *page, struct page
+/// *kpage)`, every merge's last step: a zero-page merge when `kpage` is the zero page, where
+/// 6.4+ fires ksm_merge_one_page(pfn(kpage), rmap_item, mm, err) right after it. The loader
+/// attaches this only where BTF gives the function these three arguments.
+#[fexit(function = "try_to_merge_one_page")]
+// Inlined into the program (see fn_merge_with_ksm_page).
+#[inline(always)]
+pub fn fn_merge_zero_page(ctx: FExitContext) -> u32 {
+    if current_is_ksmd() {
+        on_merge_one_page(scalar(ctx.arg(0)), scalar(ctx.arg(2)), ctx.arg(3));
+    }
+    0
+}
+
+#[inline(always)]
+fn on_merge_one_page(vma: u64, kpage: u64, err: i64) {
+    let zero_pfn = config().zero_pfn;
+    if zero_pfn == 0 || page_to_pfn(kpage) != zero_pfn {
+        return;
+    }
+    merge_event(kind::MERGE_ONE_PAGE, 0, zero_pfn, vma_mm(vma), err as i32);
 }
 
 /// ksmd calls `lru_add_drain_all()` once per full scan, where 6.4+ fires ksm_start_scan.
@@ -152,9 +175,12 @@ pub fn fn_ksm_exit(ctx: FEntryContext) -> u32 {
     0
 }
 
-/// `try_to_merge_with_ksm_page`'s arguments, from its kprobe to its kretprobe.
+/// Arguments from a kprobe to its kretprobe, one slot per function: only ksmd calls them, and
+/// try_to_merge_one_page runs inside try_to_merge_with_ksm_page.
 #[map]
-static MERGE_ARGS: Array<[u64; 3]> = Array::with_max_entries(1, 0);
+static MERGE_ARGS: Array<[u64; 3]> = Array::with_max_entries(2, 0);
+const WITH_KSM_PAGE: u32 = 0;
+const ONE_PAGE: u32 = 1;
 
 /// `__ksm_enter`'s mm by thread, from its kprobe to its kretprobe (it may sleep and migrate).
 #[map]
@@ -165,7 +191,7 @@ pub fn kp_merge_with_ksm_page(ctx: ProbeContext) -> u32 {
     if !current_is_ksmd() {
         return 0;
     }
-    if let Some(slot) = MERGE_ARGS.get_ptr_mut(0) {
+    if let Some(slot) = MERGE_ARGS.get_ptr_mut(WITH_KSM_PAGE) {
         let arg = |n| ctx.arg::<u64>(n).unwrap_or(0);
         // SAFETY: the one slot, written only by ksmd's single thread.
         unsafe { *slot = [arg(0), arg(1), arg(2)] };
@@ -178,11 +204,37 @@ pub fn krp_merge_with_ksm_page(ctx: RetProbeContext) -> u32 {
     if !current_is_ksmd() {
         return 0;
     }
-    let Some(&[rmap_item, page, kpage]) = MERGE_ARGS.get(0) else {
+    let Some(&[rmap_item, page, kpage]) = MERGE_ARGS.get(WITH_KSM_PAGE) else {
         return 0;
     };
     let err: i64 = ctx.ret();
     on_merge_with_ksm_page(rmap_item, page, kpage, err as i32 as i64);
+    0
+}
+
+#[kprobe]
+pub fn kp_merge_one_page(ctx: ProbeContext) -> u32 {
+    if !current_is_ksmd() {
+        return 0;
+    }
+    if let Some(slot) = MERGE_ARGS.get_ptr_mut(ONE_PAGE) {
+        let arg = |n| ctx.arg::<u64>(n).unwrap_or(0);
+        // SAFETY: the one slot, written only by ksmd's single thread.
+        unsafe { *slot = [arg(0), arg(1), arg(2)] };
+    }
+    0
+}
+
+#[kretprobe]
+pub fn krp_merge_one_page(ctx: RetProbeContext) -> u32 {
+    if !current_is_ksmd() {
+        return 0;
+    }
+    let Some(&[vma, _, kpage]) = MERGE_ARGS.get(ONE_PAGE) else {
+        return 0;
+    };
+    let err: i64 = ctx.ret();
+    on_merge_one_page(vma, kpage, err as i32 as i64);
     0
 }
 

@@ -166,7 +166,7 @@ pub fn ksmd_mmap_lock_released(ctx: RawTracePointContext) -> u32 {
 
 /// `try_to_merge_one_page(vma, page, kpage)`: the mm comes from `vma->vm_mm`.
 #[inline(always)]
-fn vma_mm(vma: u64) -> u64 {
+pub(crate) fn vma_mm(vma: u64) -> u64 {
     let off = config().vma_mm;
     if vma == 0 || off == NO_OFFSET {
         return 0;

@@ -196,7 +196,7 @@ fn assert_backend_exact(run: &Value, events: &str) {
     );
     let rep = &run["report"];
     assert_eq!(rep["mechanisms"]["events"]["kind"], events, "{rep}");
-    let mut workers = 0;
+    let (mut workers, mut zero_page_merges) = (0, 0);
     for p in rep["processes"].as_array().unwrap() {
         if !p["comm"].as_str().unwrap().starts_with("ksm-procs-") {
             continue;
@@ -209,21 +209,30 @@ fn assert_backend_exact(run: &Value, events: &str) {
         assert!(m >= 2000, "--backend {backend}: {p}");
         // The tracepoints report every sharer leaving the stable tree: traced merges and
         // unmerges account exactly for the kernel's count. The function probes see a KSM page
-        // dropped with its sharer count, not a sharer that leaves a page others still map
-        // (remove_rmap_item_from_tree is inlined): those are the report's silent unmerges.
-        // The kernel merges such a sharer again before the round ends (one run's tracepoints:
-        // 218 merges beyond 2000, 206 unmerges beyond 1500), so each silent unmerge is also a
-        // merge beyond the spec's 2000 (the same run under kprobes: 132 silent, 2132 merges).
+        // dropped with its sharer count, not a sharer that leaves on its own
+        // (remove_rmap_item_from_tree is inlined): those are the report's silent unmerges,
+        // never negative (no unmerge is invented). They come two ways: a sharer the kernel
+        // moves and merges again, which is also a merge beyond the spec's 2000 (one kprobes
+        // run: 132 silent, 2132 merges), and a sharer that leaves alone when ksmd finds its
+        // page written, a few (6 of 2009 and 8 of 2000 merges in two runs).
         let silent = m - u - delta;
         if events == "tracepoints" {
             assert_eq!(silent, 0, "--backend {backend}: {p}");
         } else {
             assert!(
-                silent >= 0 && silent <= m - 2000,
-                "--backend {backend}: {silent} silent unmerges, more than the merges beyond 2000: {p}"
+                silent >= 0 && silent <= (m - 2000) + m / 100,
+                "--backend {backend}: {silent} silent unmerges, more than the re-merges and 1 %: {p}"
             );
         }
         assert_eq!(p["silent_unmerges"].as_i64(), Some(silent), "{p}");
+        // Its 200 zero-filled pages are each merged with the zero page, traced by
+        // ksm_merge_one_page or, on the function backends, try_to_merge_one_page's probe (the
+        // kernel's own count is checked for all workers below).
+        assert!(
+            int(&p["zero_page_merges"]) >= 200,
+            "--backend {backend}: {p}"
+        );
+        zero_page_merges += int(&p["zero_page_merges"]);
         // The kernel's unmerge_ksm_pages calls (fentry or kprobes, whichever backend): the
         // worker's two MADV_UNMERGEABLE calls of 500 pages each, each no longer in the kernel
         // than the worker timed it from user space.
@@ -246,6 +255,14 @@ fn assert_backend_exact(run: &Value, events: &str) {
         workers += 1;
     }
     assert_eq!(workers, 2, "{rep}");
+    // Where the kernel counts the zero pages KSM placed (6.5+), none was merged untraced (the
+    // rewrite between rounds may break and re-merge some, so ≥; in the runs so far, =).
+    if let Some(placed) = rep["kernel_deltas"]["ksm_zero_pages"].as_i64() {
+        assert!(
+            zero_page_merges >= placed && placed >= 400,
+            "--backend {backend}: {zero_page_merges} zero-page merges traced, the kernel placed {placed}"
+        );
+    }
     let scans = int(&rep["scans"]["full_scans"]);
     assert!(scans > 0);
     assert_eq!(

@@ -103,8 +103,29 @@ pub fn private_ranges(pid: u32) -> Vec<(u64, u64)> {
 /// on every anonymous page, because they test the page's mapping for either of the two bits
 /// that make up KSM's tag. A fresh page of our own, never mergeable, must not carry it.
 pub fn kpf_ksm_is_truthful() -> Result<()> {
+    let pfn = own_page_pfn(true)?;
+    let kpageflags = File::open("/proc/kpageflags").context("opening /proc/kpageflags")?;
+    let mut flags = [0u8; 8];
+    kpageflags.read_exact_at(&mut flags, pfn * 8)?;
+    if u64::from_ne_bytes(flags) & KPF_KSM != 0 {
+        anyhow::bail!(
+            "this kernel's /proc/kpageflags marks every anonymous page KSM (KPF_KSM on a fresh page): KSM pages cannot be told apart there"
+        );
+    }
+    Ok(())
+}
+
+/// The pfn of the kernel's zero page: a private anonymous page only read maps it. KSM's
+/// zero-page merges (`use_zero_pages`) map this same page (one on x86).
+pub fn zero_page_pfn() -> Result<u64> {
+    own_page_pfn(false)
+}
+
+/// The pfn behind a fresh private anonymous page of our own, written (its own page) or only
+/// read (the zero page), as /proc/self/pagemap shows it (root only).
+fn own_page_pfn(write: bool) -> Result<u64> {
     let page = super::page_size() as usize;
-    // SAFETY: a private anonymous page of our own, written, read through pagemap, unmapped.
+    // SAFETY: a private anonymous page of our own, touched, read through pagemap, unmapped.
     let addr = unsafe {
         libc::mmap(
             std::ptr::null_mut(),
@@ -118,8 +139,12 @@ pub fn kpf_ksm_is_truthful() -> Result<()> {
     if addr == libc::MAP_FAILED {
         anyhow::bail!("mapping a test page: {}", std::io::Error::last_os_error());
     }
-    unsafe { std::ptr::write_volatile(addr as *mut u64, 0x6b73_6d2d_7472_6163) };
-    let flags = (|| -> Result<u64> {
+    if write {
+        unsafe { std::ptr::write_volatile(addr as *mut u64, 0x6b73_6d2d_7472_6163) };
+    } else {
+        unsafe { std::ptr::read_volatile(addr as *const u64) };
+    }
+    let pfn = (|| -> Result<u64> {
         let pagemap = File::open("/proc/self/pagemap").context("opening /proc/self/pagemap")?;
         let mut entry = [0u8; 8];
         pagemap.read_exact_at(&mut entry, addr as u64 / page as u64 * 8)?;
@@ -127,16 +152,8 @@ pub fn kpf_ksm_is_truthful() -> Result<()> {
         if pfn == 0 {
             anyhow::bail!("/proc/self/pagemap shows no pfns (not root?)");
         }
-        let kpageflags = File::open("/proc/kpageflags").context("opening /proc/kpageflags")?;
-        let mut flags = [0u8; 8];
-        kpageflags.read_exact_at(&mut flags, pfn * 8)?;
-        Ok(u64::from_ne_bytes(flags))
+        Ok(pfn)
     })();
     unsafe { libc::munmap(addr, page) };
-    if flags? & KPF_KSM != 0 {
-        anyhow::bail!(
-            "this kernel's /proc/kpageflags marks every anonymous page KSM (KPF_KSM on a fresh page): KSM pages cannot be told apart there"
-        );
-    }
-    Ok(())
+    pfn
 }

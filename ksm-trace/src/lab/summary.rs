@@ -70,19 +70,22 @@ fn backend(b: &super::scenario::BackendRun) -> String {
     let Some(rep) = &b.report else {
         return o;
     };
-    let num = |v: &Value| v.as_i64().map_or("?".into(), |n| n.to_string());
+    let num = |v: &Value| v.as_i64().map_or("n/a".into(), |n| n.to_string());
     for p in rep["processes"].as_array().into_iter().flatten() {
         if p["workload"] != true {
             continue;
         }
         let _ = writeln!(
             o,
-            "    {}: merges {}, unmerges {}, ksm_merging_pages {}→{}; kernel unmerge calls {} over {} pages, max {} ns",
+            "    {}: merges {}, unmerges {}, ksm_merging_pages {}→{}; zero-page merges {}, ksm_zero_pages {}→{}; kernel unmerge calls {} over {} pages, max {} ns",
             p["comm"].as_str().unwrap_or("?"),
             num(&p["merges"]),
             num(&p["unmerges"]),
             num(&p["ksm_merging_pages_start"]),
             num(&p["ksm_merging_pages_end"]),
+            num(&p["zero_page_merges"]),
+            num(&p["ksm_zero_pages_start"]),
+            num(&p["ksm_zero_pages_end"]),
             num(&p["unmerge_call_ns"]["count"]),
             num(&p["unmerge_call_pages"]),
             num(&p["unmerge_call_ns"]["max"])

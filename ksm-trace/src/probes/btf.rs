@@ -107,6 +107,24 @@ impl KernelBtf {
         }
     }
 
+    /// The parameters of function `name` from its BTF prototype; None when it is not in BTF
+    /// (inlined) or a type cannot be resolved.
+    pub fn function_args(&self, name: &str) -> Option<Vec<Arg>> {
+        let types = self.btf.resolve_types_by_name(name).ok()?;
+        let func = types.iter().find_map(|t| match t {
+            Type::Func(f) => Some(f.clone()),
+            _ => None,
+        })?;
+        let Type::FuncProto(proto) = self.btf.resolve_chained_type(&func).ok()? else {
+            return None;
+        };
+        proto
+            .parameters
+            .iter()
+            .map(|p| self.arg_kind(self.btf.resolve_chained_type(p).ok()?))
+            .collect()
+    }
+
     /// True when `name` is a function in BTF (a candidate for fentry/fexit; inlined functions
     /// are absent).
     pub fn has_function(&self, name: &str) -> bool {
@@ -190,5 +208,14 @@ mod tests {
         assert!(!btf.has_tracepoint("no_such_tracepoint"));
         assert!(btf.has_function("schedule"));
         assert!(!btf.has_function("sched_switch"));
+    }
+
+    #[test]
+    fn function_prototypes() {
+        let btf = btf();
+        // void schedule(void); int wake_up_process(struct task_struct *p).
+        assert_eq!(btf.function_args("schedule"), Some(vec![]));
+        assert_eq!(btf.function_args("wake_up_process"), Some(vec![Arg::Ptr]));
+        assert_eq!(btf.function_args("no_such_function"), None);
     }
 }

@@ -74,6 +74,14 @@ impl Capabilities {
             for f in KSM_FUNCTIONS {
                 caps.functions.insert(f.to_owned(), btf.has_function(f));
             }
+            let zero = &programs::ZERO_PAGE_MERGE;
+            if let Some(why) = btf
+                .function_args(zero.function)
+                .and_then(|args| function_prototype_differs(&args, &programs::ZERO_PAGE_MERGE_ARGS))
+            {
+                caps.prototype_mismatches
+                    .insert(zero.function.to_owned(), why);
+            }
             for (name, s, m) in OFFSETS {
                 let offset = struct_names(s).find_map(|s| btf.member_offset(s, m));
                 caps.offsets.insert(name.to_owned(), offset);
@@ -133,6 +141,19 @@ impl Capabilities {
         }
         match self.prototype_mismatches.get(tp.tracepoint) {
             Some(why) => Err(format!("argument list changed: {why}")),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether the function backend's zero-page probe can attach here: its function is out of
+    /// line and has the arguments it reads. Err says why not.
+    pub fn zero_page_probe(&self) -> Result<(), String> {
+        let f = programs::ZERO_PAGE_MERGE.function;
+        if !self.functions.get(f).copied().unwrap_or(false) {
+            return Err(format!("{f} is not in BTF (inlined)"));
+        }
+        match self.prototype_mismatches.get(f) {
+            Some(why) => Err(format!("{f}: {why}")),
             None => Ok(()),
         }
     }
@@ -205,6 +226,8 @@ impl Capabilities {
             } else {
                 0
             },
+            // Found by the loader (our own pagemap), not a property of the kernel's BTF.
+            zero_pfn: 0,
         }
     }
 }
@@ -266,6 +289,19 @@ fn prototype_differs(args: Option<&[Arg]>, tp: &RawTracepoint) -> Option<String>
     (!wrong.is_empty()).then(|| wrong.join("; "))
 }
 
+/// Why function arguments `args` are not exactly `want`: an fexit program finds the return
+/// value after the last argument, so the count must match too.
+fn function_prototype_differs(args: &[Arg], want: &[Arg]) -> Option<String> {
+    let list = |a: &[Arg]| a.iter().map(describe).collect::<Vec<_>>().join(", ");
+    (args != want).then(|| {
+        format!(
+            "its arguments are ({}), the probe reads ({})",
+            list(args),
+            list(want)
+        )
+    })
+}
+
 fn describe(a: &Arg) -> String {
     match a {
         Arg::Ptr => "a pointer".to_owned(),
@@ -284,6 +320,38 @@ mod tests {
         assert_eq!(names("ksm_stable_node"), ["ksm_stable_node", "stable_node"]);
         assert_eq!(names("ksm_scan"), ["ksm_scan"]);
         assert_eq!(names("task_struct"), ["task_struct"]);
+    }
+
+    #[test]
+    fn a_function_probe_needs_its_exact_argument_list() {
+        use ksm_trace_common::programs::{Arg::*, ZERO_PAGE_MERGE_ARGS};
+        // try_to_merge_one_page(vma, page, kpage) in 6.1 and 6.12.
+        assert_eq!(
+            function_prototype_differs(&[Ptr, Ptr, Ptr], &ZERO_PAGE_MERGE_ARGS),
+            None
+        );
+        // One more argument moves fexit's return value: refused, not misread.
+        assert_eq!(
+            function_prototype_differs(&[Ptr, Ptr, Ptr, Ptr], &ZERO_PAGE_MERGE_ARGS).unwrap(),
+            "its arguments are (a pointer, a pointer, a pointer, a pointer), the probe reads (a pointer, a pointer, a pointer)"
+        );
+        assert!(function_prototype_differs(&[Ptr, Ptr], &ZERO_PAGE_MERGE_ARGS).is_some());
+    }
+
+    #[test]
+    fn the_zero_page_probe_needs_its_function_out_of_line_and_unchanged() {
+        let mut caps = Capabilities::default();
+        let f = ksm_trace_common::programs::ZERO_PAGE_MERGE.function;
+        assert!(caps.zero_page_probe().unwrap_err().contains("inlined"));
+        caps.functions.insert(f.to_owned(), true);
+        assert_eq!(caps.zero_page_probe(), Ok(()));
+        caps.prototype_mismatches
+            .insert(f.to_owned(), "its arguments are (a pointer)".into());
+        assert!(
+            caps.zero_page_probe()
+                .unwrap_err()
+                .contains("its arguments")
+        );
     }
 
     #[test]

@@ -207,7 +207,13 @@ impl Probes {
             backend,
         } = options;
         let source = backend.source(caps, kprobes_available())?;
-        let config: Config = caps.config(ksmd, source != Source::Tracepoints);
+        let mut config: Config = caps.config(ksmd, source != Source::Tracepoints);
+        // The function backend's zero-page probe compares each merge's KSM page with the zero
+        // page; the tracepoints say which merges are zero-page merges themselves.
+        let zero_pfn = (source != Source::Tracepoints).then(crate::kernel::pagemap::zero_page_pfn);
+        if let Some(Ok(pfn)) = &zero_pfn {
+            config.zero_pfn = *pfn;
+        }
         if PROGRAMS.is_empty() {
             return Err(anyhow!(
                 "this ksm-trace was built without its eBPF programs (AYA_BUILD_SKIP): rebuild with `cargo xtask build`"
@@ -289,8 +295,29 @@ impl Probes {
                 "fentry/fexit"
             };
             fallbacks.push(format!(
-                "{why}: events from {how} on {functions}; full scans end at ksmd's switch-out that sees ksm_scan.seqnr move; zero-page merges (use_zero_pages) are not traced"
+                "{why}: events from {how} on {functions}; full scans end at ksmd's switch-out that sees ksm_scan.seqnr move"
             ));
+            let zero = zero_pfn
+                .expect("set for the function backend")
+                .map_err(|e| format!("the zero page's pfn is unknown ({e:#})"))
+                .and_then(|pfn| {
+                    caps.zero_page_probe()?;
+                    match events {
+                        EventSource::Kprobes => attach_zero_page_kprobes(&mut ebpf),
+                        _ => kernel_btf()
+                            .and_then(|btf| attach_zero_page_fexit(&mut ebpf, caps, btf)),
+                    }
+                    .map(|()| pfn)
+                    .map_err(|e| format!("{e:#}"))
+                });
+            fallbacks.push(match zero {
+                Ok(pfn) => format!(
+                    "zero-page merges (use_zero_pages) from {} on {} whose kpage is the zero page (pfn {pfn})",
+                    if events == EventSource::Kprobes { "kprobe/kretprobe" } else { "fexit" },
+                    programs::ZERO_PAGE_MERGE.function
+                ),
+                Err(e) => format!("zero-page merges (use_zero_pages) are not traced: {e}"),
+            });
         }
 
         let batches = match caps.raw_tracepoint(&programs::SCHED_SWITCH) {
@@ -678,6 +705,23 @@ fn attach_function_backend(ebpf: &mut Ebpf, caps: &Capabilities, btf: &aya::Btf)
         }
     }
     Ok(())
+}
+
+/// The function backend's optional zero-page probe ([`programs::ZERO_PAGE_MERGE`]).
+fn attach_zero_page_fexit(ebpf: &mut Ebpf, caps: &Capabilities, btf: &aya::Btf) -> Result<()> {
+    let f = &programs::ZERO_PAGE_MERGE;
+    let prog = program::<FExit>(ebpf, f.program)?;
+    prog.load(f.function, btf)
+        .map_err(|e| refused(caps, e).context(format!("{} on {}", f.program, f.function)))?;
+    prog.attach().map(drop)?;
+    Ok(())
+}
+
+/// The same through kprobes.
+fn attach_zero_page_kprobes(ebpf: &mut Ebpf) -> Result<()> {
+    let f = &programs::ZERO_PAGE_MERGE;
+    let kretprobe = f.kretprobe.expect("an exit hook has a kretprobe");
+    attach_kprobes(ebpf, &[(f.kprobe, f.function), (kretprobe, f.function)])
 }
 
 /// The function backend through kprobes ([`programs::FunctionProbe::kprobe`]).
