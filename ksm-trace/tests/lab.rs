@@ -130,9 +130,10 @@ fn assert_fexit(t: &Value) {
     );
     let fallbacks = m["fallbacks"].as_array().unwrap();
     assert!(
-        !fallbacks
-            .iter()
-            .any(|f| f.as_str().unwrap().contains("try_to_merge_one_page")),
+        !fallbacks.iter().any(|f| f
+            .as_str()
+            .unwrap()
+            .contains("fentry/fexit on try_to_merge_one_page unavailable")),
         "the kernel refused fexit: {m}"
     );
     assert!(timed(&t["recording"], "merge_latency_ns") > 0);
@@ -163,11 +164,10 @@ fn assert_tracepoints_only(t: &Value) -> i64 {
     let m = &rep["mechanisms"];
     assert_eq!(m["merge_latency"]["kind"], "bracket", "{m}");
     assert!(
-        m["fallbacks"]
-            .as_array()
+        m["fallbacks"].as_array().unwrap().iter().any(|f| f
+            .as_str()
             .unwrap()
-            .iter()
-            .any(|f| f.as_str().unwrap().contains("try_to_merge_one_page")),
+            .contains("fentry/fexit on try_to_merge_one_page unavailable")),
         "no reason given why fexit was not used: {m}"
     );
     assert!(timed(&t["recording"], "merge_latency_ns") > 0);
@@ -185,7 +185,7 @@ fn assert_tracepoints_only(t: &Value) -> i64 {
 
 /// The fixed workload (`scenario::COMPARE_ARGS`) recorded under one backend: each worker's
 /// merges are at least what its spec fixes, the traced unmerges follow the kernel's
-/// ksm_merging_pages (exactly with tracepoints), full scans are the kernel's, and the workload's own count of KSM pages it broke
+/// ksm_merging_pages (but for sharers that leave alone), full scans are the kernel's, and the workload's own count of KSM pages it broke
 /// (its unmerge calls and its rewrite) is the kernel's cow_ksm.
 fn assert_backend_exact(run: &Value, events: &str) {
     let backend = &run["backend"];
@@ -207,23 +207,19 @@ fn assert_backend_exact(run: &Value, events: &str) {
         // stable node and merge its pages again (seen under TCG: 203 removals, 203 more
         // joins), so ≥.
         assert!(m >= 2000, "--backend {backend}: {p}");
-        // The tracepoints report every sharer leaving the stable tree: traced merges and
-        // unmerges account exactly for the kernel's count. The function probes see a KSM page
-        // dropped with its sharer count, not a sharer that leaves on its own
-        // (remove_rmap_item_from_tree is inlined): those are the report's silent unmerges,
-        // never negative (no unmerge is invented). They come two ways: a sharer the kernel
-        // moves and merges again, which is also a merge beyond the spec's 2000 (one kprobes
-        // run: 132 silent, 2132 merges), and a sharer that leaves alone when ksmd finds its
-        // page written, a few (6 of 2009 and 8 of 2000 merges in two runs).
+        // A KSM page dropped from the stable tree is reported with its sharers (the tracepoints
+        // fire ksm_remove_rmap_item for each, the function probes give their count); a sharer
+        // that leaves a page on its own (remove_rmap_item_from_tree) is reported by neither
+        // backend: those are the report's silent unmerges, never negative (no unmerge is
+        // invented). They come two ways: a sharer the kernel moves and merges again, which is
+        // also a merge beyond the spec's 2000 (6.12 runs: 119 silent of 2119 merges under the
+        // tracepoints, 132 of 2132 under kprobes), and a sharer that leaves alone when ksmd
+        // finds its page written, a few (6 of 2009 and 8 of 2000 merges in two runs).
         let silent = m - u - delta;
-        if events == "tracepoints" {
-            assert_eq!(silent, 0, "--backend {backend}: {p}");
-        } else {
-            assert!(
-                silent >= 0 && silent <= (m - 2000) + m / 100,
-                "--backend {backend}: {silent} silent unmerges, more than the re-merges and 1 %: {p}"
-            );
-        }
+        assert!(
+            silent >= 0 && silent <= (m - 2000) + m / 100,
+            "--backend {backend}: {silent} silent unmerges, more than the re-merges and 1 %: {p}"
+        );
         assert_eq!(p["silent_unmerges"].as_i64(), Some(silent), "{p}");
         // Its 200 zero-filled pages are each merged with the zero page, traced by
         // ksm_merge_one_page or, on the function backends, try_to_merge_one_page's probe (the
