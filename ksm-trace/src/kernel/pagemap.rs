@@ -11,11 +11,66 @@ const FILE_OR_SHARED: u64 = 1 << 61;
 const PFN_MASK: u64 = (1 << 55) - 1;
 const KPF_KSM: u64 = 1 << 21;
 
-/// A process's page table as pagemap shows it, and the kernel's page flags.
-pub struct KsmPages {
-    pagemap: File,
-    kpageflags: File,
+/// A process's page table as /proc/<pid>/pagemap shows it (pfns are shown to root only).
+pub struct Pagemap {
+    file: File,
     page: u64,
+}
+
+impl Pagemap {
+    /// `pid` = None: this process.
+    pub fn open(pid: Option<u32>) -> Result<Self> {
+        let path = match pid {
+            Some(pid) => format!("/proc/{pid}/pagemap"),
+            None => "/proc/self/pagemap".to_owned(),
+        };
+        Ok(Self {
+            file: File::open(&path).with_context(|| format!("opening {path}"))?,
+            page: super::page_size(),
+        })
+    }
+
+    /// The pfn of the private anonymous page mapped at `addr`, if one is (the zero page too).
+    pub fn pfn(&self, addr: u64) -> Option<u64> {
+        let mut buf = [0u8; 8];
+        self.file
+            .read_exact_at(&mut buf, addr / self.page * 8)
+            .ok()?;
+        private_pfn(u64::from_ne_bytes(buf))
+    }
+
+    /// Calls `f` with the pfn of each private anonymous page present in `[start, end)`, one
+    /// pagemap read per 512 pages.
+    fn each_pfn(&self, start: u64, end: u64, mut f: impl FnMut(u64)) {
+        const CHUNK: u64 = 512;
+        let mut buf = vec![0u8; (CHUNK * 8) as usize];
+        let mut first = start / self.page;
+        let last = end.div_ceil(self.page);
+        while first < last {
+            let n = (last - first).min(CHUNK);
+            let bytes = &mut buf[..(n * 8) as usize];
+            if self.file.read_exact_at(bytes, first * 8).is_err() {
+                return;
+            }
+            bytes
+                .chunks_exact(8)
+                .filter_map(|e| private_pfn(u64::from_ne_bytes(e.try_into().expect("8 bytes"))))
+                .for_each(&mut f);
+            first += n;
+        }
+    }
+}
+
+/// The pfn of a pagemap entry if it maps a page that could be a KSM page.
+fn private_pfn(entry: u64) -> Option<u64> {
+    let pfn = entry & PFN_MASK;
+    (entry & PRESENT != 0 && entry & FILE_OR_SHARED == 0 && pfn != 0).then_some(pfn)
+}
+
+/// A process's page table and the kernel's page flags: which of its pages are KSM pages.
+pub struct KsmPages {
+    pagemap: Pagemap,
+    kpageflags: File,
 }
 
 impl KsmPages {
@@ -27,55 +82,30 @@ impl KsmPages {
             .get_or_init(|| kpf_ksm_is_truthful().map_err(|e| format!("{e:#}")))
             .clone()
             .map_err(anyhow::Error::msg)?;
-        let path = match pid {
-            Some(pid) => format!("/proc/{pid}/pagemap"),
-            None => "/proc/self/pagemap".to_owned(),
-        };
         Ok(Self {
-            pagemap: File::open(&path).with_context(|| format!("opening {path}"))?,
+            pagemap: Pagemap::open(pid)?,
             kpageflags: File::open("/proc/kpageflags").context("opening /proc/kpageflags")?,
-            page: super::page_size(),
         })
     }
 
     /// The pfn of the KSM page that backs `addr`, if one does.
     pub fn ksm_pfn(&self, addr: u64) -> Option<u64> {
-        let mut buf = [0u8; 8];
-        self.pagemap
-            .read_exact_at(&mut buf, addr / self.page * 8)
-            .ok()?;
-        self.ksm(u64::from_ne_bytes(buf))
+        self.pagemap.pfn(addr).filter(|&pfn| self.is_ksm(pfn))
     }
 
-    /// The pfns of the KSM pages backing `[start, end)`, one pagemap read per 512 pages.
+    /// The pfns of the KSM pages backing `[start, end)`.
     pub fn ksm_pfns(&self, start: u64, end: u64, out: &mut Vec<u64>) {
-        const CHUNK: u64 = 512;
-        let mut buf = vec![0u8; (CHUNK * 8) as usize];
-        let mut first = start / self.page;
-        let last = end.div_ceil(self.page);
-        while first < last {
-            let n = (last - first).min(CHUNK);
-            let bytes = &mut buf[..(n * 8) as usize];
-            if self.pagemap.read_exact_at(bytes, first * 8).is_err() {
-                return;
+        self.pagemap.each_pfn(start, end, |pfn| {
+            if self.is_ksm(pfn) {
+                out.push(pfn);
             }
-            out.extend(
-                bytes
-                    .chunks_exact(8)
-                    .filter_map(|e| self.ksm(u64::from_ne_bytes(e.try_into().expect("8 bytes")))),
-            );
-            first += n;
-        }
+        });
     }
 
-    fn ksm(&self, entry: u64) -> Option<u64> {
-        let pfn = entry & PFN_MASK;
-        if entry & PRESENT == 0 || entry & FILE_OR_SHARED != 0 || pfn == 0 {
-            return None;
-        }
+    fn is_ksm(&self, pfn: u64) -> bool {
         let mut flags = [0u8; 8];
-        self.kpageflags.read_exact_at(&mut flags, pfn * 8).ok()?;
-        (u64::from_ne_bytes(flags) & KPF_KSM != 0).then_some(pfn)
+        self.kpageflags.read_exact_at(&mut flags, pfn * 8).is_ok()
+            && u64::from_ne_bytes(flags) & KPF_KSM != 0
     }
 }
 
@@ -144,16 +174,11 @@ fn own_page_pfn(write: bool) -> Result<u64> {
     } else {
         unsafe { std::ptr::read_volatile(addr as *const u64) };
     }
-    let pfn = (|| -> Result<u64> {
-        let pagemap = File::open("/proc/self/pagemap").context("opening /proc/self/pagemap")?;
-        let mut entry = [0u8; 8];
-        pagemap.read_exact_at(&mut entry, addr as u64 / page as u64 * 8)?;
-        let pfn = u64::from_ne_bytes(entry) & PFN_MASK;
-        if pfn == 0 {
-            anyhow::bail!("/proc/self/pagemap shows no pfns (not root?)");
-        }
-        Ok(pfn)
-    })();
+    let pfn = Pagemap::open(None).and_then(|pagemap| {
+        pagemap
+            .pfn(addr as u64)
+            .ok_or_else(|| anyhow::anyhow!("/proc/self/pagemap shows no pfns (not root?)"))
+    });
     unsafe { libc::munmap(addr, page) };
     pfn
 }

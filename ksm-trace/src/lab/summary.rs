@@ -75,15 +75,22 @@ fn backend(b: &super::scenario::BackendRun) -> String {
         if p["workload"] != true {
             continue;
         }
+        let broken = rep["workers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|w| w["pid"] == p["pid"])
+            .map_or(Value::Null, |w| w["zero_pages_broken"].clone());
         let _ = writeln!(
             o,
-            "    {}: merges {}, unmerges {}, ksm_merging_pages {}→{}; zero-page merges {}, ksm_zero_pages {}→{}; kernel unmerge calls {} over {} pages, max {} ns",
+            "    {}: merges {}, unmerges {}, ksm_merging_pages {}→{}; zero-page merges {} ({} undone by the rewrite), ksm_zero_pages {}→{}; kernel unmerge calls {} over {} pages, max {} ns",
             p["comm"].as_str().unwrap_or("?"),
             num(&p["merges"]),
             num(&p["unmerges"]),
             num(&p["ksm_merging_pages_start"]),
             num(&p["ksm_merging_pages_end"]),
             num(&p["zero_page_merges"]),
+            num(&broken),
             num(&p["ksm_zero_pages_start"]),
             num(&p["ksm_zero_pages_end"]),
             num(&p["unmerge_call_ns"]["count"]),

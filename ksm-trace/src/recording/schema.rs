@@ -146,6 +146,13 @@ pub struct Worker {
     pub load: Option<LoadResult>,
     /// procs with `unmerge=F`: the worker's own timed MADV_UNMERGEABLE calls (None: not asked).
     pub unmerge: Option<UnmergeTiming>,
+    /// procs with `zero=F`: how many of its zero-filled pages its rewrites found mapped to the
+    /// kernel's zero page, as its pagemap showed them: KSM's zero-page merges, each undone by
+    /// the write (the kernel's ksm_zero_pages is the zero-page merges less these), and, with
+    /// huge pages on 6.12+, subpages that splitting a huge page mapped there, not KSM (use
+    /// `thp=off` where the count must be KSM's alone). None: not counted (no zero pages, or
+    /// pagemap unreadable).
+    pub zero_pages_broken: Option<u64>,
 }
 
 /// A worker's timed MADV_UNMERGEABLE calls: the user-side view of unmerging, the kernel

@@ -229,6 +229,8 @@ pub struct WorkerReport {
     pub load: Option<crate::recording::schema::LoadResult>,
     /// procs with `unmerge=F`: its timed MADV_UNMERGEABLE calls.
     pub unmerge: Option<UnmergeReport>,
+    /// procs with `zero=F`: zero-page merges its rewrites undid (see the recording's worker).
+    pub zero_pages_broken: Option<u64>,
 }
 
 /// A worker's own unmerge calls, with the kernel's count beside them.
@@ -444,6 +446,7 @@ impl Report {
                             .filter(|_| mib > 0.0)
                             .map(|p| p * 100.0 / mib),
                         load: w.load.clone(),
+                        zero_pages_broken: w.zero_pages_broken,
                         unmerge: w
                             .unmerge
                             .as_ref()

@@ -44,6 +44,8 @@ pub struct WorkerReport {
     pub classified: bool,
     /// With `unmerge=F`: the worker's timed MADV_UNMERGEABLE calls.
     pub unmerge: Option<crate::recording::schema::UnmergeTiming>,
+    /// With `zero=F`: rewrites that found a zero-filled page on the kernel's zero page.
+    pub zero_pages_broken: Option<u64>,
 }
 
 pub fn worker_comm(index: u32) -> String {
@@ -188,6 +190,7 @@ impl ProcsWorkload {
                         {
                             worker.write_fault_ns = report.write_fault_ns;
                             worker.unmerge = report.unmerge;
+                            worker.zero_pages_broken = report.zero_pages_broken;
                         }
                         line.clear();
                     }

@@ -20,7 +20,7 @@ use nix::sys::mman::{MapFlags, MmapAdvise, ProtFlags, madvise, mmap_anonymous};
 use super::{WorkerReport, worker_comm};
 use crate::{
     histogram::Histogram,
-    kernel::pagemap::KsmPages,
+    kernel::pagemap::{KsmPages, Pagemap, zero_page_pfn},
     recording::schema::UnmergeTiming,
     workload::spec::{MergeMode, ProcsSpec},
 };
@@ -36,6 +36,9 @@ struct Memory<'a> {
     nonce: u64,
     /// The selftest's pattern: every word '*', whatever the round.
     same: bool,
+    /// With zero pages: this process's page table and the kernel's zero pfn, to count the
+    /// rewrites that find a zero-filled page merged with the zero page.
+    zero_page: Option<(Pagemap, u64)>,
 }
 
 const STAR: u64 = u64::from_ne_bytes([b'*'; 8]);
@@ -65,6 +68,16 @@ impl Memory<'_> {
         } else {
             (first, (self.index as u64 + 1) << 40 | p as u64)
         }
+    }
+
+    /// Whether page `p` is one of the zero-filled pages and KSM mapped it to the zero page.
+    fn on_zero_page(&self, p: usize) -> bool {
+        let zero_filled = (self.dup_pages..self.dup_pages + self.zero_pages).contains(&p);
+        zero_filled
+            && self
+                .zero_page
+                .as_ref()
+                .is_some_and(|(pagemap, pfn)| pagemap.pfn(self.addr(p) as u64) == Some(*pfn))
     }
 
     fn write(&mut self, p: usize, (a, b): (u64, u64)) {
@@ -213,7 +226,12 @@ pub fn worker_main(args: &[String]) -> Result<()> {
         index,
         nonce,
         same: spec.same,
+        zero_page: None,
     };
+    if spec.zero > 0.0 && !spec.same {
+        memory.zero_page = Pagemap::open(None).ok().zip(zero_page_pfn().ok());
+    }
+    let mut zero_pages_broken = 0u64;
     let started = Instant::now();
     // Fault the whole mapping in with one call: a fault per page costs an exception each,
     // which on a VM held the fill to ~1.6 GiB/s per worker. Kernels before 5.14 lack the
@@ -282,6 +300,9 @@ pub fn worker_main(args: &[String]) -> Result<()> {
                 // break the merges ksmd made since the last unmerge, with nothing new to merge.
                 let rewrite = if memory.same { 0 } else { memory.pages() };
                 for p in 0..rewrite {
+                    if memory.on_zero_page(p) {
+                        zero_pages_broken += 1;
+                    }
                     let value = memory.header(p, round);
                     memory.timed_write(p, value, ksm.as_ref(), &mut faults);
                 }
@@ -321,6 +342,7 @@ pub fn worker_main(args: &[String]) -> Result<()> {
         write_fault_ns: faults,
         classified: ksm.is_some(),
         unmerge,
+        zero_pages_broken: memory.zero_page.is_some().then_some(zero_pages_broken),
     };
     say(&format!("report {}", serde_json::to_string(&report)?));
     Ok(())
