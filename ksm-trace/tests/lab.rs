@@ -313,7 +313,20 @@ fn assert_backend_exact(run: &Value, events: &str) {
         })
         .sum();
     if classified {
-        assert_eq!(broke, cow, "--backend {backend}: {rep}");
+        // A page ksmd merges again between the worker's look at its pagemap and its write is a
+        // break the worker did not see coming: that needs a merge beyond the spec's 2000 (one
+        // 6.1 run: 382 more merges, cow_ksm 3382, the workers saw 3381).
+        let remerges: i64 = rep["processes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["comm"].as_str().unwrap().starts_with("ksm-procs-"))
+            .map(|p| int(&p["merges"]) - 2000)
+            .sum();
+        assert!(
+            cow >= broke && cow - broke <= remerges,
+            "--backend {backend}: the workers broke {broke} KSM pages, cow_ksm {cow}, {remerges} re-merges: {rep}"
+        );
     } else {
         assert!(
             broke >= cow,

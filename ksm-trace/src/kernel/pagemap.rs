@@ -9,6 +9,7 @@ const PRESENT: u64 = 1 << 63;
 /// the kernel's page flags need not be read (a process's text alone is thousands of pages).
 const FILE_OR_SHARED: u64 = 1 << 61;
 const PFN_MASK: u64 = (1 << 55) - 1;
+const KPF_ANON: u64 = 1 << 12;
 const KPF_KSM: u64 = 1 << 21;
 
 /// A process's page table as /proc/<pid>/pagemap shows it (pfns are shown to root only).
@@ -131,13 +132,21 @@ pub fn private_ranges(pid: u32) -> Vec<(u64, u64)> {
 
 /// Whether KPF_KSM means a KSM page here: some kernels (Debian 12's 6.12.118 among them) set it
 /// on every anonymous page, because they test the page's mapping for either of the two bits
-/// that make up KSM's tag. A fresh page of our own, never mergeable, must not carry it.
+/// that make up KSM's tag. A fresh page of our own, never mergeable, must not carry it; its
+/// flags are read while it is still mapped (a freed page has no mapping, so no tag at all).
 pub fn kpf_ksm_is_truthful() -> Result<()> {
-    let pfn = own_page_pfn(true)?;
     let kpageflags = File::open("/proc/kpageflags").context("opening /proc/kpageflags")?;
-    let mut flags = [0u8; 8];
-    kpageflags.read_exact_at(&mut flags, pfn * 8)?;
-    if u64::from_ne_bytes(flags) & KPF_KSM != 0 {
+    let flags = with_own_page(true, |pfn| {
+        let mut flags = [0u8; 8];
+        kpageflags.read_exact_at(&mut flags, pfn * 8)?;
+        Ok(u64::from_ne_bytes(flags))
+    })?;
+    if flags & KPF_ANON == 0 {
+        anyhow::bail!(
+            "/proc/kpageflags does not show a fresh anonymous page as anonymous: KSM pages cannot be told apart there"
+        );
+    }
+    if flags & KPF_KSM != 0 {
         anyhow::bail!(
             "this kernel's /proc/kpageflags marks every anonymous page KSM (KPF_KSM on a fresh page): KSM pages cannot be told apart there"
         );
@@ -148,12 +157,13 @@ pub fn kpf_ksm_is_truthful() -> Result<()> {
 /// The pfn of the kernel's zero page: a private anonymous page only read maps it. KSM's
 /// zero-page merges (`use_zero_pages`) map this same page (one on x86).
 pub fn zero_page_pfn() -> Result<u64> {
-    own_page_pfn(false)
+    with_own_page(false, Ok)
 }
 
-/// The pfn behind a fresh private anonymous page of our own, written (its own page) or only
-/// read (the zero page), as /proc/self/pagemap shows it (root only).
-fn own_page_pfn(write: bool) -> Result<u64> {
+/// Calls `f` with the pfn behind a fresh private anonymous page of our own, written (its own
+/// page) or only read (the zero page), as /proc/self/pagemap shows it (root only), while the
+/// page is still mapped.
+fn with_own_page<T>(write: bool, f: impl FnOnce(u64) -> Result<T>) -> Result<T> {
     let page = super::page_size() as usize;
     // SAFETY: a private anonymous page of our own, touched, read through pagemap, unmapped.
     let addr = unsafe {
@@ -174,11 +184,13 @@ fn own_page_pfn(write: bool) -> Result<u64> {
     } else {
         unsafe { std::ptr::read_volatile(addr as *const u64) };
     }
-    let pfn = Pagemap::open(None).and_then(|pagemap| {
-        pagemap
-            .pfn(addr as u64)
-            .ok_or_else(|| anyhow::anyhow!("/proc/self/pagemap shows no pfns (not root?)"))
-    });
+    let result = Pagemap::open(None)
+        .and_then(|pagemap| {
+            pagemap
+                .pfn(addr as u64)
+                .ok_or_else(|| anyhow::anyhow!("/proc/self/pagemap shows no pfns (not root?)"))
+        })
+        .and_then(f);
     unsafe { libc::munmap(addr, page) };
-    pfn
+    result
 }
