@@ -151,7 +151,9 @@ pub struct Worker {
     /// the write (the kernel's ksm_zero_pages is the zero-page merges less these), and, with
     /// huge pages on 6.12+, subpages that splitting a huge page mapped there, not KSM (use
     /// `thp=off` where the count must be KSM's alone). None: not counted (no zero pages, or
-    /// pagemap unreadable).
+    /// pagemap unreadable). Absent rather than null then, so version-6 recordings without it
+    /// read and write back unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub zero_pages_broken: Option<u64>,
 }
 
