@@ -37,7 +37,7 @@ struct Memory<'a> {
     /// The selftest's pattern: every word '*', whatever the round.
     same: bool,
     /// With zero pages: this process's page table and the kernel's zero pfn, to count the
-    /// rewrites that find a zero-filled page merged with the zero page.
+    /// rewrites that find a zero-filled page mapped to the zero page.
     zero_page: Option<(Pagemap, u64)>,
 }
 
@@ -70,7 +70,8 @@ impl Memory<'_> {
         }
     }
 
-    /// Whether page `p` is one of the zero-filled pages and KSM mapped it to the zero page.
+    /// Whether page `p` is one of the zero-filled pages and is mapped to the zero page (by KSM,
+    /// or on 6.12+ by a huge-page split: see the recording's `zero_pages_broken`).
     fn on_zero_page(&self, p: usize) -> bool {
         let zero_filled = (self.dup_pages..self.dup_pages + self.zero_pages).contains(&p);
         zero_filled
