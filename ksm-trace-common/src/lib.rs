@@ -70,6 +70,23 @@ pub struct Event {
     pub _pad: u32,
 }
 
+/// A timed stretch of ksmd's on one mm (the mmap_lock bracket, or fentry → fexit): `end == 0`
+/// while still open. User space clears the bracket's slot when it detaches the bracket, so an
+/// interval cut off by the detach cannot time a later merge.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Interval {
+    pub mm: u64,
+    pub start: u64,
+    pub end: u64,
+}
+
+/// Slots of the `INTERVALS` array.
+pub mod interval {
+    pub const BRACKET: u32 = 0;
+    pub const FEXIT: u32 = 1;
+}
+
 /// Configuration written into the `CONFIG` global before loading.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -144,6 +161,7 @@ pub mod names {
     pub const CONFIG: &str = "CONFIG";
     pub const STACKS: &str = "STACKS";
     pub const STACK_COUNTS: &str = "STACK_COUNTS";
+    pub const INTERVALS: &str = "INTERVALS";
 }
 
 /// What the eBPF programs read from a raw tracepoint's arguments: the loader checks each
@@ -370,4 +388,5 @@ mod pod {
     // SAFETY: plain #[repr(C)] integers and byte arrays, no padding holes left uninitialised.
     unsafe impl aya::Pod for super::Event {}
     unsafe impl aya::Pod for super::Config {}
+    unsafe impl aya::Pod for super::Interval {}
 }

@@ -23,17 +23,10 @@ use crate::{
     owner::{current_is_ksmd, fill_owner},
 };
 
-/// A timed stretch on one mm: `end == 0` while still open.
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct Interval {
-    mm: u64,
-    start: u64,
-    end: u64,
-}
-
-const BRACKET: u32 = 0;
-const FEXIT: u32 = 1;
+use ksm_trace_common::{
+    Interval,
+    interval::{BRACKET, FEXIT},
+};
 
 #[map]
 static INTERVALS: Array<Interval> = Array::with_max_entries(2, 0);

@@ -1,6 +1,6 @@
 //! Live tracing for `top` and `serve`: the probes and collector of `record`, but no window to
 //! close, no knob changed, ksmd neither started nor paused, nothing written. Merge latency is
-//! sampled as `--merge-latency auto` samples it (the mmap_lock bracket 1 s of every 20 s while
+//! sampled as `--merge-latency auto` samples it (the mmap_lock bracket 200 ms in every 10 s while
 //! merges happen) unless `--merge-latency` says otherwise, so watching a host for days costs
 //! ksmd what `record`'s default costs.
 //! Processes that exit are forgotten, so memory stays bounded by the processes alive.

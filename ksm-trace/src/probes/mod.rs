@@ -535,6 +535,17 @@ impl Probes {
         for (prog, link) in std::mem::take(&mut self.bracket_links) {
             program::<RawTracePoint>(&mut self.ebpf, prog)?.detach(link)?;
         }
+        // An interval the detach cut off (acquired, never released) would otherwise time the
+        // next merge on that mm, however much later, as one long merge.
+        let map = self
+            .ebpf
+            .map_mut(names::INTERVALS)
+            .ok_or_else(|| anyhow!("map {} missing from the eBPF object", names::INTERVALS))?;
+        aya::maps::Array::<_, ksm_trace_common::Interval>::try_from(map)?.set(
+            ksm_trace_common::interval::BRACKET,
+            ksm_trace_common::Interval::default(),
+            0,
+        )?;
         Ok(())
     }
 
