@@ -182,9 +182,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let bench = ksm_trace::bench::OverheadBench {
                 workload: args.workload,
                 merging_write: args.merging_write,
+                scenarios: args.scenario,
                 pages_to_scan: args.pages_to_scan,
                 window: args.window,
                 repetitions: args.repetitions,
+                default_repetitions: args.default_repetitions,
             };
             print(&ksm_trace::bench::overhead(&bench).await?)
         }

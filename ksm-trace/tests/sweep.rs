@@ -219,6 +219,8 @@ fn bench_overhead_compares_with_bpftrace_and_leaves_tracefs_as_found() {
         "1s",
         "--repetitions",
         "1",
+        "--default-repetitions",
+        "1",
     ]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(

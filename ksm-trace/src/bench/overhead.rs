@@ -4,10 +4,14 @@
 //! pages, so ksmd keeps re-merging: when a user wants merge latency). Pages scanned per second
 //! is measured in alternating windows, untraced and traced in each mode — ksm-trace's, and the
 //! same measurements hand-written for bpftrace when it is installed — and each traced window is
-//! divided by the mean of its untraced neighbours, so drift in the machine's speed cancels out.
+//! divided by the mean of its untraced neighbours, so drift in the machine's speed cancels out;
+//! a mode's figure is the mean of its windows' ratios with a 95 % confidence interval. The
+//! default record gets extra windows: the 2 % target is about it.
 //! Alongside: another process's mmap/touch/munmap rate in the same windows (what the mmap_lock
-//! tracepoints cost everyone else), each program's ns per run from the kernel's own accounting
-//! (BPF_ENABLE_STATS), and, while merging, the sampled latency distribution against `always`.
+//! tracepoints cost everyone else), what each attach and detach of the sampled bracket takes,
+//! each program's ns per run from the kernel's own accounting (BPF_ENABLE_STATS, in a window
+//! of its own: the accounting costs ~50 ns per run, which would otherwise count as tracing
+//! cost), and, while merging, the sampled latency distribution against `always`.
 use std::{
     collections::BTreeMap,
     fmt::Write as _,
@@ -19,6 +23,7 @@ use std::{
 };
 
 use anyhow::{Result, bail};
+use statrs::distribution::{ContinuousCDF, StudentsT};
 
 use super::bpftrace;
 use crate::{
@@ -26,18 +31,50 @@ use crate::{
     histogram::Histogram,
     kernel::{sysfs, tracefs::TracefsMount},
     knobs::KnobSettings,
-    probes::{LatencyMode, Probes, bracket},
+    probes::{LatencyMode, ProbeOptions, Probes, bracket},
     session::Preflight,
 };
 
 pub struct OverheadBench {
     pub workload: String,
     /// Fraction of identical pages each worker un-shares and restores per second in the
-    /// merging scenario (0: settled scenario only).
+    /// merging scenario.
     pub merging_write: f64,
+    pub scenarios: Vec<Scenario>,
     pub pages_to_scan: u32,
     pub window: Duration,
     pub repetitions: u32,
+    /// Windows of the default record per scenario (at least `repetitions`).
+    pub default_repetitions: u32,
+}
+
+/// What ksmd scans over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scenario {
+    Settled,
+    Merging,
+}
+
+impl Scenario {
+    pub const ALL: [(Self, &'static str, &'static str); 2] = [
+        (
+            Self::Settled,
+            "settled",
+            "the workload merged and settled: nothing left to merge",
+        ),
+        (
+            Self::Merging,
+            "merging",
+            "the workload kept merging (--merging-write)",
+        ),
+    ];
+
+    fn name(self) -> &'static str {
+        Self::ALL
+            .iter()
+            .find(|(s, _, _)| *s == self)
+            .map_or("", |(_, n, _)| n)
+    }
 }
 
 /// What a traced window attaches.
@@ -57,7 +94,7 @@ const KSM_TRACE_MODES: [(&str, LatencyMode, bool); 4] = [
     ),
     ("ksm-trace --merge-latency off", LatencyMode::Off, true),
     (
-        "ksm-trace default (auto: bracket sampled 1 s in 20 s)",
+        "ksm-trace default (auto: bracket sampled)",
         LatencyMode::Auto,
         true,
     ),
@@ -69,20 +106,23 @@ const KSM_TRACE_MODES: [(&str, LatencyMode, bool); 4] = [
 ];
 
 /// One scenario's figures.
-struct Scenario {
+struct Figures {
     name: &'static str,
     workload: String,
     /// Per tracer: its name, the ksm-trace mode it measures like, and what the comparison
     /// line calls it when it is a bpftrace script.
     tracers: Vec<(String, LatencyMode, Option<&'static str>)>,
-    untraced: Vec<f64>,
-    other_untraced: Vec<f64>,
-    /// Per tracer: (index of the untraced window before it, pages/s, other process ops/s).
-    traced: Vec<Vec<(usize, f64, f64)>>,
-    /// Program → (run time ns, runs), summed over ksm-trace's `always` windows.
+    untraced: Vec<Rates>,
+    /// Per tracer: (index of the untraced window before it, its rates).
+    traced: Vec<Vec<(usize, Rates)>>,
+    /// Program → (run time ns, runs), from the accounting window (`always`).
     program_stats: BTreeMap<String, (u64, u64)>,
     /// Merge latencies timed by the sampled default and by `always`.
     latency: [Histogram; 2],
+    /// Merges in the sampled default's windows, timed or not.
+    sampled_merges: u64,
+    /// The sampled default's attach and detach calls: mean ns of each, per window.
+    switch_ns: Vec<(u64, u64)>,
     /// Each procs worker's fill rate (GiB/s) as the scenario's workload started.
     fill: Vec<f64>,
 }
@@ -101,30 +141,25 @@ pub async fn overhead(b: &OverheadBench) -> Result<String> {
 }
 
 async fn measure(b: &OverheadBench) -> Result<String> {
-    // Per-program run time, from the kernel, for as long as the fd lives.
-    let stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).ok();
     let other = OtherProcess::start();
-    let mut scenarios = vec![("settled", b.workload.clone())];
-    if b.merging_write > 0.0 {
-        scenarios.push((
-            "merging",
-            format!("{},write={}", b.workload, b.merging_write),
-        ));
-    }
     let mut results = Vec::new();
-    for (name, workload) in scenarios {
-        results.push(scenario(b, name, workload, &other).await?);
+    for &scenario in &b.scenarios {
+        let workload = match scenario {
+            Scenario::Settled => b.workload.clone(),
+            Scenario::Merging => format!("{},write={}", b.workload, b.merging_write),
+        };
+        results.push(run_scenario(b, scenario, workload, &other).await?);
     }
     drop(other);
-    Ok(render(b, &results, stats.is_some()))
+    Ok(render(b, &results))
 }
 
-async fn scenario(
+async fn run_scenario(
     b: &OverheadBench,
-    name: &'static str,
+    scenario: Scenario,
     workload: String,
     other: &OtherProcess,
-) -> Result<Scenario> {
+) -> Result<Figures> {
     let knobs = KnobSettings {
         pages_to_scan: Some(b.pages_to_scan),
         sleep_ms: Some(0),
@@ -154,10 +189,10 @@ async fn scenario(
         .collect();
     session.run_ksmd()?;
     let caps = session.caps.clone();
-    settle(name).await?;
+    settle(scenario).await?;
 
-    let mut s = Scenario {
-        name,
+    let mut s = Figures {
+        name: scenario.name(),
         workload,
         tracers: tracers
             .iter()
@@ -171,46 +206,50 @@ async fn scenario(
             })
             .collect(),
         untraced: Vec::new(),
-        other_untraced: Vec::new(),
         traced: (0..tracers.len()).map(|_| Vec::new()).collect(),
         program_stats: BTreeMap::new(),
         latency: [Histogram::new(), Histogram::new()],
+        switch_ns: Vec::new(),
+        sampled_merges: 0,
         fill,
     };
-    let untraced = |s: &mut Scenario, w: Window| {
-        s.untraced.push(w.pages_per_s);
-        s.other_untraced.push(w.other_per_s);
+    let untraced = |s: &mut Figures, w: Window| s.untraced.push(w.rates);
+    let load = |mode: LatencyMode, batches: bool| {
+        let options = ProbeOptions {
+            batches,
+            ..ProbeOptions::new(mode)
+        };
+        Probes::load_with(&caps, ksmd, options)
     };
-    untraced(&mut s, window(None, b.window, other).await?);
-    for _ in 0..b.repetitions {
+    untraced(&mut s, window(None, b.window, ksmd, other).await?);
+    for round in 0..b.repetitions.max(b.default_repetitions) {
         for (t, tracer) in tracers.iter().enumerate() {
+            let is_default = matches!(tracer, Tracer::KsmTrace(_, LatencyMode::Auto, _));
+            if round >= b.repetitions && !is_default {
+                continue;
+            }
             let w = match tracer {
                 Tracer::KsmTrace(_, mode, batches) => {
-                    let options = crate::probes::ProbeOptions {
-                        batches: *batches,
-                        ..crate::probes::ProbeOptions::new(*mode)
-                    };
-                    let mut probes = Probes::load_with(&caps, ksmd, options)?;
+                    let mut probes = load(*mode, *batches)?;
                     let mut policy = bracket::BracketPolicy::start(&mut probes, *mode)?;
                     probes.start_profile(ksmd)?;
-                    // The default samples 1 s in every 20 s: a shorter window would overstate
-                    // its share.
+                    // The default samples in periods: a window of whole periods shows its
+                    // share, a shorter one would overstate or understate it.
                     let length = match mode {
-                        LatencyMode::Auto => b.window.max(bracket::SAMPLE_PERIOD),
+                        LatencyMode::Auto => sampled_window(b.window),
                         _ => b.window,
                     };
-                    let w = window(Some((&mut probes, &mut policy)), length, other).await?;
+                    let w = window(Some((&mut probes, &mut policy)), length, ksmd, other).await?;
                     let timed = merge_latencies(&w.collector);
                     match mode {
-                        LatencyMode::Auto => s.latency[0].add(&timed),
-                        LatencyMode::Always => {
-                            s.latency[1].add(&timed);
-                            for (program, (ns, runs)) in probes.run_stats() {
-                                let sum = s.program_stats.entry(program).or_default();
-                                sum.0 += ns;
-                                sum.1 += runs;
+                        LatencyMode::Auto => {
+                            s.latency[0].add(&timed);
+                            s.sampled_merges += w.collector.merged_total();
+                            if let (Some(on), Some(off)) = policy.switch_ns() {
+                                s.switch_ns.push((on, off));
                             }
                         }
+                        LatencyMode::Always => s.latency[1].add(&timed),
                         _ => {}
                     }
                     w
@@ -218,7 +257,7 @@ async fn scenario(
                 Tracer::Bpftrace(script) => {
                     let bin = bpftrace_bin.as_deref().expect("scripts only with bpftrace");
                     let running = bpftrace::Running::start(bin, script).await?;
-                    let w = window(None, b.window, other).await?;
+                    let w = window(None, b.window, ksmd, other).await?;
                     // A script that attached but saw nothing would make bpftrace look free.
                     if running.stop().await? == 0 {
                         bail!(
@@ -228,18 +267,37 @@ async fn scenario(
                     w
                 }
             };
-            s.traced[t].push((s.untraced.len() - 1, w.pages_per_s, w.other_per_s));
-            untraced(&mut s, window(None, b.window, other).await?);
+            s.traced[t].push((s.untraced.len() - 1, w.rates));
+            untraced(&mut s, window(None, b.window, ksmd, other).await?);
         }
+    }
+    // Per-program cost in a window of its own, every program attached: the kernel's
+    // accounting is on only here (it adds its own cost to every run).
+    if let Ok(_stats) = aya::sys::enable_stats(aya::sys::Stats::RunTime) {
+        let mut probes = load(LatencyMode::Always, true)?;
+        let mut policy = bracket::BracketPolicy::start(&mut probes, LatencyMode::Always)?;
+        probes.start_profile(ksmd)?;
+        window(Some((&mut probes, &mut policy)), b.window, ksmd, other).await?;
+        s.program_stats = probes.run_stats().into_iter().collect();
     }
     drop(session);
     Ok(s)
 }
 
+/// The default's window: whole sampling periods, at least `window` long.
+fn sampled_window(window: Duration) -> Duration {
+    let period = bracket::SAMPLE_PERIOD;
+    period
+        * window
+            .as_secs_f64()
+            .div_euclid(period.as_secs_f64())
+            .max(1.0) as u32
+}
+
 /// Settled: wait until pages_sharing stops moving (the benchmark is about steady-state
 /// scanning). Merging: give the first merges a few seconds; it never stops moving.
-async fn settle(scenario: &str) -> Result<()> {
-    if scenario == "merging" {
+async fn settle(scenario: Scenario) -> Result<()> {
+    if scenario == Scenario::Merging {
         tokio::time::sleep(Duration::from_secs(5)).await;
         return Ok(());
     }
@@ -256,9 +314,20 @@ async fn settle(scenario: &str) -> Result<()> {
     Ok(())
 }
 
-struct Window {
+/// What one window measured.
+#[derive(Clone, Copy)]
+struct Rates {
+    /// ksmd's pages scanned per second: the figure the overhead target is about.
     pages_per_s: f64,
+    /// ksmd's pages scanned per second it ran (its own scheduler time): the cost tracing adds
+    /// inside ksmd, without the noise of how much CPU the scheduler gave ksmd.
+    pages_per_cpu_s: f64,
+    /// The other process's mmap/touch/munmap per second.
     other_per_s: f64,
+}
+
+struct Window {
+    rates: Rates,
     collector: Collector,
 }
 
@@ -267,6 +336,7 @@ struct Window {
 async fn window(
     mut probes: Option<(&mut Probes, &mut bracket::BracketPolicy)>,
     length: Duration,
+    ksmd: u32,
     other: &OtherProcess,
 ) -> Result<Window> {
     let mut ring = match probes.as_mut() {
@@ -275,6 +345,7 @@ async fn window(
     };
     let mut collector = Collector::default();
     let start = sysfs::read_i64("pages_scanned")?;
+    let cpu_start = crate::kernel::cpu_time_ns(ksmd)?;
     let ops = other.ops();
     let t0 = Instant::now();
     while t0.elapsed() < length {
@@ -288,9 +359,14 @@ async fn window(
         }
     }
     let secs = t0.elapsed().as_secs_f64();
+    let pages = (sysfs::read_i64("pages_scanned")? - start) as f64;
+    let cpu_s = (crate::kernel::cpu_time_ns(ksmd)? - cpu_start) as f64 / 1e9;
     Ok(Window {
-        pages_per_s: (sysfs::read_i64("pages_scanned")? - start) as f64 / secs,
-        other_per_s: other.ops().saturating_sub(ops) as f64 / secs,
+        rates: Rates {
+            pages_per_s: pages / secs,
+            pages_per_cpu_s: pages / cpu_s.max(1e-9),
+            other_per_s: other.ops().saturating_sub(ops) as f64 / secs,
+        },
         collector,
     })
 }
@@ -367,33 +443,62 @@ fn mean(v: &[f64]) -> f64 {
     v.iter().sum::<f64>() / v.len().max(1) as f64
 }
 
+/// The mean of `v` and the half-width of its 95 % confidence interval (Student's t; None with
+/// fewer than two values).
+fn mean_ci(v: &[f64]) -> (f64, Option<f64>) {
+    let m = mean(v);
+    let n = v.len() as f64;
+    if v.len() < 2 {
+        return (m, None);
+    }
+    let var = v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (n - 1.0);
+    let t = StudentsT::new(0.0, 1.0, n - 1.0)
+        .map(|d| d.inverse_cdf(0.975))
+        .ok();
+    (m, t.map(|t| t * (var / n).sqrt()))
+}
+
 /// (min, max) of a non-empty list.
 fn range(v: &[f64]) -> (f64, f64) {
     v.iter()
         .fold((f64::MAX, 0f64), |(lo, hi), v| (lo.min(*v), hi.max(*v)))
 }
 
-fn render(b: &OverheadBench, scenarios: &[Scenario], stats: bool) -> String {
+/// "0.99 (0.98–1.00, 10 windows)".
+fn ratio_text(ratios: &[f64]) -> String {
+    match mean_ci(ratios) {
+        (m, Some(h)) => format!("{m:.3} ({:.3}–{:.3}, n={})", m - h, m + h, ratios.len()),
+        (m, None) => format!("{m:.3} (n={})", ratios.len()),
+    }
+}
+
+fn render(b: &OverheadBench, scenarios: &[Figures]) -> String {
     let mut o = String::new();
     let _ = writeln!(
         o,
-        "ksm-trace bench overhead: pages_to_scan={} sleep_millisecs=0, {} s windows ({} s for the sampled default), {} repetitions; ratio = traced ÷ mean of the untraced windows either side",
+        "ksm-trace bench overhead: pages_to_scan={} sleep_millisecs=0, {} s windows ({} s for the sampled default, whose bracket is attached {} ms of every {} s while merging), {} repetitions ({} of the default); ratio = traced ÷ mean of the untraced windows either side, mean over the windows with its 95 % confidence interval",
         b.pages_to_scan,
         b.window.as_secs_f64(),
-        b.window.max(bracket::SAMPLE_PERIOD).as_secs_f64(),
-        b.repetitions
+        sampled_window(b.window).as_secs_f64(),
+        bracket::SAMPLE_ON.as_millis(),
+        bracket::SAMPLE_PERIOD.as_secs_f64(),
+        b.repetitions,
+        b.repetitions.max(b.default_repetitions),
     );
     for s in scenarios {
-        let (min, max) = range(&s.untraced);
+        let untraced = |pick: fn(&Rates) -> f64| s.untraced.iter().map(pick).collect::<Vec<_>>();
+        let (pages, per_cpu) = (untraced(|r| r.pages_per_s), untraced(|r| r.pages_per_cpu_s));
+        let (min, max) = range(&pages);
         let _ = writeln!(
             o,
-            "\n{} ({}): untraced {:.0} pages scanned/s (windows {:.0}–{:.0}); other process {:.0} mmap/touch/munmap per s",
+            "\n{} ({}): untraced {:.0} pages scanned/s (windows {:.0}–{:.0}; {:.0} per second ksmd ran); other process {:.0} mmap/touch/munmap per s",
             s.name,
             s.workload,
-            mean(&s.untraced),
+            mean(&pages),
             min,
             max,
-            mean(&s.other_untraced)
+            mean(&per_cpu),
+            mean(&untraced(|r| r.other_per_s))
         );
         if !s.fill.is_empty() {
             let (lo, hi) = range(&s.fill);
@@ -405,23 +510,34 @@ fn render(b: &OverheadBench, scenarios: &[Scenario], stats: bool) -> String {
         }
         let _ = writeln!(
             o,
-            "  {:<58} {:>11} {:>14}",
-            "tracer", "ksmd ratio", "other process"
+            "  {:<52} {:>28} {:>28} {:>28}",
+            "tracer", "ksmd ratio", "ksmd per CPU-second", "other process"
         );
         let mut ratios = Vec::new();
         for (t, windows) in s.traced.iter().enumerate() {
-            let ratio = |pick: fn(&(usize, f64, f64)) -> f64, base: &[f64]| {
-                mean(
-                    &windows
-                        .iter()
-                        .map(|w| pick(w) / ((base[w.0] + base[w.0 + 1]) / 2.0))
-                        .collect::<Vec<_>>(),
-                )
+            if windows.is_empty() {
+                // `--repetitions 0`: only the default was measured.
+                ratios.push(f64::NAN);
+                continue;
+            }
+            let per_window = |pick: fn(&Rates) -> f64| {
+                windows
+                    .iter()
+                    .map(|(i, r)| {
+                        pick(r) / ((pick(&s.untraced[*i]) + pick(&s.untraced[i + 1])) / 2.0)
+                    })
+                    .collect::<Vec<_>>()
             };
-            let ksmd = ratio(|w| w.1, &s.untraced);
-            let other = ratio(|w| w.2, &s.other_untraced);
-            ratios.push(ksmd);
-            let _ = writeln!(o, "  {:<58} {ksmd:>11.2} {other:>14.2}", s.tracers[t].0);
+            let ksmd = per_window(|r| r.pages_per_s);
+            ratios.push(mean(&ksmd));
+            let _ = writeln!(
+                o,
+                "  {:<52} {:>28} {:>28} {:>28}",
+                s.tracers[t].0,
+                ratio_text(&ksmd),
+                ratio_text(&per_window(|r| r.pages_per_cpu_s)),
+                ratio_text(&per_window(|r| r.other_per_s))
+            );
         }
         // Each bpftrace script against the ksm-trace mode measuring the same things (the
         // last of a latency mode: the one with batches on, as the scripts have).
@@ -434,6 +550,9 @@ fn render(b: &OverheadBench, scenarios: &[Scenario], stats: bool) -> String {
             else {
                 continue;
             };
+            if ratios[k].is_nan() || ratios[b_idx].is_nan() {
+                continue;
+            }
             let _ = writeln!(
                 o,
                 "  ksm-trace vs bpftrace, {measures}: ksmd keeps {:.2} vs {:.2} of its untraced scan rate, ksm-trace ÷ bpftrace = {:.2}",
@@ -442,25 +561,42 @@ fn render(b: &OverheadBench, scenarios: &[Scenario], stats: bool) -> String {
                 ratios[k] / ratios[b_idx]
             );
         }
+        if !s.switch_ns.is_empty() {
+            let on: Vec<f64> = s.switch_ns.iter().map(|w| w.0 as f64 / 1e3).collect();
+            let off: Vec<f64> = s.switch_ns.iter().map(|w| w.1 as f64 / 1e3).collect();
+            let ((on_lo, on_hi), (off_lo, off_hi)) = (range(&on), range(&off));
+            let _ = writeln!(
+                o,
+                "  the sampled bracket's switches: attach {on_lo:.0}–{on_hi:.0} µs, detach {off_lo:.0}–{off_hi:.0} µs per call (the tracer's own time; what they cost ksmd is in the default's ratio)"
+            );
+        }
         let [sampled, always] = &s.latency;
         if !sampled.is_empty() && !always.is_empty() {
             let (a, b) = (sampled.summary(), always.summary());
+            let ci = |p| {
+                sampled
+                    .percentile_ci(p)
+                    .map_or("-".to_owned(), |(lo, hi)| format!("{lo}–{hi}"))
+            };
             let _ = writeln!(
                 o,
-                "  merge latency, sampled default vs always on the same workload: p50 {} vs {} ns, p99 {} vs {} ns ({} vs {} merges timed); sampled p50 95% CI {:?}",
+                "  merge latency, sampled default vs always on the same workload: p50 {} vs {} ns, p99 {} vs {} ns; the sample's 95 % intervals: p50 {} ns, p99 {} ns (the default timed {} of the {} merges in its windows, {:.1} %; always timed {})",
                 a.p50,
                 b.p50,
                 a.p99,
                 b.p99,
+                ci(50.0),
+                ci(99.0),
                 a.count,
+                s.sampled_merges,
+                100.0 * a.count as f64 / s.sampled_merges.max(1) as f64,
                 b.count,
-                sampled.percentile_ci(50.0)
             );
         }
-        if stats && !s.program_stats.is_empty() {
+        if !s.program_stats.is_empty() {
             let _ = writeln!(
                 o,
-                "  ns per run (kernel accounting, --merge-latency always windows):"
+                "  ns per run (kernel accounting, in a window of its own with every program attached):"
             );
             for (program, (ns, runs)) in &s.program_stats {
                 if *runs > 0 {
