@@ -284,7 +284,7 @@ async fn run_scenario(
     Ok(s)
 }
 
-/// The default's window: whole sampling periods, at least `window` long.
+/// The default's window: as many whole sampling periods as fit in `window`, at least one.
 fn sampled_window(window: Duration) -> Duration {
     let period = bracket::SAMPLE_PERIOD;
     period
