@@ -6,12 +6,15 @@
 //! same measurements hand-written for bpftrace when it is installed — and each traced window is
 //! divided by the mean of its untraced neighbours, so drift in the machine's speed cancels out;
 //! a mode's figure is the mean of its windows' ratios with a 95 % confidence interval. The
-//! default record gets extra windows: the 2 % target is about it.
+//! default record gets extra windows: the 2 % target is about it. A control row puts each
+//! untraced window against its untraced neighbours: the machine's own noise, which no ratio
+//! can be read more finely than.
 //! Alongside: another process's mmap/touch/munmap rate in the same windows (what the mmap_lock
 //! tracepoints cost everyone else), what each attach and detach of the sampled bracket takes,
-//! each program's ns per run from the kernel's own accounting (BPF_ENABLE_STATS, in a window
-//! of its own: the accounting costs ~50 ns per run, which would otherwise count as tracing
-//! cost), and, while merging, the sampled latency distribution against `always`.
+//! the kernel's own accounting (BPF_ENABLE_STATS, in windows of their own: it costs ~50 ns per
+//! run, which would otherwise count as tracing cost) — each program's ns per run, and the share
+//! of ksmd's CPU time all programs ran in the default and in `always`, which the machine's
+//! noise does not blur — and, while merging, the sampled latency distribution against `always`.
 use std::{
     collections::BTreeMap,
     fmt::Write as _,
@@ -117,6 +120,8 @@ struct Figures {
     traced: Vec<Vec<(usize, Rates)>>,
     /// Program → (run time ns, runs), from the accounting window (`always`).
     program_stats: BTreeMap<String, (u64, u64)>,
+    /// Per accounted mode: all its programs' run time ÷ ksmd's CPU time in its window.
+    accounted: Vec<(&'static str, f64)>,
     /// Merge latencies timed by the sampled default and by `always`.
     latency: [Histogram; 2],
     /// Merges in the sampled default's windows, timed or not.
@@ -208,6 +213,7 @@ async fn run_scenario(
         untraced: Vec::new(),
         traced: (0..tracers.len()).map(|_| Vec::new()).collect(),
         program_stats: BTreeMap::new(),
+        accounted: Vec::new(),
         latency: [Histogram::new(), Histogram::new()],
         switch_ns: Vec::new(),
         sampled_merges: 0,
@@ -271,14 +277,31 @@ async fn run_scenario(
             untraced(&mut s, window(None, b.window, ksmd, other).await?);
         }
     }
-    // Per-program cost in a window of its own, every program attached: the kernel's
-    // accounting is on only here (it adds its own cost to every run).
+    // The kernel's own accounting, in windows of their own (it adds ~50 ns to every run,
+    // which the ratio windows would count as tracing cost): `always` gives each program's ns
+    // per run; both give the share of ksmd's CPU time the programs ran — a figure without the
+    // machine's window-to-window noise.
     if let Ok(_stats) = aya::sys::enable_stats(aya::sys::Stats::RunTime) {
-        let mut probes = load(LatencyMode::Always, true)?;
-        let mut policy = bracket::BracketPolicy::start(&mut probes, LatencyMode::Always)?;
-        probes.start_profile(ksmd)?;
-        window(Some((&mut probes, &mut policy)), b.window, ksmd, other).await?;
-        s.program_stats = probes.run_stats().into_iter().collect();
+        for (name, mode) in [
+            ("default", LatencyMode::Auto),
+            ("always", LatencyMode::Always),
+        ] {
+            let mut probes = load(mode, true)?;
+            let mut policy = bracket::BracketPolicy::start(&mut probes, mode)?;
+            probes.start_profile(ksmd)?;
+            let length = match mode {
+                LatencyMode::Auto => sampled_window(b.window),
+                _ => b.window,
+            };
+            let w = window(Some((&mut probes, &mut policy)), length, ksmd, other).await?;
+            let stats = probes.run_stats();
+            let program_ns: u64 = stats.iter().map(|(_, (ns, _))| ns).sum();
+            s.accounted
+                .push((name, program_ns as f64 / w.ksmd_cpu_ns.max(1) as f64));
+            if mode == LatencyMode::Always {
+                s.program_stats = stats.into_iter().collect();
+            }
+        }
     }
     drop(session);
     Ok(s)
@@ -328,6 +351,8 @@ struct Rates {
 
 struct Window {
     rates: Rates,
+    /// ksmd's CPU time in the window.
+    ksmd_cpu_ns: u64,
     collector: Collector,
 }
 
@@ -360,13 +385,15 @@ async fn window(
     }
     let secs = t0.elapsed().as_secs_f64();
     let pages = (sysfs::read_i64("pages_scanned")? - start) as f64;
-    let cpu_s = (crate::kernel::cpu_time_ns(ksmd)? - cpu_start) as f64 / 1e9;
+    let ksmd_cpu_ns = crate::kernel::cpu_time_ns(ksmd)?.saturating_sub(cpu_start);
+    let cpu_s = ksmd_cpu_ns as f64 / 1e9;
     Ok(Window {
         rates: Rates {
             pages_per_s: pages / secs,
             pages_per_cpu_s: pages / cpu_s.max(1e-9),
             other_per_s: other.ops().saturating_sub(ops) as f64 / secs,
         },
+        ksmd_cpu_ns,
         collector,
     })
 }
@@ -458,6 +485,11 @@ fn mean_ci(v: &[f64]) -> (f64, Option<f64>) {
     (m, t.map(|t| t * (var / n).sqrt()))
 }
 
+/// `r`'s figure ÷ the mean of the untraced windows either side of it.
+fn against_neighbours(pick: fn(&Rates) -> f64, r: &Rates, before: &Rates, after: &Rates) -> f64 {
+    pick(r) / ((pick(before) + pick(after)) / 2.0)
+}
+
 /// (min, max) of a non-empty list.
 fn range(v: &[f64]) -> (f64, f64) {
     v.iter()
@@ -513,6 +545,25 @@ fn render(b: &OverheadBench, scenarios: &[Figures]) -> String {
             "  {:<52} {:>28} {:>28} {:>28}",
             "tracer", "ksmd ratio", "ksmd per CPU-second", "other process"
         );
+        // The noise floor: each untraced window against the untraced windows either side of
+        // it (a traced window away, so if anything a wider spread than the tracers' own).
+        let control = |pick: fn(&Rates) -> f64| {
+            (1..s.untraced.len().saturating_sub(1))
+                .map(|i| {
+                    against_neighbours(pick, &s.untraced[i], &s.untraced[i - 1], &s.untraced[i + 1])
+                })
+                .collect::<Vec<_>>()
+        };
+        if s.untraced.len() > 2 {
+            let _ = writeln!(
+                o,
+                "  {:<52} {:>28} {:>28} {:>28}",
+                "untraced (control: ÷ the untraced windows beside)",
+                ratio_text(&control(|r| r.pages_per_s)),
+                ratio_text(&control(|r| r.pages_per_cpu_s)),
+                ratio_text(&control(|r| r.other_per_s))
+            );
+        }
         let mut ratios = Vec::new();
         for (t, windows) in s.traced.iter().enumerate() {
             if windows.is_empty() {
@@ -523,9 +574,7 @@ fn render(b: &OverheadBench, scenarios: &[Figures]) -> String {
             let per_window = |pick: fn(&Rates) -> f64| {
                 windows
                     .iter()
-                    .map(|(i, r)| {
-                        pick(r) / ((pick(&s.untraced[*i]) + pick(&s.untraced[i + 1])) / 2.0)
-                    })
+                    .map(|(i, r)| against_neighbours(pick, r, &s.untraced[*i], &s.untraced[i + 1]))
                     .collect::<Vec<_>>()
             };
             let ksmd = per_window(|r| r.pages_per_s);
@@ -591,6 +640,24 @@ fn render(b: &OverheadBench, scenarios: &[Figures]) -> String {
                 s.sampled_merges,
                 100.0 * a.count as f64 / s.sampled_merges.max(1) as f64,
                 b.count,
+            );
+        }
+        if !s.accounted.is_empty() {
+            let shares = s
+                .accounted
+                .iter()
+                .map(|(name, share)| {
+                    format!(
+                        "{name} {:.2} % (ksmd keeps ≈ {:.3})",
+                        100.0 * share,
+                        1.0 - share
+                    )
+                })
+                .collect::<Vec<_>>();
+            let _ = writeln!(
+                o,
+                "  programs' run time ÷ ksmd's CPU time (kernel accounting, a window per mode; every process's runs counted against ksmd, tracepoint dispatch and attach/detach not included): {}",
+                shares.join(", ")
             );
         }
         if !s.program_stats.is_empty() {

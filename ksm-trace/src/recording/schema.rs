@@ -342,9 +342,9 @@ pub struct EventCounts {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum LatencyMode {
-    /// fentry/fexit where allowed; otherwise the mmap_lock bracket, attached from the start and
-    /// detached after 2 s without merges, re-attached when merges resume (while attached it
-    /// costs ksmd a large share of its scan rate).
+    /// fentry/fexit where allowed; otherwise the mmap_lock bracket, sampled: attached for a
+    /// short window at a random moment of each period in which merges happen (while attached
+    /// it costs ksmd a large share of its scan rate; see `probes::bracket`).
     #[default]
     Auto,
     /// fentry/fexit where allowed; otherwise the mmap_lock bracket for the whole run.
