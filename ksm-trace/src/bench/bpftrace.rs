@@ -13,6 +13,7 @@ use crate::probes::LatencyMode;
 use tokio::{
     io::{AsyncBufReadExt as _, AsyncReadExt as _, BufReader},
     process::{Child, ChildStdout, Command},
+    task::JoinHandle,
 };
 
 /// What ksm-trace's `--merge-latency off` set measures: full scans, merges and removals per
@@ -80,6 +81,9 @@ pub fn find() -> Option<PathBuf> {
 pub struct Running {
     child: Child,
     stdout: BufReader<ChildStdout>,
+    /// Its stderr, read as it comes: a pipe nobody reads fills up and blocks bpftrace's next
+    /// write (it prints a line per stack it cannot resolve at exit).
+    stderr: JoinHandle<String>,
 }
 
 /// How long bpftrace may take to compile and attach.
@@ -101,6 +105,12 @@ impl Running {
             crate::recovery::process_started(pid);
         }
         let mut stdout = BufReader::new(child.stdout.take().expect("stdout is piped"));
+        let mut stderr_pipe = child.stderr.take().expect("stderr is piped");
+        let stderr = tokio::spawn(async move {
+            let mut text = String::new();
+            let _ = stderr_pipe.read_to_string(&mut text).await;
+            text
+        });
         let ready = tokio::time::timeout(ATTACH_TIMEOUT, async {
             let mut line = String::new();
             loop {
@@ -116,17 +126,18 @@ impl Running {
         .await;
         if !matches!(ready, Ok(Ok(true))) {
             let _ = child.start_kill();
-            let mut stderr = String::new();
-            if let Some(mut e) = child.stderr.take() {
-                let _ = e.read_to_string(&mut stderr).await;
-            }
-            let why = stderr
-                .lines()
-                .find(|l| !l.contains("RLIMIT_MEMLOCK") && !l.trim().is_empty())
-                .unwrap_or("no error output");
-            bail!("bpftrace did not attach its probes: {why}");
+            let _ = child.wait().await;
+            let stderr = stderr.await.unwrap_or_default();
+            bail!(
+                "bpftrace did not attach its probes: {}",
+                first_error(&stderr)
+            );
         }
-        Ok(Self { child, stdout })
+        Ok(Self {
+            child,
+            stdout,
+            stderr,
+        })
     }
 
     /// Ends bpftrace as Ctrl-C would and returns how many ksmd batches it counted (its maps
@@ -137,14 +148,27 @@ impl Running {
             crate::child::send(pid, nix::sys::signal::Signal::SIGINT);
         }
         let mut output = String::new();
-        tokio::time::timeout(Duration::from_secs(30), async {
+        let exited = tokio::time::timeout(Duration::from_secs(30), async {
             self.stdout.read_to_string(&mut output).await?;
             self.child.wait().await
         })
-        .await
-        .context("bpftrace did not exit within 30 s of SIGINT")??;
+        .await;
+        if exited.is_err() {
+            let _ = self.child.start_kill();
+            let _ = self.child.wait().await;
+        }
         if let Some(pid) = pid {
             crate::recovery::process_ended(pid);
+        }
+        let stderr = (&mut self.stderr).await.unwrap_or_default();
+        match exited {
+            Ok(status) => {
+                status?;
+            }
+            Err(_) => bail!(
+                "bpftrace did not exit within 30 s of SIGINT (killed; it said: {})",
+                first_error(&stderr)
+            ),
         }
         Ok(batches(&output))
     }
@@ -160,6 +184,14 @@ impl Drop for Running {
             crate::recovery::process_ended(pid);
         }
     }
+}
+
+/// The first line of bpftrace's stderr that is not the harmless RLIMIT_MEMLOCK complaint.
+fn first_error(stderr: &str) -> &str {
+    stderr
+        .lines()
+        .find(|l| !l.contains("RLIMIT_MEMLOCK") && !l.trim().is_empty())
+        .unwrap_or("no error output")
 }
 
 /// `@batches: N` from bpftrace's exit output (0 if absent).

@@ -684,3 +684,51 @@ fn render(b: &OverheadBench, scenarios: &[Figures]) -> String {
     }
     o
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mean_ci_is_students_t_interval() {
+        // 1, 2, 3: mean 2, sd 1, t(0.975, 2 df) = 4.303 → half-width 4.303 / √3 = 2.484.
+        let (m, half) = mean_ci(&[1.0, 2.0, 3.0]);
+        assert_eq!(m, 2.0);
+        assert!((half.unwrap() - 2.484).abs() < 0.001, "{half:?}");
+        // One window has no interval; identical windows have a zero-width one.
+        assert_eq!(mean_ci(&[0.9]), (0.9, None));
+        assert_eq!(mean_ci(&[0.9, 0.9]).1, Some(0.0));
+    }
+
+    #[test]
+    fn a_window_is_compared_with_the_mean_of_its_neighbours() {
+        let rates = |p: f64| Rates {
+            pages_per_s: p,
+            pages_per_cpu_s: 2.0 * p,
+            other_per_s: 0.0,
+        };
+        let (before, traced, after) = (rates(100.0), rates(99.0), rates(120.0));
+        assert_eq!(
+            against_neighbours(|r| r.pages_per_s, &traced, &before, &after),
+            0.9
+        );
+        assert_eq!(
+            against_neighbours(|r| r.pages_per_cpu_s, &traced, &before, &after),
+            0.9
+        );
+    }
+
+    #[test]
+    fn ratio_text_gives_the_interval_and_the_windows() {
+        assert_eq!(ratio_text(&[1.0, 2.0, 3.0]), "2.000 (-0.484–4.484, n=3)");
+        assert_eq!(ratio_text(&[0.97]), "0.970 (n=1)");
+    }
+
+    #[test]
+    fn the_default_window_is_whole_sampling_periods() {
+        let p = bracket::SAMPLE_PERIOD;
+        assert_eq!(sampled_window(p / 2), p);
+        assert_eq!(sampled_window(p), p);
+        assert_eq!(sampled_window(p * 2 + p / 2), p * 2);
+    }
+}
