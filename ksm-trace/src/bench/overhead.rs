@@ -485,6 +485,36 @@ fn mean_ci(v: &[f64]) -> (f64, Option<f64>) {
     (m, t.map(|t| t * (var / n).sqrt()))
 }
 
+/// What the default must keep of ksmd's untraced scan rate.
+const TARGET: f64 = 0.98;
+
+/// Whether the default's windows show it keeping [`TARGET`]: only when its whole 95 % interval
+/// is on one side; otherwise the machine's noise (the control's interval) is why not.
+fn verdict(default: &[f64], control: &[f64]) -> String {
+    let (m, half) = mean_ci(default);
+    let Some(h) = half else {
+        return format!("target ≥ {TARGET}: one window of the default, no verdict");
+    };
+    let (lo, hi) = (m - h, m + h);
+    if lo >= TARGET {
+        format!(
+            "target ≥ {TARGET}: met (the default's 95 % interval {lo:.3}–{hi:.3} lies above it)"
+        )
+    } else if hi < TARGET {
+        format!(
+            "target ≥ {TARGET}: missed (the default's 95 % interval {lo:.3}–{hi:.3} lies below it)"
+        )
+    } else {
+        let noise = mean_ci(control)
+            .1
+            .map_or("unknown".to_owned(), |c| format!("±{:.1} %", 100.0 * c));
+        format!(
+            "target ≥ {TARGET}: cannot be told in this run (the default's 95 % interval {lo:.3}–{hi:.3} spans it; the machine's own noise, the control row's interval with n={}, is {noise}: more windows or a steadier machine)",
+            control.len()
+        )
+    }
+}
+
 /// `r`'s figure ÷ the mean of the untraced windows either side of it.
 fn against_neighbours(pick: fn(&Rates) -> f64, r: &Rates, before: &Rates, after: &Rates) -> f64 {
     pick(r) / ((pick(before) + pick(after)) / 2.0)
@@ -565,6 +595,7 @@ fn render(b: &OverheadBench, scenarios: &[Figures]) -> String {
             );
         }
         let mut ratios = Vec::new();
+        let mut default_ksmd = Vec::new();
         for (t, windows) in s.traced.iter().enumerate() {
             if windows.is_empty() {
                 // `--repetitions 0`: only the default was measured.
@@ -579,6 +610,9 @@ fn render(b: &OverheadBench, scenarios: &[Figures]) -> String {
             };
             let ksmd = per_window(|r| r.pages_per_s);
             ratios.push(mean(&ksmd));
+            if s.tracers[t].1 == LatencyMode::Auto && s.tracers[t].2.is_none() {
+                default_ksmd = ksmd.clone();
+            }
             let _ = writeln!(
                 o,
                 "  {:<52} {:>28} {:>28} {:>28}",
@@ -586,6 +620,13 @@ fn render(b: &OverheadBench, scenarios: &[Figures]) -> String {
                 ratio_text(&ksmd),
                 ratio_text(&per_window(|r| r.pages_per_cpu_s)),
                 ratio_text(&per_window(|r| r.other_per_s))
+            );
+        }
+        if !default_ksmd.is_empty() {
+            let _ = writeln!(
+                o,
+                "  {}",
+                verdict(&default_ksmd, &control(|r| r.pages_per_s))
             );
         }
         // Each bpftrace script against the ksm-trace mode measuring the same things (the
@@ -722,6 +763,17 @@ mod tests {
     fn ratio_text_gives_the_interval_and_the_windows() {
         assert_eq!(ratio_text(&[1.0, 2.0, 3.0]), "2.000 (-0.484–4.484, n=3)");
         assert_eq!(ratio_text(&[0.97]), "0.970 (n=1)");
+    }
+
+    #[test]
+    fn the_verdict_needs_the_whole_interval_on_one_side() {
+        let control = [1.0, 0.98, 1.02, 1.0];
+        assert!(verdict(&[0.99, 0.991, 0.989], &control).contains("met"));
+        assert!(verdict(&[0.95, 0.951, 0.949], &control).contains("missed"));
+        let unsure = verdict(&[0.95, 1.01, 0.98], &control);
+        assert!(unsure.contains("cannot be told"), "{unsure}");
+        assert!(unsure.contains("n=4, is ±"), "{unsure}");
+        assert!(verdict(&[0.99], &control).contains("no verdict"));
     }
 
     #[test]
