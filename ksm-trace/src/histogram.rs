@@ -54,25 +54,6 @@ impl Histogram {
         }
     }
 
-    /// A 95 % confidence interval for the `p`th percentile of the distribution these values
-    /// were sampled from, by order statistics (the ranks n·q ± 1.96·√(n·q·(1−q))): valid when
-    /// the sample is representative, which the caller must say how it was drawn. None when
-    /// empty.
-    pub fn percentile_ci(&self, p: f64) -> Option<(u64, u64)> {
-        let n = self.count();
-        if n == 0 {
-            return None;
-        }
-        let (nf, q) = (n as f64, p / 100.0);
-        let half = 1.96 * (nf * q * (1.0 - q)).sqrt();
-        let lo = (nf * q - half).floor().max(1.0);
-        let hi = (nf * q + half).ceil().min(nf);
-        Some((
-            self.0.value_at_quantile(lo / nf),
-            self.0.value_at_quantile(hi / nf),
-        ))
-    }
-
     pub fn summary(&self) -> Summary {
         if self.is_empty() {
             return Summary::default();
@@ -125,6 +106,65 @@ impl Histogram {
             let _ = self.0.add(&other.0);
         }
     }
+}
+
+/// Fewer windows than this give no interval: a bootstrap over three or four draws is a guess.
+pub const MIN_CLUSTERS: usize = 5;
+const RESAMPLES: usize = 1000;
+
+/// 95 % confidence intervals for the percentiles `ps` of the distribution the values of
+/// `clusters` were drawn from, when they were drawn in clusters — the merges one sampling
+/// window times are consecutive, alike, not independent draws, so the interval must come from
+/// how the windows differ: whole clusters are resampled with replacement, and the 2.5th and
+/// 97.5th of [`RESAMPLES`] pooled percentiles bound it (a percentile bootstrap, seeded: the same
+/// recording always gives the same report). Valid as far as the windows are representative of
+/// the run. None with fewer than [`MIN_CLUSTERS`] non-empty clusters.
+pub fn clustered_percentile_cis<const N: usize>(
+    clusters: &[Histogram],
+    ps: [f64; N],
+) -> Option<[(u64, u64); N]> {
+    let clusters: Vec<Vec<(u64, u64)>> = clusters
+        .iter()
+        .filter(|h| !h.is_empty())
+        .map(|h| {
+            h.0.iter_recorded()
+                .map(|v| (v.value_iterated_to(), v.count_at_value()))
+                .collect()
+        })
+        .collect();
+    if clusters.len() < MIN_CLUSTERS {
+        return None;
+    }
+    let mut rng = fastrand::Rng::with_seed(0x6b73_6d74);
+    let mut pool = Vec::new();
+    let mut estimates = [(); N].map(|_| Vec::with_capacity(RESAMPLES));
+    for _ in 0..RESAMPLES {
+        pool.clear();
+        for _ in 0..clusters.len() {
+            pool.extend_from_slice(&clusters[rng.usize(..clusters.len())]);
+        }
+        pool.sort_unstable_by_key(|&(value, _)| value);
+        // Saturating: a recording is read from a file, and must not make this overflow.
+        let total = pool
+            .iter()
+            .fold(0u64, |n, &(_, count)| n.saturating_add(count));
+        for (p, estimates) in ps.iter().zip(estimates.iter_mut()) {
+            let rank = ((p / 100.0) * total as f64).ceil().max(1.0) as u64;
+            let mut seen = 0u64;
+            let value = pool
+                .iter()
+                .find(|&&(_, count)| {
+                    seen = seen.saturating_add(count);
+                    seen >= rank
+                })
+                .map_or(0, |&(value, _)| value);
+            estimates.push(value);
+        }
+    }
+    Some(estimates.map(|mut e| {
+        e.sort_unstable();
+        (e[RESAMPLES * 25 / 1000], e[RESAMPLES * 975 / 1000 - 1])
+    }))
 }
 
 impl Serialize for Histogram {
@@ -183,27 +223,53 @@ mod tests {
         assert_eq!(h.log2_slots().iter().map(|s| s.1).sum::<u64>(), h.count());
     }
 
+    /// `n` windows of 100 merges each, window `i` centred on `centre(i)` ns (±50 ns).
+    fn windows(n: u64, centre: impl Fn(u64) -> u64) -> Vec<Histogram> {
+        (0..n)
+            .map(|i| {
+                let mut h = Histogram::new();
+                for j in 0..100 {
+                    h.record(centre(i) - 50 + j);
+                }
+                h
+            })
+            .collect()
+    }
+
     #[test]
-    fn percentile_intervals_narrow_with_the_sample() {
-        // 1..=10000 µs uniformly: the true p50 is 5000 µs, p99 9900 µs.
-        let mut big = Histogram::new();
-        for v in 1..=10_000u64 {
-            big.record(v * 1000);
-        }
-        let (lo, hi) = big.percentile_ci(50.0).unwrap();
-        assert!(lo <= 5_000_000 && hi >= 5_000_000, "{lo}..{hi}");
-        // ±1.96·√2500 = ±98 ranks of 10000: about ±1 %.
-        assert!(hi - lo < 250_000, "{lo}..{hi}");
-        let mut small = Histogram::new();
-        for v in (1..=10_000u64).step_by(100) {
-            small.record(v * 1000);
-        }
-        let (slo, shi) = small.percentile_ci(50.0).unwrap();
-        assert!(slo <= 5_001_000 && shi >= 4_901_000, "{slo}..{shi}");
-        assert!(shi - slo > hi - lo, "fewer samples, wider interval");
-        let (plo, phi) = big.percentile_ci(99.0).unwrap();
-        assert!(plo <= 9_900_000 && phi >= 9_900_000, "{plo}..{phi}");
-        assert_eq!(Histogram::new().percentile_ci(50.0), None);
+    fn windows_that_differ_widen_the_interval_beyond_their_pooled_sample() {
+        // Alike windows: the interval is as narrow as the values.
+        let alike = windows(10, |_| 1000);
+        let (lo, hi) = clustered_percentile_cis(&alike, [50.0]).unwrap()[0];
+        assert!(
+            (940..=1060).contains(&lo) && (940..=1060).contains(&hi),
+            "{lo}..{hi}"
+        );
+        // Windows centred 1000..1900 ns: their 1000 merges pooled would give an
+        // order-statistics interval ~±30 ranks (a few tens of ns) around 1450; ten windows
+        // whose means spread ±290 ns know it to about ±290/√10·2 ≈ ±180 ns.
+        let differ = windows(10, |i| 1000 + 100 * i);
+        let [(lo, hi), (_, hi99)] = clustered_percentile_cis(&differ, [50.0, 99.0]).unwrap();
+        assert!(hi99 >= 1800, "{hi99}");
+        assert!(hi - lo >= 200 && lo < 1450 && 1450 < hi, "{lo}..{hi}");
+        let pooled = differ.iter().fold(Histogram::new(), |mut all, h| {
+            all.add(h);
+            all
+        });
+        assert!(lo <= pooled.percentile(50.0) && pooled.percentile(50.0) <= hi);
+        // The same recording, the same interval.
+        assert_eq!(clustered_percentile_cis(&differ, [50.0]), Some([(lo, hi)]));
+    }
+
+    #[test]
+    fn too_few_windows_give_no_interval() {
+        let mut few = windows(MIN_CLUSTERS as u64 - 1, |i| 1000 + 100 * i);
+        assert_eq!(clustered_percentile_cis(&few, [50.0]), None);
+        // Empty windows do not count.
+        few.push(Histogram::new());
+        assert_eq!(clustered_percentile_cis(&few, [99.0]), None);
+        few.push(windows(1, |_| 1000).remove(0));
+        assert!(clustered_percentile_cis(&few, [99.0]).is_some());
     }
 
     #[test]

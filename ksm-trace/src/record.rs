@@ -14,6 +14,7 @@ use aya::maps::{MapData, RingBuf};
 
 use crate::{
     collect::Collector,
+    histogram::Histogram,
     interrupts::Interrupts,
     kernel::{self, Counters, KsmStat, process::ProcessIdentity, sysfs},
     knobs::KnobSettings,
@@ -153,6 +154,7 @@ impl Window {
         let (sampler, first) = Sampler::start(opts.interval, session.ksmd, &pids)?;
         let start_ns = sampler.window_start_ns();
         let mut collector = Collector::default();
+        collector.merges.keep_latency_windows = true;
         collector.open_window(start_ns);
         collector.drain(&mut ring);
         bracket.window_opened(start_ns);
@@ -220,7 +222,11 @@ impl Window {
                         break "settled";
                     }
                     let merges = self.collector.take_recent_merges();
+                    let opened = self.bracket.windows_opened();
                     self.bracket.update(&mut self.probes, merges)?;
+                    if self.bracket.windows_opened() != opened {
+                        self.collector.merges.next_latency_window();
+                    }
                     if progress && last_progress.elapsed() >= Duration::from_secs(1) {
                         last_progress = Instant::now();
                         let line = progress_line.line(Some(self.collector.merged_total()));
@@ -408,6 +414,21 @@ impl Closed {
         if !opts.pids.is_empty() {
             pids.retain(|p| opts.pids.contains(p));
         }
+        // Each sampling window's timed merges, of the processes the recording keeps.
+        let window_histograms = merges
+            .latency_windows
+            .iter()
+            .map(|window| {
+                let mut h = Histogram::new();
+                for (_, values) in window.iter().filter(|(pid, _)| pids.contains(*pid)) {
+                    for (&ns, &count) in values {
+                        h.record_n(ns, count);
+                    }
+                }
+                h
+            })
+            .filter(|h| !h.is_empty())
+            .collect();
         let processes = pids
             .iter()
             .map(|&pid| {
@@ -509,6 +530,7 @@ impl Closed {
             latency: LatencyCoverage {
                 mode: opts.probes.latency,
                 bracket_windows: self.bracket_windows,
+                window_histograms,
             },
         }
     }

@@ -546,8 +546,9 @@ fn lost_events_are_counted_and_mark_the_report_incomplete() {
 
 /// `--merge-latency auto` on a workload that keeps merging: the bracket is attached 200 ms
 /// in every 10 s period, at a random moment of it (so ksmd keeps its scan rate and bursts of
-/// merges are not always missed), the report says what share of the merges that timed and
-/// gives confidence intervals for the percentiles of all merges.
+/// merges are not always missed), the report says what share of the merges that timed, keeps
+/// each window's timed merges, and gives no interval for all merges' percentiles from so few
+/// windows.
 #[test]
 fn auto_samples_merge_latency_200ms_in_each_10s_period() {
     let Some(session) = KsmSession::try_start("sampled") else {
@@ -606,16 +607,39 @@ fn auto_samples_merge_latency_200ms_in_each_10s_period() {
         lat["untimed"].as_u64().unwrap(),
     );
     assert!(timed > 0 && untimed > 0, "{lat}");
-    let p50 = lat["all_ns"]["p50"].as_u64().unwrap();
-    let ci = &lat["p50_ci_ns"];
+    // Every timed merge is in the window that timed it.
+    let per_window: Vec<u64> = rec["latency"]["window_histograms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| {
+            h.as_array()
+                .unwrap()
+                .iter()
+                .map(|vc| vc[1].as_u64().unwrap())
+                .sum()
+        })
+        .collect();
+    assert_eq!(per_window.iter().sum::<u64>(), timed, "{per_window:?}");
+    assert!(per_window.iter().all(|&n| n > 0), "{per_window:?}");
+    assert_eq!(
+        lat["timed_windows"].as_u64().unwrap(),
+        per_window.len() as u64
+    );
     assert!(
-        ci[0].as_u64().unwrap() <= p50 && p50 <= ci[1].as_u64().unwrap(),
+        per_window.len() <= windows.len(),
+        "{per_window:?} {windows:?}"
+    );
+    // At most 4 windows in 32 s: too few for an interval, and the report says why rather than
+    // give one from the pooled merges as if they were independent.
+    assert!(
+        lat["p50_ci_ns"].is_null() && lat["p99_ci_ns"].is_null(),
         "{lat}"
     );
     let text = ksm_trace(&["report", session.path("rec.json").to_str().unwrap()]);
     assert!(
-        String::from_utf8_lossy(&text.stdout).contains("of merges timed; all merges' p50"),
-        "the report says the latency is a sample"
+        String::from_utf8_lossy(&text.stdout).contains("too few for an interval"),
+        "the report says the latency is a sample, and why it gives no interval"
     );
     session.assert_knobs_restored();
 }

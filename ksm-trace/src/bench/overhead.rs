@@ -31,7 +31,7 @@ use statrs::distribution::{ContinuousCDF, StudentsT};
 use super::bpftrace;
 use crate::{
     collect::Collector,
-    histogram::Histogram,
+    histogram::{Histogram, clustered_percentile_cis},
     kernel::{sysfs, tracefs::TracefsMount},
     knobs::KnobSettings,
     probes::{LatencyMode, ProbeOptions, Probes, bracket},
@@ -124,6 +124,8 @@ struct Figures {
     accounted: Vec<(&'static str, f64)>,
     /// Merge latencies timed by the sampled default and by `always`.
     latency: [Histogram; 2],
+    /// The sampled default's timed merges, per window (its sampling windows' clusters).
+    sampled_windows: Vec<Histogram>,
     /// Merges in the sampled default's windows, timed or not.
     sampled_merges: u64,
     /// The sampled default's attach and detach calls: mean ns of each, per window.
@@ -215,6 +217,7 @@ async fn run_scenario(
         program_stats: BTreeMap::new(),
         accounted: Vec::new(),
         latency: [Histogram::new(), Histogram::new()],
+        sampled_windows: Vec::new(),
         switch_ns: Vec::new(),
         sampled_merges: 0,
         fill,
@@ -250,6 +253,7 @@ async fn run_scenario(
                     match mode {
                         LatencyMode::Auto => {
                             s.latency[0].add(&timed);
+                            s.sampled_windows.push(timed.clone());
                             s.sampled_merges += w.collector.merged_total();
                             if let (Some(on), Some(off)) = policy.switch_ns() {
                                 s.switch_ns.push((on, off));
@@ -663,20 +667,17 @@ fn render(b: &OverheadBench, scenarios: &[Figures]) -> String {
         let [sampled, always] = &s.latency;
         if !sampled.is_empty() && !always.is_empty() {
             let (a, b) = (sampled.summary(), always.summary());
-            let ci = |p| {
-                sampled
-                    .percentile_ci(p)
-                    .map_or("-".to_owned(), |(lo, hi)| format!("{lo}–{hi}"))
-            };
+            let cis = clustered_percentile_cis(&s.sampled_windows, [50.0, 99.0]);
+            let ci = |i: usize| cis.map_or("-".to_owned(), |c| format!("{}–{}", c[i].0, c[i].1));
             let _ = writeln!(
                 o,
-                "  merge latency, sampled default vs always on the same workload: p50 {} vs {} ns, p99 {} vs {} ns; the sample's 95 % intervals: p50 {} ns, p99 {} ns (the default timed {} of the {} merges in its windows, {:.1} %; always timed {})",
+                "  merge latency, sampled default vs always on the same workload: p50 {} vs {} ns, p99 {} vs {} ns; the sample's 95 % intervals (bootstrap over its windows): p50 {} ns, p99 {} ns (the default timed {} of the {} merges in its windows, {:.1} %; always timed {})",
                 a.p50,
                 b.p50,
                 a.p99,
                 b.p99,
-                ci(50.0),
-                ci(99.0),
+                ci(0),
+                ci(1),
                 a.count,
                 s.sampled_merges,
                 100.0 * a.count as f64 / s.sampled_merges.max(1) as f64,

@@ -32,6 +32,13 @@ pub struct MergeTracker {
     sharers: HashMap<u64, Vec<(u64, u32)>>,
     /// Last sharers of KSM pages merged before tracing began (owner unknown).
     pub unattributed_unmerges: u64,
+    /// Per sampling window of the bracket, per process: timed merge latencies (ns, to 3
+    /// significant digits) → count. A window's merges are consecutive, not independent draws,
+    /// so intervals for sampled percentiles treat each window as one draw. Kept only when
+    /// `keep_latency_windows` (a recording; the live views forget processes and keep no
+    /// history).
+    pub latency_windows: Vec<BTreeMap<u32, BTreeMap<u64, u64>>>,
+    pub keep_latency_windows: bool,
 }
 
 impl MergeTracker {
@@ -60,6 +67,29 @@ impl MergeTracker {
             stats.joins += 1;
             stats.time_ns.join += ns;
         }
+        self.window_latency(event.tgid, ns);
+    }
+
+    /// The bracket was attached again: timed merges from here on belong to a new window.
+    pub fn next_latency_window(&mut self) {
+        if self.latency_windows.last().is_some_and(|w| !w.is_empty()) {
+            self.latency_windows.push(BTreeMap::new());
+        }
+    }
+
+    fn window_latency(&mut self, tgid: u32, ns: u64) {
+        if ns == 0 || !self.keep_latency_windows {
+            return;
+        }
+        if self.latency_windows.is_empty() {
+            self.latency_windows.push(BTreeMap::new());
+        }
+        let window = self.latency_windows.last_mut().expect("pushed above");
+        *window
+            .entry(tgid)
+            .or_default()
+            .entry(three_digits(ns))
+            .or_default() += 1;
     }
 
     fn failed(&mut self, event: &Event) {
@@ -79,6 +109,7 @@ impl MergeTracker {
                     let ns = record_latency(stats, event);
                     stats.time_ns.zero_page += ns;
                     count_shootdowns(stats, event, ns);
+                    self.window_latency(event.tgid, ns);
                 } else {
                     stats.zero_page_failed += 1;
                     add_shootdowns(stats, event);
@@ -195,6 +226,16 @@ impl MergeTracker {
     pub fn finish(&mut self) {
         self.drop_pending();
     }
+}
+
+/// `v` rounded to 3 significant decimal digits: the histograms' precision, so a window keeps
+/// a few hundred distinct values at most.
+fn three_digits(v: u64) -> u64 {
+    let mut scale = 1;
+    while v / scale >= 1000 {
+        scale *= 10;
+    }
+    (v / scale + u64::from(v % scale >= scale / 2 && scale > 1)) * scale
 }
 
 /// The event's latency from the best mechanism that measured it (0: not measured).
@@ -320,6 +361,36 @@ mod tests {
         // A KSM page merged before tracing: its last sharer is unattributed.
         t.handle(&remove(kind::REMOVE_KSM_PAGE, 555, 0));
         assert_eq!(t.unattributed_unmerges, 1);
+    }
+
+    #[test]
+    fn timed_merges_are_kept_per_bracket_window_and_process() {
+        let mut live = MergeTracker::default();
+        live.handle(&merge(1, 0xffff, 10, 0, 1234));
+        assert!(
+            live.latency_windows.is_empty(),
+            "only recordings keep windows"
+        );
+        let mut t = MergeTracker {
+            keep_latency_windows: true,
+            ..Default::default()
+        };
+        // Joins of existing KSM pages (one event each), the first window.
+        t.handle(&merge(1, 0xffff, 10, 0, 1234));
+        t.handle(&merge(2, 0xffff, 11, 0, 1226));
+        t.handle(&merge(2, 0xffff, 12, 0, 0)); // untimed: in no window
+        t.next_latency_window();
+        t.next_latency_window(); // nothing timed in between: still one new window
+        t.handle(&merge(1, 0xffff, 13, 0, 98_765));
+        assert_eq!(t.latency_windows.len(), 2);
+        // 3 significant digits, to the nearest: 1234 and 1226 are both 1230.
+        assert_eq!(t.latency_windows[0][&1], BTreeMap::from([(1230, 1)]));
+        assert_eq!(t.latency_windows[0][&2], BTreeMap::from([(1230, 1)]));
+        assert_eq!(t.latency_windows[1][&1], BTreeMap::from([(98_800, 1)]));
+        assert_eq!(three_digits(999), 999);
+        assert_eq!(three_digits(1_004_999), 1_000_000);
+        assert_eq!(three_digits(1_005_000), 1_010_000);
+        assert_eq!(three_digits(9_995), 10_000);
     }
 
     fn merge(tgid: u32, ksm_page: u64, pfn: u64, err: i32, lat: u64) -> Event {

@@ -115,6 +115,11 @@ impl BracketPolicy {
         Ok(())
     }
 
+    /// How many times the bracket was attached so far: a change means a new sampling window.
+    pub fn windows_opened(&self) -> u64 {
+        self.attach.1
+    }
+
     /// Mean ns per attach and per detach call so far (None before the first).
     pub fn switch_ns(&self) -> (Option<u64>, Option<u64>) {
         let mean = |(ns, n): (u64, u64)| (n > 0).then(|| ns / n);

@@ -360,6 +360,11 @@ pub struct LatencyCoverage {
     pub mode: LatencyMode,
     /// Windows (CLOCK_MONOTONIC ns) during which the mmap_lock bracket was attached.
     pub bracket_windows: Vec<(u64, u64)>,
+    /// The timed merges of each bracket window that timed any, of the recorded processes: a
+    /// sample's percentiles get intervals that treat a window as one draw. Absent in
+    /// recordings made before they were kept.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub window_histograms: Vec<Histogram>,
 }
 
 /// ksmd's kernel stacks, root first, with sample counts.

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    histogram::{Histogram, Summary},
+    histogram::{Histogram, Summary, clustered_percentile_cis},
     kernel::process::By,
     recording::{
         Recording,
@@ -284,9 +284,12 @@ pub struct LatencyReport {
     pub bracket_attached_percent: f64,
     /// Share of the merges that were timed.
     pub timed_percent: f64,
-    /// When only a sample of the merges was timed: 95 % confidence intervals of the p50 and
-    /// p99 of all merges, from the sample's size (order statistics), valid as far as the timed
-    /// windows are representative of the run.
+    /// Sampling windows of the bracket that timed merges.
+    pub timed_windows: usize,
+    /// When only a sample of the merges was timed, from enough windows: 95 % confidence
+    /// intervals of the p50 and p99 of all merges, by a bootstrap over the windows (each
+    /// window's merges are consecutive, not independent), valid as far as the windows are
+    /// representative of the run.
     pub p50_ci_ns: Option<(u64, u64)>,
     pub p99_ci_ns: Option<(u64, u64)>,
 }
@@ -412,7 +415,10 @@ impl Report {
 
         let all = all_latencies(rec);
         let timed = all.count();
-        let untimed = rec.processes.iter().map(|p| p.stats.untimed_merges).sum();
+        let untimed: u64 = rec.processes.iter().map(|p| p.stats.untimed_merges).sum();
+        let sampled_cis = (untimed > 0)
+            .then(|| clustered_percentile_cis(&rec.latency.window_histograms, [50.0, 99.0]))
+            .flatten();
         let attached: u64 = rec
             .latency
             .bracket_windows
@@ -500,8 +506,9 @@ impl Report {
                 untimed,
                 bracket_attached_percent: attached as f64 * 100.0 / duration_ns as f64,
                 timed_percent: timed as f64 * 100.0 / (timed + untimed).max(1) as f64,
-                p50_ci_ns: (untimed > 0).then(|| all.percentile_ci(50.0)).flatten(),
-                p99_ci_ns: (untimed > 0).then(|| all.percentile_ci(99.0)).flatten(),
+                timed_windows: rec.latency.window_histograms.len(),
+                p50_ci_ns: sampled_cis.map(|[p50, _]| p50),
+                p99_ci_ns: sampled_cis.map(|[_, p99]| p99),
             },
             mechanisms: rec.mechanisms.clone(),
             mechanism_descriptions: descriptions(&rec.mechanisms),

@@ -226,18 +226,28 @@ pub fn render(rec: &Recording, r: &Report, by: By) -> String {
             String::new()
         }
     );
-    if let (Some((l50, h50)), Some((l99, h99))) = (lat.p50_ci_ns, lat.p99_ci_ns) {
-        let _ = writeln!(
-            o,
-            "  a sample: {:.1}% of merges timed; all merges' p50 {} (95% CI {}–{}), p99 {} ({}–{}), as far as the timed windows are representative",
-            lat.timed_percent,
-            fmt_ns(lat.all_ns.p50),
-            fmt_ns(l50),
-            fmt_ns(h50),
-            fmt_ns(lat.all_ns.p99),
-            fmt_ns(l99),
-            fmt_ns(h99)
-        );
+    if lat.timed > 0 && lat.untimed > 0 {
+        let _ = match (lat.p50_ci_ns, lat.p99_ci_ns) {
+            (Some((l50, h50)), Some((l99, h99))) => writeln!(
+                o,
+                "  a sample: {:.1}% of merges timed in {} windows; all merges' p50 {} (95% CI {}–{}), p99 {} ({}–{}), from how the windows differ, as far as they are representative",
+                lat.timed_percent,
+                lat.timed_windows,
+                fmt_ns(lat.all_ns.p50),
+                fmt_ns(l50),
+                fmt_ns(h50),
+                fmt_ns(lat.all_ns.p99),
+                fmt_ns(l99),
+                fmt_ns(h99)
+            ),
+            _ => writeln!(
+                o,
+                "  a sample: {:.1}% of merges timed in {} windows, too few for an interval of all merges' percentiles (it takes {}: one window's merges are alike, not independent draws)",
+                lat.timed_percent,
+                lat.timed_windows,
+                crate::histogram::MIN_CLUSTERS
+            ),
+        };
     }
     o.push_str(&render_log2(&all_latencies(rec), Unit::Nanoseconds));
 
