@@ -126,11 +126,7 @@ pub fn clustered_percentile_cis<const N: usize>(
     let clusters: Vec<Vec<(u64, u64)>> = clusters
         .iter()
         .filter(|h| !h.is_empty())
-        .map(|h| {
-            h.0.iter_recorded()
-                .map(|v| (v.value_iterated_to(), v.count_at_value()))
-                .collect()
-        })
+        .map(|h| h.buckets().collect())
         .collect();
     if clusters.len() < MIN_CLUSTERS {
         return None;

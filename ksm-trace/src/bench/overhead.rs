@@ -253,7 +253,7 @@ async fn run_scenario(
                     match mode {
                         LatencyMode::Auto => {
                             s.latency[0].add(&timed);
-                            s.sampled_windows.push(timed.clone());
+                            s.sampled_windows.push(timed);
                             s.sampled_merges += w.collector.merged_total();
                             if let (Some(on), Some(off)) = policy.switch_ns() {
                                 s.switch_ns.push((on, off));
