@@ -34,7 +34,7 @@ use crate::{
     histogram::{Histogram, clustered_percentile_cis},
     kernel::{sysfs, tracefs::TracefsMount},
     knobs::KnobSettings,
-    probes::{LatencyMode, ProbeOptions, Probes, bracket},
+    probes::{Capabilities, LatencyMode, ProbeOptions, Probes, bracket},
     session::Preflight,
 };
 
@@ -122,10 +122,10 @@ struct Figures {
     program_stats: BTreeMap<String, (u64, u64)>,
     /// Per accounted mode: all its programs' run time ÷ ksmd's CPU time in its window.
     accounted: Vec<(&'static str, f64)>,
-    /// Merge latencies timed by the sampled default and by `always`.
-    latency: [Histogram; 2],
     /// The sampled default's timed merges, per window (its sampling windows' clusters).
     sampled_windows: Vec<Histogram>,
+    /// Merge latencies timed by `always`.
+    always_latency: Histogram,
     /// Merges in the sampled default's windows, timed or not.
     sampled_merges: u64,
     /// The sampled default's attach and detach calls: mean ns of each, per window.
@@ -216,20 +216,13 @@ async fn run_scenario(
         traced: (0..tracers.len()).map(|_| Vec::new()).collect(),
         program_stats: BTreeMap::new(),
         accounted: Vec::new(),
-        latency: [Histogram::new(), Histogram::new()],
         sampled_windows: Vec::new(),
+        always_latency: Histogram::new(),
         switch_ns: Vec::new(),
         sampled_merges: 0,
         fill,
     };
     let untraced = |s: &mut Figures, w: Window| s.untraced.push(w.rates);
-    let load = |mode: LatencyMode, batches: bool| {
-        let options = ProbeOptions {
-            batches,
-            ..ProbeOptions::new(mode)
-        };
-        Probes::load_with(&caps, ksmd, options)
-    };
     untraced(&mut s, window(None, b.window, ksmd, other).await?);
     for round in 0..b.repetitions.max(b.default_repetitions) {
         for (t, tracer) in tracers.iter().enumerate() {
@@ -239,27 +232,18 @@ async fn run_scenario(
             }
             let w = match tracer {
                 Tracer::KsmTrace(_, mode, batches) => {
-                    let mut probes = load(*mode, *batches)?;
-                    let mut policy = bracket::BracketPolicy::start(&mut probes, *mode)?;
-                    probes.start_profile(ksmd)?;
-                    // The default samples in periods: a window of whole periods shows its
-                    // share, a shorter one would overstate or understate it.
-                    let length = match mode {
-                        LatencyMode::Auto => sampled_window(b.window),
-                        _ => b.window,
-                    };
-                    let w = window(Some((&mut probes, &mut policy)), length, ksmd, other).await?;
+                    let (w, _, policy) =
+                        traced_window(&caps, ksmd, *mode, *batches, b.window, other).await?;
                     let timed = merge_latencies(&w.collector);
                     match mode {
                         LatencyMode::Auto => {
-                            s.latency[0].add(&timed);
                             s.sampled_windows.push(timed);
                             s.sampled_merges += w.collector.merged_total();
                             if let (Some(on), Some(off)) = policy.switch_ns() {
                                 s.switch_ns.push((on, off));
                             }
                         }
-                        LatencyMode::Always => s.latency[1].add(&timed),
+                        LatencyMode::Always => s.always_latency.add(&timed),
                         _ => {}
                     }
                     w
@@ -290,14 +274,7 @@ async fn run_scenario(
             ("default", LatencyMode::Auto),
             ("always", LatencyMode::Always),
         ] {
-            let mut probes = load(mode, true)?;
-            let mut policy = bracket::BracketPolicy::start(&mut probes, mode)?;
-            probes.start_profile(ksmd)?;
-            let length = match mode {
-                LatencyMode::Auto => sampled_window(b.window),
-                _ => b.window,
-            };
-            let w = window(Some((&mut probes, &mut policy)), length, ksmd, other).await?;
+            let (w, probes, _) = traced_window(&caps, ksmd, mode, true, b.window, other).await?;
             let stats = probes.run_stats();
             let program_ns: u64 = stats.iter().map(|(_, (ns, _))| ns).sum();
             s.accounted
@@ -309,6 +286,33 @@ async fn run_scenario(
     }
     drop(session);
     Ok(s)
+}
+
+/// One window traced by ksm-trace in `mode` (the profiler and, with `batches`, sched_switch
+/// attached), with the probes and bracket policy that traced it.
+async fn traced_window(
+    caps: &Capabilities,
+    ksmd: u32,
+    mode: LatencyMode,
+    batches: bool,
+    window_len: Duration,
+    other: &OtherProcess,
+) -> Result<(Window, Probes, bracket::BracketPolicy)> {
+    let options = ProbeOptions {
+        batches,
+        ..ProbeOptions::new(mode)
+    };
+    let mut probes = Probes::load_with(caps, ksmd, options)?;
+    let mut policy = bracket::BracketPolicy::start(&mut probes, mode)?;
+    probes.start_profile(ksmd)?;
+    // The default samples in periods: a window of whole periods shows its share, a shorter
+    // one would overstate or understate it.
+    let length = match mode {
+        LatencyMode::Auto => sampled_window(window_len),
+        _ => window_len,
+    };
+    let w = window(Some((&mut probes, &mut policy)), length, ksmd, other).await?;
+    Ok((w, probes, policy))
 }
 
 /// The default's window: as many whole sampling periods as fit in `window`, at least one.
@@ -664,7 +668,14 @@ fn render(b: &OverheadBench, scenarios: &[Figures]) -> String {
                 "  the sampled bracket's switches: attach {on_lo:.0}–{on_hi:.0} µs, detach {off_lo:.0}–{off_hi:.0} µs per call (the tracer's own time; what they cost ksmd is in the default's ratio)"
             );
         }
-        let [sampled, always] = &s.latency;
+        let sampled = s
+            .sampled_windows
+            .iter()
+            .fold(Histogram::new(), |mut all, w| {
+                all.add(w);
+                all
+            });
+        let always = &s.always_latency;
         if !sampled.is_empty() && !always.is_empty() {
             let (a, b) = (sampled.summary(), always.summary());
             let cis = clustered_percentile_cis(&s.sampled_windows, [50.0, 99.0]);
