@@ -55,7 +55,7 @@ pub fn folded(rec: &Recording, view: View) -> Result<Folded> {
         View::Stack => {
             if rec.profile.stacks.is_empty() {
                 bail!(
-                    "the recording has no ksmd samples (ksmd did not run, or the profiler was unavailable: see the report's mechanisms)"
+                    "the recording has no ksmd samples (ksmd did not run, it was recorded with --profile-hz 0, or the profiler was unavailable: see the report's mechanisms)"
                 );
             }
             // Recordings made before frames were cleaned at record time still hold raw

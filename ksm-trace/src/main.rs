@@ -100,6 +100,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 knobs: args.knobs.settings(),
                 probes: ksm_trace::probes::ProbeOptions {
                     ring_buffer_bytes: args.ring_buffer,
+                    profile_hz: args.profile_hz,
                     ..args.switches.options(args.merge_latency)
                 },
                 progress: !args.quiet,

@@ -258,6 +258,10 @@ fn bad_input_is_one_clear_line_and_changes_nothing() {
         &["record", "--pages-to-scan", "0", "-o", o],
         "--pages-to-scan 0",
     );
+    assert_clean_error(
+        &["record", "--profile-hz", "20000", "-o", o],
+        "'--profile-hz <PROFILE_HZ>': 20000 is not in 0..=10000",
+    );
     // A backend the kernel cannot run, asked for by name, is refused before a workload starts.
     if !std::path::Path::new("/sys/bus/event_source/devices/kprobe/type").exists() {
         assert_clean_error(

@@ -30,7 +30,7 @@ tracepoint:ksm:ksm_enter, tracepoint:ksm:ksm_exit { @membership = count(); }
 tracepoint:ksm:ksm_advisor { @advisor = count(); }
 tracepoint:sched:sched_switch /args->next_pid == KSMD/ { @on = nsecs; }
 tracepoint:sched:sched_switch /args->prev_pid == KSMD && @on/ { @batch_ns = hist(nsecs - @on); @batches = count(); }
-profile:hz:999 /pid == KSMD/ { @stacks[kstack] = count(); }
+profile:hz:PROFILE_HZ /pid == KSMD/ { @stacks[kstack] = count(); }
 "#;
 
 /// The mmap_lock bracket around each merge, as `--merge-latency always` attaches it.
@@ -49,21 +49,28 @@ pub struct Script {
     text: String,
 }
 
-/// The two scripts, for ksmd `ksmd`: without and with merge latency.
+/// The two scripts, for ksmd `ksmd`: without and with merge latency. They sample ksmd's
+/// stacks at ksm-trace's default rate.
 pub fn scripts(ksmd: u32) -> [Script; 2] {
     let pid = ksmd.to_string();
+    let fill = |text: String| {
+        text.replace("KSMD", &pid).replace(
+            "PROFILE_HZ",
+            &crate::probes::profile::DEFAULT_HZ.to_string(),
+        )
+    };
     [
         Script {
             name: "bpftrace, the same without merge latency (ksm:*, sched_switch, profile)",
             measures: "without merge latency",
             same_as: LatencyMode::Off,
-            text: BASE.replace("KSMD", &pid),
+            text: fill(BASE.to_owned()),
         },
         Script {
             name: "bpftrace, the same with the mmap_lock bracket",
             measures: "with merge latency (mmap_lock bracket)",
             same_as: LatencyMode::Always,
-            text: format!("{BASE}{BRACKET}").replace("KSMD", &pid),
+            text: fill(format!("{BASE}{BRACKET}")),
         },
     ]
 }
@@ -211,6 +218,7 @@ mod tests {
     fn scripts_name_ksmd_and_only_the_second_times_merges() {
         let [base, bracket] = scripts(42);
         assert!(!base.text.contains("KSMD"));
+        assert!(base.text.contains("profile:hz:99 /pid == 42/"));
         assert!(base.text.contains("args->next_pid == 42"));
         assert!(!base.text.contains("mmap_lock"));
         assert!(bracket.text.contains("mmap_lock_released /pid == 42"));

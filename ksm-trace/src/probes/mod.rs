@@ -154,6 +154,7 @@ pub struct Probes {
     pub bracket_usable: bool,
     pub fexit_attached: bool,
     pub mechanisms: Mechanisms,
+    profile_hz: u64,
 }
 
 /// The programs, built by build.rs from ksm-trace-ebpf.
@@ -173,6 +174,8 @@ pub struct ProbeOptions {
     /// tlb_flush (TLB shootdowns per merge).
     pub tlb: bool,
     pub backend: Backend,
+    /// ksmd's stack samples per second of its CPU time; 0: no profile.
+    pub profile_hz: u64,
 }
 
 impl ProbeOptions {
@@ -184,6 +187,7 @@ impl ProbeOptions {
             batches: true,
             tlb: false,
             backend: Backend::Auto,
+            profile_hz: profile::DEFAULT_HZ,
         }
     }
 }
@@ -205,6 +209,7 @@ impl Probes {
             batches: want_batches,
             tlb: want_tlb,
             backend,
+            profile_hz,
         } = options;
         let source = backend.source(caps, kprobes_available())?;
         let mut config: Config = caps.config(ksmd, source != Source::Tracepoints);
@@ -499,6 +504,7 @@ impl Probes {
             bracket_links: Vec::new(),
             bracket_usable: bracket_present && !(fexit_attached && latency != LatencyMode::Both),
             fexit_attached,
+            profile_hz,
             mechanisms: Mechanisms {
                 events,
                 merge_latency,
@@ -549,13 +555,21 @@ impl Probes {
         Ok(())
     }
 
-    /// Starts sampling ksmd's kernel stacks; says why not if the kernel refuses.
+    /// Starts sampling ksmd's kernel stacks at the rate asked for (none at 0); says why not
+    /// if the kernel refuses.
     pub fn start_profile(&mut self, ksmd: u32) -> Result<()> {
-        profile::attach(&mut self.ebpf, ksmd)
+        if self.profile_hz == 0 {
+            return Ok(());
+        }
+        profile::attach(&mut self.ebpf, ksmd, self.profile_hz)
     }
 
     pub fn profile(&self) -> Result<profile::Profile> {
-        profile::collect(&self.ebpf, self.counter(counter::STACKS_LOST)?)
+        profile::collect(
+            &self.ebpf,
+            self.counter(counter::STACKS_LOST)?,
+            self.profile_hz,
+        )
     }
 
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>> {

@@ -14,8 +14,12 @@ use aya::{
 };
 use ksm_trace_common::names;
 
-/// Samples per second, off the tick so sampling does not alias with timer-driven work.
-pub const FREQUENCY_HZ: u64 = 999;
+/// Samples per second by default, off the tick so sampling does not alias with timer-driven
+/// work. Each sample interrupts ksmd: on this project's VM a sample cost ksmd ~8 µs of timer
+/// interrupt plus ~4 µs of stack walk, so 999 Hz took ~1.2 % of its scan rate and 99 Hz takes
+/// ~0.1 % (README, "What tracing costs"). 99 Hz is perf's flame-graph habit (`perf record -F
+/// 99`): a minute of busy ksmd gives ~6000 stacks.
+pub const DEFAULT_HZ: u64 = 99;
 
 impl Profile {
     pub fn samples(&self) -> u64 {
@@ -23,8 +27,9 @@ impl Profile {
     }
 }
 
-/// Attaches the sampler to ksmd only (a per-task perf event follows ksmd across CPUs).
-pub fn attach(ebpf: &mut Ebpf, ksmd: u32) -> Result<()> {
+/// Attaches the sampler to ksmd only (a per-task perf event follows ksmd across CPUs),
+/// sampling `hz` times per second of ksmd's CPU time.
+pub fn attach(ebpf: &mut Ebpf, ksmd: u32, hz: u64) -> Result<()> {
     let prog: &mut PerfEvent = ebpf
         .program_mut("ksmd_profile")
         .ok_or_else(|| anyhow!("program ksmd_profile missing"))?
@@ -36,15 +41,15 @@ pub fn attach(ebpf: &mut Ebpf, ksmd: u32) -> Result<()> {
             pid: ksmd,
             cpu: None,
         },
-        SamplePolicy::Frequency(FREQUENCY_HZ),
+        SamplePolicy::Frequency(hz),
         false,
     )
     .context("attaching the cpu-clock sampler to ksmd")?;
     Ok(())
 }
 
-/// Reads the stack counts and symbolizes them.
-pub fn collect(ebpf: &Ebpf, lost: u64) -> Result<Profile> {
+/// Reads the stack counts and symbolizes them; `hz` is the rate they were sampled at.
+pub fn collect(ebpf: &Ebpf, lost: u64, hz: u64) -> Result<Profile> {
     let counts: HashMap<_, u32, u64> = HashMap::try_from(
         ebpf.map(names::STACK_COUNTS)
             .ok_or_else(|| anyhow!("map {} missing", names::STACK_COUNTS))?,
@@ -55,7 +60,7 @@ pub fn collect(ebpf: &Ebpf, lost: u64) -> Result<Profile> {
     )?;
     let symbols = aya::util::kernel_symbols().context("reading /proc/kallsyms")?;
     let mut profile = Profile {
-        frequency_hz: FREQUENCY_HZ,
+        frequency_hz: hz,
         lost,
         ..Default::default()
     };
