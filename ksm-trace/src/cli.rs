@@ -452,9 +452,18 @@ pub struct OverheadBenchArgs {
     pub repetitions: u32,
     /// Windows of the default record per scenario (its figure is the one the 2 % target is
     /// about, so it gets more than the other modes: on a machine whose speed varies ±10 %
-    /// from window to window, 24 give about ±3 %).
-    #[arg(long, default_value_t = 24)]
+    /// from window to window, 12 give about ±4 %; the short windows below do better).
+    #[arg(long, default_value_t = 12)]
     pub default_repetitions: u32,
+    /// Pairs of (short traced window, short untraced window) that measure the default's two
+    /// states — between its sampling windows, and with the bracket attached (every 8th pair) —
+    /// from which its ratio is composed: short windows side by side cancel the machine's drift
+    /// far better than 10 s ones; 0 skips them.
+    #[arg(long, default_value_t = 240)]
+    pub short_pairs: u32,
+    /// Length of each short window.
+    #[arg(long, default_value = "1s", value_parser = parse::duration)]
+    pub short_window: Duration,
 }
 
 /// A fraction of pages rewritten per second: above 0, at most 1.

@@ -188,6 +188,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 window: args.window,
                 repetitions: args.repetitions,
                 default_repetitions: args.default_repetitions,
+                short_pairs: args.short_pairs,
+                short_window: args.short_window,
             };
             print(&ksm_trace::bench::overhead(&bench).await?)
         }

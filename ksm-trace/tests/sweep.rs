@@ -221,6 +221,8 @@ fn bench_overhead_compares_with_bpftrace_and_leaves_tracefs_as_found() {
         "1",
         "--default-repetitions",
         "1",
+        "--short-pairs",
+        "16",
     ]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -240,6 +242,16 @@ fn bench_overhead_compares_with_bpftrace_and_leaves_tracefs_as_found() {
             .unwrap_or_else(|| panic!("no ratio at the end of {line:?}"));
         assert!(ratio.is_finite() && ratio > 0.0, "{line}");
     }
+    // The default composed from its two states: 12 short windows between samples, 2 with the
+    // bracket attached, each against its untraced neighbours (and 2 with the profiler faster).
+    assert!(
+        stdout.contains("between samples") && stdout.contains("n=12") && stdout.contains("n=2)"),
+        "no composed default in:\n{stdout}"
+    );
+    assert!(
+        stdout.contains("target ≥ 0.98: "),
+        "no verdict in:\n{stdout}"
+    );
     assert_eq!(
         tracefs_mounted(),
         tracefs_before,

@@ -8,7 +8,10 @@
 //! a mode's figure is the mean of its windows' ratios with a 95 % confidence interval. The
 //! default record gets extra windows: the 2 % target is about it. A control row puts each
 //! untraced window against its untraced neighbours: the machine's own noise, which no ratio
-//! can be read more finely than.
+//! can be read more finely than. Because that noise is slow drift, the default is also
+//! composed from its two states measured in short windows side by side — between sampling
+//! windows (every program but the bracket) and with the bracket attached — weighted by the
+//! share of time it spends in each, less its attach and detach calls (see [`composed`]).
 //! Alongside: another process's mmap/touch/munmap rate in the same windows (what the mmap_lock
 //! tracepoints cost everyone else), what each attach and detach of the sampled bracket takes,
 //! the kernel's own accounting (BPF_ENABLE_STATS, in windows of their own: it costs ~50 ns per
@@ -49,6 +52,38 @@ pub struct OverheadBench {
     pub repetitions: u32,
     /// Windows of the default record per scenario (at least `repetitions`).
     pub default_repetitions: u32,
+    /// Pairs of short windows (traced, untraced) measuring the default's two states.
+    pub short_pairs: u32,
+    pub short_window: Duration,
+}
+
+/// Every this many short pairs, the traced window has the bracket attached: it weighs 2 % in
+/// the composition, so it needs far fewer windows than the state between samples. As often,
+/// the state between samples with the profiler at [`FAST_PROFILE_HZ`]: what the default's
+/// profiling rate saves.
+const ARMED_EVERY: u32 = 8;
+/// The profiling rate the default's is compared with (perf's habit is 1000 Hz and more).
+const FAST_PROFILE_HZ: u64 = 999;
+
+/// What a short traced window measures.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ShortState {
+    /// The default between its sampling windows: every program but the bracket.
+    Between,
+    /// The default with its bracket attached.
+    Armed,
+    /// [`ShortState::Between`] with the profiler at [`FAST_PROFILE_HZ`].
+    FastProfile,
+}
+
+impl ShortState {
+    fn of_pair(pair: u32) -> Self {
+        match pair % ARMED_EVERY {
+            p if p == ARMED_EVERY - 1 => Self::Armed,
+            p if p == ARMED_EVERY / 2 - 1 => Self::FastProfile,
+            _ => Self::Between,
+        }
+    }
 }
 
 /// What ksmd scans over.
@@ -130,6 +165,11 @@ struct Figures {
     sampled_merges: u64,
     /// The sampled default's attach and detach calls: mean ns of each, per window.
     switch_ns: Vec<(u64, u64)>,
+    /// Short windows' ratios: the default between its sampling windows, with the bracket
+    /// attached, and between them with the profiler at [`FAST_PROFILE_HZ`].
+    between: Vec<f64>,
+    armed: Vec<f64>,
+    fast_profile: Vec<f64>,
     /// Each procs worker's fill rate (GiB/s) as the scenario's workload started.
     fill: Vec<f64>,
 }
@@ -219,6 +259,9 @@ async fn run_scenario(
         sampled_windows: Vec::new(),
         always_latency: Histogram::new(),
         switch_ns: Vec::new(),
+        between: Vec::new(),
+        armed: Vec::new(),
+        fast_profile: Vec::new(),
         sampled_merges: 0,
         fill,
     };
@@ -232,8 +275,15 @@ async fn run_scenario(
             }
             let w = match tracer {
                 Tracer::KsmTrace(_, mode, batches) => {
-                    let (w, _, policy) =
-                        traced_window(&caps, ksmd, *mode, *batches, b.window, other).await?;
+                    let (w, _, policy) = traced_window(
+                        &caps,
+                        ksmd,
+                        mode_options(*mode, *batches),
+                        *mode,
+                        window_length(*mode, b.window),
+                        other,
+                    )
+                    .await?;
                     let timed = merge_latencies(&w.collector);
                     match mode {
                         LatencyMode::Auto => {
@@ -265,6 +315,36 @@ async fn run_scenario(
             untraced(&mut s, window(None, b.window, ksmd, other).await?);
         }
     }
+    // The default's two states in short windows, each between untraced ones.
+    if b.short_pairs > 0 {
+        let mut before = window(None, b.short_window, ksmd, other).await?.rates;
+        for pair in 0..b.short_pairs {
+            let state = ShortState::of_pair(pair);
+            let default = mode_options(LatencyMode::Auto, true);
+            let (options, bracket, ratios) = match state {
+                ShortState::Between => (default, LatencyMode::Off, &mut s.between),
+                ShortState::Armed => (default, LatencyMode::Always, &mut s.armed),
+                ShortState::FastProfile => (
+                    ProbeOptions {
+                        profile_hz: FAST_PROFILE_HZ,
+                        ..default
+                    },
+                    LatencyMode::Off,
+                    &mut s.fast_profile,
+                ),
+            };
+            let (w, _, _) =
+                traced_window(&caps, ksmd, options, bracket, b.short_window, other).await?;
+            let after = window(None, b.short_window, ksmd, other).await?.rates;
+            ratios.push(against_neighbours(
+                |r| r.pages_per_s,
+                &w.rates,
+                &before,
+                &after,
+            ));
+            before = after;
+        }
+    }
     // The kernel's own accounting, in windows of their own (it adds ~50 ns to every run,
     // which the ratio windows would count as tracing cost): `always` gives each program's ns
     // per run; both give the share of ksmd's CPU time the programs ran — a figure without the
@@ -274,7 +354,15 @@ async fn run_scenario(
             ("default", LatencyMode::Auto),
             ("always", LatencyMode::Always),
         ] {
-            let (w, probes, _) = traced_window(&caps, ksmd, mode, true, b.window, other).await?;
+            let (w, probes, _) = traced_window(
+                &caps,
+                ksmd,
+                mode_options(mode, true),
+                mode,
+                window_length(mode, b.window),
+                other,
+            )
+            .await?;
             let stats = probes.run_stats();
             let program_ns: u64 = stats.iter().map(|(_, (ns, _))| ns).sum();
             s.accounted
@@ -288,31 +376,39 @@ async fn run_scenario(
     Ok(s)
 }
 
-/// One window traced by ksm-trace in `mode` (the profiler and, with `batches`, sched_switch
-/// attached), with the probes and bracket policy that traced it.
+/// The programs ksm-trace loads in `mode`, with sched_switch if `batches`.
+fn mode_options(mode: LatencyMode, batches: bool) -> ProbeOptions {
+    ProbeOptions {
+        batches,
+        ..ProbeOptions::new(mode)
+    }
+}
+
+/// One window of `length` traced by ksm-trace with `options`' programs and the profiler,
+/// the bracket driven as `bracket` says (`auto`: sampled; `always`: attached; `off`: never),
+/// with the probes and bracket policy that traced it.
 async fn traced_window(
     caps: &Capabilities,
     ksmd: u32,
-    mode: LatencyMode,
-    batches: bool,
-    window_len: Duration,
+    options: ProbeOptions,
+    bracket: LatencyMode,
+    length: Duration,
     other: &OtherProcess,
 ) -> Result<(Window, Probes, bracket::BracketPolicy)> {
-    let options = ProbeOptions {
-        batches,
-        ..ProbeOptions::new(mode)
-    };
     let mut probes = Probes::load_with(caps, ksmd, options)?;
-    let mut policy = bracket::BracketPolicy::start(&mut probes, mode)?;
+    let mut policy = bracket::BracketPolicy::start(&mut probes, bracket)?;
     probes.start_profile(ksmd)?;
-    // The default samples in periods: a window of whole periods shows its share, a shorter
-    // one would overstate or understate it.
-    let length = match mode {
-        LatencyMode::Auto => sampled_window(window_len),
-        _ => window_len,
-    };
     let w = window(Some((&mut probes, &mut policy)), length, ksmd, other).await?;
     Ok((w, probes, policy))
+}
+
+/// The default samples in periods: a window of whole periods shows its share, a shorter one
+/// would overstate or understate it.
+fn window_length(mode: LatencyMode, window: Duration) -> Duration {
+    match mode {
+        LatencyMode::Auto => sampled_window(window),
+        _ => window,
+    }
 }
 
 /// The default's window: as many whole sampling periods as fit in `window`, at least one.
@@ -496,28 +592,59 @@ fn mean_ci(v: &[f64]) -> (f64, Option<f64>) {
 /// What the default must keep of ksmd's untraced scan rate.
 const TARGET: f64 = 0.98;
 
-/// Whether the default's windows show it keeping [`TARGET`]: only when its whole 95 % interval
-/// is on one side; otherwise the machine's noise (the control's interval) is why not.
-fn verdict(default: &[f64], control: &[f64]) -> String {
-    let (m, half) = mean_ci(default);
-    let Some(h) = half else {
+/// A figure for the default's ratio: how it was measured, its mean and 95 % half-width.
+struct Estimate {
+    how: String,
+    mean: f64,
+    half: Option<f64>,
+}
+
+/// The default's ratio composed from its two states: `between` (every program but the bracket)
+/// for 1 − d of the time and `armed` (the bracket attached) for d = SAMPLE_ON ÷ SAMPLE_PERIOD,
+/// as the default spends its time while merging, less its attach and detach calls' time per
+/// period (`switch_ns`), counted as if all of it were taken from ksmd. The half-width combines
+/// the two means' intervals (independent windows). None without windows of both states.
+fn composed(between: &[f64], armed: &[f64], switch_ns: f64) -> Option<Estimate> {
+    if between.is_empty() || armed.is_empty() {
+        return None;
+    }
+    let d = bracket::SAMPLE_ON.as_secs_f64() / bracket::SAMPLE_PERIOD.as_secs_f64();
+    let ((mb, hb), (ma, ha)) = (mean_ci(between), mean_ci(armed));
+    let switches = switch_ns / bracket::SAMPLE_PERIOD.as_nanos() as f64;
+    Some(Estimate {
+        how: "composed from short windows".to_owned(),
+        mean: (1.0 - d) * mb + d * ma - switches,
+        half: hb.zip(ha).map(|(hb, ha)| ((1.0 - d) * hb).hypot(d * ha)),
+    })
+}
+
+/// Whether the default keeps [`TARGET`], by the estimate with the narrowest interval: only
+/// when its whole 95 % interval is on one side; otherwise the machine's noise (the control's
+/// interval) is why not.
+fn verdict(estimates: &[Estimate], control: &[f64]) -> String {
+    let Some(Estimate { how, mean: m, half }) = estimates
+        .iter()
+        .filter(|e| e.half.is_some())
+        .min_by(|a, b| a.half.partial_cmp(&b.half).expect("finite half-widths"))
+    else {
         return format!("target ≥ {TARGET}: one window of the default, no verdict");
     };
+    let (m, h) = (*m, half.expect("filtered"));
     let (lo, hi) = (m - h, m + h);
     if lo >= TARGET {
         format!(
-            "target ≥ {TARGET}: met (the default's 95 % interval {lo:.3}–{hi:.3} lies above it)"
+            "target ≥ {TARGET}: met (the default {how}: 95 % interval {lo:.3}–{hi:.3}, above it)"
         )
     } else if hi < TARGET {
         format!(
-            "target ≥ {TARGET}: missed (the default's 95 % interval {lo:.3}–{hi:.3} lies below it)"
+            "target ≥ {TARGET}: missed (the default {how}: 95 % interval {lo:.3}–{hi:.3}, below it)"
         )
     } else {
         let noise = mean_ci(control)
             .1
             .map_or("unknown".to_owned(), |c| format!("±{:.1} %", 100.0 * c));
         format!(
-            "target ≥ {TARGET}: cannot be told in this run (the default's 95 % interval {lo:.3}–{hi:.3} spans it; the machine's own noise, the control row's interval with n={}, is {noise}: more windows or a steadier machine)",
+            "target ≥ {TARGET}: cannot be told in this run (the default {how}: 95 % interval {lo:.3}–{hi:.3} spans it; the machine's own noise, the control row's interval with n={}, is {noise}: more windows or a steadier machine)",
             control.len()
         )
     }
@@ -546,7 +673,7 @@ fn render(b: &OverheadBench, scenarios: &[Figures]) -> String {
     let mut o = String::new();
     let _ = writeln!(
         o,
-        "ksm-trace bench overhead: pages_to_scan={} sleep_millisecs=0, {} s windows ({} s for the sampled default, whose bracket is attached {} ms of every {} s while merging), {} repetitions ({} of the default); ratio = traced ÷ mean of the untraced windows either side, mean over the windows with its 95 % confidence interval",
+        "ksm-trace bench overhead: pages_to_scan={} sleep_millisecs=0, {} s windows ({} s for the sampled default, whose bracket is attached {} ms of every {} s while merging), {} repetitions ({} of the default), {} pairs of {} s windows for the default's two states (of every {ARMED_EVERY}, one with the bracket attached, one with the profiler at {FAST_PROFILE_HZ} Hz); ratio = traced ÷ mean of the untraced windows either side, mean over the windows with its 95 % confidence interval",
         b.pages_to_scan,
         b.window.as_secs_f64(),
         sampled_window(b.window).as_secs_f64(),
@@ -554,6 +681,8 @@ fn render(b: &OverheadBench, scenarios: &[Figures]) -> String {
         bracket::SAMPLE_PERIOD.as_secs_f64(),
         b.repetitions,
         b.repetitions.max(b.default_repetitions),
+        b.short_pairs,
+        b.short_window.as_secs_f64(),
     );
     for s in scenarios {
         let untraced = |pick: fn(&Rates) -> f64| s.untraced.iter().map(pick).collect::<Vec<_>>();
@@ -630,12 +759,63 @@ fn render(b: &OverheadBench, scenarios: &[Figures]) -> String {
                 ratio_text(&per_window(|r| r.other_per_s))
             );
         }
+        let mut estimates = Vec::new();
         if !default_ksmd.is_empty() {
+            let (mean, half) = mean_ci(&default_ksmd);
+            estimates.push(Estimate {
+                how: format!(
+                    "in its {} s windows",
+                    sampled_window(b.window).as_secs_f64()
+                ),
+                mean,
+                half,
+            });
+        }
+        let switches: Vec<f64> = s
+            .switch_ns
+            .iter()
+            .map(|(on, off)| (on + off) as f64)
+            .collect();
+        if let Some(c) = composed(&s.between, &s.armed, mean(&switches)) {
+            let text = match c.half {
+                Some(h) => format!("{:.3} ({:.3}–{:.3})", c.mean, c.mean - h, c.mean + h),
+                None => format!("{:.3}", c.mean),
+            };
             let _ = writeln!(
                 o,
-                "  {}",
-                verdict(&default_ksmd, &control(|r| r.pages_per_s))
+                "  {:<52} {:>28}",
+                format!(
+                    "default, composed from {} s windows",
+                    b.short_window.as_secs_f64()
+                ),
+                text
             );
+            let d = bracket::SAMPLE_ON.as_secs_f64() / bracket::SAMPLE_PERIOD.as_secs_f64();
+            let _ = writeln!(
+                o,
+                "    = {:.2} × between samples {} + {d:.2} × bracket attached {} − attach+detach {} per {} s period (all counted as ksmd's)",
+                1.0 - d,
+                ratio_text(&s.between),
+                ratio_text(&s.armed),
+                if switches.is_empty() {
+                    "(not measured: no default window)".to_owned()
+                } else {
+                    format!("{:.0} µs", mean(&switches) / 1e3)
+                },
+                bracket::SAMPLE_PERIOD.as_secs_f64(),
+            );
+            estimates.push(c);
+        }
+        if !s.fast_profile.is_empty() {
+            let _ = writeln!(
+                o,
+                "    between samples with the profiler at {FAST_PROFILE_HZ} Hz instead of {} Hz: {}",
+                crate::probes::profile::DEFAULT_HZ,
+                ratio_text(&s.fast_profile)
+            );
+        }
+        if !estimates.is_empty() {
+            let _ = writeln!(o, "  {}", verdict(&estimates, &control(|r| r.pages_per_s)));
         }
         // Each bpftrace script against the ksm-trace mode measuring the same things (the
         // last of a latency mode: the one with batches on, as the scripts have).
@@ -777,15 +957,61 @@ mod tests {
         assert_eq!(ratio_text(&[0.97]), "0.970 (n=1)");
     }
 
+    fn windows(v: &[f64]) -> Estimate {
+        let (mean, half) = mean_ci(v);
+        Estimate {
+            how: "in windows".to_owned(),
+            mean,
+            half,
+        }
+    }
+
     #[test]
     fn the_verdict_needs_the_whole_interval_on_one_side() {
         let control = [1.0, 0.98, 1.02, 1.0];
-        assert!(verdict(&[0.99, 0.991, 0.989], &control).contains("met"));
-        assert!(verdict(&[0.95, 0.951, 0.949], &control).contains("missed"));
-        let unsure = verdict(&[0.95, 1.01, 0.98], &control);
+        assert!(verdict(&[windows(&[0.99, 0.991, 0.989])], &control).contains("met"));
+        assert!(verdict(&[windows(&[0.95, 0.951, 0.949])], &control).contains("missed"));
+        let unsure = verdict(&[windows(&[0.95, 1.01, 0.98])], &control);
         assert!(unsure.contains("cannot be told"), "{unsure}");
         assert!(unsure.contains("n=4, is ±"), "{unsure}");
-        assert!(verdict(&[0.99], &control).contains("no verdict"));
+        assert!(verdict(&[windows(&[0.99])], &control).contains("no verdict"));
+    }
+
+    #[test]
+    fn the_verdict_takes_the_narrowest_estimate() {
+        let control = [1.0, 0.98, 1.02, 1.0];
+        let wide = windows(&[0.95, 1.01, 0.98]);
+        let narrow = Estimate {
+            how: "composed".to_owned(),
+            mean: 0.99,
+            half: Some(0.005),
+        };
+        let v = verdict(&[wide, narrow], &control);
+        assert!(v.contains("met (the default composed"), "{v}");
+    }
+
+    #[test]
+    fn short_pairs_are_mostly_between_samples() {
+        let states: Vec<_> = (0..16).map(ShortState::of_pair).collect();
+        let count = |s| states.iter().filter(|x| **x == s).count();
+        assert_eq!(count(ShortState::Between), 12);
+        assert_eq!(count(ShortState::Armed), 2);
+        assert_eq!(count(ShortState::FastProfile), 2);
+        assert!(states[7] == ShortState::Armed && states[3] == ShortState::FastProfile);
+    }
+
+    #[test]
+    fn the_composition_weighs_the_states_by_their_time_and_charges_the_switches() {
+        // 98 % of the time at 0.99 (mean of 0.98, 1.00), 2 % at 0.5 (mean of 0.4, 0.6), and
+        // 2 ms of attach + detach per 10 s period: 0.9702 + 0.01 − 0.0002.
+        let c = composed(&[0.98, 1.0], &[0.4, 0.6], 2e6).unwrap();
+        assert!((c.mean - 0.98).abs() < 1e-9, "{}", c.mean);
+        // t(0.975, 1 df) = 12.706; each mean's half-width 12.706 × 0.1414 / √2.
+        let (hb, ha): (f64, f64) = (12.706 * 0.01, 12.706 * 0.1);
+        let expect = (0.98 * hb).hypot(0.02 * ha);
+        assert!((c.half.unwrap() - expect).abs() < 1e-3, "{:?}", c.half);
+        assert!(composed(&[0.99], &[], 0.0).is_none());
+        assert_eq!(composed(&[0.99], &[0.5], 0.0).unwrap().half, None);
     }
 
     #[test]
