@@ -249,6 +249,10 @@ fn bench_overhead_compares_with_bpftrace_and_leaves_tracefs_as_found() {
         "no composed default in:\n{stdout}"
     );
     assert!(
+        stdout.contains("untraced, 1 s windows (control)"),
+        "no short-window control in:\n{stdout}"
+    );
+    assert!(
         stdout.contains("target ≥ 0.98: "),
         "no verdict in:\n{stdout}"
     );

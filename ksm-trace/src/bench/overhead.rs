@@ -65,6 +65,11 @@ const ARMED_EVERY: u32 = 8;
 /// The profiling rate the default's is compared with (perf's habit is 1000 Hz and more).
 const FAST_PROFILE_HZ: u64 = 999;
 
+/// Between a traced window and the untraced one after it: the kernel frees what the tracer
+/// closed (programs, maps, perf events) partly after the close returns, and that work, on the
+/// untraced window's clock, would flatter the traced one.
+const TEARDOWN_GAP: Duration = Duration::from_millis(300);
+
 /// What a short traced window measures.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum ShortState {
@@ -170,6 +175,8 @@ struct Figures {
     between: Vec<f64>,
     armed: Vec<f64>,
     fast_profile: Vec<f64>,
+    /// The untraced short windows, in order (each pair's traced window sits between two).
+    short_untraced: Vec<Rates>,
     /// Each procs worker's fill rate (GiB/s) as the scenario's workload started.
     fill: Vec<f64>,
 }
@@ -262,6 +269,7 @@ async fn run_scenario(
         between: Vec::new(),
         armed: Vec::new(),
         fast_profile: Vec::new(),
+        short_untraced: Vec::new(),
         sampled_merges: 0,
         fill,
     };
@@ -312,12 +320,14 @@ async fn run_scenario(
                 }
             };
             s.traced[t].push((s.untraced.len() - 1, w.rates));
+            tokio::time::sleep(TEARDOWN_GAP).await;
             untraced(&mut s, window(None, b.window, ksmd, other).await?);
         }
     }
     // The default's two states in short windows, each between untraced ones.
     if b.short_pairs > 0 {
         let mut before = window(None, b.short_window, ksmd, other).await?.rates;
+        s.short_untraced.push(before);
         for pair in 0..b.short_pairs {
             let state = ShortState::of_pair(pair);
             let default = mode_options(LatencyMode::Auto, true);
@@ -335,7 +345,9 @@ async fn run_scenario(
             };
             let (w, _, _) =
                 traced_window(&caps, ksmd, options, bracket, b.short_window, other).await?;
+            tokio::time::sleep(TEARDOWN_GAP).await;
             let after = window(None, b.short_window, ksmd, other).await?.rates;
+            s.short_untraced.push(after);
             ratios.push(against_neighbours(
                 |r| r.pages_per_s,
                 &w.rates,
@@ -592,11 +604,13 @@ fn mean_ci(v: &[f64]) -> (f64, Option<f64>) {
 /// What the default must keep of ksmd's untraced scan rate.
 const TARGET: f64 = 0.98;
 
-/// A figure for the default's ratio: how it was measured, its mean and 95 % half-width.
+/// A figure for the default's ratio: how it was measured, its mean and 95 % half-width, and
+/// the control ratios of the untraced windows of the same design (its noise).
 struct Estimate {
     how: String,
     mean: f64,
     half: Option<f64>,
+    control: Vec<f64>,
 }
 
 /// The default's ratio composed from its two states: `between` (every program but the bracket)
@@ -604,7 +618,7 @@ struct Estimate {
 /// as the default spends its time while merging, less its attach and detach calls' time per
 /// period (`switch_ns`), counted as if all of it were taken from ksmd. The half-width combines
 /// the two means' intervals (independent windows). None without windows of both states.
-fn composed(between: &[f64], armed: &[f64], switch_ns: f64) -> Option<Estimate> {
+fn composed(between: &[f64], armed: &[f64], switch_ns: f64, control: Vec<f64>) -> Option<Estimate> {
     if between.is_empty() || armed.is_empty() {
         return None;
     }
@@ -615,14 +629,20 @@ fn composed(between: &[f64], armed: &[f64], switch_ns: f64) -> Option<Estimate> 
         how: "composed from short windows".to_owned(),
         mean: (1.0 - d) * mb + d * ma - switches,
         half: hb.zip(ha).map(|(hb, ha)| ((1.0 - d) * hb).hypot(d * ha)),
+        control,
     })
 }
 
 /// Whether the default keeps [`TARGET`], by the estimate with the narrowest interval: only
 /// when its whole 95 % interval is on one side; otherwise the machine's noise (the control's
 /// interval) is why not.
-fn verdict(estimates: &[Estimate], control: &[f64]) -> String {
-    let Some(Estimate { how, mean: m, half }) = estimates
+fn verdict(estimates: &[Estimate]) -> String {
+    let Some(Estimate {
+        how,
+        mean: m,
+        half,
+        control,
+    }) = estimates
         .iter()
         .filter(|e| e.half.is_some())
         .min_by(|a, b| a.half.partial_cmp(&b.half).expect("finite half-widths"))
@@ -648,6 +668,14 @@ fn verdict(estimates: &[Estimate], control: &[f64]) -> String {
             control.len()
         )
     }
+}
+
+/// Each untraced window against the untraced windows either side of it (a traced window away,
+/// so if anything a wider spread than the tracers' own): the noise floor.
+fn control(untraced: &[Rates], pick: fn(&Rates) -> f64) -> Vec<f64> {
+    (1..untraced.len().saturating_sub(1))
+        .map(|i| against_neighbours(pick, &untraced[i], &untraced[i - 1], &untraced[i + 1]))
+        .collect()
 }
 
 /// `r`'s figure ÷ the mean of the untraced windows either side of it.
@@ -712,15 +740,7 @@ fn render(b: &OverheadBench, scenarios: &[Figures]) -> String {
             "  {:<52} {:>28} {:>28} {:>28}",
             "tracer", "ksmd ratio", "ksmd per CPU-second", "other process"
         );
-        // The noise floor: each untraced window against the untraced windows either side of
-        // it (a traced window away, so if anything a wider spread than the tracers' own).
-        let control = |pick: fn(&Rates) -> f64| {
-            (1..s.untraced.len().saturating_sub(1))
-                .map(|i| {
-                    against_neighbours(pick, &s.untraced[i], &s.untraced[i - 1], &s.untraced[i + 1])
-                })
-                .collect::<Vec<_>>()
-        };
+        let control = |pick: fn(&Rates) -> f64| control(&s.untraced, pick);
         if s.untraced.len() > 2 {
             let _ = writeln!(
                 o,
@@ -769,6 +789,7 @@ fn render(b: &OverheadBench, scenarios: &[Figures]) -> String {
                 ),
                 mean,
                 half,
+                control: control(|r| r.pages_per_s),
             });
         }
         let switches: Vec<f64> = s
@@ -776,7 +797,19 @@ fn render(b: &OverheadBench, scenarios: &[Figures]) -> String {
             .iter()
             .map(|(on, off)| (on + off) as f64)
             .collect();
-        if let Some(c) = composed(&s.between, &s.armed, mean(&switches)) {
+        let short_control = self::control(&s.short_untraced, |r| r.pages_per_s);
+        if short_control.len() > 1 {
+            let _ = writeln!(
+                o,
+                "  {:<52} {:>28}",
+                format!(
+                    "untraced, {} s windows (control)",
+                    b.short_window.as_secs_f64()
+                ),
+                ratio_text(&short_control)
+            );
+        }
+        if let Some(c) = composed(&s.between, &s.armed, mean(&switches), short_control) {
             let text = match c.half {
                 Some(h) => format!("{:.3} ({:.3}–{:.3})", c.mean, c.mean - h, c.mean + h),
                 None => format!("{:.3}", c.mean),
@@ -815,7 +848,7 @@ fn render(b: &OverheadBench, scenarios: &[Figures]) -> String {
             );
         }
         if !estimates.is_empty() {
-            let _ = writeln!(o, "  {}", verdict(&estimates, &control(|r| r.pages_per_s)));
+            let _ = writeln!(o, "  {}", verdict(&estimates));
         }
         // Each bpftrace script against the ksm-trace mode measuring the same things (the
         // last of a latency mode: the one with batches on, as the scripts have).
@@ -856,6 +889,16 @@ fn render(b: &OverheadBench, scenarios: &[Figures]) -> String {
                 all
             });
         let always = &s.always_latency;
+        if sampled.is_empty() && !always.is_empty() {
+            let _ = writeln!(
+                o,
+                "  merge latency, sampled default vs always: the default's {} windows timed none of their {} merges (its {} ms a period missed every burst of merges), always timed {}: no comparison in this run",
+                s.sampled_windows.len(),
+                s.sampled_merges,
+                bracket::SAMPLE_ON.as_millis(),
+                always.count()
+            );
+        }
         if !sampled.is_empty() && !always.is_empty() {
             let (a, b) = (sampled.summary(), always.summary());
             let cis = clustered_percentile_cis(&s.sampled_windows, [50.0, 99.0]);
@@ -957,36 +1000,38 @@ mod tests {
         assert_eq!(ratio_text(&[0.97]), "0.970 (n=1)");
     }
 
+    const CONTROL: [f64; 4] = [1.0, 0.98, 1.02, 1.0];
+
     fn windows(v: &[f64]) -> Estimate {
         let (mean, half) = mean_ci(v);
         Estimate {
             how: "in windows".to_owned(),
             mean,
             half,
+            control: CONTROL.to_vec(),
         }
     }
 
     #[test]
     fn the_verdict_needs_the_whole_interval_on_one_side() {
-        let control = [1.0, 0.98, 1.02, 1.0];
-        assert!(verdict(&[windows(&[0.99, 0.991, 0.989])], &control).contains("met"));
-        assert!(verdict(&[windows(&[0.95, 0.951, 0.949])], &control).contains("missed"));
-        let unsure = verdict(&[windows(&[0.95, 1.01, 0.98])], &control);
+        assert!(verdict(&[windows(&[0.99, 0.991, 0.989])]).contains("met"));
+        assert!(verdict(&[windows(&[0.95, 0.951, 0.949])]).contains("missed"));
+        let unsure = verdict(&[windows(&[0.95, 1.01, 0.98])]);
         assert!(unsure.contains("cannot be told"), "{unsure}");
         assert!(unsure.contains("n=4, is ±"), "{unsure}");
-        assert!(verdict(&[windows(&[0.99])], &control).contains("no verdict"));
+        assert!(verdict(&[windows(&[0.99])]).contains("no verdict"));
     }
 
     #[test]
     fn the_verdict_takes_the_narrowest_estimate() {
-        let control = [1.0, 0.98, 1.02, 1.0];
         let wide = windows(&[0.95, 1.01, 0.98]);
         let narrow = Estimate {
             how: "composed".to_owned(),
             mean: 0.99,
             half: Some(0.005),
+            control: Vec::new(),
         };
-        let v = verdict(&[wide, narrow], &control);
+        let v = verdict(&[wide, narrow]);
         assert!(v.contains("met (the default composed"), "{v}");
     }
 
@@ -1004,14 +1049,17 @@ mod tests {
     fn the_composition_weighs_the_states_by_their_time_and_charges_the_switches() {
         // 98 % of the time at 0.99 (mean of 0.98, 1.00), 2 % at 0.5 (mean of 0.4, 0.6), and
         // 2 ms of attach + detach per 10 s period: 0.9702 + 0.01 − 0.0002.
-        let c = composed(&[0.98, 1.0], &[0.4, 0.6], 2e6).unwrap();
+        let c = composed(&[0.98, 1.0], &[0.4, 0.6], 2e6, Vec::new()).unwrap();
         assert!((c.mean - 0.98).abs() < 1e-9, "{}", c.mean);
         // t(0.975, 1 df) = 12.706; each mean's half-width 12.706 × 0.1414 / √2.
         let (hb, ha): (f64, f64) = (12.706 * 0.01, 12.706 * 0.1);
         let expect = (0.98 * hb).hypot(0.02 * ha);
         assert!((c.half.unwrap() - expect).abs() < 1e-3, "{:?}", c.half);
-        assert!(composed(&[0.99], &[], 0.0).is_none());
-        assert_eq!(composed(&[0.99], &[0.5], 0.0).unwrap().half, None);
+        assert!(composed(&[0.99], &[], 0.0, Vec::new()).is_none());
+        assert_eq!(
+            composed(&[0.99], &[0.5], 0.0, Vec::new()).unwrap().half,
+            None
+        );
     }
 
     #[test]
