@@ -15,10 +15,10 @@ use aya::{
 use ksm_trace_common::names;
 
 /// Samples per second by default, off the tick so sampling does not alias with timer-driven
-/// work. Each sample interrupts ksmd: on this project's VM a sample cost ksmd ~8 µs of timer
-/// interrupt plus ~4 µs of stack walk, so 999 Hz took ~1.2 % of its scan rate and 99 Hz takes
-/// ~0.1 % (README, "What tracing costs"). 99 Hz is perf's flame-graph habit (`perf record -F
-/// 99`): a minute of busy ksmd gives ~6000 stacks.
+/// work. Each sample interrupts ksmd for a timer interrupt and a stack walk: at 999 Hz the walk
+/// alone ran 0.43 % of ksmd's CPU time (`bench overhead`'s kernel accounting), the largest
+/// share of the default's cost. 99 Hz is perf's flame-graph habit (`perf record -F 99`): a
+/// minute of busy ksmd gives ~6000 stacks.
 pub const DEFAULT_HZ: u64 = 99;
 
 impl Profile {
