@@ -425,7 +425,7 @@ Examples:
     /// What tracing costs ksmd: pages scanned per second, traced vs untraced, in one run.
     #[command(after_help = "\
 Examples:
-  ksm-trace bench overhead                               # both scenarios, 10 s windows: about 30 min
+  ksm-trace bench overhead                               # both scenarios, 10 s and 1 s windows: about 35 min
   ksm-trace bench overhead --scenario merging --repetitions 1 --default-repetitions 4   # quicker, noisier")]
     Overhead(OverheadBenchArgs),
 }
