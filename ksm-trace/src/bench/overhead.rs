@@ -637,19 +637,22 @@ fn composed(between: &[f64], armed: &[f64], switch_ns: f64, control: Vec<f64>) -
 /// when its whole 95 % interval is on one side; otherwise the machine's noise (the control's
 /// interval) is why not.
 fn verdict(estimates: &[Estimate]) -> String {
-    let Some(Estimate {
-        how,
-        mean: m,
-        half,
-        control,
-    }) = estimates
+    let Some((
+        h,
+        Estimate {
+            how,
+            mean: m,
+            control,
+            ..
+        },
+    )) = estimates
         .iter()
-        .filter(|e| e.half.is_some())
-        .min_by(|a, b| a.half.partial_cmp(&b.half).expect("finite half-widths"))
+        .filter_map(|e| Some((e.half?, e)))
+        .min_by(|a, b| a.0.total_cmp(&b.0))
     else {
         return format!("target ≥ {TARGET}: one window of the default, no verdict");
     };
-    let (m, h) = (*m, half.expect("filtered"));
+    let m = *m;
     let (lo, hi) = (m - h, m + h);
     if lo >= TARGET {
         format!(
