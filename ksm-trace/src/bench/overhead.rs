@@ -622,7 +622,7 @@ fn composed(between: &[f64], armed: &[f64], switch_ns: f64, control: Vec<f64>) -
     if between.is_empty() || armed.is_empty() {
         return None;
     }
-    let d = bracket::SAMPLE_ON.as_secs_f64() / bracket::SAMPLE_PERIOD.as_secs_f64();
+    let d = bracket_duty();
     let ((mb, hb), (ma, ha)) = (mean_ci(between), mean_ci(armed));
     let switches = switch_ns / bracket::SAMPLE_PERIOD.as_nanos() as f64;
     Some(Estimate {
@@ -671,6 +671,11 @@ fn verdict(estimates: &[Estimate]) -> String {
             control.len()
         )
     }
+}
+
+/// The share of a merging period the sampled default has its bracket attached.
+fn bracket_duty() -> f64 {
+    bracket::SAMPLE_ON.as_secs_f64() / bracket::SAMPLE_PERIOD.as_secs_f64()
 }
 
 /// Each untraced window against the untraced windows either side of it (a traced window away,
@@ -743,15 +748,14 @@ fn render(b: &OverheadBench, scenarios: &[Figures]) -> String {
             "  {:<52} {:>28} {:>28} {:>28}",
             "tracer", "ksmd ratio", "ksmd per CPU-second", "other process"
         );
-        let control = |pick: fn(&Rates) -> f64| control(&s.untraced, pick);
         if s.untraced.len() > 2 {
             let _ = writeln!(
                 o,
                 "  {:<52} {:>28} {:>28} {:>28}",
                 "untraced (control: ÷ the untraced windows beside)",
-                ratio_text(&control(|r| r.pages_per_s)),
-                ratio_text(&control(|r| r.pages_per_cpu_s)),
-                ratio_text(&control(|r| r.other_per_s))
+                ratio_text(&control(&s.untraced, |r| r.pages_per_s)),
+                ratio_text(&control(&s.untraced, |r| r.pages_per_cpu_s)),
+                ratio_text(&control(&s.untraced, |r| r.other_per_s))
             );
         }
         let mut ratios = Vec::new();
@@ -792,7 +796,7 @@ fn render(b: &OverheadBench, scenarios: &[Figures]) -> String {
                 ),
                 mean,
                 half,
-                control: control(|r| r.pages_per_s),
+                control: control(&s.untraced, |r| r.pages_per_s),
             });
         }
         let switches: Vec<f64> = s
@@ -800,7 +804,7 @@ fn render(b: &OverheadBench, scenarios: &[Figures]) -> String {
             .iter()
             .map(|(on, off)| (on + off) as f64)
             .collect();
-        let short_control = self::control(&s.short_untraced, |r| r.pages_per_s);
+        let short_control = control(&s.short_untraced, |r| r.pages_per_s);
         if short_control.len() > 1 {
             let _ = writeln!(
                 o,
@@ -826,7 +830,7 @@ fn render(b: &OverheadBench, scenarios: &[Figures]) -> String {
                 ),
                 text
             );
-            let d = bracket::SAMPLE_ON.as_secs_f64() / bracket::SAMPLE_PERIOD.as_secs_f64();
+            let d = bracket_duty();
             let _ = writeln!(
                 o,
                 "    = {:.2} × between samples {} + {d:.2} × bracket attached {} − attach+detach {} per {} s period (all counted as ksmd's)",
