@@ -383,6 +383,11 @@ pub const EVENTS_BYTES: u32 = 8 << 20;
 /// not used. Typically 0.1-1 µs; ksmd preempted right after the unlock can take milliseconds.
 pub const MAX_BRACKET_GAP_NS: u64 = 50_000_000;
 
+/// A merge after this long without one wakes the reader at once (every other event waits for
+/// its next drain): `--merge-latency auto` opens its sampling window when merges start, and a
+/// burst of merges can be over before a 100 ms drain would see it.
+pub const MERGE_QUIET_NS: u64 = 20_000_000;
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: plain #[repr(C)] integers and byte arrays, no padding holes left uninitialised.

@@ -25,6 +25,8 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT
 /// Do not wake the reader per event: wake-ups cost MSR writes on this kind of machine and the
 /// collector drains on a timer anyway.
 const BPF_RB_NO_WAKEUP: u64 = 1;
+/// Wake the reader now (the first merge after a quiet spell: see `MERGE_QUIET_NS`).
+const BPF_RB_FORCE_WAKEUP: u64 = 2;
 
 #[inline(always)]
 pub fn config() -> Config {
@@ -49,10 +51,21 @@ pub fn bump(index: u32) {
 /// Writes `event` to the ring buffer, or counts it as lost when the buffer is full.
 #[inline(always)]
 pub fn emit(event: &Event) {
+    submit(event, BPF_RB_NO_WAKEUP);
+}
+
+/// [`emit`], waking the reader at once.
+#[inline(always)]
+pub fn emit_and_wake(event: &Event) {
+    submit(event, BPF_RB_FORCE_WAKEUP);
+}
+
+#[inline(always)]
+fn submit(event: &Event, flags: u64) {
     match EVENTS.reserve::<Event>(0) {
         Some(mut entry) => {
             entry.write(*event);
-            entry.submit(BPF_RB_NO_WAKEUP);
+            entry.submit(flags);
         }
         None => bump(counter::EVENTS_LOST),
     }

@@ -16,10 +16,10 @@ use aya_ebpf::{
     maps::Array,
     programs::{FEntryContext, FExitContext, RawTracePointContext},
 };
-use ksm_trace_common::{Event, MAX_BRACKET_GAP_NS, NO_OFFSET, kind};
+use ksm_trace_common::{Event, MAX_BRACKET_GAP_NS, MERGE_QUIET_NS, NO_OFFSET, kind};
 
 use crate::{
-    maps::{VMEMMAP, config, emit, now},
+    maps::{VMEMMAP, config, emit, emit_and_wake, now},
     owner::{current_is_ksmd, fill_owner},
 };
 
@@ -30,6 +30,23 @@ use ksm_trace_common::{
 
 #[map]
 static INTERVALS: Array<Interval> = Array::with_max_entries(2, 0);
+
+/// When the last merge event fired (only ksmd merges, so one global slot).
+#[map]
+static LAST_MERGE: Array<u64> = Array::with_max_entries(1, 0);
+
+/// Whether the merge at `t` follows a quiet spell; notes `t` as the last merge.
+#[inline(always)]
+fn after_quiet(t: u64) -> bool {
+    let Some(last) = LAST_MERGE.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: only ksmd's merge events touch the slot.
+    let last = unsafe { &mut *last };
+    let quiet = t.saturating_sub(*last) > MERGE_QUIET_NS;
+    *last = t;
+    quiet
+}
 
 /// Latency of the merge on `mm` that just finished, from producer `slot`; 0 if none matches.
 #[inline(always)]
@@ -73,7 +90,11 @@ pub(crate) fn merge_event(kind: u32, ksm_page: u64, pfn: u64, mm: u64, err: i32)
         ..Event::default()
     };
     fill_owner(&mut event, mm);
-    emit(&event);
+    if after_quiet(t) {
+        emit_and_wake(&event);
+    } else {
+        emit(&event);
+    }
 }
 
 /// `ksm_page` is a `struct page *` and `pfn` its frame number: together they give vmemmap's

@@ -10,7 +10,6 @@ use std::{
 };
 
 use anyhow::{Result, bail};
-use aya::maps::{MapData, RingBuf};
 
 use crate::{
     collect::Collector,
@@ -18,7 +17,10 @@ use crate::{
     interrupts::Interrupts,
     kernel::{self, Counters, KsmStat, process::ProcessIdentity, sysfs},
     knobs::KnobSettings,
-    probes::{ProbeOptions, Probes, bracket::BracketPolicy},
+    probes::{
+        ProbeOptions, Probes,
+        bracket::{self, BracketPolicy, EventRing},
+    },
     recording::{
         self, EventCounts, LatencyCoverage, Meta, ProcessRecord, Recording, ScanRecord,
         WorkloadKind, WorkloadRecord,
@@ -109,7 +111,7 @@ pub async fn record(opts: &RecordOptions, command_line: Vec<String>) -> Result<R
         opts.knobs.clone()
     };
     let mut probes = Probes::load_with(&pre.caps, pre.ksmd, opts.probes)?;
-    let ring = probes.take_events()?;
+    let ring = probes.take_event_ring()?;
     let bracket = BracketPolicy::start(&mut probes, opts.probes.latency)?;
 
     let session = pre.start(&knobs, opts.refresh)?;
@@ -123,7 +125,7 @@ pub async fn record(opts: &RecordOptions, command_line: Vec<String>) -> Result<R
 struct Window {
     session: Session,
     probes: Probes,
-    ring: RingBuf<MapData>,
+    ring: EventRing,
     bracket: BracketPolicy,
     collector: Collector,
     sampler: Sampler,
@@ -141,7 +143,7 @@ impl Window {
         opts: &RecordOptions,
         mut session: Session,
         mut probes: Probes,
-        mut ring: RingBuf<MapData>,
+        mut ring: EventRing,
         mut bracket: BracketPolicy,
     ) -> Result<Self> {
         let mut pids: BTreeSet<u32> = opts.pids.iter().copied().collect();
@@ -156,7 +158,7 @@ impl Window {
         let mut collector = Collector::default();
         collector.merges.keep_latency_windows = true;
         collector.open_window(start_ns);
-        collector.drain(&mut ring);
+        collector.drain(ring.get_mut());
         bracket.window_opened(start_ns);
         if let Err(e) = probes.start_profile(session.ksmd) {
             probes
@@ -187,6 +189,17 @@ impl Window {
         })
     }
 
+    /// Runs the merge-latency sampling on the merges drained since the last call.
+    fn update_bracket(&mut self) -> Result<()> {
+        let opened = self.bracket.windows_opened();
+        let last_merge = self.collector.last_merge_ns();
+        self.bracket.update(&mut self.probes, last_merge)?;
+        if self.bracket.windows_opened() != opened {
+            self.collector.merges.next_latency_window();
+        }
+        Ok(())
+    }
+
     /// Drains and samples until an end condition; returns why it ended.
     async fn run(
         &mut self,
@@ -203,8 +216,13 @@ impl Window {
         let mut settled_at: Option<u64> = None;
         let ended_by = loop {
             tokio::select! {
+                () = bracket::merges_started(&self.ring) => {
+                    self.collector.drain(self.ring.get_mut());
+                    self.update_bracket()?;
+                }
+                () = bracket::until(self.bracket.deadline()) => self.update_bracket()?,
                 _ = tick.tick() => {
-                    self.collector.drain(&mut self.ring);
+                    self.collector.drain(self.ring.get_mut());
                     if self.sampler.due() {
                         let mergers = self.collector.merges.by_pid.keys().filter(|&&p| p != 0);
                         self.pids.extend(mergers);
@@ -221,12 +239,7 @@ impl Window {
                     if settled_at.is_some_and(|at| scans >= at + opts.settle_margin) {
                         break "settled";
                     }
-                    let merges = self.collector.take_recent_merges();
-                    let opened = self.bracket.windows_opened();
-                    self.bracket.update(&mut self.probes, merges)?;
-                    if self.bracket.windows_opened() != opened {
-                        self.collector.merges.next_latency_window();
-                    }
+                    self.update_bracket()?;
                     if progress && last_progress.elapsed() >= Duration::from_secs(1) {
                         last_progress = Instant::now();
                         let line = progress_line.line(Some(self.collector.merged_total()));
@@ -281,7 +294,7 @@ impl Window {
         }
         let end_ns = kernel::monotonic_ns();
         self.collector.close_window(end_ns);
-        self.collector.drain(&mut self.ring);
+        self.collector.drain(self.ring.get_mut());
         let end_sample = self
             .sampler
             .take(&self.pids, self.collector.merged_total())?;

@@ -548,13 +548,13 @@ fn lost_events_are_counted_and_mark_the_report_incomplete() {
     session.assert_knobs_restored();
 }
 
-/// `--merge-latency auto` on a workload that keeps merging: the bracket is attached 200 ms
-/// in every 10 s period, at a random moment of it (so ksmd keeps its scan rate and bursts of
-/// merges are not always missed), the report says what share of the merges that timed, keeps
-/// each window's timed merges, and gives no interval for all merges' percentiles from so few
-/// windows.
+/// `--merge-latency auto` on a workload that keeps merging (in bursts: each worker rewrites
+/// its pages every second): the bracket is attached 100 ms when merges start, at most once in
+/// any 10 s (so ksmd keeps its scan rate, and a burst is not missed for opening at the wrong
+/// moment), the report says what share of the merges that timed, keeps each window's timed
+/// merges, and gives no interval for all merges' percentiles from so few windows.
 #[test]
-fn auto_samples_merge_latency_200ms_in_each_10s_period() {
+fn auto_samples_merge_latency_100ms_when_merges_start_once_in_10s() {
     let Some(session) = KsmSession::try_start("sampled") else {
         return;
     };
@@ -573,7 +573,7 @@ fn auto_samples_merge_latency_200ms_in_each_10s_period() {
     );
     assert_eq!(
         rep["mechanisms"]["merge_latency"]["attached"],
-        serde_json::json!({"kind": "sampled", "on_ms": 200, "period_ms": 10000})
+        serde_json::json!({"kind": "on-merges", "on_ms": 100, "period_ms": 10000})
     );
     let windows: Vec<(u64, u64)> = rec["latency"]["bracket_windows"]
         .as_array()
@@ -581,26 +581,25 @@ fn auto_samples_merge_latency_200ms_in_each_10s_period() {
         .iter()
         .map(|w| (w[0].as_u64().unwrap(), w[1].as_u64().unwrap()))
         .collect();
-    // The first at the start, then one in each full period while merges happen.
+    // The first when the workload's first merges come, then one every 10 s or a little more
+    // (at the next burst after the budget has refilled).
     assert!(windows.len() >= 3, "{windows:?}");
-    // 200 ms, give or take half of a 100 ms drain (and a slow tick); the last one may be cut
-    // short by the end of the recording.
+    // 100 ms, closed by a timer (the attach and detach calls take a few ms); the last one may
+    // be cut short by the end of the recording.
     let (last, closed) = windows.split_last().unwrap();
-    assert!(last.1 - last.0 <= 350_000_000, "{windows:?}");
+    assert!(last.1 - last.0 <= 150_000_000, "{windows:?}");
     for (start, end) in closed {
         assert!(
-            (100_000_000..=350_000_000).contains(&(end - start)),
+            (90_000_000..=150_000_000).contains(&(end - start)),
             "{windows:?}"
         );
     }
-    let first = windows[0].0;
-    let periods: Vec<u64> = windows
-        .iter()
-        .map(|(start, _)| (start - first) / 10_000_000_000)
-        .collect();
-    let mut distinct = periods.clone();
-    distinct.dedup();
-    assert_eq!(distinct, periods, "one window per 10 s period: {windows:?}");
+    for pair in windows.windows(2) {
+        assert!(
+            pair[1].0 - pair[0].0 >= 9_900_000_000,
+            "at most one window in 10 s: {windows:?}"
+        );
+    }
     let lat = &rep["merge_latency"];
     assert!(
         lat["bracket_attached_percent"].as_f64().unwrap() < 5.0,
@@ -630,8 +629,10 @@ fn auto_samples_merge_latency_200ms_in_each_10s_period() {
         lat["timed_windows"].as_u64().unwrap(),
         per_window.len() as u64
     );
+    // Opened when merges start, a window times some of them: all but perhaps the last (cut
+    // short by the end of the recording).
     assert!(
-        per_window.len() <= windows.len(),
+        per_window.len() <= windows.len() && per_window.len() + 1 >= windows.len(),
         "{per_window:?} {windows:?}"
     );
     // At most 4 windows in 32 s: too few for an interval, and the report says why rather than

@@ -16,8 +16,8 @@ pub struct Collector {
     pub merges: MergeTracker,
     pub scans: ScanTracker,
     pub received: BTreeMap<&'static str, u64>,
-    /// Merge tracepoint hits since the last call to [`Collector::take_recent_merges`].
-    recent_merges: u64,
+    /// CLOCK_MONOTONIC ns of the latest merge event (0: none yet).
+    last_merge_ns: u64,
     /// CLOCK_MONOTONIC ns at which the recording window opened.
     window_start: u64,
     /// Events from before the window that were not counted.
@@ -56,7 +56,7 @@ impl Collector {
                 self.scans.handle(event)
             }
             kind::MERGE_WITH_KSM_PAGE | kind::MERGE_ONE_PAGE => {
-                self.recent_merges += 1;
+                self.last_merge_ns = self.last_merge_ns.max(event.ts_ns);
                 self.merges.handle(event)
             }
             _ => self.merges.handle(event),
@@ -68,9 +68,10 @@ impl Collector {
         self.merges.by_pid.values().map(|s| s.merges).sum()
     }
 
-    /// Merge tracepoint hits since the last call (drives arming of the latency bracket).
-    pub fn take_recent_merges(&mut self) -> u64 {
-        std::mem::take(&mut self.recent_merges)
+    /// When the latest merge happened (CLOCK_MONOTONIC ns, 0 before any): whether merges are
+    /// happening now drives the merge-latency sampling.
+    pub fn last_merge_ns(&self) -> u64 {
+        self.last_merge_ns
     }
 
     /// Takes every event waiting in the ring buffer.

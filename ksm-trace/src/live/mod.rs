@@ -1,8 +1,9 @@
 //! Live tracing for `top` and `serve`: the probes and collector of `record`, but no window to
 //! close, no knob changed, ksmd neither started nor paused, nothing written. Merge latency is
-//! sampled as `--merge-latency auto` samples it (the mmap_lock bracket 200 ms in every 10 s while
-//! merges happen) unless `--merge-latency` says otherwise, so watching a host for days costs
-//! ksmd what `record`'s default costs.
+//! sampled as `--merge-latency auto` samples it (the mmap_lock bracket 100 ms at most once in
+//! 10 s, while merges happen) unless `--merge-latency` says otherwise, so watching a host for
+//! days costs ksmd what `record`'s default costs. Live views drain on their own timer, so a
+//! window opens at the drain after merges start: a burst shorter than a drain can be missed.
 //! Processes that exit are forgotten, so memory stays bounded by the processes alive.
 pub mod frame;
 
@@ -54,7 +55,8 @@ impl LiveTracer {
         let ksmd = kernel::ksmd_pid()?;
         let mut probes = Probes::load_with(&caps, ksmd, options)?;
         let ring = probes.take_events()?;
-        let mut bracket = BracketPolicy::start(&mut probes, options.latency)?;
+        let mut bracket =
+            BracketPolicy::start(&mut probes, options.latency)?.polled_every(DRAIN_EVERY);
         let started_ns = kernel::monotonic_ns();
         bracket.window_opened(started_ns);
         let mut collector = Collector::default();
@@ -76,8 +78,8 @@ impl LiveTracer {
     /// Takes the events waiting; call every [`DRAIN_EVERY`].
     pub fn drain(&mut self) -> Result<()> {
         self.collector.drain(&mut self.ring);
-        let merges = self.collector.take_recent_merges();
-        self.bracket.update(&mut self.probes, merges)
+        let last_merge = self.collector.last_merge_ns();
+        self.bracket.update(&mut self.probes, last_merge)
     }
 
     /// The figures now. Processes that have exited since the last frame are forgotten.

@@ -1,46 +1,102 @@
 //! When the mmap_lock bracket is attached. It fires on every lock ksmd takes (~1.65 per scanned
 //! page, > 99.8 % of them on pages that do not merge) and each hit costs about the same
-//! filtered or not, so while attached it costs ksmd about half of its scan rate; the only lever
-//! is how long it is attached. `--merge-latency auto` therefore samples: time is cut into
-//! periods of [`SAMPLE_PERIOD`], and in each period in which merges happened the bracket is
-//! attached once, for [`SAMPLE_ON`] (2 % of the time), starting at a random moment of the
-//! period. The bracket then costs ksmd about 1 % of its scan rate (`bench overhead` measures
-//! it), and the merges of those windows are the latency sample.
+//! filtered or not, so while attached it costs ksmd about a third of its scan rate; the only
+//! lever is how long it is attached. `--merge-latency auto` therefore samples, on a budget:
+//! a window attaches the bracket for [`SAMPLE_ON`], at most one window in any
+//! [`SAMPLE_PERIOD`] (1 % of the time), and a window opens when merges are happening and the
+//! budget holds a whole window. The bracket then costs ksmd about 0.3 % of its scan rate
+//! (`bench overhead` measures it), and the merges of those windows are the latency sample.
 //!
-//! Why a random start: merges come in bursts (a workload rewrites its pages every second, a
-//! guest's allocator frees a batch), and a window opened when merges are seen, or at a fixed
-//! phase of a period that is a multiple of the burst's, would always land at the same point of
-//! the burst — after it, typically, timing nothing. Why short windows, often: the sample is
-//! spread over the run. The first window opens at the start (a workload's first merges come
-//! right after it). `always` keeps the bracket attached (every merge timed). The windows it was
-//! attached are recorded, so a report can say what share of the run and of the merges was
-//! timed.
+//! Why open on merges rather than at random moments: merges come in bursts (a workload
+//! rewrites its pages every second, a guest's allocator frees a batch), and the bracket costs
+//! the same whether ksmd merges while it is attached or not. A window at a random moment
+//! catches a 40 ms burst in each second about one time in four at 200 ms, and a run of such
+//! windows can all miss: the bench's twelve once timed none. The first merge after
+//! `MERGE_QUIET_NS` without one wakes the tracer at once, so a window opens a few milliseconds
+//! into the burst (attaching takes 1–5 ms) and times the rest of it; merges that never pause
+//! are seen at the next drain. A drain that finds only the tail of a burst that has ended
+//! opens no window. What that leaves out, and the report says so: the first merges
+//! of each burst, and bursts that come while the budget is spent. `always` keeps the bracket
+//! attached (every merge timed). The windows it was attached are recorded, so a report can say
+//! what share of the run and of the merges was timed.
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
+use aya::maps::{MapData, RingBuf};
+use tokio::io::unix::AsyncFd;
+
+use ksm_trace_common::MERGE_QUIET_NS;
 
 use super::{LatencyMode, Probes};
 use crate::kernel;
 
 /// How long each sampling window attaches the bracket.
-pub const SAMPLE_ON: Duration = Duration::from_millis(200);
-/// At most one sampling window in each period of this length (one per period while merges
-/// happen).
+pub const SAMPLE_ON: Duration = Duration::from_millis(100);
+/// At most one sampling window in any period of this length: the budget refills one window's
+/// worth in it.
 pub const SAMPLE_PERIOD: Duration = Duration::from_secs(10);
-/// The policy runs on its callers' 100 ms drain ticks: a window ends at the tick nearest
-/// [`SAMPLE_ON`], not the first one after it (which would make it a tick longer).
-const TICK_SLACK: Duration = Duration::from_millis(50);
+
+/// The events ring buffer as a tracer that samples merge latency holds it: readable when merges
+/// start after a quiet spell (every other event waits for the next drain).
+pub type EventRing = AsyncFd<RingBuf<MapData>>;
+
+/// Waits until the ring buffer wakes the reader: merges have started.
+pub async fn merges_started(ring: &EventRing) {
+    match ring.readable().await {
+        Ok(mut guard) => guard.clear_ready(),
+        // Not pollable: the drains alone drive the policy.
+        Err(_) => std::future::pending().await,
+    }
+}
+
+/// Waits until `deadline` (forever when there is none).
+pub async fn until(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The time the bracket may still be attached: a token bucket that refills [`SAMPLE_ON`] per
+/// [`SAMPLE_PERIOD`] and holds at most one window, so unused time is not saved up into a
+/// longer or denser run of windows later.
+#[derive(Clone, Copy, Debug)]
+struct Budget {
+    left: Duration,
+    at: Instant,
+}
+
+impl Budget {
+    fn full(now: Instant) -> Self {
+        Self {
+            left: SAMPLE_ON,
+            at: now,
+        }
+    }
+
+    /// Takes a whole window if the budget holds one at `now`.
+    fn take(&mut self, now: Instant) -> bool {
+        let earned = now.saturating_duration_since(self.at).as_nanos() * SAMPLE_ON.as_nanos()
+            / SAMPLE_PERIOD.as_nanos();
+        let earned = Duration::from_nanos(earned.min(u64::MAX as u128) as u64);
+        self.left = (self.left + earned).min(SAMPLE_ON);
+        self.at = now;
+        if self.left < SAMPLE_ON {
+            return false;
+        }
+        self.left = Duration::ZERO;
+        true
+    }
+}
 
 pub struct BracketPolicy {
     mode: LatencyMode,
     /// When the bracket was last attached, while it is.
     armed_at: Option<Instant>,
-    /// The current period began here; its window opens `offset` into it, unless `done`.
-    period_start: Instant,
-    offset: Duration,
-    done: bool,
-    /// Merges seen since the last window closed: a period without any opens no window.
-    merges_seen: u64,
+    budget: Budget,
+    /// Callers that only look in every so often (`top`, `serve`) close a window at the look
+    /// nearest [`SAMPLE_ON`] rather than the first one after it (which would make it longer).
+    slack: Duration,
     /// CLOCK_MONOTONIC ns since which the bracket has been attached.
     since: Option<u64>,
     windows: Vec<(u64, u64)>,
@@ -51,66 +107,66 @@ pub struct BracketPolicy {
 }
 
 impl BracketPolicy {
-    /// Attaches the bracket when `mode` wants it and the probes can provide it: for the whole
-    /// run (`always`, `both`), or the first sampling window (`auto`).
+    /// Attaches the bracket for the whole run when `mode` wants it (`always`, `both`) and the
+    /// probes can provide it; `auto` waits for merges. The caller calls [`Self::update`] when
+    /// merges start (the ring buffer wakes it) and at [`Self::deadline`].
     pub fn start(probes: &mut Probes, mode: LatencyMode) -> Result<Self> {
         let mut policy = Self {
             mode,
             armed_at: None,
-            period_start: Instant::now(),
-            offset: Duration::ZERO,
-            done: true,
-            merges_seen: 0,
+            budget: Budget::full(Instant::now()),
+            slack: Duration::ZERO,
             since: None,
             windows: Vec::new(),
             attach: (0, 0),
             detach: (0, 0),
         };
-        if mode != LatencyMode::Off && probes.bracket_usable {
+        if matches!(mode, LatencyMode::Always | LatencyMode::Both) && probes.bracket_usable {
             policy.arm(probes)?;
         }
         Ok(policy)
     }
 
-    /// The recording window opened at `start_ns`: attached time before it does not count, and
-    /// the first sampling window and period start now.
+    /// For a caller that calls [`Self::update`] only every `every`, not at the deadline.
+    pub fn polled_every(mut self, every: Duration) -> Self {
+        self.slack = every / 2;
+        self
+    }
+
+    /// The recording window opened at `start_ns`: attached time before it does not count.
     pub fn window_opened(&mut self, start_ns: u64) {
         if let Some(since) = self.since.as_mut() {
             *since = start_ns;
             self.armed_at = Some(Instant::now());
-            self.period_start = Instant::now();
         }
     }
 
-    /// Called every drain with the merges seen since the previous call.
-    pub fn update(&mut self, probes: &mut Probes, merges: u64) -> Result<()> {
+    /// When the open sampling window is due to close (None when none is open, or the bracket
+    /// stays attached).
+    pub fn deadline(&self) -> Option<Instant> {
+        (self.mode == LatencyMode::Auto)
+            .then_some(self.armed_at?)
+            .map(|at| at + SAMPLE_ON)
+    }
+
+    /// Called with when the latest merge happened (CLOCK_MONOTONIC ns, 0 before any): when
+    /// merges start, at each drain, and at the deadline. A window opens only while merges are
+    /// still coming, not on the tail of a burst a drain finds after it ended.
+    pub fn update(&mut self, probes: &mut Probes, last_merge_ns: u64) -> Result<()> {
         if self.mode != LatencyMode::Auto || !probes.bracket_usable {
             return Ok(());
         }
         let now = Instant::now();
-        self.merges_seen += merges;
         if let Some(at) = self.armed_at
-            && now.duration_since(at) + TICK_SLACK >= SAMPLE_ON
+            && now.saturating_duration_since(at) + self.slack >= SAMPLE_ON
         {
             self.disarm(probes)?;
         }
-        if now.duration_since(self.period_start) >= SAMPLE_PERIOD {
-            // After a stall of several periods, the next period starts now.
-            self.period_start = match self.period_start.checked_add(SAMPLE_PERIOD) {
-                Some(next) if now.duration_since(next) < SAMPLE_PERIOD => next,
-                _ => now,
-            };
-            self.offset = random_offset();
-            self.done = false;
-        }
-        if !self.done
-            && self.armed_at.is_none()
-            && now.duration_since(self.period_start) + TICK_SLACK >= self.offset
-        {
-            self.done = true;
-            if self.merges_seen > 0 {
-                self.arm(probes)?;
-            }
+        let recent = Duration::from_nanos(MERGE_QUIET_NS).max(self.slack);
+        let merging = last_merge_ns != 0
+            && kernel::monotonic_ns().saturating_sub(last_merge_ns) <= recent.as_nanos() as u64;
+        if self.armed_at.is_none() && merging && self.budget.take(now) {
+            self.arm(probes)?;
         }
         Ok(())
     }
@@ -150,7 +206,6 @@ impl BracketPolicy {
         self.detach.0 += t.elapsed().as_nanos() as u64;
         self.detach.1 += 1;
         self.armed_at = None;
-        self.merges_seen = 0;
         if let Some(since) = self.since.take() {
             self.windows.push((since, kernel::monotonic_ns()));
         }
@@ -158,23 +213,33 @@ impl BracketPolicy {
     }
 }
 
-/// Where in a period its window opens: uniform over the moments that leave room for the
-/// whole window.
-fn random_offset() -> Duration {
-    let room = (SAMPLE_PERIOD - SAMPLE_ON).as_millis() as u64;
-    Duration::from_millis(fastrand::u64(0..=room))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn offsets_leave_room_for_the_window_and_spread_over_the_period() {
-        let offsets: Vec<Duration> = (0..2000).map(|_| random_offset()).collect();
-        assert!(offsets.iter().all(|o| *o + SAMPLE_ON <= SAMPLE_PERIOD));
-        let early = offsets.iter().filter(|o| **o < SAMPLE_PERIOD / 2).count();
-        // Uniform: about half in the first half (binomial sd ≈ 22 of 2000).
-        assert!((850..=1150).contains(&early), "{early} of 2000 early");
+    fn the_budget_gives_one_window_then_one_per_period() {
+        let t0 = Instant::now();
+        let mut budget = Budget::full(t0);
+        assert!(budget.take(t0), "a whole window to start with");
+        assert!(!budget.take(t0 + Duration::from_millis(1)));
+        assert!(!budget.take(t0 + SAMPLE_PERIOD - Duration::from_millis(1)));
+        assert!(budget.take(t0 + SAMPLE_PERIOD));
+        // Asked every 100 ms for a minute: one window per period, none saved up.
+        let mut budget = Budget::full(t0);
+        let taken = (0..600)
+            .filter(|i| budget.take(t0 + Duration::from_millis(100 * i)))
+            .count();
+        assert_eq!(taken, 6);
+    }
+
+    #[test]
+    fn an_idle_stretch_saves_up_no_more_than_one_window() {
+        let t0 = Instant::now();
+        let mut budget = Budget::full(t0);
+        assert!(budget.take(t0));
+        let later = t0 + 100 * SAMPLE_PERIOD;
+        assert!(budget.take(later));
+        assert!(!budget.take(later + Duration::from_millis(100)));
     }
 }

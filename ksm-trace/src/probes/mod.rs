@@ -30,7 +30,7 @@ impl LatencyMode {
         (
             LatencyMode::Auto,
             "auto",
-            "fentry/fexit where allowed; else the mmap_lock bracket, attached while merges happen",
+            "fentry/fexit where allowed; else the mmap_lock bracket, sampled: 100 ms when merges start, at most once in 10 s",
         ),
         (
             LatencyMode::Always,
@@ -488,7 +488,7 @@ impl Probes {
             (_, true, _) => MergeLatencyMechanism::Fexit,
             (mode, false, true) => MergeLatencyMechanism::Bracket {
                 attached: if mode == LatencyMode::Auto {
-                    BracketAttach::Sampled {
+                    BracketAttach::OnMerges {
                         on_ms: bracket::SAMPLE_ON.as_millis() as u32,
                         period_ms: bracket::SAMPLE_PERIOD.as_millis() as u32,
                     }
@@ -578,6 +578,18 @@ impl Probes {
             .take_map(names::EVENTS)
             .ok_or_else(|| anyhow!("map {} missing from the eBPF object", names::EVENTS))?;
         Ok(RingBuf::try_from(map)?)
+    }
+
+    /// [`Self::take_events`], pollable for the wake-up when merges start (inside a tokio
+    /// runtime).
+    pub fn take_event_ring(&mut self) -> Result<bracket::EventRing> {
+        let ring = self.take_events()?;
+        // SAFETY: the ring buffer owns its map's fd, which stays open, the same fd, until the
+        // ring buffer is dropped, and the AsyncFd owns the ring buffer.
+        let ring = unsafe {
+            bracket::EventRing::register_with_interest(ring, tokio::io::Interest::READABLE)
+        };
+        ring.map_err(|e| anyhow!("polling the events ring buffer: {}", e.into_parts().1))
     }
 
     /// Each loaded program's run time (ns) and number of runs, as the kernel accounts them

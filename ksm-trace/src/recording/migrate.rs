@@ -16,10 +16,18 @@ pub fn upgrade(mut value: Value, version: u32) -> Result<Value> {
             3 => v3_to_v4(value)?,
             4 => v4_to_v5(value)?,
             5 => v5_to_v6(value)?,
+            6 => v6_to_v7(value)?,
             _ => return Err(anyhow!("no upgrade from version {from}")),
         };
     }
     Ok(value)
+}
+
+/// Version 7 only added a way to sample merge latency (`BracketAttach::OnMerges`): a version
+/// 6 file is a version 7 file.
+fn v6_to_v7(mut v: Value) -> Result<Value> {
+    object(&mut v, "recording")?.insert("version".into(), json!(7));
+    Ok(v)
 }
 
 /// Version 5 did not time a worker's unmerge calls (there was no `unmerge=F`), nor the

@@ -31,8 +31,9 @@ pub const FORMAT: &str = "ksm-trace-recording";
 /// load (sysbench) measured. 5: who shares KSM pages with whom (`Recording::sharing`).
 /// 6: a procs worker's own timed unmerge calls (`Worker::unmerge`), events from kprobes
 /// (`EventSource::Kprobes`), and the kernel's unmerge calls per process (`Mechanisms::unmerge`,
-/// `MergeStats::unmerge_call_ns`).
-pub const VERSION: u32 = 6;
+/// `MergeStats::unmerge_call_ns`). 7: `--merge-latency auto` opens its windows when merges
+/// start (`BracketAttach::OnMerges`).
+pub const VERSION: u32 = 7;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Recording {
@@ -343,8 +344,8 @@ pub struct EventCounts {
 #[serde(rename_all = "kebab-case")]
 pub enum LatencyMode {
     /// fentry/fexit where allowed; otherwise the mmap_lock bracket, sampled: attached for a
-    /// short window at a random moment of each period in which merges happen (while attached
-    /// it costs ksmd a large share of its scan rate; see `probes::bracket`).
+    /// short window when merges start, on a budget (while attached it costs ksmd a large
+    /// share of its scan rate; see `probes::bracket`).
     #[default]
     Auto,
     /// fentry/fexit where allowed; otherwise the mmap_lock bracket for the whole run.
@@ -484,9 +485,13 @@ pub enum BracketAttach {
     Always,
     /// While merges happened, detached after 2 s without (version 1's `auto`).
     WhileMerging,
-    /// `on_ms` out of every `period_ms` while merges happen (`auto`): the merges of those
-    /// windows are a sample of all merges.
+    /// `on_ms` out of every `period_ms`, at a random moment of each period in which merges
+    /// happened (`auto` before version 7).
     Sampled { on_ms: u32, period_ms: u32 },
+    /// `on_ms` at a time, opened when merges start (woken by the first merge after a quiet
+    /// spell), at most once in any `period_ms` (`auto`): the merges of those windows are a
+    /// sample of all merges, without the first of each burst.
+    OnMerges { on_ms: u32, period_ms: u32 },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -41,6 +41,11 @@ pub fn merge_latency(m: MergeLatencyMechanism) -> String {
                 on_ms as f64 / 1000.0,
                 period_ms as f64 / 1000.0
             ),
+            BracketAttach::OnMerges { on_ms, period_ms } => format!(
+                "{BRACKET}, sampled: attached for {} s when merges start, at most once in {} s, so ksmd keeps its scan rate; the merges timed are a sample, without the first merges of each burst",
+                on_ms as f64 / 1000.0,
+                period_ms as f64 / 1000.0
+            ),
         },
         MergeLatencyMechanism::Unavailable => {
             "unavailable (no fentry/fexit and no mmap_lock tracepoints)".into()
@@ -60,6 +65,11 @@ pub fn merge_latency_short(m: MergeLatencyMechanism) -> String {
             BracketAttach::WhileMerging => "mmap_lock bracket, while merging".into(),
             BracketAttach::Sampled { on_ms, period_ms } => format!(
                 "mmap_lock bracket, sampled {} s of every {} s",
+                on_ms as f64 / 1000.0,
+                period_ms as f64 / 1000.0
+            ),
+            BracketAttach::OnMerges { on_ms, period_ms } => format!(
+                "mmap_lock bracket, {} s when merges start, at most once in {} s",
                 on_ms as f64 / 1000.0,
                 period_ms as f64 / 1000.0
             ),
