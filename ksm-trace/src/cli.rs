@@ -187,7 +187,7 @@ pub struct TopArgs {
     /// Rows printed per refresh with --batch.
     #[arg(long, default_value_t = 20)]
     pub limit: usize,
-    /// How to time merges: auto samples (the bracket 100 ms when merges start, at most once in 10 s), always
+    /// How to time merges: auto samples (the bracket 50 ms when merges start, one window per 5 s), always
     /// times every merge at a cost to ksmd's scan rate.
     #[arg(long, default_value = "auto", value_parser = named(&LatencyMode::ALL))]
     pub merge_latency: LatencyMode,
@@ -207,7 +207,7 @@ pub struct ServeArgs {
     /// `comm="other"` series.
     #[arg(long, default_value_t = 20)]
     pub top: usize,
-    /// How to time merges: auto samples (the bracket 100 ms when merges start, at most once in 10 s), always
+    /// How to time merges: auto samples (the bracket 50 ms when merges start, one window per 5 s), always
     /// times every merge at a cost to ksmd's scan rate.
     #[arg(long, default_value = "auto", value_parser = named(&LatencyMode::ALL))]
     pub merge_latency: LatencyMode,

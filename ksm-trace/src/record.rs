@@ -192,6 +192,8 @@ impl Window {
     /// Runs the merge-latency sampling on the merges drained since the last call.
     fn update_bracket(&mut self) -> Result<()> {
         let opened = self.bracket.windows_opened();
+        // Whether the window that closes now saw merges decides where the next one opens.
+        self.collector.drain(self.ring.get_mut());
         let last_merge = self.collector.last_merge_ns();
         self.bracket.update(&mut self.probes, last_merge)?;
         if self.bracket.windows_opened() != opened {

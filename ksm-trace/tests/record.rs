@@ -549,12 +549,12 @@ fn lost_events_are_counted_and_mark_the_report_incomplete() {
 }
 
 /// `--merge-latency auto` on a workload that keeps merging (in bursts: each worker rewrites
-/// its pages every second): the bracket is attached 100 ms when merges start, at most once in
-/// any 10 s (so ksmd keeps its scan rate, and a burst is not missed for opening at the wrong
-/// moment), the report says what share of the merges that timed, keeps each window's timed
-/// merges, and gives no interval for all merges' percentiles from so few windows.
+/// its pages every second, and ksmd, never sleeping, re-merges them over tens of ms): the bracket is attached 50 ms when merges start, on a budget of
+/// one window per 5 s (so ksmd keeps its scan rate, and a burst is not missed for opening at
+/// the wrong moment); the report says what share of the merges that timed, and keeps each
+/// window's timed merges.
 #[test]
-fn auto_samples_merge_latency_100ms_when_merges_start_once_in_10s() {
+fn auto_samples_merge_latency_when_merges_start_on_a_budget() {
     let Some(session) = KsmSession::try_start("sampled") else {
         return;
     };
@@ -562,18 +562,18 @@ fn auto_samples_merge_latency_100ms_when_merges_start_once_in_10s() {
         &session,
         &[
             "--workload",
-            "procs:2,pages=3000,write=0.05",
+            "procs:3,pages=12000,dup=0.67,write=0.02",
             "--pages-to-scan",
-            "1000",
+            "5000",
             "--sleep-ms",
-            "10",
+            "0",
             "--duration",
             "32s",
         ],
     );
     assert_eq!(
         rep["mechanisms"]["merge_latency"]["attached"],
-        serde_json::json!({"kind": "on-merges", "on_ms": 100, "period_ms": 10000})
+        serde_json::json!({"kind": "on-merges", "on_ms": 50, "period_ms": 5000})
     );
     let windows: Vec<(u64, u64)> = rec["latency"]["bracket_windows"]
         .as_array()
@@ -581,23 +581,23 @@ fn auto_samples_merge_latency_100ms_when_merges_start_once_in_10s() {
         .iter()
         .map(|w| (w[0].as_u64().unwrap(), w[1].as_u64().unwrap()))
         .collect();
-    // The first when the workload's first merges come, then one every 10 s or a little more
-    // (at the next burst after the budget has refilled).
-    assert!(windows.len() >= 3, "{windows:?}");
-    // 100 ms, closed by a timer (the attach and detach calls take a few ms); the last one may
+    // One when the workload's first merges come, then one each time the budget has earned
+    // one (5 s) and merges are coming: 7 in 32 s, give or take one.
+    assert!((6..=8).contains(&windows.len()), "{windows:?}");
+    // 50 ms, closed by a timer (the attach and detach calls take a few ms); the last one may
     // be cut short by the end of the recording.
     let (last, closed) = windows.split_last().unwrap();
-    assert!(last.1 - last.0 <= 150_000_000, "{windows:?}");
+    assert!(last.1 - last.0 <= 80_000_000, "{windows:?}");
     for (start, end) in closed {
         assert!(
-            (90_000_000..=150_000_000).contains(&(end - start)),
+            (45_000_000..=80_000_000).contains(&(end - start)),
             "{windows:?}"
         );
     }
     for pair in windows.windows(2) {
         assert!(
-            pair[1].0 - pair[0].0 >= 9_900_000_000,
-            "at most one window in 10 s: {windows:?}"
+            pair[1].0 - pair[0].0 >= 1_000_000_000,
+            "windows at least 1 s apart: {windows:?}"
         );
     }
     let lat = &rep["merge_latency"];
@@ -629,22 +629,18 @@ fn auto_samples_merge_latency_100ms_when_merges_start_once_in_10s() {
         lat["timed_windows"].as_u64().unwrap(),
         per_window.len() as u64
     );
-    // Opened when merges start, a window times some of them: all but perhaps the last (cut
-    // short by the end of the recording).
+    // Opened when merges start, windows time some of them: the first (the workload's first
+    // merges) and later ones. (How many depends on how soon the bracket is attached after a
+    // burst starts; a window that saw no merge makes the next one open at a random moment.
+    // `bench overhead` measures the share on a release build.)
     assert!(
-        per_window.len() <= windows.len() && per_window.len() + 1 >= windows.len(),
+        per_window.len() >= 2 && per_window.len() <= windows.len(),
         "{per_window:?} {windows:?}"
-    );
-    // At most 4 windows in 32 s: too few for an interval, and the report says why rather than
-    // give one from the pooled merges as if they were independent.
-    assert!(
-        lat["p50_ci_ns"].is_null() && lat["p99_ci_ns"].is_null(),
-        "{lat}"
     );
     let text = ksm_trace(&["report", session.path("rec.json").to_str().unwrap()]);
     assert!(
-        String::from_utf8_lossy(&text.stdout).contains("too few for an interval"),
-        "the report says the latency is a sample, and why it gives no interval"
+        String::from_utf8_lossy(&text.stdout).contains("a sample: "),
+        "the report says the latency is a sample"
     );
     session.assert_knobs_restored();
 }

@@ -853,7 +853,7 @@ fn render(b: &OverheadBench, scenarios: &[Figures]) -> String {
                 ratio_text(&s.between),
                 ratio_text(&s.armed),
                 if switches.is_empty() {
-                    "(not measured: no default window)".to_owned()
+                    "(not measured: the default's windows opened no sampling window)".to_owned()
                 } else {
                     format!("{:.0} µs", mean(&switches) / 1e3)
                 },

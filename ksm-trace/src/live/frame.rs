@@ -44,7 +44,7 @@ pub struct SystemFigures {
     pub lost_events: u64,
     /// Per-process COW breaks are traced (fentry on do_wp_page); else only cow_ksm.
     pub cow_traced: bool,
-    /// How merge latency is measured, in words (e.g. 0.1 s when merges start, at most once in 10 s).
+    /// How merge latency is measured, in words (e.g. 0.05 s when merges start, one per 5 s).
     pub latency_mechanism: String,
 }
 

@@ -1,7 +1,7 @@
 //! Live tracing for `top` and `serve`: the probes and collector of `record`, but no window to
 //! close, no knob changed, ksmd neither started nor paused, nothing written. Merge latency is
-//! sampled as `--merge-latency auto` samples it (the mmap_lock bracket 100 ms at most once in
-//! 10 s, while merges happen) unless `--merge-latency` says otherwise, so watching a host for
+//! sampled as `--merge-latency auto` samples it (the mmap_lock bracket 50 ms when merges start, one
+//! window per 5 s) unless `--merge-latency` says otherwise, so watching a host for
 //! days costs ksmd what `record`'s default costs. Live views drain on their own timer, so a
 //! window opens at the drain after merges start: a burst shorter than a drain can be missed.
 //! Processes that exit are forgotten, so memory stays bounded by the processes alive.

@@ -2,10 +2,11 @@
 //! page, > 99.8 % of them on pages that do not merge) and each hit costs about the same
 //! filtered or not, so while attached it costs ksmd about a third of its scan rate; the only
 //! lever is how long it is attached. `--merge-latency auto` therefore samples, on a budget:
-//! a window attaches the bracket for [`SAMPLE_ON`], at most one window in any
-//! [`SAMPLE_PERIOD`] (1 % of the time), and a window opens when merges are happening and the
-//! budget holds a whole window. The bracket then costs ksmd about 0.3 % of its scan rate
-//! (`bench overhead` measures it), and the merges of those windows are the latency sample.
+//! a window attaches the bracket for [`SAMPLE_ON`]; the budget earns one window per
+//! [`SAMPLE_PERIOD`] (1 % of the time) and can save up a few while nothing merges; a window
+//! opens when merges are happening and the budget holds one (see [`Budget`]). While merges
+//! keep coming the bracket then costs ksmd about 0.3 % of its scan rate (`bench overhead`
+//! measures it), and the merges of those windows are the latency sample.
 //!
 //! Why open on merges rather than at random moments: merges come in bursts (a workload
 //! rewrites its pages every second, a guest's allocator frees a batch), and the bracket costs
@@ -31,10 +32,14 @@ use super::{LatencyMode, Probes};
 use crate::kernel;
 
 /// How long each sampling window attaches the bracket.
-pub const SAMPLE_ON: Duration = Duration::from_millis(100);
-/// At most one sampling window in any period of this length: the budget refills one window's
-/// worth in it.
-pub const SAMPLE_PERIOD: Duration = Duration::from_secs(10);
+pub const SAMPLE_ON: Duration = Duration::from_millis(50);
+/// The budget earns one window in each period of this length (1 % of the time).
+pub const SAMPLE_PERIOD: Duration = Duration::from_secs(5);
+/// Windows the budget can save up while no merges happen, to spend on a long burst when it
+/// comes (a guest's first merges run for seconds).
+const BANK: u32 = 5;
+/// Saved-up windows are spread over a burst, not spent back to back.
+const MIN_GAP: Duration = Duration::from_secs(1);
 
 /// The events ring buffer as a tracer that samples merge latency holds it: readable when merges
 /// start after a quiet spell (every other event waits for the next drain).
@@ -57,20 +62,36 @@ pub async fn until(deadline: Option<Instant>) {
     }
 }
 
-/// The time the bracket may still be attached: a token bucket that refills [`SAMPLE_ON`] per
-/// [`SAMPLE_PERIOD`] and holds at most one window, so unused time is not saved up into a
-/// longer or denser run of windows later.
+/// The time the bracket may still be attached: a token bucket that earns [`SAMPLE_ON`] per
+/// [`SAMPLE_PERIOD`], starts with one window and holds at most [`BANK`], and opens windows at
+/// least [`MIN_GAP`] apart. While merges keep coming it spends what it earns (1 % of the
+/// time); after a quiet spell a burst gets up to [`BANK`] windows spread over it.
 #[derive(Clone, Copy, Debug)]
 struct Budget {
     left: Duration,
     at: Instant,
+    last_window: Option<Instant>,
 }
 
 impl Budget {
-    fn full(now: Instant) -> Self {
+    fn new(now: Instant) -> Self {
         Self {
             left: SAMPLE_ON,
             at: now,
+            last_window: None,
+        }
+    }
+
+    /// When the budget will hold a whole window and the gap since the last one has passed.
+    fn ready_at(&self) -> Instant {
+        let missing = SAMPLE_ON.saturating_sub(self.left);
+        let earned_by = self.at
+            + Duration::from_nanos(
+                (missing.as_nanos() * SAMPLE_PERIOD.as_nanos() / SAMPLE_ON.as_nanos()) as u64,
+            );
+        match self.last_window {
+            Some(last) => earned_by.max(last + MIN_GAP),
+            None => earned_by,
         }
     }
 
@@ -79,12 +100,16 @@ impl Budget {
         let earned = now.saturating_duration_since(self.at).as_nanos() * SAMPLE_ON.as_nanos()
             / SAMPLE_PERIOD.as_nanos();
         let earned = Duration::from_nanos(earned.min(u64::MAX as u128) as u64);
-        self.left = (self.left + earned).min(SAMPLE_ON);
+        self.left = (self.left + earned).min(SAMPLE_ON * BANK);
         self.at = now;
-        if self.left < SAMPLE_ON {
+        let spaced = self
+            .last_window
+            .is_none_or(|last| now.saturating_duration_since(last) >= MIN_GAP);
+        if self.left < SAMPLE_ON || !spaced {
             return false;
         }
-        self.left = Duration::ZERO;
+        self.left -= SAMPLE_ON;
+        self.last_window = Some(now);
         true
     }
 }
@@ -99,6 +124,9 @@ pub struct BracketPolicy {
     slack: Duration,
     /// CLOCK_MONOTONIC ns since which the bracket has been attached.
     since: Option<u64>,
+    /// The last window saw no merge (the burst was over before the bracket was attached):
+    /// the next one opens at this random moment instead of when merges start.
+    random_at: Option<Instant>,
     windows: Vec<(u64, u64)>,
     /// Time spent in attach and in detach calls (ns, calls): what each sampling window costs
     /// the tracer itself (the kernel patches the tracepoints' call sites each time).
@@ -114,9 +142,10 @@ impl BracketPolicy {
         let mut policy = Self {
             mode,
             armed_at: None,
-            budget: Budget::full(Instant::now()),
+            budget: Budget::new(Instant::now()),
             slack: Duration::ZERO,
             since: None,
+            random_at: None,
             windows: Vec::new(),
             attach: (0, 0),
             detach: (0, 0),
@@ -141,17 +170,25 @@ impl BracketPolicy {
         }
     }
 
-    /// When the open sampling window is due to close (None when none is open, or the bracket
-    /// stays attached).
+    /// When the policy next needs an [`Self::update`] that no merge will bring: the open
+    /// window's close, or a random window's opening (None: none due).
     pub fn deadline(&self) -> Option<Instant> {
-        (self.mode == LatencyMode::Auto)
-            .then_some(self.armed_at?)
-            .map(|at| at + SAMPLE_ON)
+        if self.mode != LatencyMode::Auto {
+            return None;
+        }
+        match self.armed_at {
+            Some(at) => Some(at + SAMPLE_ON),
+            None => self.random_at,
+        }
     }
 
     /// Called with when the latest merge happened (CLOCK_MONOTONIC ns, 0 before any): when
-    /// merges start, at each drain, and at the deadline. A window opens only while merges are
-    /// still coming, not on the tail of a burst a drain finds after it ended.
+    /// merges start, at each drain, and at the deadline. A window opens while merges are
+    /// still coming, not on the tail of a burst a drain finds after it ended. A window that
+    /// saw no merge came too late for bursts shorter than the time it takes to attach (a
+    /// workload whose merges fit in one ksmd batch of a few ms): the next window opens at a
+    /// random moment of the next period instead, as likely to land on such a burst as the
+    /// burst is long, until a window sees merges again.
     pub fn update(&mut self, probes: &mut Probes, last_merge_ns: u64) -> Result<()> {
         if self.mode != LatencyMode::Auto || !probes.bracket_usable {
             return Ok(());
@@ -160,13 +197,33 @@ impl BracketPolicy {
         if let Some(at) = self.armed_at
             && now.saturating_duration_since(at) + self.slack >= SAMPLE_ON
         {
+            let saw_merges = self.since.is_some_and(|since| last_merge_ns >= since);
             self.disarm(probes)?;
+            // Random from when the next window is earned, so it does not keep a fixed phase
+            // to the last one (a workload's bursts are often periodic).
+            self.random_at = (!saw_merges).then(|| self.budget.ready_at() + random_offset());
         }
-        let recent = Duration::from_nanos(MERGE_QUIET_NS).max(self.slack);
-        let merging = last_merge_ns != 0
-            && kernel::monotonic_ns().saturating_sub(last_merge_ns) <= recent.as_nanos() as u64;
-        if self.armed_at.is_none() && merging && self.budget.take(now) {
+        if self.armed_at.is_some() {
+            return Ok(());
+        }
+        let due = match self.random_at {
+            Some(at) => now + self.slack >= at,
+            None => {
+                let recent = Duration::from_nanos(MERGE_QUIET_NS).max(self.slack);
+                last_merge_ns != 0
+                    && kernel::monotonic_ns().saturating_sub(last_merge_ns)
+                        <= recent.as_nanos() as u64
+            }
+        };
+        if !due {
+            return Ok(());
+        }
+        if self.budget.take(now) {
+            self.random_at = None;
             self.arm(probes)?;
+        } else if self.random_at.is_some() {
+            // Due but not yet earned (windows saved up were spent meanwhile): draw again.
+            self.random_at = Some(self.budget.ready_at().max(now) + random_offset());
         }
         Ok(())
     }
@@ -213,33 +270,49 @@ impl BracketPolicy {
     }
 }
 
+/// How far into the next period a random window opens: uniform over it.
+fn random_offset() -> Duration {
+    Duration::from_nanos(fastrand::u64(0..SAMPLE_PERIOD.as_nanos() as u64))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn the_budget_gives_one_window_then_one_per_period() {
-        let t0 = Instant::now();
-        let mut budget = Budget::full(t0);
-        assert!(budget.take(t0), "a whole window to start with");
-        assert!(!budget.take(t0 + Duration::from_millis(1)));
-        assert!(!budget.take(t0 + SAMPLE_PERIOD - Duration::from_millis(1)));
-        assert!(budget.take(t0 + SAMPLE_PERIOD));
-        // Asked every 100 ms for a minute: one window per period, none saved up.
-        let mut budget = Budget::full(t0);
-        let taken = (0..600)
-            .filter(|i| budget.take(t0 + Duration::from_millis(100 * i)))
-            .count();
-        assert_eq!(taken, 6);
+    /// Asks every 100 ms from `from` for `secs` seconds; the moments windows were given.
+    fn asked(budget: &mut Budget, from: Instant, secs: u64) -> Vec<Duration> {
+        (0..secs * 10)
+            .map(|i| from + Duration::from_millis(100 * i))
+            .filter(|&t| budget.take(t))
+            .map(|t| t - from)
+            .collect()
     }
 
     #[test]
-    fn an_idle_stretch_saves_up_no_more_than_one_window() {
+    fn merging_all_the_time_gets_one_window_per_period() {
         let t0 = Instant::now();
-        let mut budget = Budget::full(t0);
+        let mut budget = Budget::new(t0);
+        let given = asked(&mut budget, t0, 60);
+        let periods: Vec<Duration> = (0..12).map(|i| SAMPLE_PERIOD * i).collect();
+        assert_eq!(
+            given, periods,
+            "one at the start, then one each time one is earned"
+        );
+    }
+
+    #[test]
+    fn a_quiet_spell_saves_up_windows_for_the_next_burst_spread_apart() {
+        let t0 = Instant::now();
+        let mut budget = Budget::new(t0);
         assert!(budget.take(t0));
-        let later = t0 + 100 * SAMPLE_PERIOD;
-        assert!(budget.take(later));
-        assert!(!budget.take(later + Duration::from_millis(100)));
+        // Idle long enough to earn far more than the bank holds.
+        let burst = t0 + SAMPLE_PERIOD * 100;
+        let given = asked(&mut budget, burst, (MIN_GAP * BANK).as_secs());
+        let expect: Vec<Duration> = (0..BANK).map(|i| MIN_GAP * i).collect();
+        assert_eq!(given, expect, "the whole bank, a gap apart");
+        assert_eq!(budget.ready_at(), burst + SAMPLE_PERIOD);
+        // Spent: the next one only once earned, a period after the burst began.
+        assert!(!budget.take(burst + SAMPLE_PERIOD - Duration::from_millis(1)));
+        assert!(budget.take(burst + SAMPLE_PERIOD));
     }
 }

@@ -30,7 +30,7 @@ impl LatencyMode {
         (
             LatencyMode::Auto,
             "auto",
-            "fentry/fexit where allowed; else the mmap_lock bracket, sampled: 100 ms when merges start, at most once in 10 s",
+            "fentry/fexit where allowed; else the mmap_lock bracket, sampled: 50 ms when merges start, one window per 5 s",
         ),
         (
             LatencyMode::Always,

@@ -489,8 +489,9 @@ pub enum BracketAttach {
     /// happened (`auto` before version 7).
     Sampled { on_ms: u32, period_ms: u32 },
     /// `on_ms` at a time, opened when merges start (woken by the first merge after a quiet
-    /// spell), at most once in any `period_ms` (`auto`): the merges of those windows are a
-    /// sample of all merges, without the first of each burst.
+    /// spell), on a budget that earns one window per `period_ms` and saves up a few while
+    /// nothing merges (`auto`): the merges of those windows are a sample of all merges,
+    /// without the first of each burst.
     OnMerges { on_ms: u32, period_ms: u32 },
 }
 

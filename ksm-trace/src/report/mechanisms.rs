@@ -42,7 +42,7 @@ pub fn merge_latency(m: MergeLatencyMechanism) -> String {
                 period_ms as f64 / 1000.0
             ),
             BracketAttach::OnMerges { on_ms, period_ms } => format!(
-                "{BRACKET}, sampled: attached for {} s when merges start, at most once in {} s, so ksmd keeps its scan rate; the merges timed are a sample, without the first merges of each burst",
+                "{BRACKET}, sampled: attached for {} s when merges start, on a budget of one window per {} s (a few saved up while nothing merges), so ksmd keeps its scan rate; the merges timed are a sample, without the first merges of each burst",
                 on_ms as f64 / 1000.0,
                 period_ms as f64 / 1000.0
             ),
@@ -69,7 +69,7 @@ pub fn merge_latency_short(m: MergeLatencyMechanism) -> String {
                 period_ms as f64 / 1000.0
             ),
             BracketAttach::OnMerges { on_ms, period_ms } => format!(
-                "mmap_lock bracket, {} s when merges start, at most once in {} s",
+                "mmap_lock bracket, {} s when merges start, one per {} s",
                 on_ms as f64 / 1000.0,
                 period_ms as f64 / 1000.0
             ),
