@@ -549,10 +549,10 @@ fn lost_events_are_counted_and_mark_the_report_incomplete() {
 }
 
 /// `--merge-latency auto` on a workload that keeps merging (in bursts: each worker rewrites
-/// its pages every second, and ksmd, never sleeping, re-merges them over tens of ms): the bracket is attached 50 ms when merges start, on a budget of
-/// one window per 5 s (so ksmd keeps its scan rate, and a burst is not missed for opening at
-/// the wrong moment); the report says what share of the merges that timed, and keeps each
-/// window's timed merges.
+/// its pages every second, and ksmd, never sleeping, re-merges them over tens of ms): the
+/// bracket is attached 50 ms when merges start, on a budget of one window per 5 s (so ksmd
+/// keeps its scan rate, and a burst is not missed for opening at the wrong moment); the report
+/// says what share of the merges that timed, and keeps each window's timed merges.
 #[test]
 fn auto_samples_merge_latency_when_merges_start_on_a_budget() {
     let Some(session) = KsmSession::try_start("sampled") else {
