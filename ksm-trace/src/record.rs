@@ -218,10 +218,7 @@ impl Window {
         let mut settled_at: Option<u64> = None;
         let ended_by = loop {
             tokio::select! {
-                () = bracket::merges_started(&self.ring) => {
-                    self.collector.drain(self.ring.get_mut());
-                    self.update_bracket()?;
-                }
+                () = bracket::merges_started(&self.ring) => self.update_bracket()?,
                 () = bracket::until(self.bracket.deadline()) => self.update_bracket()?,
                 _ = tick.tick() => {
                     self.collector.drain(self.ring.get_mut());

@@ -585,9 +585,15 @@ fn auto_samples_merge_latency_when_merges_start_on_a_budget() {
     // one (5 s) and merges are coming: 7 in 32 s, give or take one.
     assert!((6..=8).contains(&windows.len()), "{windows:?}");
     // 50 ms, closed by a timer (the attach and detach calls take a few ms); the last one may
-    // be cut short by the end of the recording.
+    // be cut short by the end of the recording. The first opens on the workload's first
+    // ~10 000 merges, whose drain (slow in a debug build) can hold its close back by tens of ms.
     let (last, closed) = windows.split_last().unwrap();
     assert!(last.1 - last.0 <= 80_000_000, "{windows:?}");
+    let (first, closed) = closed.split_first().unwrap();
+    assert!(
+        (45_000_000..=150_000_000).contains(&(first.1 - first.0)),
+        "{windows:?}"
+    );
     for (start, end) in closed {
         assert!(
             (45_000_000..=80_000_000).contains(&(end - start)),
