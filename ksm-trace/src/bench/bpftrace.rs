@@ -155,8 +155,26 @@ impl Running {
             crate::child::send(pid, nix::sys::signal::Signal::SIGINT);
         }
         let mut output = String::new();
+        // bpftrace was seen missing a SIGINT now and then (still in epoll 30 s later, on a busy
+        // two-core machine): ask again every few seconds, as a user would press Ctrl-C again.
         let exited = tokio::time::timeout(Duration::from_secs(30), async {
-            self.stdout.read_to_string(&mut output).await?;
+            let mut again = tokio::time::interval(Duration::from_secs(5));
+            again.tick().await;
+            let read = self.stdout.read_to_string(&mut output);
+            tokio::pin!(read);
+            loop {
+                tokio::select! {
+                    done = &mut read => {
+                        done?;
+                        break;
+                    }
+                    _ = again.tick() => {
+                        if let Some(pid) = pid {
+                            crate::child::send(pid, nix::sys::signal::Signal::SIGINT);
+                        }
+                    }
+                }
+            }
             self.child.wait().await
         })
         .await;
