@@ -22,7 +22,7 @@ use crate::{
         bracket::{self, BracketPolicy, EventRing},
     },
     recording::{
-        self, EventCounts, LatencyCoverage, Meta, ProcessRecord, Recording, ScanRecord,
+        self, BurstHead, EventCounts, LatencyCoverage, Meta, ProcessRecord, Recording, ScanRecord,
         WorkloadKind, WorkloadRecord,
         schema::{Sample, SharingRecord, Worker},
     },
@@ -189,13 +189,13 @@ impl Window {
         })
     }
 
-    /// Runs the merge-latency sampling on the merges drained since the last call.
+    /// Drains the events, then runs the merge-latency sampling on the merges they bring.
     fn update_bracket(&mut self) -> Result<()> {
         let opened = self.bracket.windows_opened();
         // Whether the window that closes now saw merges decides where the next one opens.
         self.collector.drain(self.ring.get_mut());
-        let last_merge = self.collector.last_merge_ns();
-        self.bracket.update(&mut self.probes, last_merge)?;
+        let merges = self.collector.merge_clock();
+        self.bracket.update(&mut self.probes, merges)?;
         if self.bracket.windows_opened() != opened {
             self.collector.merges.next_latency_window();
         }
@@ -218,10 +218,9 @@ impl Window {
         let mut settled_at: Option<u64> = None;
         let ended_by = loop {
             tokio::select! {
-                () = bracket::merges_started(&self.ring) => self.update_bracket()?,
-                () = bracket::until(self.bracket.deadline()) => self.update_bracket()?,
+                () = bracket::wake(Some(&self.ring), self.bracket.deadline()) => self.update_bracket()?,
                 _ = tick.tick() => {
-                    self.collector.drain(self.ring.get_mut());
+                    self.update_bracket()?;
                     if self.sampler.due() {
                         let mergers = self.collector.merges.by_pid.keys().filter(|&&p| p != 0);
                         self.pids.extend(mergers);
@@ -238,7 +237,6 @@ impl Window {
                     if settled_at.is_some_and(|at| scans >= at + opts.settle_margin) {
                         break "settled";
                     }
-                    self.update_bracket()?;
                     if progress && last_progress.elapsed() >= Duration::from_secs(1) {
                         last_progress = Instant::now();
                         let line = progress_line.line(Some(self.collector.merged_total()));
@@ -308,6 +306,7 @@ impl Window {
             Default::default()
         });
         let mechanisms = self.probes.mechanisms.clone();
+        let burst_head_ns = self.bracket.burst_head_ns();
         let bracket_windows = self.bracket.finish(end_ns);
         drop(self.ring);
         drop(self.probes);
@@ -361,6 +360,7 @@ impl Window {
             profile,
             mechanisms,
             bracket_windows,
+            burst_head_ns,
         })
     }
 }
@@ -407,6 +407,7 @@ struct Closed {
     profile: crate::recording::schema::Profile,
     mechanisms: crate::recording::schema::Mechanisms,
     bracket_windows: Vec<(u64, u64)>,
+    burst_head_ns: Option<u64>,
 }
 
 impl Closed {
@@ -441,6 +442,15 @@ impl Closed {
             })
             .filter(|h| !h.is_empty())
             .collect();
+        let burst_head = self.burst_head_ns.map(|ns| BurstHead {
+            ns,
+            merges: merges
+                .burst_age_ns
+                .iter()
+                .filter(|(pid, _)| pids.contains(*pid))
+                .map(|(_, ages)| ages.count_at_most(ns))
+                .sum(),
+        });
         let processes = pids
             .iter()
             .map(|&pid| {
@@ -543,6 +553,7 @@ impl Closed {
                 mode: opts.probes.latency,
                 bracket_windows: self.bracket_windows,
                 window_histograms,
+                burst_head,
             },
         }
     }

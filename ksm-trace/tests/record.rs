@@ -643,10 +643,28 @@ fn auto_samples_merge_latency_when_merges_start_on_a_budget() {
         per_window.len() >= 2 && per_window.len() <= windows.len(),
         "{per_window:?} {windows:?}"
     );
-    let text = ksm_trace(&["report", session.path("rec.json").to_str().unwrap()]);
+    // Windows that open on a burst come a little into it: how far, and how many merges came
+    // before, is recorded, and the report's intervals are for the other merges.
+    let head = &rec["latency"]["burst_head"];
+    let head_ns = head["ns"].as_u64().unwrap();
+    assert!(head_ns > 0 && head_ns < 1_000_000_000, "{head}");
+    let head_merges = head["merges"].as_u64().unwrap();
+    assert!(head_merges > 0 && head_merges <= timed + untimed, "{head}");
+    assert_eq!(lat["burst_head_ns"].as_u64(), Some(head_ns));
+    let share = lat["burst_head_percent"].as_f64().unwrap();
     assert!(
-        String::from_utf8_lossy(&text.stdout).contains("a sample: "),
+        (share - 100.0 * head_merges as f64 / (timed + untimed) as f64).abs() < 1e-6,
+        "{lat}"
+    );
+    let text = ksm_trace(&["report", session.path("rec.json").to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("a sample: "),
         "the report says the latency is a sample"
+    );
+    assert!(
+        text.contains("are left out of the sample") && text.contains("the other merges'"),
+        "the report says what the sample leaves out: {text}"
     );
     session.assert_knobs_restored();
 }

@@ -164,8 +164,12 @@ struct Figures {
     accounted: Vec<(&'static str, f64)>,
     /// The sampled default's timed merges, per window (its sampling windows' clusters).
     sampled_windows: Vec<Histogram>,
-    /// Merge latencies timed by `always`.
-    always_latency: Histogram,
+    /// Merge latencies timed by `always`, with each merge's age in its burst (ns).
+    always_latency: Vec<(u64, u64)>,
+    /// How far into its burst each of the default's windows opened on merges came (the
+    /// median per tracer window, ns), and its merges' ages in their bursts.
+    head_lags: Vec<u64>,
+    sampled_ages: Histogram,
     /// Merges in the sampled default's windows, timed or not.
     sampled_merges: u64,
     /// The sampled default's attach and detach calls: mean ns of each, per window.
@@ -264,7 +268,9 @@ async fn run_scenario(
         program_stats: BTreeMap::new(),
         accounted: Vec::new(),
         sampled_windows: Vec::new(),
-        always_latency: Histogram::new(),
+        always_latency: Vec::new(),
+        head_lags: Vec::new(),
+        sampled_ages: Histogram::new(),
         switch_ns: Vec::new(),
         between: Vec::new(),
         armed: Vec::new(),
@@ -300,8 +306,14 @@ async fn run_scenario(
                             if let (Some(on), Some(off)) = policy.switch_ns() {
                                 s.switch_ns.push((on, off));
                             }
+                            s.head_lags.extend(policy.burst_head_ns());
+                            for ages in w.collector.merges.burst_age_ns.values() {
+                                s.sampled_ages.add(ages);
+                            }
                         }
-                        LatencyMode::Always => s.always_latency.add(&timed),
+                        LatencyMode::Always => s
+                            .always_latency
+                            .extend_from_slice(&w.collector.merges.aged_latencies),
                         _ => {}
                     }
                     w
@@ -485,6 +497,9 @@ async fn window(
         None => None,
     };
     let mut collector = Collector::default();
+    // Kept for holding the sampled default against `always` (merges' ages in their bursts).
+    collector.merges.keep_latency_windows = true;
+    collector.merges.keep_aged_latencies = true;
     let start = sysfs::read_i64("pages_scanned")?;
     let cpu_start = crate::kernel::cpu_time_ns(ksmd)?;
     let ops = other.ops();
@@ -495,23 +510,16 @@ async fn window(
     loop {
         // As `record` drives the bracket: when merges start, at each drain, at the deadline.
         let deadline = probes.as_ref().and_then(|(_, policy)| policy.deadline());
-        let woken = async {
-            match ring.as_ref() {
-                Some(ring) => bracket::merges_started(ring).await,
-                None => std::future::pending().await,
-            }
-        };
         tokio::select! {
             () = &mut end => break,
-            () = woken => {}
-            () = bracket::until(deadline) => {}
+            () = bracket::wake(ring.as_ref(), deadline) => {}
             _ = tick.tick() => {}
         }
         if let Some(ring) = ring.as_mut() {
             collector.drain(ring.get_mut());
         }
         if let Some((p, policy)) = probes.as_mut() {
-            policy.update(p, collector.last_merge_ns())?;
+            policy.update(p, collector.merge_clock())?;
         }
     }
     let secs = t0.elapsed().as_secs_f64();
@@ -527,6 +535,68 @@ async fn window(
         ksmd_cpu_ns,
         collector,
     })
+}
+
+/// The sampled default's merge latency held against `always` on the same workload. The
+/// sample's intervals are for the merges after a burst's head (the windows open a little into
+/// each burst), so `always`'s merges are split at the same age and its others are compared.
+fn latency_accuracy(s: &Figures, sampled: &Histogram, always: &Histogram) -> String {
+    let (a, b) = (sampled.summary(), always.summary());
+    let mut line = format!(
+        "  merge latency, sampled default vs always on the same workload: p50 {} vs {} ns, p99 {} vs {} ns (the default timed {} of the {} merges in its windows, {:.1} %; always timed {})",
+        a.p50,
+        b.p50,
+        a.p99,
+        b.p99,
+        a.count,
+        s.sampled_merges,
+        100.0 * a.count as f64 / s.sampled_merges.max(1) as f64,
+        b.count,
+    );
+    let mut lags = s.head_lags.clone();
+    lags.sort_unstable();
+    let (target, whose) = match lags.get(lags.len() / 2) {
+        Some(&head) => {
+            let mut rest = Histogram::new();
+            for &(_, ns) in s.always_latency.iter().filter(|(age, _)| *age > head) {
+                rest.record(ns);
+            }
+            let early = b.count - rest.count();
+            let r = rest.summary();
+            line += &format!(
+                "\n    the default's windows opened {head} ns into a burst (median): {:.1} % of its merges and {:.1} % of always's came that early in their burst, outside the sample; always without them: p50 {} ns, p99 {} ns",
+                100.0 * s.sampled_ages.count_at_most(head) as f64
+                    / s.sampled_ages.count().max(1) as f64,
+                100.0 * early as f64 / b.count.max(1) as f64,
+                r.p50,
+                r.p99
+            );
+            (r, "always's merges after a burst's head")
+        }
+        None => {
+            line += "\n    no window opened on a burst's first merges";
+            (b, "always's")
+        }
+    };
+    if let Some([p50, p99]) = clustered_percentile_cis(&s.sampled_windows, [50.0, 99.0]) {
+        let inside = |v: u64, (lo, hi): (u64, u64)| {
+            if (lo..=hi).contains(&v) {
+                "inside"
+            } else {
+                "outside"
+            }
+        };
+        line += &format!(
+            "\n    the sample's 95 % intervals (bootstrap over its windows): p50 {}–{} ns, p99 {}–{} ns: {whose} p50 {}, p99 {}",
+            p50.0,
+            p50.1,
+            p99.0,
+            p99.1,
+            inside(target.p50, p50),
+            inside(target.p99, p99)
+        );
+    }
+    line
 }
 
 fn merge_latencies(c: &Collector) -> Histogram {
@@ -910,7 +980,13 @@ fn render(b: &OverheadBench, scenarios: &[Figures]) -> String {
                 all.add(w);
                 all
             });
-        let always = &s.always_latency;
+        let always = s
+            .always_latency
+            .iter()
+            .fold(Histogram::new(), |mut all, &(_, ns)| {
+                all.record(ns);
+                all
+            });
         if sampled.is_empty() && !always.is_empty() {
             let _ = writeln!(
                 o,
@@ -921,23 +997,7 @@ fn render(b: &OverheadBench, scenarios: &[Figures]) -> String {
             );
         }
         if !sampled.is_empty() && !always.is_empty() {
-            let (a, b) = (sampled.summary(), always.summary());
-            let cis = clustered_percentile_cis(&s.sampled_windows, [50.0, 99.0]);
-            let ci = |i: usize| cis.map_or("-".to_owned(), |c| format!("{}–{}", c[i].0, c[i].1));
-            let _ = writeln!(
-                o,
-                "  merge latency, sampled default vs always on the same workload: p50 {} vs {} ns, p99 {} vs {} ns; the sample's 95 % intervals (bootstrap over its windows): p50 {} ns, p99 {} ns (the default timed {} of the {} merges in its windows, {:.1} %; always timed {})",
-                a.p50,
-                b.p50,
-                a.p99,
-                b.p99,
-                ci(0),
-                ci(1),
-                a.count,
-                s.sampled_merges,
-                100.0 * a.count as f64 / s.sampled_merges.max(1) as f64,
-                b.count,
-            );
+            let _ = writeln!(o, "{}", latency_accuracy(s, &sampled, &always));
         }
         if !s.accounted.is_empty() {
             let shares = s

@@ -13,8 +13,8 @@
 //! from tracepoints (the report shows them as the remainder against ksm_merging_pages).
 use std::collections::{BTreeMap, HashMap};
 
-use crate::recording::schema::MergeStats;
-use ksm_trace_common::{Event, kind};
+use crate::{histogram::Histogram, recording::schema::MergeStats};
+use ksm_trace_common::{Event, MERGE_QUIET_NS, kind};
 
 /// The first half of a new-page pair, waiting for its second half.
 #[derive(Clone, Copy, Debug)]
@@ -39,6 +39,35 @@ pub struct MergeTracker {
     /// history).
     pub latency_windows: Vec<BTreeMap<u32, BTreeMap<u64, u64>>>,
     pub keep_latency_windows: bool,
+    /// Per process, how far into its burst each successful merge came (ns since the first
+    /// merge after [`MERGE_QUIET_NS`] without one), kept with the windows: windows that open
+    /// when merges start miss a burst's first milliseconds, and this says how many merges
+    /// came then.
+    pub burst_age_ns: BTreeMap<u32, Histogram>,
+    /// Each timed merge's (age in its burst, latency) in ns, kept when
+    /// `keep_aged_latencies`: the bench holds `always`'s against a sample's burst head.
+    pub aged_latencies: Vec<(u64, u64)>,
+    pub keep_aged_latencies: bool,
+    clock: MergeClock,
+}
+
+/// When merges happened, as the merge-latency sampling needs it (CLOCK_MONOTONIC ns, 0 before
+/// any merge).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MergeClock {
+    /// The latest merge event.
+    pub last_ns: u64,
+    /// The first merge event after a quiet spell of [`MERGE_QUIET_NS`]: the burst's start.
+    pub burst_start_ns: u64,
+}
+
+impl MergeClock {
+    fn tick(&mut self, ts_ns: u64) {
+        if ts_ns.saturating_sub(self.last_ns) > MERGE_QUIET_NS || self.last_ns == 0 {
+            self.burst_start_ns = ts_ns;
+        }
+        self.last_ns = self.last_ns.max(ts_ns);
+    }
 }
 
 impl MergeTracker {
@@ -67,7 +96,7 @@ impl MergeTracker {
             stats.joins += 1;
             stats.time_ns.join += ns;
         }
-        self.window_latency(event.tgid, ns);
+        self.sampled(event, ns);
     }
 
     /// The bracket was attached again: timed merges from here on belong to a new window.
@@ -77,8 +106,22 @@ impl MergeTracker {
         }
     }
 
-    fn window_latency(&mut self, tgid: u32, ns: u64) {
-        if ns == 0 || !self.keep_latency_windows {
+    /// When merges happened: drives the merge-latency sampling.
+    pub fn clock(&self) -> MergeClock {
+        self.clock
+    }
+
+    /// A successful merge that took `ns` (0: untimed), for the sample's accounting.
+    fn sampled(&mut self, event: &Event, ns: u64) {
+        let age = event.ts_ns.saturating_sub(self.clock.burst_start_ns);
+        if self.keep_aged_latencies && ns != 0 {
+            self.aged_latencies.push((age, ns));
+        }
+        if !self.keep_latency_windows {
+            return;
+        }
+        self.burst_age_ns.entry(event.tgid).or_default().record(age);
+        if ns == 0 {
             return;
         }
         if self.latency_windows.is_empty() {
@@ -86,7 +129,7 @@ impl MergeTracker {
         }
         let window = self.latency_windows.last_mut().expect("pushed above");
         *window
-            .entry(tgid)
+            .entry(event.tgid)
             .or_default()
             .entry(three_digits(ns))
             .or_default() += 1;
@@ -100,6 +143,9 @@ impl MergeTracker {
     }
 
     pub fn handle(&mut self, event: &Event) {
+        if matches!(event.kind, kind::MERGE_WITH_KSM_PAGE | kind::MERGE_ONE_PAGE) {
+            self.clock.tick(event.ts_ns);
+        }
         match event.kind {
             kind::MERGE_WITH_KSM_PAGE => self.merge_with_ksm_page(event),
             kind::MERGE_ONE_PAGE => {
@@ -109,7 +155,7 @@ impl MergeTracker {
                     let ns = record_latency(stats, event);
                     stats.time_ns.zero_page += ns;
                     count_shootdowns(stats, event, ns);
-                    self.window_latency(event.tgid, ns);
+                    self.sampled(event, ns);
                 } else {
                     stats.zero_page_failed += 1;
                     add_shootdowns(stats, event);
@@ -421,6 +467,55 @@ mod tests {
         assert_eq!(t.by_pid[&2].comm, "p2");
         assert_eq!(t.by_pid[&1].merge_latency_ns.count(), 1);
         assert_eq!(t.unpaired, 0);
+    }
+
+    #[test]
+    fn a_merge_after_a_quiet_spell_starts_a_burst_and_ages_count_from_it() {
+        let mut t = MergeTracker {
+            keep_latency_windows: true,
+            ..MergeTracker::default()
+        };
+        let ms = 1_000_000;
+        let at = |ts_ns: u64, tgid: u32, lat: u64| Event {
+            ts_ns,
+            ..merge(tgid, 0xaaaa, ts_ns, 0, lat)
+        };
+        let t0 = 5_000 * ms;
+        // A burst: untimed at its start, timed 3 ms in (a window opened then).
+        for (dt, lat) in [(0, 0), (1, 0), (3, 1500), (4, 1600)] {
+            t.handle(&at(t0 + dt * ms, 1, lat));
+        }
+        // A failed attempt is a merge event too: it keeps the burst going.
+        t.handle(&Event {
+            ts_ns: t0 + 4 * ms + MERGE_QUIET_NS,
+            ..merge(1, 0xaaaa, 1, -14, 0)
+        });
+        assert_eq!(t.clock().burst_start_ns, t0);
+        // Quiet for longer than MERGE_QUIET_NS: a new burst, with another process.
+        let t1 = t0 + 40 * ms + 2 * MERGE_QUIET_NS;
+        t.handle(&at(t1, 2, 0));
+        t.handle(&at(t1 + 2 * ms, 2, 1700));
+        assert_eq!(
+            t.clock(),
+            MergeClock {
+                last_ns: t1 + 2 * ms,
+                burst_start_ns: t1
+            }
+        );
+        let within = |pid: u32, ns: u64| t.burst_age_ns[&pid].count_at_most(ns);
+        assert_eq!(
+            within(1, 2 * ms),
+            2,
+            "process 1's first two merges came in 2 ms"
+        );
+        assert_eq!(within(1, 10 * ms), 4);
+        assert_eq!(
+            within(2, 0),
+            1,
+            "process 2's first merge began the second burst"
+        );
+        assert_eq!(within(2, 2 * ms), 2);
+        assert_eq!(t.latency_windows.len(), 1);
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use aya::maps::{MapData, RingBuf};
 use ksm_trace_common::{Event, kind};
 
-pub use merges::{MergeTracker, comm_str};
+pub use merges::{MergeClock, MergeTracker, comm_str};
 pub use scans::ScanTracker;
 
 #[derive(Debug, Default)]
@@ -16,8 +16,6 @@ pub struct Collector {
     pub merges: MergeTracker,
     pub scans: ScanTracker,
     pub received: BTreeMap<&'static str, u64>,
-    /// CLOCK_MONOTONIC ns of the latest merge event (0: none yet).
-    last_merge_ns: u64,
     /// CLOCK_MONOTONIC ns at which the recording window opened.
     window_start: u64,
     /// Events from before the window that were not counted.
@@ -55,10 +53,6 @@ impl Collector {
             kind::START_SCAN | kind::STOP_SCAN | kind::KSMD_BATCH | kind::ADVISOR => {
                 self.scans.handle(event)
             }
-            kind::MERGE_WITH_KSM_PAGE | kind::MERGE_ONE_PAGE => {
-                self.last_merge_ns = self.last_merge_ns.max(event.ts_ns);
-                self.merges.handle(event)
-            }
             _ => self.merges.handle(event),
         }
     }
@@ -68,10 +62,10 @@ impl Collector {
         self.merges.by_pid.values().map(|s| s.merges).sum()
     }
 
-    /// When the latest merge happened (CLOCK_MONOTONIC ns, 0 before any): whether merges are
-    /// happening now drives the merge-latency sampling.
-    pub fn last_merge_ns(&self) -> u64 {
-        self.last_merge_ns
+    /// When merges happened: whether they are happening now drives the merge-latency
+    /// sampling.
+    pub fn merge_clock(&self) -> MergeClock {
+        self.merges.clock()
     }
 
     /// Takes every event waiting in the ring buffer.

@@ -78,8 +78,8 @@ impl LiveTracer {
     /// Takes the events waiting; call every [`DRAIN_EVERY`].
     pub fn drain(&mut self) -> Result<()> {
         self.collector.drain(&mut self.ring);
-        let last_merge = self.collector.last_merge_ns();
-        self.bracket.update(&mut self.probes, last_merge)
+        let merges = self.collector.merge_clock();
+        self.bracket.update(&mut self.probes, merges)
     }
 
     /// The figures now. Processes that have exited since the last frame are forgotten.

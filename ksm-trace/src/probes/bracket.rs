@@ -17,7 +17,9 @@
 //! into the burst (attaching takes 1–5 ms) and times the rest of it; merges that never pause
 //! are seen at the next drain. A drain that finds only the tail of a burst that has ended
 //! opens no window. What that leaves out, and the report says so: the first merges
-//! of each burst, and bursts that come while the budget is spent. `always` keeps the bracket
+//! of each burst (how far into a burst windows came is kept, [`BracketPolicy::burst_head_ns`],
+//! and the collector counts the merges that came that early), and bursts that come while the
+//! budget is spent. `always` keeps the bracket
 //! attached (every merge timed). The windows it was attached are recorded, so a report can say
 //! what share of the run and of the merges was timed.
 use std::time::{Duration, Instant};
@@ -29,7 +31,7 @@ use tokio::io::unix::AsyncFd;
 use ksm_trace_common::MERGE_QUIET_NS;
 
 use super::{LatencyMode, Probes};
-use crate::kernel;
+use crate::{collect::MergeClock, kernel};
 
 /// How long each sampling window attaches the bracket.
 pub const SAMPLE_ON: Duration = Duration::from_millis(50);
@@ -45,20 +47,29 @@ const MIN_GAP: Duration = Duration::from_secs(1);
 /// start after a quiet spell (every other event waits for the next drain).
 pub type EventRing = AsyncFd<RingBuf<MapData>>;
 
-/// Waits until the ring buffer wakes the reader: merges have started.
-pub async fn merges_started(ring: &EventRing) {
-    match ring.readable().await {
-        Ok(mut guard) => guard.clear_ready(),
-        // Not pollable: the drains alone drive the policy.
-        Err(_) => std::future::pending().await,
-    }
-}
-
-/// Waits until `deadline` (forever when there is none).
-pub async fn until(deadline: Option<Instant>) {
-    match deadline {
-        Some(at) => tokio::time::sleep_until(at.into()).await,
-        None => std::future::pending().await,
+/// Waits until the policy needs an [`BracketPolicy::update`] that no drain on the caller's
+/// timer would bring in time: merges started (`ring` woke the reader), or `deadline` (a
+/// window's close, a random window's opening) came.
+pub async fn wake(ring: Option<&EventRing>, deadline: Option<Instant>) {
+    let merges_started = async {
+        match ring.map(|ring| ring.readable()) {
+            Some(readable) => match readable.await {
+                Ok(mut guard) => guard.clear_ready(),
+                // Not pollable: the drains and the deadline alone drive the policy.
+                Err(_) => std::future::pending().await,
+            },
+            None => std::future::pending().await,
+        }
+    };
+    let until = async {
+        match deadline {
+            Some(at) => tokio::time::sleep_until(at.into()).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        () = merges_started => {}
+        () = until => {}
     }
 }
 
@@ -128,6 +139,9 @@ pub struct BracketPolicy {
     /// the next one opens at this random moment instead of when merges start.
     random_at: Option<Instant>,
     windows: Vec<(u64, u64)>,
+    /// For each window that opened on a burst's first merges: how long after the burst's first
+    /// merge it was attached (ns). The merges before it are not in the sample.
+    head_lags_ns: Vec<u64>,
     /// Time spent in attach and in detach calls (ns, calls): what each sampling window costs
     /// the tracer itself (the kernel patches the tracepoints' call sites each time).
     attach: (u64, u64),
@@ -147,6 +161,7 @@ impl BracketPolicy {
             since: None,
             random_at: None,
             windows: Vec::new(),
+            head_lags_ns: Vec::new(),
             attach: (0, 0),
             detach: (0, 0),
         };
@@ -182,14 +197,15 @@ impl BracketPolicy {
         }
     }
 
-    /// Called with when the latest merge happened (CLOCK_MONOTONIC ns, 0 before any): when
-    /// merges start, at each drain, and at the deadline. A window opens while merges are
+    /// Called with when merges happened: when merges start, at each drain, and at the
+    /// deadline. A window opens while merges are
     /// still coming, not on the tail of a burst a drain finds after it ended. A window that
     /// saw no merge came too late for bursts shorter than the time it takes to attach (a
     /// workload whose merges fit in one ksmd batch of a few ms): the next window opens at a
     /// random moment of the next period instead, as likely to land on such a burst as the
     /// burst is long, until a window sees merges again.
-    pub fn update(&mut self, probes: &mut Probes, last_merge_ns: u64) -> Result<()> {
+    pub fn update(&mut self, probes: &mut Probes, merges: MergeClock) -> Result<()> {
+        let last_merge_ns = merges.last_ns;
         if self.mode != LatencyMode::Auto || !probes.bracket_usable {
             return Ok(());
         }
@@ -219,8 +235,19 @@ impl BracketPolicy {
             return Ok(());
         }
         if self.budget.take(now) {
-            self.random_at = None;
+            let on_merges = self.random_at.take().is_none();
             self.arm(probes)?;
+            let first_in_burst = self
+                .windows
+                .last()
+                .is_none_or(|&(_, closed)| merges.burst_start_ns > closed);
+            if on_merges
+                && first_in_burst
+                && let Some(since) = self.since
+            {
+                self.head_lags_ns
+                    .push(since.saturating_sub(merges.burst_start_ns));
+            }
         } else if self.random_at.is_some() {
             // Due but not yet earned (windows saved up were spent meanwhile): draw again.
             self.random_at = Some(self.budget.ready_at().max(now) + random_offset());
@@ -237,6 +264,15 @@ impl BracketPolicy {
     pub fn switch_ns(&self) -> (Option<u64>, Option<u64>) {
         let mean = |(ns, n): (u64, u64)| (n > 0).then(|| ns / n);
         (mean(self.attach), mean(self.detach))
+    }
+
+    /// How far into a burst the windows that opened on its first merges typically came (the
+    /// median, ns; None when none did): merges that came that early in their burst are left
+    /// out of the sample.
+    pub fn burst_head_ns(&self) -> Option<u64> {
+        let mut lags = self.head_lags_ns.clone();
+        lags.sort_unstable();
+        lags.get(lags.len() / 2).copied()
     }
 
     /// The windows the bracket was attached, the last one closed at `end_ns`.

@@ -17,10 +17,21 @@ pub fn upgrade(mut value: Value, version: u32) -> Result<Value> {
             4 => v4_to_v5(value)?,
             5 => v5_to_v6(value)?,
             6 => v6_to_v7(value)?,
+            7 => v7_to_v8(value)?,
             _ => return Err(anyhow!("no upgrade from version {from}")),
         };
     }
     Ok(value)
+}
+
+/// Version 7 did not say how much of each burst its windows left out.
+fn v7_to_v8(mut v: Value) -> Result<Value> {
+    let root = object(&mut v, "recording")?;
+    root.insert("version".into(), json!(8));
+    if let Some(latency) = root.get_mut("latency") {
+        default(latency, "burst_head", Value::Null);
+    }
+    Ok(v)
 }
 
 /// Version 7 only added a way to sample merge latency (`BracketAttach::OnMerges`): a version

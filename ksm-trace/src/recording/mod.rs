@@ -14,8 +14,8 @@ use std::{
 use anyhow::{Context as _, Result, anyhow, bail};
 
 pub use schema::{
-    EventCounts, FORMAT, LatencyCoverage, Meta, ProcessRecord, Recording, ScanRecord, VERSION,
-    WorkloadKind, WorkloadRecord,
+    BurstHead, EventCounts, FORMAT, LatencyCoverage, Meta, ProcessRecord, Recording, ScanRecord,
+    VERSION, WorkloadKind, WorkloadRecord,
 };
 
 impl Meta {

@@ -32,8 +32,9 @@ pub const FORMAT: &str = "ksm-trace-recording";
 /// 6: a procs worker's own timed unmerge calls (`Worker::unmerge`), events from kprobes
 /// (`EventSource::Kprobes`), and the kernel's unmerge calls per process (`Mechanisms::unmerge`,
 /// `MergeStats::unmerge_call_ns`). 7: `--merge-latency auto` opens its windows when merges
-/// start (`BracketAttach::OnMerges`).
-pub const VERSION: u32 = 7;
+/// start (`BracketAttach::OnMerges`). 8: what those windows leave out of each burst
+/// (`LatencyCoverage::burst_head`).
+pub const VERSION: u32 = 8;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Recording {
@@ -366,6 +367,20 @@ pub struct LatencyCoverage {
     /// recordings made before they were kept.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub window_histograms: Vec<Histogram>,
+    /// Windows that open when merges start are attached a little into each burst: the merges
+    /// before are not in the sample. None: no window opened on a burst (or not recorded).
+    #[serde(default)]
+    pub burst_head: Option<BurstHead>,
+}
+
+/// The start of each burst of merges that windows opened on merges do not time.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BurstHead {
+    /// Median time from a burst's first merge (after a quiet spell) to the window it opened.
+    pub ns: u64,
+    /// Successful merges of the recorded processes that came within `ns` of their burst's
+    /// first merge, timed or not.
+    pub merges: u64,
 }
 
 /// ksmd's kernel stacks, root first, with sample counts.

@@ -292,6 +292,13 @@ pub struct LatencyReport {
     /// representative of the run.
     pub p50_ci_ns: Option<(u64, u64)>,
     pub p99_ci_ns: Option<(u64, u64)>,
+    /// When windows opened on merges: how far into a burst they typically opened (ns), and the
+    /// share of all merges that came that early in their burst — outside the sample, so the
+    /// intervals above cover the other merges only (a burst's first merges can be slower).
+    #[serde(default)]
+    pub burst_head_ns: Option<u64>,
+    #[serde(default)]
+    pub burst_head_percent: Option<f64>,
 }
 
 impl Report {
@@ -509,6 +516,11 @@ impl Report {
                 timed_windows: rec.latency.window_histograms.len(),
                 p50_ci_ns: sampled_cis.map(|[p50, _]| p50),
                 p99_ci_ns: sampled_cis.map(|[_, p99]| p99),
+                burst_head_ns: rec.latency.burst_head.map(|h| h.ns),
+                burst_head_percent: rec
+                    .latency
+                    .burst_head
+                    .map(|h| h.merges as f64 * 100.0 / (timed + untimed).max(1) as f64),
             },
             mechanisms: rec.mechanisms.clone(),
             mechanism_descriptions: descriptions(&rec.mechanisms),

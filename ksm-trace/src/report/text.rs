@@ -227,12 +227,28 @@ pub fn render(rec: &Recording, r: &Report, by: By) -> String {
         }
     );
     if lat.timed > 0 && lat.untimed > 0 {
+        let _ = writeln!(
+            o,
+            "  a sample: {:.1}% of merges timed in {} windows",
+            lat.timed_percent, lat.timed_windows
+        );
+        // What the windows cannot see comes first: the intervals below hold only for the rest.
+        let of = match (lat.burst_head_ns, lat.burst_head_percent) {
+            (Some(ns), Some(percent)) => {
+                let _ = writeln!(
+                    o,
+                    "  windows open when merges start, {} into the burst (median): the merges that came that early in their burst, {:.1}% of all, are left out of the sample (but for windows already open), and may be slower",
+                    fmt_ns(ns),
+                    percent
+                );
+                "the other merges'"
+            }
+            _ => "all merges'",
+        };
         let _ = match (lat.p50_ci_ns, lat.p99_ci_ns) {
             (Some((l50, h50)), Some((l99, h99))) => writeln!(
                 o,
-                "  a sample: {:.1}% of merges timed in {} windows; all merges' p50 {} (95% CI {}–{}), p99 {} ({}–{}), from how the windows differ, as far as they are representative",
-                lat.timed_percent,
-                lat.timed_windows,
+                "  {of} p50 {} (95% CI {}–{}), p99 {} ({}–{}), from how the windows differ, as far as they are representative",
                 fmt_ns(lat.all_ns.p50),
                 fmt_ns(l50),
                 fmt_ns(h50),
@@ -242,9 +258,7 @@ pub fn render(rec: &Recording, r: &Report, by: By) -> String {
             ),
             _ => writeln!(
                 o,
-                "  a sample: {:.1}% of merges timed in {} windows, too few for an interval of all merges' percentiles (it takes {}: one window's merges are alike, not independent draws)",
-                lat.timed_percent,
-                lat.timed_windows,
+                "  too few windows for an interval of {of} percentiles (it takes {}: one window's merges are alike, not independent draws)",
                 crate::histogram::MIN_CLUSTERS
             ),
         };
