@@ -168,7 +168,7 @@ struct Figures {
     always_latency: Vec<(u64, u64)>,
     /// How far into its burst each of the default's windows opened on merges came (the
     /// median per tracer window, ns), and its merges' ages in their bursts.
-    head_lags: Vec<u64>,
+    head_lags: Histogram,
     sampled_ages: Histogram,
     /// Merges in the sampled default's windows, timed or not.
     sampled_merges: u64,
@@ -269,7 +269,7 @@ async fn run_scenario(
         accounted: Vec::new(),
         sampled_windows: Vec::new(),
         always_latency: Vec::new(),
-        head_lags: Vec::new(),
+        head_lags: Histogram::new(),
         sampled_ages: Histogram::new(),
         switch_ns: Vec::new(),
         between: Vec::new(),
@@ -306,7 +306,9 @@ async fn run_scenario(
                             if let (Some(on), Some(off)) = policy.switch_ns() {
                                 s.switch_ns.push((on, off));
                             }
-                            s.head_lags.extend(policy.burst_head_ns());
+                            if let Some(lag) = policy.burst_head_ns() {
+                                s.head_lags.record(lag);
+                            }
                             for ages in w.collector.merges.burst_age_ns.values() {
                                 s.sampled_ages.add(ages);
                             }
@@ -553,10 +555,9 @@ fn latency_accuracy(s: &Figures, sampled: &Histogram, always: &Histogram) -> Str
         100.0 * a.count as f64 / s.sampled_merges.max(1) as f64,
         b.count,
     );
-    let mut lags = s.head_lags.clone();
-    lags.sort_unstable();
-    let (target, whose) = match lags.get(lags.len() / 2) {
-        Some(&head) => {
+    let head = (!s.head_lags.is_empty()).then(|| s.head_lags.percentile(50.0));
+    let (target, whose) = match head {
+        Some(head) => {
             let mut rest = Histogram::new();
             for &(_, ns) in s.always_latency.iter().filter(|(age, _)| *age > head) {
                 rest.record(ns);

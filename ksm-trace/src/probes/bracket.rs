@@ -31,7 +31,7 @@ use tokio::io::unix::AsyncFd;
 use ksm_trace_common::MERGE_QUIET_NS;
 
 use super::{LatencyMode, Probes};
-use crate::{collect::MergeClock, kernel};
+use crate::{collect::MergeClock, histogram::Histogram, kernel};
 
 /// How long each sampling window attaches the bracket.
 pub const SAMPLE_ON: Duration = Duration::from_millis(50);
@@ -141,7 +141,7 @@ pub struct BracketPolicy {
     windows: Vec<(u64, u64)>,
     /// For each window that opened on a burst's first merges: how long after the burst's first
     /// merge it was attached (ns). The merges before it are not in the sample.
-    head_lags_ns: Vec<u64>,
+    head_lags_ns: Histogram,
     /// Time spent in attach and in detach calls (ns, calls): what each sampling window costs
     /// the tracer itself (the kernel patches the tracepoints' call sites each time).
     attach: (u64, u64),
@@ -161,7 +161,7 @@ impl BracketPolicy {
             since: None,
             random_at: None,
             windows: Vec::new(),
-            head_lags_ns: Vec::new(),
+            head_lags_ns: Histogram::new(),
             attach: (0, 0),
             detach: (0, 0),
         };
@@ -246,7 +246,7 @@ impl BracketPolicy {
                 && let Some(since) = self.since
             {
                 self.head_lags_ns
-                    .push(since.saturating_sub(merges.burst_start_ns));
+                    .record(since.saturating_sub(merges.burst_start_ns));
             }
         } else if self.random_at.is_some() {
             // Due but not yet earned (windows saved up were spent meanwhile): draw again.
@@ -270,9 +270,7 @@ impl BracketPolicy {
     /// median, ns; None when none did): merges that came that early in their burst are left
     /// out of the sample.
     pub fn burst_head_ns(&self) -> Option<u64> {
-        let mut lags = self.head_lags_ns.clone();
-        lags.sort_unstable();
-        lags.get(lags.len() / 2).copied()
+        (!self.head_lags_ns.is_empty()).then(|| self.head_lags_ns.percentile(50.0))
     }
 
     /// The windows the bracket was attached, the last one closed at `end_ns`.
