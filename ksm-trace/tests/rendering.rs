@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use ksm_trace::{
     flame::{self, View},
+    kernel::process::By,
     plot,
     recording::Recording,
     report::{self, Format},
@@ -234,6 +235,39 @@ fn report_figures_are_the_recordings() {
         "{text}"
     );
     assert!(text.contains("|@"), "histogram bars");
+}
+
+/// Every kept fixture's text report, and the current version's report by guest, by cgroup and
+/// as JSON, exactly as blessed: any change to what a report says shows up here and is called
+/// out when it is made on purpose (`KSM_TRACE_BLESS=1 cargo test --test rendering` rewrites
+/// them; `cargo xtask fixture` does too).
+#[test]
+fn reports_of_the_kept_fixtures_are_the_golden_ones() {
+    let bless = std::env::var_os("KSM_TRACE_BLESS").is_some();
+    let mut views = Vec::new();
+    for v in 1..=ksm_trace::recording::VERSION {
+        views.push((v, "process", Format::Text));
+    }
+    let current = ksm_trace::recording::VERSION;
+    views.push((current, "guest", Format::TextBy(By::Guest)));
+    views.push((current, "cgroup", Format::TextBy(By::Cgroup)));
+    views.push((current, "json", Format::Json));
+    let mut differ = Vec::new();
+    for (v, view, format) in views {
+        let rec = Recording::read(&fixture(&format!("recording-v{v}.json"))).unwrap();
+        let text = report::render(&rec, format).unwrap();
+        let path = fixture(&format!("reports/recording-v{v}.{view}.txt"));
+        if bless {
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, &text).unwrap();
+        } else if std::fs::read_to_string(&path).ok().as_deref() != Some(text.as_str()) {
+            differ.push(path.display().to_string());
+        }
+    }
+    assert!(
+        differ.is_empty(),
+        "reports differ from the golden ones (diff them with `ksm-trace report FIXTURE`; if the change is meant, KSM_TRACE_BLESS=1 rewrites them): {differ:?}"
+    );
 }
 
 #[test]

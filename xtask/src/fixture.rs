@@ -1,5 +1,6 @@
 //! The rendering tests' fixture: a small real recording made by ksm-trace itself, named for its
-//! format version (`recording-vN.json`), plus the folded stacks it renders to (golden files).
+//! format version (`recording-vN.json`), plus the folded stacks and reports it renders to (golden
+//! files).
 //! Regenerate after changing the recording format (a new version: the older fixtures stay, so
 //! the schema test keeps reading them) or the folding on purpose, and commit the result.
 use std::{fs, process::Command};
@@ -20,7 +21,7 @@ pub const RECORD_ARGS: [&str; 9] = [
     "-q",
 ];
 
-pub fn regenerate() -> Result<()> {
+pub fn regenerate(env: &crate::setup::BuildEnv) -> Result<()> {
     let root = workspace_root()?;
     let bin = root.join("target/debug/ksm-trace");
     let dir = root.join("ksm-trace/tests/fixtures");
@@ -65,5 +66,16 @@ pub fn regenerate() -> Result<()> {
         fs::write(dir.join(&file), folded)?;
     }
     eprintln!("xtask: fixture written to {}", dir.display());
-    Ok(())
+    // The golden reports follow the new fixture (tests/rendering.rs rewrites them when blessed).
+    let args = [
+        "test",
+        "-p",
+        "ksm-trace",
+        "--test",
+        "rendering",
+        "reports_of_the_kept_fixtures_are_the_golden_ones",
+    ];
+    let mut cmd = crate::cargo_command(env, &args, false)?;
+    cmd.env("KSM_TRACE_BLESS", "1");
+    crate::run_cargo(cmd, &args)
 }

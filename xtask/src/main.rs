@@ -158,7 +158,7 @@ fn main() -> Result<()> {
         Cmd::Fixture => {
             let env = setup::run()?;
             cargo(&env, &["build", "--package", "ksm-trace"], false)?;
-            fixture::regenerate()
+            fixture::regenerate(&env)
         }
         Cmd::Dist => {
             let env = setup::run()?;
