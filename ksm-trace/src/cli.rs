@@ -349,8 +349,8 @@ pub struct KnobArgs {
 }
 
 impl KnobArgs {
-    pub fn settings(&self) -> crate::knobs::KnobSettings {
-        crate::knobs::KnobSettings {
+    pub fn settings(&self) -> crate::run::knobs::KnobSettings {
+        crate::run::knobs::KnobSettings {
             pages_to_scan: self.pages_to_scan,
             sleep_ms: self.sleep_ms,
             use_zero_pages: self.use_zero_pages.as_deref().map(|v| v == "on"),

@@ -2,35 +2,29 @@
 //!
 //! Data path: [`probes`] (kernel side, loaded and attached) → [`collect`] (events → per-process
 //! aggregates) → [`recording`] (one self-describing file) → [`report`]. Beside it:
-//! [`workload`] drives ksmd, [`knobs`] sets and restores KSM's settings, [`kernel`] reads the
-//! kernel's own counters that every figure is checked against.
+//! [`workload`] drives ksmd, [`run`] sets and restores KSM's knobs and everything else a run
+//! changes, [`kernel`] reads the kernel's own counters that every figure is checked against,
+//! and [`commands`] holds one file per subcommand.
 pub mod bench;
-pub mod child;
 pub mod cli;
 pub mod collect;
-pub mod doctor;
+pub mod commands;
 pub mod flame;
 pub mod guest;
 pub mod histogram;
-pub mod interrupts;
 pub mod kernel;
-pub mod knobs;
 pub mod lab;
 pub mod live;
-pub mod lock;
 pub mod parse;
 pub mod plot;
 pub mod probes;
-pub mod record;
+pub mod recorder;
 pub mod recording;
-pub mod recovery;
 pub mod report;
-pub mod run_dir;
+pub mod run;
 pub mod sample;
 pub mod serve;
-pub mod session;
 pub mod sharing;
-pub mod standalone;
 pub mod sweep;
 pub mod timeseries;
 pub mod top;

@@ -104,12 +104,12 @@ impl Running {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        crate::child::end_with_parent(cmd.as_std_mut(), nix::sys::signal::Signal::SIGKILL);
+        crate::run::child::end_with_parent(cmd.as_std_mut(), nix::sys::signal::Signal::SIGKILL);
         let mut child = cmd
             .spawn()
             .with_context(|| format!("starting {}", bpftrace.display()))?;
         if let Some(pid) = child.id() {
-            crate::recovery::process_started(pid);
+            crate::run::recovery::process_started(pid);
         }
         let mut stdout = BufReader::new(child.stdout.take().expect("stdout is piped"));
         let mut stderr_pipe = child.stderr.take().expect("stderr is piped");
@@ -152,7 +152,7 @@ impl Running {
     pub async fn stop(mut self) -> Result<u64> {
         let pid = self.child.id();
         if let Some(pid) = pid {
-            crate::child::send(pid, nix::sys::signal::Signal::SIGINT);
+            crate::run::child::send(pid, nix::sys::signal::Signal::SIGINT);
         }
         let mut output = String::new();
         // bpftrace was seen missing a SIGINT now and then (still in epoll 30 s later, on a busy
@@ -170,7 +170,7 @@ impl Running {
                     }
                     _ = again.tick() => {
                         if let Some(pid) = pid {
-                            crate::child::send(pid, nix::sys::signal::Signal::SIGINT);
+                            crate::run::child::send(pid, nix::sys::signal::Signal::SIGINT);
                         }
                     }
                 }
@@ -183,7 +183,7 @@ impl Running {
             let _ = self.child.wait().await;
         }
         if let Some(pid) = pid {
-            crate::recovery::process_ended(pid);
+            crate::run::recovery::process_ended(pid);
         }
         let stderr = (&mut self.stderr).await.unwrap_or_default();
         match exited {
@@ -204,9 +204,9 @@ impl Running {
 impl Drop for Running {
     fn drop(&mut self) {
         if let Some(pid) = self.child.id() {
-            crate::child::send(pid, nix::sys::signal::Signal::SIGKILL);
+            crate::run::child::send(pid, nix::sys::signal::Signal::SIGKILL);
             let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid as i32), None);
-            crate::recovery::process_ended(pid);
+            crate::run::recovery::process_ended(pid);
         }
     }
 }

@@ -14,11 +14,11 @@ use std::{fmt::Write as _, path::PathBuf, time::Duration};
 use anyhow::{Result, bail};
 
 use crate::{
-    knobs::KnobSettings,
     probes::LatencyMode,
-    record::{self, RecordOptions},
+    recorder::{self, RecordOptions},
     recording::Recording,
     report::{Report, histogram::fmt_ns},
+    run::knobs::KnobSettings,
 };
 
 /// Whether the region's owner runs while ksmd merges it.
@@ -158,7 +158,7 @@ async fn run_one(
         until_full_scans: Some(FULL_SCANS),
         ksm_off: false,
     };
-    let rec = record::record(&opts, command_line).await?;
+    let rec = recorder::record(&opts, command_line).await?;
     rec.write(output)?;
     Ok(rec)
 }

@@ -35,10 +35,9 @@ use super::bpftrace;
 use crate::{
     collect::Collector,
     histogram::{Histogram, clustered_percentile_cis},
-    kernel::{sysfs, tracefs::TracefsMount},
-    knobs::KnobSettings,
+    kernel::sysfs,
     probes::{Capabilities, LatencyMode, ProbeOptions, Probes, bracket},
-    session::Preflight,
+    run::{knobs::KnobSettings, mounts::TracefsMount, session::Preflight},
 };
 
 pub struct OverheadBench {
@@ -189,7 +188,7 @@ struct Figures {
 /// an error, after everything it changed is put back (knobs, workload, probes, bpftrace,
 /// tracefs).
 pub async fn overhead(b: &OverheadBench) -> Result<String> {
-    let mut interrupts = crate::interrupts::Interrupts::install()?;
+    let mut interrupts = crate::run::interrupts::Interrupts::install()?;
     tokio::select! {
         result = measure(b) => result,
         why = interrupts.recv() => {
@@ -223,7 +222,7 @@ async fn run_scenario(
         sleep_ms: Some(0),
         ..Default::default()
     };
-    let pre = Preflight::run(Some(&workload), &knobs)?;
+    let pre = Preflight::run(Some(crate::workload::parse(&workload)?), &knobs)?;
     pre.caps.require_tracing()?;
     let ksmd = pre.ksmd;
     let mut tracers: Vec<Tracer> = KSM_TRACE_MODES

@@ -9,14 +9,14 @@ use std::{fmt::Write as _, path::PathBuf, time::Duration};
 use anyhow::{Result, bail};
 
 use crate::{
-    knobs::KnobSettings,
     probes::LatencyMode,
-    record::{self, RecordOptions},
+    recorder::{self, RecordOptions},
     recording::Recording,
     report::{
         Report,
         histogram::{Unit, fmt_ns, render_log2},
     },
+    run::knobs::KnobSettings,
 };
 
 pub struct UnmergeBench {
@@ -43,7 +43,7 @@ pub async fn unmerge(b: &UnmergeBench, command_line: Vec<String>) -> Result<(Rec
         settle_margin: 0,
         auto_scan: false,
         // The workload ends itself after its rounds; this is only a cap.
-        duration: Some(b.wait * b.rounds + record::DEFAULT_TIMEOUT),
+        duration: Some(b.wait * b.rounds + recorder::DEFAULT_TIMEOUT),
         workload: Some(format!(
             "procs:1,pages={pages},pattern=same,unmerge=1,rounds={},wait={}ms",
             b.rounds,
@@ -64,7 +64,7 @@ pub async fn unmerge(b: &UnmergeBench, command_line: Vec<String>) -> Result<(Rec
         until_full_scans: None,
         ksm_off: false,
     };
-    let rec = record::record(&opts, command_line).await?;
+    let rec = recorder::record(&opts, command_line).await?;
     rec.write(&b.output)?;
     let summary = summarize(&rec, b, pages)?;
     Ok((rec, summary))

@@ -122,7 +122,7 @@ impl Guest {
                 cmd.args(["-drive", &drive(disk)]);
             }
         }
-        crate::child::end_with_parent(&mut cmd, Signal::SIGKILL);
+        crate::run::child::end_with_parent(&mut cmd, Signal::SIGKILL);
         let child = cmd
             .spawn()
             .with_context(|| format!("starting {QEMU} for {}", m.name))?;
@@ -183,7 +183,7 @@ impl Guest {
 
     fn signal(&mut self, signal: Signal) {
         if self.exited().is_none() {
-            crate::child::send(self.child.id(), signal);
+            crate::run::child::send(self.child.id(), signal);
         }
     }
 

@@ -69,7 +69,7 @@ pub fn wait_done(guest: &mut Guest, timeout: Duration, mut progress: impl FnMut(
         if started.elapsed() >= timeout {
             return Outcome::TimedOut;
         }
-        if let Some(why) = crate::interrupts::stop_requested() {
+        if let Some(why) = crate::run::interrupts::stop_requested() {
             return Outcome::Stopped(why);
         }
         if last_report.elapsed() >= Duration::from_secs(30) {

@@ -27,7 +27,7 @@ fn step(exe: &Path, args: &[&str]) -> Result<Output> {
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    crate::child::end_with_parent(&mut cmd, nix::sys::signal::Signal::SIGTERM);
+    crate::run::child::end_with_parent(&mut cmd, nix::sys::signal::Signal::SIGTERM);
     let mut child = cmd
         .spawn()
         .with_context(|| format!("running {} {}", exe.display(), args.join(" ")))?;
@@ -41,15 +41,15 @@ fn step(exe: &Path, args: &[&str]) -> Result<Output> {
         if let Some(status) = child.try_wait()? {
             break status;
         }
-        if !passed_on && crate::interrupts::stop_requested().is_some() {
-            crate::child::send(child.id(), nix::sys::signal::Signal::SIGTERM);
+        if !passed_on && crate::run::interrupts::stop_requested().is_some() {
+            crate::run::child::send(child.id(), nix::sys::signal::Signal::SIGTERM);
             passed_on = true;
         }
         std::thread::sleep(Duration::from_millis(20));
     };
     let stdout = stdout.join().unwrap_or_default();
     let stderr = stderr.join().unwrap_or_default();
-    if let Some(why) = crate::interrupts::stop_requested() {
+    if let Some(why) = crate::run::interrupts::stop_requested() {
         bail!("the lab was stopped ({why}) during `ksm-trace {}`", args[0]);
     }
     Ok(Output {

@@ -18,7 +18,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::run_dir::RunDir;
+use crate::run::dir::RunDir;
 use guest::Outcome;
 use scenario::Transcript;
 
@@ -48,7 +48,7 @@ const TAIL_LINES: usize = 40;
 /// died or timed out, a stop request); what the steps did is for the reader to judge.
 pub fn run(args: &LabOptions) -> Result<()> {
     // Ctrl-C/SIGTERM end the guest or the host run in order, and the run directory goes too.
-    crate::interrupts::install_stop_flag()?;
+    crate::run::interrupts::install_stop_flag()?;
     let started = Instant::now();
     let progress = |line: &str| {
         eprintln!(

@@ -19,7 +19,7 @@ use crate::{
     probes::{Capabilities, ProbeOptions, Probes, bracket::BracketPolicy},
     recording::schema::CowMechanism,
     report::mechanisms,
-    session,
+    run::session,
 };
 pub use frame::{Frame, ProcessFigures, SystemFigures};
 

@@ -5,10 +5,7 @@ use super::{
     histogram::{Unit, fmt_ns, render_log2},
     model::{ProcessReport, Report, all_latencies, full_scan_histogram},
 };
-use crate::{
-    kernel::process::By,
-    recording::{Recording, WorkloadKind},
-};
+use crate::{kernel::process::By, recording::Recording};
 
 pub fn render(rec: &Recording, r: &Report, by: By) -> String {
     let mut o = String::new();
@@ -33,16 +30,7 @@ pub fn render(rec: &Recording, r: &Report, by: By) -> String {
     if let Some(w) = &rec.meta.workload {
         let _ = writeln!(o, "workload: {} ({} workers)", w.spec_text, w.workers.len());
         for wk in &w.workers {
-            let ready = match w.kind {
-                WorkloadKind::Procs => format!(
-                    "filled {} MiB at {:.2} GiB/s",
-                    wk.bytes >> 20,
-                    wk.fill_gib_per_s()
-                ),
-                // A user's own image prints no marker ksm-trace knows.
-                WorkloadKind::Vms if wk.ready_ns == 0 => "booting (no ready marker)".to_owned(),
-                WorkloadKind::Vms => format!("booted to ready in {}", fmt_ns(wk.ready_ns)),
-            };
+            let ready = w.kind.ready_summary(wk);
             let writes = wk.write_fault_ns.summary();
             let faults = if writes.count > 0 {
                 format!(

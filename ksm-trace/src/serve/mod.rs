@@ -22,9 +22,9 @@ use hyper::{
 use prometheus_client::registry::Registry;
 
 use crate::{
-    interrupts::Interrupts,
     live::{DRAIN_EVERY, LiveTracer},
     probes::ProbeOptions,
+    run::interrupts::Interrupts,
 };
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9669";

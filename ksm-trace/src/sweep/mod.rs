@@ -13,11 +13,11 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 use crate::{
-    knobs::KnobSettings,
     plot::{self, Series},
     probes::LatencyMode,
-    record::{self, RecordOptions},
+    recorder::{self, RecordOptions},
     report::histogram::fmt_ns,
+    run::knobs::KnobSettings,
 };
 pub use summary::ConfigSummary;
 
@@ -93,7 +93,7 @@ pub async fn run(o: &SweepOptions, command_line: Vec<String>) -> Result<Vec<Conf
     let spec = crate::workload::WorkloadSpec::parse(&o.workload)?;
     // A workload with a load of its own runs each configuration until the load ends.
     let duration = match spec.load_time() {
-        Some(load) => load + record::DEFAULT_TIMEOUT,
+        Some(load) => load + recorder::DEFAULT_TIMEOUT,
         None => o.duration,
     };
     // The baseline (KSM off) first: None knobs, recorded with ksmd stopped.
@@ -147,7 +147,7 @@ pub async fn run(o: &SweepOptions, command_line: Vec<String>) -> Result<Vec<Conf
             until_full_scans: None,
             ksm_off: knobs.is_none(),
         };
-        let rec = record::record(&opts, command_line.clone()).await?;
+        let rec = recorder::record(&opts, command_line.clone()).await?;
         rec.write(&opts.output)?;
         let mut summary = summary::summarize(k + 1, &opts.knobs, &file, &rec);
         if knobs.is_none() {

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    knobs::KnobSettings, recording::Recording, report::Report, sample::SETTLE_THRESHOLD,
+    recording::Recording, report::Report, run::knobs::KnobSettings, sample::SETTLE_THRESHOLD,
     sample::settle_time_s,
 };
 

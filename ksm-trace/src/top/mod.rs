@@ -16,9 +16,9 @@ use ratatui::{
 };
 
 use crate::{
-    interrupts::Interrupts,
     live::{DRAIN_EVERY, Frame, LiveTracer},
     probes::ProbeOptions,
+    run::interrupts::Interrupts,
 };
 use table::{COLUMNS, SortKey};
 

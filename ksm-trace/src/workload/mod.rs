@@ -1,5 +1,6 @@
-//! Workloads that drive ksmd: one module per kind behind [`Workload`]; `record` does not care
-//! which kind runs.
+//! Workloads that drive ksmd: one module per kind, each implementing the run's workload
+//! interface ([`crate::run::workload`]), so the session, `record` and the reports do not care
+//! which kind runs. Adding a kind: its module here, its arm in `spec.rs`, and its arms below.
 pub mod procs;
 pub mod spec;
 pub mod vms;
@@ -9,16 +10,27 @@ use procfs::Current as _;
 pub use spec::WorkloadSpec;
 
 pub use crate::recording::schema::Worker;
+use crate::{
+    recording::WorkloadKind,
+    report::histogram::fmt_ns,
+    run::workload::{RunningWorkload, Workload},
+};
 
-pub enum Workload {
-    Procs(procs::ProcsWorkload),
-    Vms(vms::VmsWorkload),
+/// Parses a spec (`procs:4,…`, `vms:2,…`) into the workload a session runs.
+pub fn parse(text: &str) -> Result<Box<dyn Workload>> {
+    Ok(Box::new(WorkloadSpec::parse(text)?))
 }
 
-impl Workload {
-    /// Refuses a spec the machine cannot hold, before anything starts.
-    pub fn check_fits(spec: &WorkloadSpec) -> Result<()> {
-        let need = spec.memory_bytes(crate::kernel::page_size());
+impl Workload for WorkloadSpec {
+    fn kind(&self) -> WorkloadKind {
+        match self {
+            Self::Procs(_) => WorkloadKind::Procs,
+            Self::Vms(_) => WorkloadKind::Vms,
+        }
+    }
+
+    fn check_fits(&self) -> Result<()> {
+        let need = self.memory_bytes(crate::kernel::page_size());
         let meminfo = procfs::Meminfo::current()?;
         let available = meminfo.mem_available.unwrap_or(meminfo.mem_free);
         if need > available / 10 * 9 {
@@ -28,7 +40,7 @@ impl Workload {
                 available >> 20
             );
         }
-        if let WorkloadSpec::Vms(v) = spec {
+        if let Self::Vms(v) = self {
             crate::guest::check_prerequisites()?;
             match &v.system {
                 spec::GuestSystem::Busybox => {}
@@ -41,62 +53,70 @@ impl Workload {
         Ok(())
     }
 
-    /// Starts the workload and waits until every worker is ready. The waits poll
-    /// [`crate::interrupts::stop_requested`]: a Ctrl-C or SIGTERM during them ends what was
-    /// started and fails with one line.
-    pub fn start(spec: &WorkloadSpec, refresh: bool) -> Result<Self> {
-        Ok(match spec {
-            WorkloadSpec::Procs(p) => Self::Procs(procs::ProcsWorkload::start(p)?),
-            WorkloadSpec::Vms(v) => Self::Vms(vms::VmsWorkload::start(v, refresh)?),
+    fn mergeable_pages(&self, page_size: u64) -> u64 {
+        match self {
+            Self::Procs(p) => p.count as u64 * p.pages,
+            // QEMU marks all guest RAM mergeable.
+            Self::Vms(v) => v.count as u64 * v.mem / page_size,
+        }
+    }
+
+    fn scripted_time(&self) -> Option<std::time::Duration> {
+        self.load_time().or_else(|| self.rounds_time())
+    }
+
+    fn start(&self, refresh: bool) -> Result<Box<dyn RunningWorkload>> {
+        Ok(match self {
+            Self::Procs(p) => Box::new(procs::ProcsWorkload::start(p)?),
+            Self::Vms(v) => Box::new(vms::VmsWorkload::start(v, refresh)?),
         })
     }
+}
 
-    pub fn workers(&self) -> &[Worker] {
-        match self {
-            Self::Procs(p) => &p.workers,
-            Self::Vms(v) => &v.workers,
-        }
+impl RunningWorkload for procs::ProcsWorkload {
+    fn workers(&self) -> &[Worker] {
+        &self.workers
     }
 
-    /// True once the workload has run its course (procs with rounds) or every worker exited.
-    pub fn finished(&mut self) -> bool {
-        match self {
-            Self::Procs(p) => p.finished(),
-            Self::Vms(v) => v.finished(),
-        }
+    fn finished(&mut self) -> bool {
+        procs::ProcsWorkload::finished(self)
     }
 
-    /// Stops (SIGSTOP) every worker and waits until the kernel shows them stopped, so the
-    /// recording window closes on a workload that cannot write (copy-on-write breaks would
-    /// otherwise race the end snapshot of cow_ksm).
-    pub fn freeze(&self) {
-        self.signal_all(nix::sys::signal::Signal::SIGSTOP);
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
-        for w in self.workers() {
-            while std::time::Instant::now() < deadline && !is_stopped(w.pid) {
-                std::thread::sleep(std::time::Duration::from_millis(1));
-            }
-        }
-    }
-
-    /// Resumes workers stopped by [`Workload::freeze`].
-    pub fn thaw(&self) {
-        self.signal_all(nix::sys::signal::Signal::SIGCONT);
-    }
-
-    fn signal_all(&self, signal: nix::sys::signal::Signal) {
-        for w in self.workers() {
-            crate::child::send(w.pid, signal);
-        }
-    }
-
-    /// Stops every worker; idempotent. procs workers report their write-fault histograms here.
-    pub fn stop(&mut self) {
-        // A frozen worker could not exit or answer QMP.
+    fn stop(&mut self) {
+        // A frozen worker could not exit.
         self.thaw();
+        procs::ProcsWorkload::stop(self)
+    }
+}
+
+impl RunningWorkload for vms::VmsWorkload {
+    fn workers(&self) -> &[Worker] {
+        &self.workers
+    }
+
+    fn finished(&mut self) -> bool {
+        vms::VmsWorkload::finished(self)
+    }
+
+    fn stop(&mut self) {
+        // A frozen guest could not answer QMP.
+        self.thaw();
+        vms::VmsWorkload::stop(self)
+    }
+}
+
+impl WorkloadKind {
+    /// How the worker got ready, as a report's worker line says it.
+    pub fn ready_summary(self, w: &Worker) -> String {
         match self {
-            Self::Procs(p) => p.stop(),
-            Self::Vms(v) => v.stop(),
+            Self::Procs => format!(
+                "filled {} MiB at {:.2} GiB/s",
+                w.bytes >> 20,
+                w.fill_gib_per_s()
+            ),
+            // A user's own image prints no marker ksm-trace knows.
+            Self::Vms if w.ready_ns == 0 => "booting (no ready marker)".to_owned(),
+            Self::Vms => format!("booted to ready in {}", fmt_ns(w.ready_ns)),
         }
     }
 }
@@ -111,18 +131,10 @@ impl Worker {
 /// Fails with one line once Ctrl-C or SIGTERM has asked to stop, for the waits of a start
 /// (guests booting, workers filling their memory), so a stop request is not held up by them.
 fn stopped_during_start(doing: &str) -> Result<()> {
-    match crate::interrupts::stop_requested() {
+    match crate::run::interrupts::stop_requested() {
         Some(why) => {
             bail!("the workload was stopped ({why}) while {doing}; what had started is ended")
         }
         None => Ok(()),
     }
-}
-
-/// Whether `pid` is stopped (or gone).
-fn is_stopped(pid: u32) -> bool {
-    procfs::process::Process::new(pid as i32)
-        .and_then(|p| p.stat())
-        .map(|s| matches!(s.state, 'T' | 't' | 'Z' | 'X'))
-        .unwrap_or(true)
 }

@@ -76,7 +76,7 @@ impl ProcsWorkload {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
-            crate::child::end_with_parent(&mut cmd, nix::sys::signal::Signal::SIGKILL);
+            crate::run::child::end_with_parent(&mut cmd, nix::sys::signal::Signal::SIGKILL);
             workload
                 .children
                 .push(cmd.spawn().context("starting a procs worker")?);

@@ -203,7 +203,7 @@ fn newest_in(dir: &Path, prefix: &str) -> Result<PathBuf> {
 }
 
 fn run(cmd: &mut Command, what: &str) -> Result<()> {
-    crate::child::end_with_parent(cmd, nix::sys::signal::Signal::SIGTERM);
+    crate::run::child::end_with_parent(cmd, nix::sys::signal::Signal::SIGTERM);
     let out = cmd
         .output()
         .with_context(|| format!("running {what}: install it with `{INSTALL}`"))?;

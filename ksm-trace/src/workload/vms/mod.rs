@@ -30,7 +30,7 @@ use crate::{
         disk,
         qemu::{self, Boot, Guest, Machine},
     },
-    run_dir::RunDir,
+    run::dir::RunDir,
 };
 
 /// All guests together must be ready within this: busybox guests boot in seconds, Debian

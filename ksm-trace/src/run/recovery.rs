@@ -210,23 +210,6 @@ pub fn recover_stale() -> Result<Vec<String>> {
     Ok(lines)
 }
 
-/// `ksm-trace recover`: takes the recorder lock (a live run recovers by itself) and undoes what
-/// dead runs left; says what it did, or that there was nothing.
-pub fn recover_command() -> Result<String> {
-    if !nix::unistd::geteuid().is_root() {
-        anyhow::bail!(
-            "ksm-trace recover must run as root (it restores KSM knobs): run it with sudo"
-        );
-    }
-    let _lock = crate::lock::acquire()?;
-    let lines = recover_stale()?;
-    Ok(if lines.is_empty() {
-        "ksm-trace: nothing to recover: no state left behind by a ksm-trace that died\n".into()
-    } else {
-        lines.iter().map(|l| format!("ksm-trace: {l}\n")).collect()
-    })
-}
-
 /// Puts back what `state` lists, in the order a clean exit would: processes, then ksmd's last
 /// full scan, then knobs, directories and mounts. Says what it did.
 fn undo(state: &State) -> String {
@@ -234,7 +217,7 @@ fn undo(state: &State) -> String {
     let mut failed = Vec::new();
     let ended: Vec<&Started> = state.processes.iter().filter(|p| alive(p)).collect();
     for p in &ended {
-        crate::child::send(p.pid, nix::sys::signal::Signal::SIGKILL);
+        crate::run::child::send(p.pid, nix::sys::signal::Signal::SIGKILL);
     }
     let deadline = Instant::now() + Duration::from_secs(5);
     while ended.iter().any(|p| alive(p)) && Instant::now() < deadline {

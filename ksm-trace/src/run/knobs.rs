@@ -25,7 +25,7 @@ pub fn restore_saved() -> Vec<String> {
         }
     }
     if !saved.is_empty() && errors.is_empty() {
-        crate::recovery::knobs_restored();
+        crate::run::recovery::knobs_restored();
     }
     errors
 }
@@ -182,7 +182,7 @@ impl KnobGuard {
         let current = sysfs::selected(&sysfs::read(name)?);
         let mut saved = SAVED.lock().unwrap_or_else(|p| p.into_inner());
         if !saved.iter().any(|(n, _)| n == name) {
-            crate::recovery::knob_changed(name, &current);
+            crate::run::recovery::knob_changed(name, &current);
             saved.push((name.to_owned(), current.clone()));
         }
         Ok(current)
@@ -223,7 +223,7 @@ impl KnobGuard {
     pub fn run_ksmd(&mut self) -> Result<()> {
         self.ran_ksmd = true;
         if self.original_run == 0 {
-            crate::recovery::ksmd_started();
+            crate::run::recovery::ksmd_started();
         }
         self.set("run", "1")
     }

@@ -7,12 +7,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 
-use crate::{
-    kernel::{self, sysfs},
+use super::{
     knobs::{KnobGuard, KnobSettings, ScanPlan},
     lock::{self, RecorderLock},
+    workload::{RunningWorkload, Workload},
+};
+use crate::{
+    kernel::{self, sysfs},
     probes::Capabilities,
-    workload::{Workload, WorkloadSpec},
+    recording::schema::Worker,
 };
 
 /// Every command that traces needs root (eBPF, KSM's sysfs) and a kernel with KSM.
@@ -33,7 +36,7 @@ pub fn require_root_and_ksm() -> Result<()> {
 
 /// What was checked before anything changed.
 pub struct Preflight {
-    pub spec: Option<WorkloadSpec>,
+    pub spec: Option<Box<dyn Workload>>,
     /// What the running kernel allows (its BTF read once, here).
     pub caps: Capabilities,
     pub ksmd: u32,
@@ -41,13 +44,12 @@ pub struct Preflight {
 }
 
 impl Preflight {
-    /// Parses and sizes the workload, validates the knobs, detects the kernel's capabilities
-    /// and takes the recorder lock; fails with one line, having changed nothing.
-    pub fn run(workload: Option<&str>, knobs: &KnobSettings) -> Result<Self> {
+    /// Sizes the workload, validates the knobs, detects the kernel's capabilities and takes the
+    /// recorder lock; fails with one line, having changed nothing.
+    pub fn run(spec: Option<Box<dyn Workload>>, knobs: &KnobSettings) -> Result<Self> {
         require_root_and_ksm()?;
-        let spec = workload.map(WorkloadSpec::parse).transpose()?;
         if let Some(spec) = &spec {
-            Workload::check_fits(spec)?;
+            spec.check_fits()?;
         }
         knobs.validate()?;
         if sysfs::read_i64("run")? == 2 {
@@ -58,7 +60,7 @@ impl Preflight {
         }
         let lock = lock::acquire()?;
         // Holding the lock: no live ksm-trace is changing what a dead one left behind.
-        for line in crate::recovery::recover_stale()? {
+        for line in super::recovery::recover_stale()? {
             eprintln!("ksm-trace: {line}");
         }
         Ok(Self {
@@ -73,12 +75,7 @@ impl Preflight {
     /// workload ksm-trace starts when the user chose none (see [`ScanPlan`]).
     pub fn scan_plan(&self, knobs: &KnobSettings) -> Result<ScanPlan> {
         let page = kernel::page_size();
-        let workload_pages = match &self.spec {
-            Some(WorkloadSpec::Procs(p)) => p.count as u64 * p.pages,
-            // QEMU marks all guest RAM mergeable.
-            Some(WorkloadSpec::Vms(v)) => v.count as u64 * v.mem / page,
-            None => 0,
-        };
+        let workload_pages = self.spec.as_ref().map_or(0, |s| s.mergeable_pages(page));
         let tracked: i64 = [
             "pages_shared",
             "pages_sharing",
@@ -107,14 +104,10 @@ impl Preflight {
         let mut guard = KnobGuard::new()?;
         guard.pause_ksmd()?;
         guard.apply(knobs)?;
-        let workload = self
-            .spec
-            .as_ref()
-            .map(|s| Workload::start(s, refresh))
-            .transpose()?;
+        let workload = self.spec.as_ref().map(|s| s.start(refresh)).transpose()?;
         // The workers die with ksm-trace (PR_SET_PDEATHSIG); listed too, in case they do not.
         for w in workload.iter().flat_map(|w| w.workers()) {
-            crate::recovery::process_started(w.pid);
+            super::recovery::process_started(w.pid);
         }
         Ok(Session {
             spec: self.spec,
@@ -129,11 +122,11 @@ impl Preflight {
 
 /// A run in progress: the knobs it changed, the workload it started, the lock it holds.
 pub struct Session {
-    pub spec: Option<WorkloadSpec>,
+    pub spec: Option<Box<dyn Workload>>,
     pub caps: Capabilities,
     pub ksmd: u32,
     /// Declared before `guard` so it is dropped (workers ended) before the knobs go back.
-    pub workload: Option<Workload>,
+    pub workload: Option<Box<dyn RunningWorkload>>,
     pub guard: KnobGuard,
     _lock: RecorderLock,
 }
@@ -153,12 +146,12 @@ impl Session {
     }
 
     /// Stops the workload (workers hand over their own measurements) and returns its workers.
-    pub fn stop_workload(&mut self) -> Vec<crate::workload::Worker> {
+    pub fn stop_workload(&mut self) -> Vec<Worker> {
         match self.workload.as_mut() {
             Some(w) => {
                 w.stop();
                 for worker in w.workers() {
-                    crate::recovery::process_ended(worker.pid);
+                    super::recovery::process_ended(worker.pid);
                 }
                 w.workers().to_vec()
             }
@@ -175,7 +168,7 @@ impl Drop for Session {
             let pids: Vec<u32> = workload.workers().iter().map(|w| w.pid).collect();
             drop(workload);
             for pid in pids {
-                crate::recovery::process_ended(pid);
+                super::recovery::process_ended(pid);
             }
         }
     }

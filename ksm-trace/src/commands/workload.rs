@@ -1,25 +1,28 @@
 //! `ksm-trace workload SPEC`: runs a workload without tracing, for use with other tools,
-//! printing KSM's counters as it goes, in the same [`Session`](crate::session::Session) as
+//! printing KSM's counters as it goes, in the same [`Session`](crate::run::session::Session) as
 //! `record`: knobs and ksmd are handled as `record` handles them.
 use std::time::Duration;
 
 use anyhow::Result;
 
 use crate::{
-    interrupts::Interrupts,
-    knobs::KnobSettings,
+    cli::WorkloadArgs,
     report::histogram::fmt_ns,
-    session::{Preflight, Progress},
+    run::{
+        interrupts::Interrupts,
+        session::{Preflight, Progress},
+    },
 };
 
-pub async fn run(
-    spec_text: &str,
-    duration: Option<Duration>,
-    knobs: &KnobSettings,
-    refresh: bool,
-) -> Result<()> {
+pub async fn run(args: &WorkloadArgs) -> Result<()> {
+    let (spec_text, duration, knobs, refresh) = (
+        args.spec.as_str(),
+        args.duration,
+        &args.knobs.settings(),
+        args.refresh,
+    );
     let mut interrupts = Interrupts::install()?;
-    let pre = Preflight::run(Some(spec_text), knobs)?;
+    let pre = Preflight::run(Some(crate::workload::parse(spec_text)?), knobs)?;
     let ksmd = pre.ksmd;
     let plan = pre.scan_plan(knobs)?;
     if let Some(line) = &plan.message {

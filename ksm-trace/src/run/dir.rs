@@ -27,7 +27,7 @@ impl RunDir {
     fn create_in(parent: &Path, what: &str) -> Result<Self> {
         let path = parent.join(format!("ksm-trace-{what}-{}", std::process::id()));
         // Written down before it exists: a SIGKILL from here on leaves it to `recover`.
-        crate::recovery::dir_created(&path);
+        crate::run::recovery::dir_created(&path);
         let mkdir = || fs::DirBuilder::new().mode(0o700).create(&path);
         match mkdir() {
             Ok(()) => {}
@@ -87,7 +87,7 @@ impl Drop for RunDir {
             Err(e) if e.kind() != ErrorKind::NotFound => {
                 log::warn!("removing {}: {e}", self.0.display())
             }
-            _ => crate::recovery::dir_removed(&self.0),
+            _ => crate::run::recovery::dir_removed(&self.0),
         }
     }
 }
