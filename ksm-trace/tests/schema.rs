@@ -8,8 +8,8 @@ use ksm_trace::{
     recording::{
         Recording, VERSION, WorkloadKind,
         schema::{
-            AttributionMechanism, BatchMechanism, BracketAttach, CowMechanism,
-            MergeLatencyMechanism,
+            AttributionMechanism, BatchMechanism, BracketAttach, CowMechanism, Fallback,
+            MergeLatencyMechanism, Reason,
         },
     },
 };
@@ -74,7 +74,11 @@ fn version_1_upgrades_to_the_figures_it_holds() {
     // Version 1 files written before the COW probe existed: not traced, never "0 breaks".
     assert_eq!(rec.mechanisms.cow, CowMechanism::Unavailable);
     assert!(!rec.mechanisms.cow_traced());
-    assert_eq!(rec.mechanisms.fallbacks.len(), 1);
+    // Fallbacks from before version 9 keep their words, as such.
+    assert!(matches!(
+        rec.mechanisms.fallbacks.as_slice(),
+        [Fallback::Recorded { text }] if text.starts_with("fentry/fexit on try_to_merge_one_page unavailable")
+    ));
     let workload = rec.meta.workload.as_ref().unwrap();
     assert_eq!(workload.kind, WorkloadKind::Procs);
     assert_eq!(
@@ -153,4 +157,27 @@ fn bad_files_are_refused_in_one_line() {
     assert!(refusal(&newer).contains("at least as new"));
     let damaged = current.replacen("\"processes\":[", "\"processes\":[7,", 1);
     assert!(refusal(&damaged).contains("damaged"));
+}
+
+/// Version 9's fallbacks are data: the fixture's kernel (this project's, which refuses tracing
+/// programs) says why fexit was not used, with the errno and what was checked.
+#[test]
+fn version_9_fallbacks_carry_their_reason_as_data() {
+    let rec = Recording::read(&version_fixture(9)).unwrap();
+    let refusal = rec
+        .mechanisms
+        .fallbacks
+        .iter()
+        .find_map(|f| match f {
+            Fallback::MergeLatencyFromBracket {
+                reason: Reason::Refused(r),
+            } => Some(r),
+            _ => None,
+        })
+        .expect("the fixture's kernel refused fexit");
+    assert_eq!(refusal.function, "try_to_merge_one_page");
+    assert_eq!(refusal.errno, Some(1), "EPERM");
+    assert_eq!(refusal.lockdown.as_deref(), Some("integrity"));
+    assert!(refusal.lsms.as_deref().unwrap().contains("bpf"));
+    assert_eq!(rec.meta.capabilities.lsms, refusal.lsms);
 }

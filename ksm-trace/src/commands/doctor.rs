@@ -6,12 +6,12 @@ use anyhow::Result;
 
 use crate::{
     kernel::{self, sysfs},
-    probes::{Capabilities, LatencyMode, Probes},
+    probes::{LatencyMode, Probes},
     report::mechanisms,
 };
 
 pub fn run(json: bool) -> Result<String> {
-    let caps = Capabilities::detect();
+    let caps = crate::run::session::detect_capabilities();
     // Loading (not attaching for long) is the only way to learn whether fentry is allowed.
     let probed = if !caps.root {
         Err("not probed: loading programs needs root".to_owned())
@@ -41,10 +41,15 @@ pub fn run(json: bool) -> Result<String> {
         yes(caps.root),
         yes(caps.ksm),
         yes(caps.btf),
-        caps.lockdown.as_deref().unwrap_or("n/a"),
+        caps.lockdown.as_deref().unwrap_or("not readable"),
         yes(caps.tracefs_mounted)
     );
-    let _ = writeln!(o, "  THP: {}", caps.thp.as_deref().unwrap_or("n/a"));
+    let _ = writeln!(
+        o,
+        "  LSMs: {}   THP: {}",
+        caps.lsms.as_deref().unwrap_or("not readable"),
+        caps.thp.as_deref().unwrap_or("n/a")
+    );
     let missing: Vec<&str> = ksm_trace_common::programs::KSM
         .iter()
         .map(|tp| tp.tracepoint)

@@ -4,6 +4,7 @@ pub mod kallsyms;
 pub mod ksm_stat;
 pub mod pagemap;
 pub mod process;
+pub mod security;
 pub mod sysfs;
 pub mod tracefs;
 

@@ -149,7 +149,7 @@ fn recording(rec: &Recording, t: &Transcript) -> String {
         mechanisms::batches(m.batches)
     );
     for f in &m.fallbacks {
-        let _ = writeln!(o, "  fallback: {f}");
+        let _ = writeln!(o, "  fallback: {}", mechanisms::fallback(f));
     }
 
     // merge_latency_ns holds the best mechanism's figure; the bracket's own histogram is kept

@@ -16,7 +16,7 @@ use crate::{
     collect::Collector,
     histogram::Histogram,
     kernel::{self, KsmStat, process::ProcessIdentity, sysfs},
-    probes::{Capabilities, ProbeOptions, Probes, bracket::BracketPolicy},
+    probes::{ProbeOptions, Probes, bracket::BracketPolicy},
     recording::schema::CowMechanism,
     report::mechanisms,
     run::session,
@@ -50,7 +50,7 @@ impl LiveTracer {
                 anyhow::bail!("no process with pid {pid}: give the pid of a running process");
             }
         }
-        let caps = Capabilities::detect();
+        let caps = crate::run::session::detect_capabilities();
         caps.require_tracing()?;
         let ksmd = kernel::ksmd_pid()?;
         let mut probes = Probes::load_with(&caps, ksmd, options)?;

@@ -11,6 +11,7 @@ use ksm_trace_common::{
 use super::btf::{KernelBtf, VMLINUX_BTF};
 use crate::kernel::{self, sysfs};
 pub use crate::recording::schema::Capabilities;
+use crate::recording::schema::Reason;
 
 /// Every raw tracepoint a program of ours attaches to.
 fn raw_tracepoints() -> impl Iterator<Item = &'static RawTracepoint> {
@@ -43,15 +44,17 @@ pub const KSM_FUNCTIONS: [&str; 11] = [
 ];
 
 impl Capabilities {
+    /// What the kernel allows; the lockdown mode and LSMs only where securityfs is mounted
+    /// already (`run::mounts::read_security` mounts it for the read).
     pub fn detect() -> Self {
+        let (lockdown, lsms) = kernel::security::read(Path::new(kernel::security::SECURITYFS));
         let mut caps = Capabilities {
             kernel_release: kernel::kernel_release(),
             root: nix::unistd::geteuid().is_root(),
             ksm: sysfs::available(),
             btf: Path::new(VMLINUX_BTF).exists(),
-            lockdown: fs::read_to_string("/sys/kernel/security/lockdown")
-                .ok()
-                .map(|s| sysfs::selected(s.trim())),
+            lockdown,
+            lsms,
             tracefs_mounted: crate::kernel::tracefs::mounted(),
             thp: fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
                 .ok()
@@ -135,25 +138,31 @@ impl Capabilities {
 
     /// Whether `tp`'s program can attach here: the tracepoint exists and its arguments are the
     /// ones the program reads. Err says why not.
-    pub fn raw_tracepoint(&self, tp: &RawTracepoint) -> Result<(), String> {
+    pub fn raw_tracepoint(&self, tp: &RawTracepoint) -> Result<(), Reason> {
         if !self.has_tracepoint(tp.tracepoint) {
-            return Err("missing on this kernel".into());
+            return Err(Reason::TracepointMissing);
         }
         match self.prototype_mismatches.get(tp.tracepoint) {
-            Some(why) => Err(format!("argument list changed: {why}")),
+            Some(why) => Err(Reason::PrototypeDiffers {
+                detail: why.clone(),
+            }),
             None => Ok(()),
         }
     }
 
     /// Whether the function backend's zero-page probe can attach here: its function is out of
     /// line and has the arguments it reads. Err says why not.
-    pub fn zero_page_probe(&self) -> Result<(), String> {
+    pub fn zero_page_probe(&self) -> Result<(), Reason> {
         let f = programs::ZERO_PAGE_MERGE.function;
         if !self.functions.get(f).copied().unwrap_or(false) {
-            return Err(format!("{f} is not in BTF (inlined)"));
+            return Err(Reason::NotInBtf {
+                function: f.to_owned(),
+            });
         }
         match self.prototype_mismatches.get(f) {
-            Some(why) => Err(format!("{f}: {why}")),
+            Some(why) => Err(Reason::PrototypeDiffers {
+                detail: format!("{f}: {why}"),
+            }),
             None => Ok(()),
         }
     }
@@ -342,16 +351,20 @@ mod tests {
     fn the_zero_page_probe_needs_its_function_out_of_line_and_unchanged() {
         let mut caps = Capabilities::default();
         let f = ksm_trace_common::programs::ZERO_PAGE_MERGE.function;
-        assert!(caps.zero_page_probe().unwrap_err().contains("inlined"));
+        assert_eq!(
+            caps.zero_page_probe(),
+            Err(Reason::NotInBtf {
+                function: f.to_owned()
+            })
+        );
         caps.functions.insert(f.to_owned(), true);
         assert_eq!(caps.zero_page_probe(), Ok(()));
         caps.prototype_mismatches
             .insert(f.to_owned(), "its arguments are (a pointer)".into());
-        assert!(
-            caps.zero_page_probe()
-                .unwrap_err()
-                .contains("its arguments")
-        );
+        assert!(matches!(
+            caps.zero_page_probe(),
+            Err(Reason::PrototypeDiffers { detail }) if detail.contains("its arguments")
+        ));
     }
 
     #[test]

@@ -1,151 +1,35 @@
 //! The kernel side as seen from user space: what the kernel allows ([`capabilities`]), BTF
-//! offsets ([`btf`]), and loading and attaching the chosen programs. Dropping [`Probes`] detaches
-//! everything.
+//! offsets ([`btf`]), and one module per measurement — [`events`], [`latency`] (with the
+//! bracket's sampling policy, [`bracket`]), [`batches`], [`cow`], [`unmerge`], [`tlb`],
+//! [`profile`] — each choosing from the capabilities what it can use, loading and attaching
+//! it through the shared [`load`] helpers, and returning its typed mechanism, with a typed
+//! fallback where it could not use the best one. A new backend for a measurement is a change in
+//! its module and its eBPF file. Dropping [`Probes`] detaches everything.
+pub mod batches;
 pub mod bracket;
 pub mod btf;
 pub mod capabilities;
+pub mod cow;
+pub mod events;
+pub mod latency;
+mod load;
 pub mod profile;
+pub mod tlb;
+pub mod unmerge;
 
-use anyhow::{Context as _, Result, anyhow};
+use anyhow::{Result, anyhow};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{MapData, PerCpuArray, RingBuf},
-    programs::{FEntry, FExit, KProbe, RawTracePoint, raw_trace_point::RawTracePointLinkId},
+    programs::raw_trace_point::RawTracePointLinkId,
 };
-use ksm_trace_common::{
-    Config, NO_OFFSET, counter, names,
-    programs::{self, RawTracepoint},
-};
+use ksm_trace_common::{Config, counter, names};
 
 pub use crate::recording::schema::LatencyMode;
-use crate::recording::schema::{
-    AttributionMechanism, BatchMechanism, BracketAttach, CowMechanism, EventSource, Mechanisms,
-    MergeLatencyMechanism, ShootdownMechanism, UnmergeMechanism,
-};
+use crate::recording::schema::{BatchMechanism, EventSource, Fallback, Mechanisms, Reason};
 pub use capabilities::Capabilities;
-
-impl LatencyMode {
-    /// Every mode: its name (as `--merge-latency` takes it) and what it does.
-    pub const ALL: [(LatencyMode, &'static str, &'static str); 4] = [
-        (
-            LatencyMode::Auto,
-            "auto",
-            "fentry/fexit where allowed; else the mmap_lock bracket, sampled: 50 ms when merges start, one window per 5 s",
-        ),
-        (
-            LatencyMode::Always,
-            "always",
-            "fentry/fexit where allowed; else the mmap_lock bracket for the whole run",
-        ),
-        (
-            LatencyMode::Both,
-            "both",
-            "fentry/fexit and the bracket on the same merges, to compare them",
-        ),
-        (LatencyMode::Off, "off", "no merge latency"),
-    ];
-}
-
-/// Where the KSM events come from (`--backend`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Backend {
-    /// The ksm:* tracepoints where the kernel has them, else the function probes.
-    Auto,
-    /// The ksm:* tracepoints (Linux ≥ 6.4).
-    Tracepoints,
-    /// Function probes on mm/ksm.c ([`programs::FUNCTIONS`]) through fentry/fexit, also
-    /// where the tracepoints exist: to compare the two on one kernel.
-    Functions,
-    /// The same function probes through kprobes/kretprobes, also where fentry is allowed: to
-    /// prove the path kernels that refuse fentry take.
-    Kprobes,
-}
-
-/// Where the events come from, as chosen on this kernel.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Source {
-    Tracepoints,
-    /// fentry/fexit; with `or_kprobes`, kprobes where fentry is refused.
-    Fentry {
-        or_kprobes: bool,
-    },
-    Kprobes,
-}
-
-/// Whether the kernel can attach kprobes (aya attaches them through the perf kprobe PMU).
-pub fn kprobes_available() -> bool {
-    std::path::Path::new("/sys/bus/event_source/devices/kprobe/type").exists()
-}
-
-impl Backend {
-    pub const ALL: [(Backend, &'static str, &'static str); 4] = [
-        (
-            Backend::Auto,
-            "auto",
-            "the ksm tracepoints where the kernel has them, else function probes",
-        ),
-        (
-            Backend::Tracepoints,
-            "tracepoints",
-            "the ksm:* tracepoints (Linux 6.4 and later)",
-        ),
-        (
-            Backend::Functions,
-            "functions",
-            "function probes on mm/ksm.c (fentry/fexit), even where the tracepoints exist",
-        ),
-        (
-            Backend::Kprobes,
-            "kprobes",
-            "the function probes through kprobes/kretprobes, even where fentry is allowed",
-        ),
-    ];
-
-    /// Refuses, in one line, a backend asked for by name that this kernel cannot run: for a
-    /// command to call before it changes anything.
-    pub fn check(self, caps: &Capabilities) -> Result<()> {
-        self.source(caps, kprobes_available()).map(drop)
-    }
-
-    /// Where events come from on this kernel; Err says, in one line, why a backend asked for
-    /// by name cannot run here.
-    fn source(self, caps: &Capabilities, kprobes: bool) -> Result<Source> {
-        let has_tracepoints = programs::KSM
-            .iter()
-            .any(|tp| caps.has_tracepoint(tp.tracepoint));
-        let functions = |flag: &str| {
-            let missing = caps.function_backend_missing();
-            if missing.is_empty() {
-                Ok(())
-            } else {
-                Err(anyhow!(
-                    "--backend {flag}: this kernel ({}) lacks what the function probes need ({}): use --backend auto",
-                    caps.kernel_release,
-                    missing.join(", ")
-                ))
-            }
-        };
-        match self {
-            Backend::Auto if caps.function_backend() => Ok(Source::Fentry {
-                or_kprobes: kprobes,
-            }),
-            Backend::Auto => Ok(Source::Tracepoints),
-            Backend::Tracepoints if has_tracepoints => Ok(Source::Tracepoints),
-            Backend::Tracepoints => Err(anyhow!(
-                "--backend tracepoints: this kernel ({}) has no ksm tracepoints (they arrived in Linux 6.4): use --backend auto",
-                caps.kernel_release
-            )),
-            Backend::Functions => {
-                functions("functions").map(|()| Source::Fentry { or_kprobes: false })
-            }
-            Backend::Kprobes if !kprobes => Err(anyhow!(
-                "--backend kprobes: this kernel ({}) has no kprobes (CONFIG_KPROBES, or no perf kprobe PMU): use --backend auto",
-                caps.kernel_release
-            )),
-            Backend::Kprobes => functions("kprobes").map(|()| Source::Kprobes),
-        }
-    }
-}
+pub use events::{Backend, kprobes_available};
+use load::Loader;
 
 pub struct Probes {
     ebpf: Ebpf,
@@ -200,320 +84,44 @@ impl Probes {
         Self::load_with(caps, ksmd, ProbeOptions::new(latency))
     }
 
-    /// [`Probes::load`] with every choice a user can make.
+    /// [`Probes::load`] with every choice a user can make: each measurement in turn.
     pub fn load_with(caps: &Capabilities, ksmd: u32, options: ProbeOptions) -> Result<Self> {
-        let ProbeOptions {
-            latency,
-            ring_buffer_bytes: events_bytes,
-            cow: want_cow,
-            batches: want_batches,
-            tlb: want_tlb,
-            backend,
-            profile_hz,
-        } = options;
-        let source = backend.source(caps, kprobes_available())?;
-        let mut config: Config = caps.config(ksmd, source != Source::Tracepoints);
+        let source = options.backend.source(caps, kprobes_available())?;
+        let functions = source != events::Source::Tracepoints;
         // The function backend's zero-page probe compares each merge's KSM page with the zero
         // page; the tracepoints say which merges are zero-page merges themselves.
-        let zero_pfn = (source != Source::Tracepoints).then(crate::kernel::pagemap::zero_page_pfn);
+        let zero_pfn = functions.then(crate::kernel::pagemap::zero_page_pfn);
+        let mut config: Config = caps.config(ksmd, functions);
         if let Some(Ok(pfn)) = &zero_pfn {
             config.zero_pfn = *pfn;
         }
-        if PROGRAMS.is_empty() {
-            return Err(anyhow!(
-                "this ksm-trace was built without its eBPF programs (AYA_BUILD_SKIP): rebuild with `cargo xtask build`"
-            ));
-        }
-        let mut ebpf = EbpfLoader::new()
-            .override_global(names::CONFIG, &config, true)
-            .map_max_entries(names::EVENTS, events_bytes)
-            .load(PROGRAMS)
-            .map_err(|e| anyhow!("loading the eBPF object: {}", one_line(&e.to_string())))?;
-        let mut fallbacks = Vec::new();
-
-        // aya needs its own parse of the kernel's BTF to load fentry/fexit: once, and only if
-        // a function probe is wanted.
-        let btf = std::cell::OnceCell::new();
-        let kernel_btf = || -> Result<&aya::Btf> {
-            if btf.get().is_none() {
-                let parsed = aya::Btf::from_sys_fs().context("reading kernel BTF")?;
-                let _ = btf.set(parsed);
-            }
-            Ok(btf.get().expect("just set"))
-        };
-
-        let functions = programs::FUNCTIONS.map(|f| f.function).join(", ");
-        let why = match backend {
-            Backend::Functions => "--backend functions",
-            Backend::Kprobes => "--backend kprobes",
-            _ => "no ksm:* tracepoints (Linux < 6.4)",
-        };
-        let events = match source {
-            Source::Tracepoints => {
-                for tp in &programs::KSM {
-                    match caps.raw_tracepoint(tp) {
-                        Ok(()) => attach_raw(&mut ebpf, tp)?,
-                        Err(why) => {
-                            fallbacks.push(format!("ksm:{}: not traced ({why})", tp.tracepoint))
-                        }
-                    }
-                }
-                EventSource::Tracepoints
-            }
-            Source::Fentry { or_kprobes } => {
-                match kernel_btf().and_then(|btf| attach_function_backend(&mut ebpf, caps, btf)) {
-                    Ok(()) => EventSource::Functions,
-                    Err(e) if or_kprobes => {
-                        fallbacks.push(format!(
-                            "fentry/fexit on the KSM functions refused ({e:#}): kprobes instead"
-                        ));
-                        attach_kprobe_backend(&mut ebpf).map_err(|k| {
-                            anyhow!(
-                                "this kernel ({}): {why}, and neither fentry ({e:#}) nor kprobes ({k:#}) could attach to the KSM functions: run `ksm-trace doctor`",
-                                caps.kernel_release
-                            )
-                        })?;
-                        EventSource::Kprobes
-                    }
-                    Err(e) => {
-                        return Err(anyhow!(
-                            "this kernel ({}): {why}, and the function probes could not attach ({e:#}): run `ksm-trace doctor`",
-                            caps.kernel_release
-                        ));
-                    }
-                }
-            }
-            Source::Kprobes => {
-                attach_kprobe_backend(&mut ebpf).map_err(|e| {
-                    anyhow!(
-                        "this kernel ({}): --backend kprobes: the kprobes could not attach ({e:#}): run `ksm-trace doctor`",
-                        caps.kernel_release
-                    )
-                })?;
-                EventSource::Kprobes
-            }
-        };
-        if events != EventSource::Tracepoints {
-            let how = if events == EventSource::Kprobes {
-                "kprobes/kretprobes"
-            } else {
-                "fentry/fexit"
-            };
-            fallbacks.push(format!(
-                "{why}: events from {how} on {functions}; full scans end at ksmd's switch-out that sees ksm_scan.seqnr move"
-            ));
-            let zero = zero_pfn
-                .expect("set for the function backend")
-                .map_err(|e| format!("the zero page's pfn is unknown ({e:#})"))
-                .and_then(|pfn| {
-                    caps.zero_page_probe()?;
-                    match events {
-                        EventSource::Kprobes => attach_zero_page_kprobes(&mut ebpf),
-                        _ => kernel_btf()
-                            .and_then(|btf| attach_zero_page_fexit(&mut ebpf, caps, btf)),
-                    }
-                    .map(|()| pfn)
-                    .map_err(|e| format!("{e:#}"))
-                });
-            fallbacks.push(match zero {
-                Ok(pfn) => format!(
-                    "zero-page merges (use_zero_pages) from {} on {} whose kpage is the zero page (pfn {pfn})",
-                    if events == EventSource::Kprobes { "kprobe/kretprobe" } else { "fexit" },
-                    programs::ZERO_PAGE_MERGE.function
-                ),
-                Err(e) => format!("zero-page merges (use_zero_pages) are not traced: {e}"),
-            });
-        }
-
-        let batches = match caps.raw_tracepoint(&programs::SCHED_SWITCH) {
-            // sched_switch fires on every context switch of every process: its own switch.
-            _ if !want_batches => BatchMechanism::Off,
-            Ok(()) if config.task_pid != NO_OFFSET => {
-                attach_raw(&mut ebpf, &programs::SCHED_SWITCH)?;
-                fallbacks.push(if caps.functions.get("ksm_do_scan").copied().unwrap_or(false) {
-                    "ksm_do_scan is a function on this kernel, but batches still come from sched_switch (fentry on it is not implemented)".into()
-                } else {
-                    "ksm_do_scan is inlined on this kernel (not in BTF): batches are ksmd's on-CPU stretches from sched_switch".into()
-                });
-                BatchMechanism::SchedSwitch
-            }
-            Ok(()) => {
-                fallbacks.push("no ksmd batches: task_struct.pid missing from BTF".into());
-                BatchMechanism::Unavailable
-            }
-            Err(why) => {
-                fallbacks.push(format!("no ksmd batches: sched_switch {why}"));
-                BatchMechanism::Unavailable
-            }
-        };
-
-        let attribution = if config.mm_owner == NO_OFFSET {
-            fallbacks.push("mm_struct.owner missing from BTF (CONFIG_MEMCG=n): merges are not attributed to processes".into());
-            AttributionMechanism::Unavailable
-        } else {
-            AttributionMechanism::MmOwner {
-                mm_owner: config.mm_owner,
-                task_tgid: config.task_tgid,
-                task_comm: config.task_comm,
-            }
-        };
-
+        let mut l = Loader::new(load_object(&config, options.ring_buffer_bytes)?, caps);
+        let events = events::attach(&mut l, source, options.backend, zero_pfn)?;
+        let batches = batches::attach(&mut l, options.batches, config.task_pid)?;
+        let attribution = events::attribution(&mut l, &config);
+        // The function backend sees a full scan's end at ksmd's switch-out.
         if events != EventSource::Tracepoints && batches != BatchMechanism::SchedSwitch {
-            fallbacks.push(
-                "full scans are not traced: with the function backend their end is seen at ksmd's switch-out (sched_switch), which is off".into(),
-            );
+            l.fallback(Fallback::FullScansUntraced);
         }
-
-        let mut fexit_attached = false;
-        if latency != LatencyMode::Off {
-            match kernel_btf().and_then(|btf| attach_fexit(&mut ebpf, caps, btf)) {
-                Ok(()) => fexit_attached = true,
-                Err(e) => fallbacks.push(format!(
-                    "fentry/fexit on {} unavailable ({e}); merge latency from the mmap_lock tracepoint bracket instead",
-                    programs::MERGE_FUNCTION
-                )),
-            }
-        }
-        // do_wp_page runs on every write-protect fault of every process: its own switch.
-        let cow =
-            match want_cow.then(|| kernel_btf().and_then(|btf| attach_cow(&mut ebpf, caps, btf))) {
-                None => CowMechanism::Off,
-                Some(Ok(())) => CowMechanism::DoWpPage {
-                    vmemmap_from_merges: caps.vmemmap_base.is_none(),
-                },
-                Some(Err(e)) => {
-                    fallbacks.push(format!(
-                    "fentry/fexit on {} unavailable ({e}): COW breaks only as the global cow_ksm",
-                    programs::COW_FUNCTION
-                ));
-                    CowMechanism::Unavailable
-                }
-            };
-
-        // unmerge_ksm_pages runs only when something unmerges: always attached where it can be.
-        let unmerge = if !caps
-            .functions
-            .get(programs::UNMERGE_FUNCTION)
-            .copied()
-            .unwrap_or(false)
-        {
-            fallbacks.push(format!(
-                "no unmerge latency from the kernel: {} is not in BTF (inlined)",
-                programs::UNMERGE_FUNCTION
-            ));
-            UnmergeMechanism::Unavailable
-        } else {
-            let fentry = if events == EventSource::Kprobes {
-                Err(anyhow!("--backend kprobes"))
-            } else {
-                kernel_btf().and_then(|btf| {
-                    attach_function(
-                        &mut ebpf,
-                        caps,
-                        btf,
-                        programs::UNMERGE_ENTRY,
-                        programs::UNMERGE_EXIT,
-                        programs::UNMERGE_FUNCTION,
-                    )
-                })
-            };
-            match fentry {
-                Ok(()) => UnmergeMechanism::Fentry,
-                Err(_) if kprobes_available() => {
-                    attach_kprobes(
-                        &mut ebpf,
-                        &[
-                            (programs::UNMERGE_KPROBE, programs::UNMERGE_FUNCTION),
-                            (programs::UNMERGE_KRETPROBE, programs::UNMERGE_FUNCTION),
-                        ],
-                    )?;
-                    UnmergeMechanism::Kprobes
-                }
-                Err(e) => {
-                    fallbacks.push(format!(
-                        "no unmerge latency from the kernel: fentry/fexit on {} unavailable ({e}) and no kprobes; the procs workload's `unmerge=F` times its own calls",
-                        programs::UNMERGE_FUNCTION
-                    ));
-                    UnmergeMechanism::Unavailable
-                }
-            }
-        };
-
-        // tlb_flush fires on TLB flushes of every process: only when asked for.
-        let tlb_shootdowns = match caps.raw_tracepoint(&programs::TLB_FLUSH) {
-            _ if !want_tlb => ShootdownMechanism::Off,
-            Ok(()) => {
-                attach_raw(&mut ebpf, &programs::TLB_FLUSH)?;
-                let ipis = programs::IPI_SEND.iter().all(|tp| {
-                    caps.raw_tracepoint(tp)
-                        .map_err(|why| {
-                            fallbacks.push(format!(
-                                "TLB flushes per merge are those asked for, not the IPIs sent: {} {why}",
-                                tp.tracepoint
-                            ))
-                        })
-                        .is_ok()
-                });
-                if ipis {
-                    for tp in &programs::IPI_SEND {
-                        attach_raw(&mut ebpf, tp)?;
-                    }
-                }
-                ShootdownMechanism::TlbFlush { ipis }
-            }
-            Err(why) => {
-                fallbacks.push(format!("no TLB shootdowns per merge: tlb_flush {why}"));
-                ShootdownMechanism::Unavailable
-            }
-        };
-
-        let bracket_present = latency != LatencyMode::Off
-            && programs::BRACKET.iter().all(|tp| {
-                caps.raw_tracepoint(tp)
-                    .map_err(|why| {
-                        fallbacks.push(format!("no mmap_lock bracket: {} {why}", tp.tracepoint))
-                    })
-                    .is_ok()
-            });
-        if bracket_present {
-            for tp in &programs::BRACKET {
-                program::<RawTracePoint>(&mut ebpf, tp.program)?
-                    .load()
-                    .map_err(|e| load_error(tp.program, e))?;
-            }
-        }
-        let merge_latency = match (latency, fexit_attached, bracket_present) {
-            (LatencyMode::Off, ..) => MergeLatencyMechanism::Off,
-            (LatencyMode::Both, true, true) => MergeLatencyMechanism::FexitAndBracket,
-            (_, true, _) => MergeLatencyMechanism::Fexit,
-            (mode, false, true) => MergeLatencyMechanism::Bracket {
-                attached: if mode == LatencyMode::Auto {
-                    BracketAttach::OnMerges {
-                        on_ms: bracket::SAMPLE_ON.as_millis() as u32,
-                        period_ms: bracket::SAMPLE_PERIOD.as_millis() as u32,
-                    }
-                } else {
-                    BracketAttach::Always
-                },
-            },
-            (_, false, false) => MergeLatencyMechanism::Unavailable,
-        };
-
+        let latency = latency::attach(&mut l, options.latency)?;
+        let cow = cow::attach(&mut l, options.cow);
+        let unmerge = unmerge::attach(&mut l, events)?;
+        let tlb_shootdowns = tlb::attach(&mut l, options.tlb)?;
         Ok(Self {
-            ebpf,
+            ebpf: l.ebpf,
             bracket_links: Vec::new(),
-            bracket_usable: bracket_present && !(fexit_attached && latency != LatencyMode::Both),
-            fexit_attached,
-            profile_hz,
+            bracket_usable: latency.bracket_usable,
+            fexit_attached: latency.fexit_attached,
+            profile_hz: options.profile_hz,
             mechanisms: Mechanisms {
                 events,
-                merge_latency,
+                merge_latency: latency.mechanism,
                 batches,
                 attribution,
                 cow,
                 tlb_shootdowns,
                 unmerge,
-                fallbacks,
+                fallbacks: l.fallbacks,
             },
         })
     }
@@ -527,32 +135,23 @@ impl Probes {
         if !self.bracket_usable || self.bracket_armed() {
             return Ok(());
         }
-        for tp in &programs::BRACKET {
-            let link = program::<RawTracePoint>(&mut self.ebpf, tp.program)?
-                .attach(tp.tracepoint)
-                .with_context(|| format!("attaching {} to {}", tp.program, tp.tracepoint))?;
-            self.bracket_links.push((tp.program, link));
-        }
-        Ok(())
+        latency::arm(&mut self.ebpf, &mut self.bracket_links)
     }
 
     /// Detaches the mmap_lock bracket.
     pub fn disarm_bracket(&mut self) -> Result<()> {
-        for (prog, link) in std::mem::take(&mut self.bracket_links) {
-            program::<RawTracePoint>(&mut self.ebpf, prog)?.detach(link)?;
-        }
-        // An interval the detach cut off (acquired, never released) would otherwise time the
-        // next merge on that mm, however much later, as one long merge.
-        let map = self
-            .ebpf
-            .map_mut(names::INTERVALS)
-            .ok_or_else(|| anyhow!("map {} missing from the eBPF object", names::INTERVALS))?;
-        aya::maps::Array::<_, ksm_trace_common::Interval>::try_from(map)?.set(
-            ksm_trace_common::interval::BRACKET,
-            ksm_trace_common::Interval::default(),
-            0,
-        )?;
-        Ok(())
+        latency::disarm(&mut self.ebpf, &mut self.bracket_links)
+    }
+
+    /// Notes, in the recording's mechanisms, that ksmd's profile could not be taken or read.
+    pub fn profile_unavailable(&mut self, e: &anyhow::Error) {
+        self.mechanisms
+            .fallbacks
+            .push(Fallback::ProfileUnavailable {
+                reason: Reason::Error {
+                    message: format!("{e:#}"),
+                },
+            });
     }
 
     /// Starts sampling ksmd's kernel stacks at the rate asked for (none at 0); says why not
@@ -622,255 +221,21 @@ impl Probes {
     }
 }
 
-fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T>
-where
-    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
-{
-    let prog = ebpf
-        .program_mut(name)
-        .ok_or_else(|| anyhow!("program {name} missing from the eBPF object"))?;
-    Ok(prog.try_into()?)
-}
-
-fn attach_raw(ebpf: &mut Ebpf, tp: &RawTracepoint) -> Result<()> {
-    let p = program::<RawTracePoint>(ebpf, tp.program)?;
-    p.load().map_err(|e| load_error(tp.program, e))?;
-    p.attach(tp.tracepoint).with_context(|| {
-        format!(
-            "attaching {} to raw tracepoint {}",
-            tp.program, tp.tracepoint
-        )
-    })?;
-    Ok(())
-}
-
-/// A load failure in one line: aya puts the verifier's whole log into the error, which belongs
-/// in `-v` output, not in a one-line error or a recording's fallbacks.
-fn load_error(prog: &str, e: aya::programs::ProgramError) -> anyhow::Error {
-    if let aya::programs::ProgramError::LoadError { verifier_log, .. } = &e {
-        log::debug!("verifier log for {prog}:\n{verifier_log}");
-    }
-    anyhow!("loading {prog}: {}", one_line(&e.to_string()))
-}
-
-/// The first line of a multi-line message, saying that more is shown with -v.
-fn one_line(text: &str) -> String {
-    let mut lines = text.lines().filter(|l| !l.trim().is_empty());
-    let first = lines.next().unwrap_or_default().trim().to_owned();
-    if lines.next().is_some() {
-        format!("{first} (the verifier's log is shown with -vv)")
-    } else {
-        first
-    }
-}
-
-/// Why a tracing program could not load, in words a user can act on.
-fn refused(caps: &Capabilities, e: aya::programs::ProgramError) -> anyhow::Error {
-    let eperm = matches!(&e, aya::programs::ProgramError::LoadError { io_error, .. }
-        if io_error.raw_os_error() == Some(libc::EPERM));
-    match (caps.lockdown.as_deref().filter(|l| *l != "none"), eperm) {
-        (Some(l), _) => anyhow!("the kernel refused to load it: lockdown={l}"),
-        (None, true) => anyhow!(
-            "BPF_PROG_LOAD returned EPERM as root, which is how kernel lockdown refuses tracing programs"
-        ),
-        (None, false) => load_error("it", e),
-    }
-}
-
-/// fentry/fexit on `do_wp_page`, counting write faults on KSM pages.
-fn attach_cow(ebpf: &mut Ebpf, caps: &Capabilities, btf: &aya::Btf) -> Result<()> {
-    const FUNCTION: &str = programs::COW_FUNCTION;
-    if !caps.functions.get(FUNCTION).copied().unwrap_or(false) {
-        return Err(anyhow!("{FUNCTION} is not in BTF (inlined)"));
-    }
-    if !cfg!(target_arch = "x86_64") {
+/// The eBPF object with its globals and the ring buffer's size, loaded (no program yet).
+fn load_object(config: &Config, ring_buffer_bytes: u32) -> Result<Ebpf> {
+    if PROGRAMS.is_empty() {
         return Err(anyhow!(
-            "the KSM-page check reads x86-64 page table entries"
+            "this ksm-trace was built without its eBPF programs (AYA_BUILD_SKIP): rebuild with `cargo xtask build`"
         ));
     }
-    for needed in ["vm_fault.orig_pte", "page.mapping"] {
-        if caps.offset(needed) == NO_OFFSET {
-            return Err(anyhow!("{needed} missing from BTF"));
-        }
-    }
-    if caps.page_struct_size.is_none() {
-        return Err(anyhow!("struct page not in BTF"));
-    }
-    attach_function(
-        ebpf,
-        caps,
-        btf,
-        programs::COW_ENTRY,
-        programs::COW_EXIT,
-        FUNCTION,
-    )
-}
-
-fn attach_fexit(ebpf: &mut Ebpf, caps: &Capabilities, btf: &aya::Btf) -> Result<()> {
-    const FUNCTION: &str = programs::MERGE_FUNCTION;
-    if !caps.functions.get(FUNCTION).copied().unwrap_or(false) {
-        return Err(anyhow!("{FUNCTION} is not in BTF (inlined)"));
-    }
-    if caps.offset("vm_area_struct.vm_mm") == NO_OFFSET {
-        return Err(anyhow!("vm_area_struct.vm_mm missing from BTF"));
-    }
-    attach_function(
-        ebpf,
-        caps,
-        btf,
-        programs::MERGE_ENTRY,
-        programs::MERGE_EXIT,
-        FUNCTION,
-    )
-}
-
-/// The function backend ([`programs::FUNCTIONS`]): every program loads before any attaches,
-/// so a refusal leaves nothing attached.
-fn attach_function_backend(ebpf: &mut Ebpf, caps: &Capabilities, btf: &aya::Btf) -> Result<()> {
-    use programs::Hook;
-    for f in &programs::FUNCTIONS {
-        let loaded = match f.hook {
-            Hook::Entry => program::<FEntry>(ebpf, f.program)?.load(f.function, btf),
-            Hook::Exit => program::<FExit>(ebpf, f.program)?.load(f.function, btf),
-        };
-        loaded.map_err(|e| refused(caps, e).context(format!("{} on {}", f.program, f.function)))?;
-    }
-    for f in &programs::FUNCTIONS {
-        match f.hook {
-            Hook::Entry => program::<FEntry>(ebpf, f.program)?.attach().map(drop)?,
-            Hook::Exit => program::<FExit>(ebpf, f.program)?.attach().map(drop)?,
-        }
-    }
-    Ok(())
-}
-
-/// The function backend's optional zero-page probe ([`programs::ZERO_PAGE_MERGE`]).
-fn attach_zero_page_fexit(ebpf: &mut Ebpf, caps: &Capabilities, btf: &aya::Btf) -> Result<()> {
-    let f = &programs::ZERO_PAGE_MERGE;
-    let prog = program::<FExit>(ebpf, f.program)?;
-    prog.load(f.function, btf)
-        .map_err(|e| refused(caps, e).context(format!("{} on {}", f.program, f.function)))?;
-    prog.attach().map(drop)?;
-    Ok(())
-}
-
-/// The same through kprobes.
-fn attach_zero_page_kprobes(ebpf: &mut Ebpf) -> Result<()> {
-    let f = &programs::ZERO_PAGE_MERGE;
-    let kretprobe = f.kretprobe.expect("an exit hook has a kretprobe");
-    attach_kprobes(ebpf, &[(f.kprobe, f.function), (kretprobe, f.function)])
-}
-
-/// The function backend through kprobes ([`programs::FunctionProbe::kprobe`]).
-fn attach_kprobe_backend(ebpf: &mut Ebpf) -> Result<()> {
-    let probes: Vec<(&str, &str)> = programs::FUNCTIONS
-        .iter()
-        .flat_map(|f| {
-            std::iter::once((f.kprobe, f.function)).chain(f.kretprobe.map(|p| (p, f.function)))
+    EbpfLoader::new()
+        .override_global(names::CONFIG, config, true)
+        .map_max_entries(names::EVENTS, ring_buffer_bytes)
+        .load(PROGRAMS)
+        .map_err(|e| {
+            anyhow!(
+                "loading the eBPF object: {}",
+                load::one_line(&e.to_string())
+            )
         })
-        .collect();
-    attach_kprobes(ebpf, &probes)
-}
-
-/// Loads every `(program, function)` kprobe before attaching any, so a refusal leaves
-/// nothing attached.
-fn attach_kprobes(ebpf: &mut Ebpf, probes: &[(&str, &str)]) -> Result<()> {
-    for &(name, _) in probes {
-        program::<KProbe>(ebpf, name)?
-            .load()
-            .map_err(|e| load_error(name, e))?;
-    }
-    for &(name, function) in probes {
-        program::<KProbe>(ebpf, name)?
-            .attach(function, 0)
-            .with_context(|| format!("attaching {name} to {function}"))?;
-    }
-    Ok(())
-}
-
-/// Loads an fentry/fexit pair on `function`, then attaches both (neither is attached when
-/// either is refused).
-fn attach_function(
-    ebpf: &mut Ebpf,
-    caps: &Capabilities,
-    btf: &aya::Btf,
-    entry: &str,
-    exit: &str,
-    function: &str,
-) -> Result<()> {
-    let why = |e| refused(caps, e);
-    program::<FEntry>(ebpf, entry)?
-        .load(function, btf)
-        .map_err(why)?;
-    program::<FExit>(ebpf, exit)?
-        .load(function, btf)
-        .map_err(why)?;
-    program::<FEntry>(ebpf, entry)?.attach()?;
-    program::<FExit>(ebpf, exit)?.attach()?;
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// What `doctor --json` found on a kernel of the lab (`ksm-trace lab --kernel NAME --json`,
-    /// its `doctor.json.capabilities`): that kernel's BTF functions and offsets, tracepoints and
-    /// kallsyms symbols, kept as a fixture.
-    fn lab_kernel(name: &str) -> Capabilities {
-        let path = format!(
-            "{}/tests/fixtures/capabilities-{name}.json",
-            env!("CARGO_MANIFEST_DIR")
-        );
-        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
-    }
-
-    #[test]
-    fn debian_6_1_takes_the_function_probes_and_refuses_the_tracepoints() {
-        let caps = lab_kernel("debian-6.1");
-        assert!(caps.function_backend_missing().is_empty());
-        let auto = Backend::Auto.source(&caps, true).unwrap();
-        assert_eq!(auto, Source::Fentry { or_kprobes: true });
-        let no_kprobes = Backend::Auto.source(&caps, false).unwrap();
-        assert_eq!(no_kprobes, Source::Fentry { or_kprobes: false });
-        let err = Backend::Tracepoints
-            .source(&caps, true)
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("no ksm tracepoints"), "{err}");
-        assert_eq!(
-            Backend::Kprobes.source(&caps, true).unwrap(),
-            Source::Kprobes
-        );
-        // The function backend's globals: the full-scan counter and rmap items are read.
-        let config = caps.config(1, true);
-        assert_ne!(config.ksm_scan_seqnr_addr, 0);
-        assert_ne!(config.rmap_item_mm, NO_OFFSET);
-        assert_ne!(config.stable_node_sharers, NO_OFFSET);
-    }
-
-    #[test]
-    fn debian_6_12_takes_the_tracepoints_and_can_be_forced_to_either_function_path() {
-        let caps = lab_kernel("debian-6.12");
-        assert_eq!(
-            Backend::Auto.source(&caps, true).unwrap(),
-            Source::Tracepoints
-        );
-        assert_eq!(
-            Backend::Functions.source(&caps, true).unwrap(),
-            Source::Fentry { or_kprobes: false }
-        );
-        assert_eq!(
-            Backend::Kprobes.source(&caps, true).unwrap(),
-            Source::Kprobes
-        );
-        let err = Backend::Kprobes
-            .source(&caps, false)
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("has no kprobes"), "{err}");
-        // With the tracepoints, ksmd's switch-outs must not report full scans too.
-        assert_eq!(caps.config(1, false).ksm_scan_seqnr_addr, 0);
-        assert!(caps.functions[programs::UNMERGE_FUNCTION]);
-    }
 }

@@ -67,10 +67,7 @@ impl Window {
         collector.drain(ring.get_mut());
         bracket.window_opened(start_ns);
         if let Err(e) = probes.start_profile(session.ksmd) {
-            probes
-                .mechanisms
-                .fallbacks
-                .push(format!("no ksmd profile (flame graphs): {e:#}"));
+            probes.profile_unavailable(&e);
         }
         if !opts.ksm_off {
             session.run_ksmd()?;
@@ -205,10 +202,7 @@ impl Window {
         self.collector.merges.finish();
         let lost = self.probes.lost_events()?;
         let profile = self.probes.profile().unwrap_or_else(|e| {
-            self.probes
-                .mechanisms
-                .fallbacks
-                .push(format!("ksmd profile unreadable: {e:#}"));
+            self.probes.profile_unavailable(&e);
             Default::default()
         });
         let mechanisms = self.probes.mechanisms.clone();

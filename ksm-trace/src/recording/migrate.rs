@@ -18,10 +18,31 @@ pub fn upgrade(mut value: Value, version: u32) -> Result<Value> {
             5 => v5_to_v6(value)?,
             6 => v6_to_v7(value)?,
             7 => v7_to_v8(value)?,
+            8 => v8_to_v9(value)?,
             _ => return Err(anyhow!("no upgrade from version {from}")),
         };
     }
     Ok(value)
+}
+
+/// Version 8 kept each fallback as prose, and did not read the active LSMs.
+fn v8_to_v9(mut v: Value) -> Result<Value> {
+    let root = object(&mut v, "recording")?;
+    root.insert("version".into(), json!(9));
+    if let Some(Value::Array(fallbacks)) = root
+        .get_mut("mechanisms")
+        .and_then(|m| m.get_mut("fallbacks"))
+    {
+        for f in fallbacks.iter_mut() {
+            if let Value::String(text) = f {
+                *f = json!({"kind": "recorded", "text": text});
+            }
+        }
+    }
+    if let Some(caps) = root.get_mut("meta").and_then(|m| m.get_mut("capabilities")) {
+        default(caps, "lsms", Value::Null);
+    }
+    Ok(v)
 }
 
 /// Version 7 did not say how much of each burst its windows left out.

@@ -33,8 +33,9 @@ pub const FORMAT: &str = "ksm-trace-recording";
 /// (`EventSource::Kprobes`), and the kernel's unmerge calls per process (`Mechanisms::unmerge`,
 /// `MergeStats::unmerge_call_ns`). 7: `--merge-latency auto` opens its windows when merges
 /// start (`BracketAttach::OnMerges`). 8: what those windows leave out of each burst
-/// (`LatencyCoverage::burst_head`).
-pub const VERSION: u32 = 8;
+/// (`LatencyCoverage::burst_head`). 9: typed fallbacks (`Fallback`, the reason as data
+/// instead of prose) and the active LSMs (`Capabilities::lsms`).
+pub const VERSION: u32 = 9;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Recording {
@@ -400,7 +401,11 @@ pub struct Capabilities {
     pub root: bool,
     pub ksm: bool,
     pub btf: bool,
+    /// The lockdown mode (`/sys/kernel/security/lockdown`; None: not readable).
     pub lockdown: Option<String>,
+    /// The active LSMs, in order (`/sys/kernel/security/lsm`; None: not readable, or not
+    /// recorded before version 9).
+    pub lsms: Option<String>,
     pub tracefs_mounted: bool,
     pub thp: Option<String>,
     /// Raw tracepoints ksm-trace attaches to, and whether this kernel has each.
@@ -436,8 +441,96 @@ pub struct Mechanisms {
     pub tlb_shootdowns: ShootdownMechanism,
     /// The kernel's own unmerge calls, timed per process.
     pub unmerge: UnmergeMechanism,
-    /// What the kernel refused and what was used instead, with the kernel's reason.
-    pub fallbacks: Vec<String>,
+    /// What the kernel refused or lacked and what was used instead, with the reason.
+    pub fallbacks: Vec<Fallback>,
+}
+
+/// One thing a measurement could not use on this kernel, why, and what it did instead: the
+/// reason as data; the report words it (`report::mechanisms`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Fallback {
+    /// This ksm:* tracepoint cannot be attached: its events are not traced.
+    KsmTracepoint { tracepoint: String, reason: Reason },
+    /// Events come from function probes on mm/ksm.c (`via`: fentry/fexit or kprobes), not the
+    /// ksm:* tracepoints: asked for with `--backend`, or the kernel has none (before 6.4).
+    FunctionBackend { asked: bool, via: EventSource },
+    /// fentry/fexit on the function backend's functions was refused: kprobes instead.
+    KprobesForFentry { reason: Reason },
+    /// The function backend's zero-page merges come from `via` on try_to_merge_one_page when
+    /// its kpage is the zero page (`zero_pfn`).
+    ZeroPageMergesFromFunction { via: EventSource, zero_pfn: u64 },
+    /// The function backend cannot tell zero-page merges: they are not traced.
+    ZeroPageMergesUntraced { reason: Reason },
+    /// Batches are ksmd's on-CPU stretches from sched_switch, since ksm_do_scan is inlined
+    /// (not in BTF) or, where it is a function, fentry on it is not implemented.
+    BatchesFromSchedSwitch { ksm_do_scan_in_btf: bool },
+    /// No ksmd batches nor ksmd CPU by sched_switch.
+    BatchesUnavailable { reason: Reason },
+    /// Merges are not attributed to processes.
+    NotAttributed { reason: Reason },
+    /// With the function backend a full scan's end is seen at ksmd's switch-out, and
+    /// sched_switch is off: no full scans.
+    FullScansUntraced,
+    /// fentry/fexit on try_to_merge_one_page cannot be used: merge latency from the mmap_lock
+    /// bracket instead.
+    MergeLatencyFromBracket { reason: Reason },
+    /// The mmap_lock bracket cannot be attached.
+    BracketUnavailable { tracepoint: String, reason: Reason },
+    /// No per-process COW breaks: only the global cow_ksm.
+    CowUnavailable { reason: Reason },
+    /// No kernel-side unmerge latency (unmerge_ksm_pages): the procs workload's `unmerge=F`
+    /// still times its own calls.
+    UnmergeUnavailable { reason: Reason },
+    /// TLB flushes per merge are those ksmd asked for, not the IPIs it sent.
+    IpisUntraced { tracepoint: String, reason: Reason },
+    /// No TLB shootdowns per merge.
+    TlbUnavailable { reason: Reason },
+    /// No ksmd stack samples (flame graphs), or they could not be read back.
+    ProfileUnavailable { reason: Reason },
+    /// A fallback as recorded before version 9, in the words of the day.
+    Recorded { text: String },
+}
+
+/// Why a program could not be used.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Reason {
+    /// The tracepoint is not in this kernel.
+    TracepointMissing,
+    /// The tracepoint (or function) exists, but an argument the program reads differs.
+    PrototypeDiffers { detail: String },
+    /// The function is not in BTF: inlined on this build (or absent).
+    NotInBtf { function: String },
+    /// A kernel structure member the program reads is not in BTF.
+    OffsetMissing { member: String },
+    /// The kernel refused to load the program: what was observed and checked.
+    Refused(Box<Refusal>),
+    /// The kernel has no kprobes (CONFIG_KPROBES off, or no perf kprobe PMU).
+    NoKprobes,
+    /// fentry refused and no kprobes either.
+    RefusedAndNoKprobes(Box<Refusal>),
+    /// Turned away by an option the user gave (e.g. `--backend kprobes`).
+    Asked { option: String },
+    /// The program reads x86-64 page-table entries, and this is another architecture.
+    NotX86,
+    /// Anything else, in the loader's or the kernel's words.
+    Error { message: String },
+}
+
+/// A load the kernel refused: the error, and what was checked about why.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Refusal {
+    /// The program, and the function it attaches to.
+    pub program: String,
+    pub function: String,
+    /// The errno BPF_PROG_LOAD returned (EPERM as root: a policy, not a missing privilege),
+    /// with the loader's message.
+    pub errno: Option<i32>,
+    pub message: String,
+    /// The lockdown mode and the active LSMs, where they could be read.
+    pub lockdown: Option<String>,
+    pub lsms: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

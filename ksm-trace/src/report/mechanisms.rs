@@ -1,8 +1,8 @@
 //! The prose for each mechanism, derived from the typed [`Mechanisms`] a recording stores: what
 //! reports, `doctor` and the lab print.
 use crate::recording::schema::{
-    AttributionMechanism, BatchMechanism, BracketAttach, CowMechanism, EventSource, Mechanisms,
-    MergeLatencyMechanism, ShootdownMechanism, UnmergeMechanism,
+    AttributionMechanism, BatchMechanism, BracketAttach, CowMechanism, EventSource, Fallback,
+    Mechanisms, MergeLatencyMechanism, Reason, Refusal, ShootdownMechanism, UnmergeMechanism,
 };
 
 /// Where the events come from, and how they reach user space.
@@ -162,7 +162,216 @@ pub fn lines(m: &Mechanisms) -> String {
         unmerge(m.unmerge)
     );
     for f in &m.fallbacks {
-        o.push_str(&format!("  fallback: {f}\n"));
+        o.push_str(&format!("  fallback: {}\n", fallback(f)));
     }
     o
+}
+
+/// One fallback in words: what could not be used, why, and what was used instead.
+pub fn fallback(f: &Fallback) -> String {
+    match f {
+        Fallback::KsmTracepoint { tracepoint, reason } => {
+            format!("ksm:{tracepoint}: not traced ({})", self::reason(reason))
+        }
+        Fallback::FunctionBackend { asked, via } => {
+            let why = match (asked, via) {
+                (true, EventSource::Kprobes) => "--backend kprobes",
+                (true, _) => "--backend functions",
+                (false, _) => "no ksm:* tracepoints (Linux < 6.4)",
+            };
+            let how = match via {
+                EventSource::Kprobes => "kprobes/kretprobes",
+                _ => "fentry/fexit",
+            };
+            let functions = ksm_trace_common::programs::FUNCTIONS.map(|f| f.function);
+            format!(
+                "{why}: events from {how} on {}; full scans end at ksmd's switch-out that sees ksm_scan.seqnr move",
+                functions.join(", ")
+            )
+        }
+        Fallback::KprobesForFentry { reason } => format!(
+            "fentry/fexit on the KSM functions refused ({}): kprobes instead",
+            self::reason(reason)
+        ),
+        Fallback::ZeroPageMergesFromFunction { via, zero_pfn } => format!(
+            "zero-page merges (use_zero_pages) from {} on {} whose kpage is the zero page (pfn {zero_pfn})",
+            match via {
+                EventSource::Kprobes => "kprobe/kretprobe",
+                _ => "fexit",
+            },
+            ksm_trace_common::programs::ZERO_PAGE_MERGE.function
+        ),
+        Fallback::ZeroPageMergesUntraced { reason } => format!(
+            "zero-page merges (use_zero_pages) are not traced: {}",
+            self::reason(reason)
+        ),
+        Fallback::BatchesFromSchedSwitch {
+            ksm_do_scan_in_btf: true,
+        } => "ksm_do_scan is a function on this kernel, but batches still come from sched_switch (fentry on it is not implemented)".into(),
+        Fallback::BatchesFromSchedSwitch {
+            ksm_do_scan_in_btf: false,
+        } => "ksm_do_scan is inlined on this kernel (not in BTF): batches are ksmd's on-CPU stretches from sched_switch".into(),
+        Fallback::BatchesUnavailable { reason } => {
+            format!("no ksmd batches: {}", about("sched_switch", reason))
+        }
+        Fallback::NotAttributed { reason } => format!(
+            "{}{}: merges are not attributed to processes",
+            self::reason(reason),
+            match reason {
+                Reason::OffsetMissing { member } if member == "mm_struct.owner" => {
+                    " (CONFIG_MEMCG=n)"
+                }
+                _ => "",
+            }
+        ),
+        Fallback::FullScansUntraced => "full scans are not traced: with the function backend their end is seen at ksmd's switch-out (sched_switch), which is off".into(),
+        Fallback::MergeLatencyFromBracket { reason } => format!(
+            "fentry/fexit on {} unavailable ({}); merge latency from the mmap_lock tracepoint bracket instead",
+            ksm_trace_common::programs::MERGE_FUNCTION,
+            self::reason(reason)
+        ),
+        Fallback::BracketUnavailable { tracepoint, reason } => {
+            format!("no mmap_lock bracket: {}", about(tracepoint, reason))
+        }
+        Fallback::CowUnavailable { reason } => format!(
+            "fentry/fexit on {} unavailable ({}): COW breaks only as the global cow_ksm",
+            ksm_trace_common::programs::COW_FUNCTION,
+            self::reason(reason)
+        ),
+        Fallback::UnmergeUnavailable {
+            reason: reason @ Reason::NotInBtf { .. },
+        } => format!("no unmerge latency from the kernel: {}", self::reason(reason)),
+        Fallback::UnmergeUnavailable { reason } => format!(
+            "no unmerge latency from the kernel: fentry/fexit on {} unavailable ({}); the procs workload's `unmerge=F` times its own calls",
+            ksm_trace_common::programs::UNMERGE_FUNCTION,
+            self::reason(reason)
+        ),
+        Fallback::IpisUntraced { tracepoint, reason } => format!(
+            "TLB flushes per merge are those asked for, not the IPIs sent: {}",
+            about(tracepoint, reason)
+        ),
+        Fallback::TlbUnavailable { reason } => {
+            format!("no TLB shootdowns per merge: {}", about("tlb_flush", reason))
+        }
+        Fallback::ProfileUnavailable { reason } => {
+            format!("no ksmd profile (flame graphs): {}", self::reason(reason))
+        }
+        Fallback::Recorded { text } => text.clone(),
+    }
+}
+
+/// A reason about a tracepoint, naming it.
+fn about(tracepoint: &str, r: &Reason) -> String {
+    match r {
+        Reason::TracepointMissing | Reason::PrototypeDiffers { .. } => {
+            format!("{tracepoint} {}", reason(r))
+        }
+        other => reason(other),
+    }
+}
+
+/// Why a program could not be used, in words.
+pub fn reason(r: &Reason) -> String {
+    match r {
+        Reason::TracepointMissing => "missing on this kernel".into(),
+        Reason::PrototypeDiffers { detail } => format!("argument list changed: {detail}"),
+        Reason::NotInBtf { function } => format!("{function} is not in BTF (inlined)"),
+        Reason::OffsetMissing { member } => format!("{member} missing from BTF"),
+        Reason::Refused(r) => refusal(r),
+        Reason::RefusedAndNoKprobes(r) => format!("{}; and no kprobes", refusal(r)),
+        Reason::NoKprobes => "no kprobes (CONFIG_KPROBES off, or no perf kprobe PMU)".into(),
+        Reason::Asked { option } => option.clone(),
+        Reason::NotX86 => "the KSM-page check reads x86-64 page table entries".into(),
+        Reason::Error { message } => message.clone(),
+    }
+}
+
+/// A refused load: what the kernel returned, what was checked, and only then the likely cause,
+/// said to be likely.
+pub fn refusal(r: &Refusal) -> String {
+    if r.errno != Some(libc::EPERM) {
+        return format!("loading {} on {}: {}", r.program, r.function, r.message);
+    }
+    let lockdown = match r.lockdown.as_deref() {
+        Some(mode @ "confidentiality") => format!("lockdown is {mode}"),
+        Some(mode) => format!("lockdown is {mode}, which refuses no tracing program"),
+        None => "the lockdown mode could not be read".to_owned(),
+    };
+    let lsms = r
+        .lsms
+        .as_deref()
+        .map_or("the active LSMs could not be read".to_owned(), |l| {
+            format!("active LSMs {l}")
+        });
+    let bpf_lsm = r
+        .lsms
+        .as_deref()
+        .is_some_and(|l| l.split(',').any(|m| m == "bpf"));
+    let likely = match r.lockdown.as_deref() {
+        Some("confidentiality") => {
+            "likely the lockdown (confidentiality refuses BPF programs that read kernel memory)"
+        }
+        _ if bpf_lsm => "likely a BPF LSM program denying the load (a platform policy)",
+        None => "possibly lockdown, whose mode could not be read",
+        Some(_) => "cause not known",
+    };
+    format!(
+        "BPF_PROG_LOAD of {} on {} returned EPERM as root; {lockdown}; {lsms}: {likely}",
+        r.program, r.function
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn eperm(lockdown: Option<&str>, lsms: Option<&str>) -> Refusal {
+        Refusal {
+            program: "cow_entry".into(),
+            function: "do_wp_page".into(),
+            errno: Some(libc::EPERM),
+            message: "the BPF_PROG_LOAD syscall failed".into(),
+            lockdown: lockdown.map(str::to_owned),
+            lsms: lsms.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn a_refusal_says_what_was_seen_and_checked_before_a_likely_cause() {
+        let bpf_lsm = refusal(&eperm(
+            Some("integrity"),
+            Some("lockdown,capability,landlock,bpf"),
+        ));
+        assert_eq!(
+            bpf_lsm,
+            "BPF_PROG_LOAD of cow_entry on do_wp_page returned EPERM as root; lockdown is integrity, which refuses no tracing program; active LSMs lockdown,capability,landlock,bpf: likely a BPF LSM program denying the load (a platform policy)"
+        );
+        let locked = refusal(&eperm(Some("confidentiality"), Some("lockdown,capability")));
+        assert!(
+            locked.ends_with(
+                "likely the lockdown (confidentiality refuses BPF programs that read kernel memory)"
+            ),
+            "{locked}"
+        );
+        let unread = refusal(&eperm(None, None));
+        assert!(
+            unread.contains("the lockdown mode could not be read"),
+            "{unread}"
+        );
+        assert!(
+            unread.ends_with("possibly lockdown, whose mode could not be read"),
+            "{unread}"
+        );
+        let unknown = refusal(&eperm(Some("none"), Some("capability,yama")));
+        assert!(unknown.ends_with("cause not known"), "{unknown}");
+        // Another errno is the loader's own message.
+        let other = Refusal {
+            errno: Some(libc::EINVAL),
+            ..eperm(None, None)
+        };
+        assert_eq!(
+            refusal(&other),
+            "loading cow_entry on do_wp_page: the BPF_PROG_LOAD syscall failed"
+        );
+    }
 }

@@ -34,6 +34,14 @@ pub fn require_root_and_ksm() -> Result<()> {
     Ok(())
 }
 
+/// What the running kernel allows, with the lockdown mode and the active LSMs (which say why a
+/// tracing program may be refused), mounting securityfs for that read where it is not mounted.
+pub fn detect_capabilities() -> Capabilities {
+    let mut caps = Capabilities::detect();
+    super::mounts::read_security(&mut caps);
+    caps
+}
+
 /// What was checked before anything changed.
 pub struct Preflight {
     pub spec: Option<Box<dyn Workload>>,
@@ -65,7 +73,7 @@ impl Preflight {
         }
         Ok(Self {
             spec,
-            caps: Capabilities::detect(),
+            caps: detect_capabilities(),
             ksmd: kernel::ksmd_pid()?,
             lock,
         })
