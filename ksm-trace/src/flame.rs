@@ -96,10 +96,10 @@ fn by_process(rec: &Recording) -> Result<Folded> {
             ]
         } else {
             [
-                ("new_ksm_page", s.new_pages),
-                ("join_ksm_page", s.joins),
-                ("zero_page", s.zero_page_merges),
-                ("failed", s.failed),
+                ("new_ksm_page", s.counts.new_pages),
+                ("join_ksm_page", s.counts.joins),
+                ("zero_page", s.counts.zero_page_merges),
+                ("failed", s.counts.failed),
             ]
         };
         let comm = if s.comm.is_empty() {

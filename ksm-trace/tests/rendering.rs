@@ -78,7 +78,7 @@ fn flame_svg_has_ksmd_frames() {
     let by_process = String::from_utf8(by_process).unwrap();
     assert_well_formed_svg(&by_process);
     for p in &rec.processes {
-        if p.stats.merges > 0 {
+        if p.stats.counts.merges > 0 {
             assert!(by_process.contains(&format!("{}[{}]", p.stats.comm, p.pid)));
         }
     }

@@ -99,7 +99,11 @@ fn version_1_upgrades_to_the_figures_it_holds() {
     );
     let p0 = rec.processes.iter().find(|p| p.pid == 27515).unwrap();
     assert_eq!(
-        (p0.stats.merges, p0.stats.new_pages, p0.stats.joins),
+        (
+            p0.stats.counts.merges,
+            p0.stats.counts.new_pages,
+            p0.stats.counts.joins
+        ),
         (600, 600, 0)
     );
     assert_eq!(p0.ksm_stat_end.unwrap().ksm_merging_pages, 300);

@@ -187,7 +187,7 @@ fn summarize(
     let secs = second.stop_ns.saturating_sub(rec.meta.start_ns) as f64 / 1e9;
     let mib = b.size as f64 / (1u64 << 20) as f64;
     let r = Report::from_recording(rec);
-    let merges: u64 = r.processes.iter().map(|p| p.merges).sum();
+    let merges: u64 = r.processes.iter().map(|p| p.counts.merges).sum();
     let mut o = String::new();
     let _ = writeln!(
         o,

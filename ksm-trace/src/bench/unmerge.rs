@@ -132,7 +132,7 @@ fn summarize(rec: &Recording, b: &UnmergeBench, pages: u64) -> Result<String> {
         "  pages the calls covered: {}; KSM pages among them just before (kpageflags): {ksm}; kernel cow_ksm during the calls: {cow}",
         t.pages
     );
-    let merges: u64 = r.processes.iter().map(|p| p.merges).sum();
+    let merges: u64 = r.processes.iter().map(|p| p.counts.merges).sum();
     let _ = writeln!(
         o,
         "  merges traced between the calls: {merges}; full scans {}",

@@ -86,14 +86,14 @@ impl MergeTracker {
             .or_default()
             .push((event.mm, event.tgid));
         let stats = self.stats(event);
-        stats.merges += 1;
+        stats.counts.merges += 1;
         let ns = record_latency(stats, event);
         count_shootdowns(stats, event, ns);
         if new_page {
-            stats.new_pages += 1;
+            stats.counts.new_pages += 1;
             stats.time_ns.new_page += ns;
         } else {
-            stats.joins += 1;
+            stats.counts.joins += 1;
             stats.time_ns.join += ns;
         }
         self.sampled(event, ns);
@@ -137,7 +137,7 @@ impl MergeTracker {
 
     fn failed(&mut self, event: &Event) {
         let stats = self.stats(event);
-        stats.failed += 1;
+        stats.counts.failed += 1;
         add_shootdowns(stats, event);
         stats.time_ns.failed += latency(event);
     }
@@ -151,13 +151,13 @@ impl MergeTracker {
             kind::MERGE_ONE_PAGE => {
                 let stats = self.stats(event);
                 if event.err == 0 {
-                    stats.zero_page_merges += 1;
+                    stats.counts.zero_page_merges += 1;
                     let ns = record_latency(stats, event);
                     stats.time_ns.zero_page += ns;
                     count_shootdowns(stats, event, ns);
                     self.sampled(event, ns);
                 } else {
-                    stats.zero_page_failed += 1;
+                    stats.counts.zero_page_failed += 1;
                     add_shootdowns(stats, event);
                     stats.time_ns.failed += latency(event);
                 }
@@ -170,26 +170,26 @@ impl MergeTracker {
                 // The tgid recorded at merge time; the owner may have exited since.
                 let tgid = sharer.map_or(event.tgid, |(_, tgid)| tgid);
                 let stats = self.by_pid.entry(tgid).or_default();
-                stats.removals += 1;
-                stats.unmerges += 1;
+                stats.counts.removals += 1;
+                stats.counts.unmerges += 1;
             }
             kind::REMOVE_KSM_PAGE => {
                 let known = self.sharers.remove(&event.pfn).unwrap_or_default();
                 for &(_, tgid) in &known {
-                    self.by_pid.entry(tgid).or_default().unmerges += 1;
+                    self.by_pid.entry(tgid).or_default().counts.unmerges += 1;
                 }
                 // The function backend says how many sharers the page had (no per-sharer
                 // events came before); the tracepoints leave only the last one unsaid.
                 let sharers = if event.arg0 > 0 { event.arg0 } else { 1 };
                 self.unattributed_unmerges += sharers.saturating_sub(known.len() as u64);
             }
-            kind::ENTER => self.stats(event).entered += 1,
+            kind::ENTER => self.stats(event).counts.entered += 1,
             kind::COW_BREAK => {
                 let stats = self.stats(event);
                 stats.cow_breaks += 1;
                 stats.cow_fault_ns.record(event.arg0);
             }
-            kind::EXIT => self.stats(event).exited += 1,
+            kind::EXIT => self.stats(event).counts.exited += 1,
             kind::UNMERGE_CALL => {
                 let stats = self.stats(event);
                 stats.unmerge_call_ns.record(event.arg0);
@@ -215,7 +215,7 @@ impl MergeTracker {
                     self.merged(&first.event, true);
                     self.merged(event, true);
                 } else {
-                    self.stats(&first.event).reverted += 1;
+                    self.stats(&first.event).counts.reverted += 1;
                     self.failed(event);
                 }
             }
@@ -362,7 +362,7 @@ mod tests {
         // 3 significant digits.
         assert_eq!(s.unmerge_call_ns.summary().max / 10_000, 250);
         // Unmerge calls are not unmerges seen leaving the stable tree.
-        assert_eq!(s.unmerges, 0);
+        assert_eq!(s.counts.unmerges, 0);
     }
 
     #[test]
@@ -376,8 +376,8 @@ mod tests {
         let mut drop = remove(kind::REMOVE_KSM_PAGE, 100, 0);
         drop.arg0 = 3;
         t.handle(&drop);
-        assert_eq!(t.by_pid[&1].unmerges, 1);
-        assert_eq!(t.by_pid[&2].unmerges, 1);
+        assert_eq!(t.by_pid[&1].counts.unmerges, 1);
+        assert_eq!(t.by_pid[&2].counts.unmerges, 1);
         assert_eq!(t.unattributed_unmerges, 1);
     }
 
@@ -394,16 +394,16 @@ mod tests {
         for e in [a, b, c] {
             t.handle(&e);
         }
-        assert_eq!(t.by_pid[&3].joins, 1);
+        assert_eq!(t.by_pid[&3].counts.joins, 1);
         // ksmd drops the stale page: two rmap items reported, the last one implied.
         t.handle(&remove(kind::REMOVE_RMAP_ITEM, 100, 0xc));
         t.handle(&remove(kind::REMOVE_RMAP_ITEM, 100, 0xa));
         t.handle(&remove(kind::REMOVE_KSM_PAGE, 100, 0));
         for pid in [1, 2, 3] {
-            assert_eq!(t.by_pid[&pid].unmerges, 1, "pid {pid}");
+            assert_eq!(t.by_pid[&pid].counts.unmerges, 1, "pid {pid}");
         }
-        assert_eq!(t.by_pid[&1].removals, 1);
-        assert_eq!(t.by_pid[&2].removals, 0);
+        assert_eq!(t.by_pid[&1].counts.removals, 1);
+        assert_eq!(t.by_pid[&2].counts.removals, 0);
         // A KSM page merged before tracing: its last sharer is unattributed.
         t.handle(&remove(kind::REMOVE_KSM_PAGE, 555, 0));
         assert_eq!(t.unattributed_unmerges, 1);
@@ -461,9 +461,9 @@ mod tests {
         t.handle(&merge(1, 0, 100, 0, 2000));
         t.handle(&merge(2, 0xffff, 100, 0, 3000));
         t.finish();
-        assert_eq!(t.by_pid[&1].merges, 1);
-        assert_eq!(t.by_pid[&1].new_pages, 1);
-        assert_eq!(t.by_pid[&2].merges, 1);
+        assert_eq!(t.by_pid[&1].counts.merges, 1);
+        assert_eq!(t.by_pid[&1].counts.new_pages, 1);
+        assert_eq!(t.by_pid[&2].counts.merges, 1);
         assert_eq!(t.by_pid[&2].comm, "p2");
         assert_eq!(t.by_pid[&1].merge_latency_ns.count(), 1);
         assert_eq!(t.unpaired, 0);
@@ -523,9 +523,9 @@ mod tests {
         let mut t = MergeTracker::default();
         t.handle(&merge(1, 0, 100, 0, 0));
         t.handle(&merge(2, 0xffff, 100, -14, 0));
-        assert_eq!(t.by_pid[&1].merges, 0);
-        assert_eq!(t.by_pid[&1].reverted, 1);
-        assert_eq!(t.by_pid[&2].failed, 1);
+        assert_eq!(t.by_pid[&1].counts.merges, 0);
+        assert_eq!(t.by_pid[&1].counts.reverted, 1);
+        assert_eq!(t.by_pid[&2].counts.failed, 1);
     }
 
     #[test]
@@ -533,24 +533,24 @@ mod tests {
         let mut t = MergeTracker::default();
         // A join to an existing KSM page has ksm_page set but a different pfn.
         t.handle(&merge(3, 0xaaaa, 7, 0, 1500));
-        assert_eq!(t.by_pid[&3].joins, 1);
-        assert_eq!(t.by_pid[&3].merges, 1);
+        assert_eq!(t.by_pid[&3].counts.joins, 1);
+        assert_eq!(t.by_pid[&3].counts.merges, 1);
         // A first half followed by an unrelated join leaves the first half unpaired.
         t.handle(&merge(1, 0, 100, 0, 0));
         t.handle(&merge(3, 0xaaaa, 8, 0, 0));
         t.finish();
         assert_eq!(t.unpaired, 1);
-        assert_eq!(t.by_pid[&3].joins, 2);
+        assert_eq!(t.by_pid[&3].counts.joins, 2);
         assert_eq!(t.by_pid[&3].untimed_merges, 1);
-        assert!(!t.by_pid.contains_key(&1) || t.by_pid[&1].merges == 0);
+        assert!(!t.by_pid.contains_key(&1) || t.by_pid[&1].counts.merges == 0);
     }
 
     #[test]
     fn failed_first_half_is_a_failed_attempt() {
         let mut t = MergeTracker::default();
         t.handle(&merge(1, 0, 100, -14, 0));
-        assert_eq!(t.by_pid[&1].failed, 1);
-        assert_eq!(t.by_pid[&1].merges, 0);
+        assert_eq!(t.by_pid[&1].counts.failed, 1);
+        assert_eq!(t.by_pid[&1].counts.merges, 0);
     }
 
     #[test]
@@ -579,8 +579,8 @@ mod tests {
         let mut e = merge(4, 0, 1, 0, 900);
         e.kind = kind::MERGE_ONE_PAGE;
         t.handle(&e);
-        assert_eq!(t.by_pid[&4].zero_page_merges, 1);
-        assert_eq!(t.by_pid[&4].merges, 0);
+        assert_eq!(t.by_pid[&4].counts.zero_page_merges, 1);
+        assert_eq!(t.by_pid[&4].counts.merges, 0);
         assert_eq!(t.by_pid[&4].merge_latency_ns.count(), 1);
     }
 

@@ -59,7 +59,7 @@ impl Collector {
 
     /// Pages merged into the stable tree so far, all processes.
     pub fn merged_total(&self) -> u64 {
-        self.merges.by_pid.values().map(|s| s.merges).sum()
+        self.merges.by_pid.values().map(|s| s.counts.merges).sum()
     }
 
     /// When merges happened: whether they are happening now drives the merge-latency

@@ -201,7 +201,7 @@ fn recording(rec: &Recording, t: &Transcript) -> String {
         let _ = writeln!(
             o,
             "  {}: merges {}, unmerges {}, ksm_merging_pages {merging}",
-            p.comm, p.merges, p.unmerges
+            p.comm, p.counts.merges, p.counts.unmerges
         );
     }
     let around = |before: Option<i64>, after: Option<i64>| match (before, after) {

@@ -131,8 +131,8 @@ impl LiveTracer {
             let t = traced.map(|s| &s.time_ns);
             processes.push(ProcessFigures {
                 id,
-                merges: traced.map_or(0, |s| s.merges + s.zero_page_merges),
-                unmerges: traced.map_or(0, |s| s.unmerges),
+                merges: traced.map_or(0, |s| s.counts.merges + s.counts.zero_page_merges),
+                unmerges: traced.map_or(0, |s| s.counts.unmerges),
                 cow_breaks: traced.map_or(0, |s| s.cow_breaks),
                 latency_ns: traced.map_or_else(Histogram::new, |s| s.merge_latency_ns.clone()),
                 latency_sum_ns: t.map_or(0, |t| t.new_page + t.join + t.zero_page),
@@ -147,7 +147,7 @@ impl LiveTracer {
         let all = self.collector.merges.by_pid.values();
         let (merges, timed) = all.fold((0, 0), |(m, t), s| {
             (
-                m + s.merges + s.zero_page_merges,
+                m + s.counts.merges + s.counts.zero_page_merges,
                 t + s.merge_latency_ns.count(),
             )
         });

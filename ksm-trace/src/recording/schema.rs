@@ -215,24 +215,9 @@ pub struct ProcessRecord {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct MergeStats {
     pub comm: String,
-    /// Pages that entered the stable tree: `new_pages + joins`.
-    pub merges: u64,
-    /// Pages that formed a new KSM page together with another page.
-    pub new_pages: u64,
-    /// Pages merged into an existing KSM page.
-    pub joins: u64,
-    /// Merge attempts the kernel reported as failed (err != 0).
-    pub failed: u64,
-    /// First halves of a new-page pair undone because the second half failed.
-    pub reverted: u64,
-    pub zero_page_merges: u64,
-    pub zero_page_failed: u64,
-    /// Sharers dropped with a stale stable node (ksm_remove_rmap_item).
-    pub removals: u64,
-    /// Pages that left the stable tree, as far as tracepoints show (stale KSM pages dropped).
-    pub unmerges: u64,
-    pub entered: u64,
-    pub exited: u64,
+    /// The counts, flattened into the process's record (and into the report's process).
+    #[serde(flatten)]
+    pub counts: MergeCounts,
     /// Latency of successful merges (stable-tree and zero-page) that were timed: fentry/fexit
     /// where the kernel allows it, else the mmap_lock bracket.
     pub merge_latency_ns: Histogram,
@@ -259,6 +244,30 @@ pub struct MergeStats {
     /// ranges covered.
     pub unmerge_call_ns: Histogram,
     pub unmerge_call_pages: u64,
+}
+
+/// What one process's pages went through, counted from events: the recording's and the
+/// report's one per-process count type.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MergeCounts {
+    /// Pages that entered the stable tree: `new_pages + joins`.
+    pub merges: u64,
+    /// Pages that formed a new KSM page together with another page.
+    pub new_pages: u64,
+    /// Pages merged into an existing KSM page.
+    pub joins: u64,
+    /// Merge attempts the kernel reported as failed (err != 0).
+    pub failed: u64,
+    /// First halves of a new-page pair undone because the second half failed.
+    pub reverted: u64,
+    pub zero_page_merges: u64,
+    pub zero_page_failed: u64,
+    /// Sharers dropped with a stale stable node (ksm_remove_rmap_item).
+    pub removals: u64,
+    /// Pages that left the stable tree, as far as tracepoints show (stale KSM pages dropped).
+    pub unmerges: u64,
+    pub entered: u64,
+    pub exited: u64,
 }
 
 /// Sums of measured latency by outcome.

@@ -6,10 +6,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     histogram::{Histogram, Summary, clustered_percentile_cis},
+    kernel::KsmStat,
     kernel::process::By,
     recording::{
-        Recording,
-        schema::{BatchMechanism, Mechanisms, ShootdownMechanism},
+        ProcessRecord, Recording,
+        schema::{BatchMechanism, Mechanisms, MergeCounts, ShootdownMechanism},
     },
     sample::SETTLE_THRESHOLD,
 };
@@ -60,6 +61,9 @@ pub struct Report {
     pub mechanisms: Mechanisms,
     /// The same, in words: figure → mechanism.
     pub mechanism_descriptions: BTreeMap<String, String>,
+    /// Each fallback in words, in the order of `mechanisms.fallbacks`.
+    #[serde(default)]
+    pub fallback_descriptions: Vec<String>,
 }
 
 /// The traced sharing matrix in brief; `ksm-trace sharing FILE` has it whole.
@@ -97,15 +101,9 @@ pub struct ProcessReport {
     pub cgroup: Option<String>,
     /// One of the workload ksm-trace started (else another process on the machine).
     pub workload: bool,
-    pub merges: u64,
-    pub new_pages: u64,
-    pub joins: u64,
-    pub failed: u64,
-    pub reverted: u64,
-    pub zero_page_merges: u64,
-    pub removals: u64,
-    /// Pages seen leaving the stable tree (stale KSM pages dropped by ksmd).
-    pub unmerges: u64,
+    /// The recording's counts for it, as they are.
+    #[serde(flatten)]
+    pub counts: MergeCounts,
     /// merges − unmerges − Δksm_merging_pages: sharers that left a KSM page others still map,
     /// which no tracepoint reports. 0 for a workload that does not write after merging.
     pub silent_unmerges: Option<i64>,
@@ -164,7 +162,7 @@ impl ShootdownReport {
         let share_of_merge_time = without_mean_ns
             .filter(|_| total > 0.0)
             .map(|without| ((with.mean - without) * with.count as f64 / total).max(0.0));
-        let merges = (stats.merges + stats.zero_page_merges).max(1) as f64;
+        let merges = (stats.counts.merges + stats.counts.zero_page_merges).max(1) as f64;
         Self {
             remote_flushes: stats.tlb_remote_flushes,
             flushes_per_merge: stats.tlb_remote_flushes as f64 / merges,
@@ -179,6 +177,19 @@ impl ShootdownReport {
 }
 
 impl GroupReport {
+    /// The processes summed per guest or per cgroup, most merging pages first.
+    fn by(by: By, processes: &[ProcessReport], page: f64) -> Vec<Self> {
+        let key =
+            |p: &ProcessReport| by.key(p.pid, &p.comm, p.guest.as_deref(), p.cgroup.as_deref());
+        let keys: std::collections::BTreeSet<String> = processes.iter().map(key).collect();
+        let mut sums: Vec<Self> = keys
+            .into_iter()
+            .map(|k| Self::of(&k, processes.iter().filter(|p| key(p) == k), page))
+            .collect();
+        sums.sort_by_key(|g| std::cmp::Reverse(g.merging_pages_end));
+        sums
+    }
+
     fn of<'a>(name: &str, members: impl Iterator<Item = &'a ProcessReport>, page: f64) -> Self {
         let mut g = Self {
             name: name.into(),
@@ -190,8 +201,8 @@ impl GroupReport {
         };
         for p in members {
             g.processes += 1;
-            g.merges += p.merges;
-            g.unmerges += p.unmerges;
+            g.merges += p.counts.merges;
+            g.unmerges += p.counts.unmerges;
             g.merging_pages_end += p.ksm_merging_pages_end.unwrap_or(0);
         }
         g.merging_mib_end = g.merging_pages_end as f64 * page / MIB;
@@ -304,78 +315,8 @@ pub struct LatencyReport {
 impl Report {
     pub fn from_recording(rec: &Recording) -> Self {
         let duration_ns = rec.meta.duration_ns().max(1);
-        let duration_s = duration_ns as f64 / 1e9;
-        let cow_traced = rec.mechanisms.cow_traced();
-        // ksm_process_profit came with general_profit (6.6), the per-process ksm_zero_pages with
-        // the global one: without them ksm_stat reads 0, which must show as not available.
-        let has_profit = rec.counters_end.ksm.contains_key("general_profit");
-        let has_zero_pages = rec.counters_end.ksm.contains_key("ksm_zero_pages");
-        let workers: Vec<u32> = rec
-            .meta
-            .workload
-            .iter()
-            .flat_map(|w| &w.workers)
-            .map(|w| w.pid)
-            .collect();
-        let mut processes: Vec<ProcessReport> = rec
-            .processes
-            .iter()
-            .map(|p| ProcessReport {
-                pid: p.pid,
-                comm: p.stats.comm.clone(),
-                guest: p.guest.clone(),
-                cgroup: p.cgroup.clone(),
-                profit_mib_end: p
-                    .ksm_stat_end
-                    .filter(|_| has_profit)
-                    .map(|s| s.ksm_process_profit as f64 / MIB),
-                workload: workers.contains(&p.pid),
-                merges: p.stats.merges,
-                new_pages: p.stats.new_pages,
-                joins: p.stats.joins,
-                failed: p.stats.failed,
-                reverted: p.stats.reverted,
-                zero_page_merges: p.stats.zero_page_merges,
-                removals: p.stats.removals,
-                unmerges: p.stats.unmerges,
-                silent_unmerges: match (p.ksm_stat_start, p.ksm_stat_end) {
-                    (Some(a), Some(b)) => Some(
-                        p.stats.merges as i64
-                            - p.stats.unmerges as i64
-                            - (b.ksm_merging_pages as i64 - a.ksm_merging_pages as i64),
-                    ),
-                    _ => None,
-                },
-                ksm_merging_pages_start: p.ksm_stat_start.map(|s| s.ksm_merging_pages),
-                ksm_merging_pages_end: p.ksm_stat_end.map(|s| s.ksm_merging_pages),
-                ksm_zero_pages_start: p
-                    .ksm_stat_start
-                    .filter(|_| has_zero_pages)
-                    .map(|s| s.ksm_zero_pages),
-                ksm_zero_pages_end: p
-                    .ksm_stat_end
-                    .filter(|_| has_zero_pages)
-                    .map(|s| s.ksm_zero_pages),
-                merge_latency_ns: p.stats.merge_latency_ns.summary(),
-                untimed_merges: p.stats.untimed_merges,
-                cow_breaks: cow_traced.then_some(p.stats.cow_breaks),
-                cow_fault_ns: p.stats.cow_fault_ns.summary(),
-                unmerge_call_ns: p.stats.unmerge_call_ns.summary(),
-                unmerge_call_pages: p.stats.unmerge_call_pages,
-                tlb: match rec.mechanisms.tlb_shootdowns {
-                    ShootdownMechanism::TlbFlush { ipis } => {
-                        Some(ShootdownReport::of(&p.stats, ipis))
-                    }
-                    _ => None,
-                },
-            })
-            .collect();
-        processes.sort_by(|a, b| {
-            (b.workload, b.merges)
-                .cmp(&(a.workload, a.merges))
-                .then(a.pid.cmp(&b.pid))
-        });
         let page = rec.meta.page_size as f64;
+        let processes = ProcessReport::all(rec);
         let groups = ["workload", "other"]
             .map(|name| {
                 let members = processes
@@ -384,115 +325,23 @@ impl Report {
                 GroupReport::of(name, members, page)
             })
             .to_vec();
-        let by = |by: By| {
-            let mut keys: Vec<String> = processes
-                .iter()
-                .map(|p| by.key(p.pid, &p.comm, p.guest.as_deref(), p.cgroup.as_deref()))
-                .collect();
-            keys.sort();
-            keys.dedup();
-            let mut sums: Vec<GroupReport> = keys
-                .into_iter()
-                .map(|key| {
-                    let members = processes.iter().filter(|p| {
-                        by.key(p.pid, &p.comm, p.guest.as_deref(), p.cgroup.as_deref()) == key
-                    });
-                    GroupReport::of(&key, members, page)
-                })
-                .collect();
-            sums.sort_by_key(|g| std::cmp::Reverse(g.merging_pages_end));
-            sums
-        };
-        let (by_guest, by_cgroup) = (by(By::Guest), by(By::Cgroup));
+        let kernel_deltas = kernel_deltas(rec);
         let end = &rec.counters_end;
-
-        let mut kernel_deltas = BTreeMap::new();
-        for (name, end) in &rec.counters_end.ksm {
-            if crate::kernel::sysfs::KNOBS.contains(&name.as_str()) {
-                continue;
-            }
-            let start = rec.counters_start.ksm.get(name).copied().unwrap_or(0);
-            kernel_deltas.insert(name.clone(), end - start);
-        }
-        for (name, end) in &rec.counters_end.vmstat {
-            let start = rec.counters_start.vmstat.get(name).copied().unwrap_or(0);
-            kernel_deltas.insert(name.clone(), end - start);
-        }
-        let pages_scanned = kernel_deltas.get("pages_scanned").copied();
-
-        let all = all_latencies(rec);
-        let timed = all.count();
-        let untimed: u64 = rec.processes.iter().map(|p| p.stats.untimed_merges).sum();
-        let sampled_cis = (untimed > 0)
-            .then(|| clustered_percentile_cis(&rec.latency.window_histograms, [50.0, 99.0]))
-            .flatten();
-        let attached: u64 = rec
-            .latency
-            .bracket_windows
-            .iter()
-            .map(|(a, b)| b.saturating_sub(*a))
-            .sum();
-
         Report {
-            duration_s,
+            duration_s: duration_ns as f64 / 1e9,
             kernel_release: rec.meta.kernel_release.clone(),
             workload: rec.meta.workload.as_ref().map(|w| w.spec_text.clone()),
-            workers: rec
-                .meta
-                .workload
-                .iter()
-                .flat_map(|w| &w.workers)
-                .map(|w| {
-                    let profit = processes
-                        .iter()
-                        .find(|p| p.pid == w.pid)
-                        .and_then(|p| p.profit_mib_end);
-                    let mib = w.bytes as f64 / MIB;
-                    WorkerReport {
-                        pid: w.pid,
-                        comm: w.comm.clone(),
-                        ready_ns: w.ready_ns,
-                        write_fault_ns: w.write_fault_ns.summary(),
-                        mib,
-                        profit_mib_end: profit,
-                        profit_percent_of_memory: profit
-                            .filter(|_| mib > 0.0)
-                            .map(|p| p * 100.0 / mib),
-                        load: w.load.clone(),
-                        zero_pages_broken: w.zero_pages_broken,
-                        unmerge: w
-                            .unmerge
-                            .as_ref()
-                            .map(|t| UnmergeReport::of(t, rec.meta.page_size)),
-                    }
-                })
-                .collect(),
+            workers: WorkerReport::all(rec, &processes),
             ended_by: rec.meta.ended_by.clone(),
             knobs: rec.meta.knobs.clone(),
+            by_guest: GroupReport::by(By::Guest, &processes, page),
+            by_cgroup: GroupReport::by(By::Cgroup, &processes, page),
             processes,
             groups,
-            by_guest,
-            by_cgroup,
             saved_mib_end: (end.ksm("pages_sharing") + end.ksm("ksm_zero_pages")) as f64 * page
                 / MIB,
             general_profit_mib_end: end.ksm.get("general_profit").map(|&p| p as f64 / MIB),
-            scans: ScansReport {
-                full_scans: rec.scans.full_scans.len() as u64,
-                full_scan_ns: full_scan_histogram(rec).summary(),
-                batches: rec.scans.batch_on_cpu_ns.count(),
-                batch_ns: rec.scans.batch_on_cpu_ns.summary(),
-                ksmd_cpu_percent: (rec.mechanisms.batches == BatchMechanism::SchedSwitch)
-                    .then(|| rec.scans.ksmd_on_cpu_ns as f64 * 100.0 / duration_ns as f64),
-                ksmd_cpu_percent_schedstat: rec
-                    .counters_end
-                    .ksmd_cpu_ns
-                    .saturating_sub(rec.counters_start.ksmd_cpu_ns)
-                    as f64
-                    * 100.0
-                    / duration_ns as f64,
-                pages_scanned,
-                pages_scanned_per_sec: pages_scanned.map(|p| p as f64 / duration_s),
-            },
+            scans: ScansReport::of(rec, &kernel_deltas),
             kernel_deltas,
             other_actors: super::others::OtherActors::from_samples(&rec.timeseries),
             settle_s: crate::sample::settle_time_s(&rec.timeseries, SETTLE_THRESHOLD),
@@ -507,23 +356,184 @@ impl Report {
                 INCOMPLETE_WHEN_LOST.iter().map(|s| s.to_string()).collect()
             },
             unpaired_merges: rec.events.unpaired,
-            merge_latency: LatencyReport {
-                all_ns: all.summary(),
-                timed,
-                untimed,
-                bracket_attached_percent: attached as f64 * 100.0 / duration_ns as f64,
-                timed_percent: timed as f64 * 100.0 / (timed + untimed).max(1) as f64,
-                timed_windows: rec.latency.window_histograms.len(),
-                p50_ci_ns: sampled_cis.map(|[p50, _]| p50),
-                p99_ci_ns: sampled_cis.map(|[_, p99]| p99),
-                burst_head_ns: rec.latency.burst_head.map(|h| h.ns),
-                burst_head_percent: rec
-                    .latency
-                    .burst_head
-                    .map(|h| h.merges as f64 * 100.0 / (timed + untimed).max(1) as f64),
-            },
+            merge_latency: LatencyReport::of(rec),
             mechanisms: rec.mechanisms.clone(),
             mechanism_descriptions: descriptions(&rec.mechanisms),
+            fallback_descriptions: rec
+                .mechanisms
+                .fallbacks
+                .iter()
+                .map(super::mechanisms::fallback)
+                .collect(),
+        }
+    }
+}
+
+impl ProcessReport {
+    /// Every recorded process, the workload's first, then by merges.
+    fn all(rec: &Recording) -> Vec<Self> {
+        let workers: Vec<u32> = rec
+            .meta
+            .workload
+            .iter()
+            .flat_map(|w| &w.workers)
+            .map(|w| w.pid)
+            .collect();
+        let mut processes: Vec<Self> = rec
+            .processes
+            .iter()
+            .map(|p| Self::of(rec, p, workers.contains(&p.pid)))
+            .collect();
+        processes.sort_by(|a, b| {
+            (b.workload, b.counts.merges)
+                .cmp(&(a.workload, a.counts.merges))
+                .then(a.pid.cmp(&b.pid))
+        });
+        processes
+    }
+
+    fn of(rec: &Recording, p: &ProcessRecord, workload: bool) -> Self {
+        // ksm_process_profit came with general_profit (6.6), the per-process ksm_zero_pages
+        // with the global one: without them ksm_stat reads 0, which must show as not available.
+        let has_profit = rec.counters_end.ksm.contains_key("general_profit");
+        let has_zero_pages = rec.counters_end.ksm.contains_key("ksm_zero_pages");
+        let zero_pages =
+            |s: Option<KsmStat>| s.filter(|_| has_zero_pages).map(|s| s.ksm_zero_pages);
+        let s = &p.stats;
+        Self {
+            pid: p.pid,
+            comm: s.comm.clone(),
+            guest: p.guest.clone(),
+            cgroup: p.cgroup.clone(),
+            workload,
+            counts: s.counts,
+            silent_unmerges: match (p.ksm_stat_start, p.ksm_stat_end) {
+                (Some(a), Some(b)) => Some(
+                    s.counts.merges as i64
+                        - s.counts.unmerges as i64
+                        - (b.ksm_merging_pages as i64 - a.ksm_merging_pages as i64),
+                ),
+                _ => None,
+            },
+            ksm_merging_pages_start: p.ksm_stat_start.map(|s| s.ksm_merging_pages),
+            ksm_merging_pages_end: p.ksm_stat_end.map(|s| s.ksm_merging_pages),
+            ksm_zero_pages_start: zero_pages(p.ksm_stat_start),
+            ksm_zero_pages_end: zero_pages(p.ksm_stat_end),
+            profit_mib_end: p
+                .ksm_stat_end
+                .filter(|_| has_profit)
+                .map(|s| s.ksm_process_profit as f64 / MIB),
+            merge_latency_ns: s.merge_latency_ns.summary(),
+            untimed_merges: s.untimed_merges,
+            cow_breaks: rec.mechanisms.cow_traced().then_some(s.cow_breaks),
+            cow_fault_ns: s.cow_fault_ns.summary(),
+            unmerge_call_ns: s.unmerge_call_ns.summary(),
+            unmerge_call_pages: s.unmerge_call_pages,
+            tlb: match rec.mechanisms.tlb_shootdowns {
+                ShootdownMechanism::TlbFlush { ipis } => Some(ShootdownReport::of(s, ipis)),
+                _ => None,
+            },
+        }
+    }
+}
+
+impl WorkerReport {
+    fn all(rec: &Recording, processes: &[ProcessReport]) -> Vec<Self> {
+        let workers = rec.meta.workload.iter().flat_map(|w| &w.workers);
+        workers
+            .map(|w| {
+                let profit = processes
+                    .iter()
+                    .find(|p| p.pid == w.pid)
+                    .and_then(|p| p.profit_mib_end);
+                let mib = w.bytes as f64 / MIB;
+                WorkerReport {
+                    pid: w.pid,
+                    comm: w.comm.clone(),
+                    ready_ns: w.ready_ns,
+                    write_fault_ns: w.write_fault_ns.summary(),
+                    mib,
+                    profit_mib_end: profit,
+                    profit_percent_of_memory: profit.filter(|_| mib > 0.0).map(|p| p * 100.0 / mib),
+                    load: w.load.clone(),
+                    zero_pages_broken: w.zero_pages_broken,
+                    unmerge: w
+                        .unmerge
+                        .as_ref()
+                        .map(|t| UnmergeReport::of(t, rec.meta.page_size)),
+                }
+            })
+            .collect()
+    }
+}
+
+/// end − start of the /sys/kernel/mm/ksm counters (not the knobs) and of /proc/vmstat's.
+fn kernel_deltas(rec: &Recording) -> BTreeMap<String, i64> {
+    let (start, end) = (&rec.counters_start, &rec.counters_end);
+    let ksm = end
+        .ksm
+        .iter()
+        .filter(|(name, _)| !crate::kernel::sysfs::KNOBS.contains(&name.as_str()))
+        .map(|(name, v)| (name, v - start.ksm.get(name).copied().unwrap_or(0)));
+    let vmstat = end
+        .vmstat
+        .iter()
+        .map(|(name, v)| (name, v - start.vmstat.get(name).copied().unwrap_or(0)));
+    ksm.chain(vmstat).map(|(n, d)| (n.clone(), d)).collect()
+}
+
+impl ScansReport {
+    fn of(rec: &Recording, kernel_deltas: &BTreeMap<String, i64>) -> Self {
+        let duration_ns = rec.meta.duration_ns().max(1);
+        let pages_scanned = kernel_deltas.get("pages_scanned").copied();
+        let ksmd_cpu_ns = rec
+            .counters_end
+            .ksmd_cpu_ns
+            .saturating_sub(rec.counters_start.ksmd_cpu_ns);
+        Self {
+            full_scans: rec.scans.full_scans.len() as u64,
+            full_scan_ns: full_scan_histogram(rec).summary(),
+            batches: rec.scans.batch_on_cpu_ns.count(),
+            batch_ns: rec.scans.batch_on_cpu_ns.summary(),
+            ksmd_cpu_percent: (rec.mechanisms.batches == BatchMechanism::SchedSwitch)
+                .then(|| rec.scans.ksmd_on_cpu_ns as f64 * 100.0 / duration_ns as f64),
+            ksmd_cpu_percent_schedstat: ksmd_cpu_ns as f64 * 100.0 / duration_ns as f64,
+            pages_scanned,
+            pages_scanned_per_sec: pages_scanned.map(|p| p as f64 / (duration_ns as f64 / 1e9)),
+        }
+    }
+}
+
+impl LatencyReport {
+    fn of(rec: &Recording) -> Self {
+        let duration_ns = rec.meta.duration_ns().max(1);
+        let all = all_latencies(rec);
+        let timed = all.count();
+        let untimed: u64 = rec.processes.iter().map(|p| p.stats.untimed_merges).sum();
+        let merges = (timed + untimed).max(1) as f64;
+        let sampled_cis = (untimed > 0)
+            .then(|| clustered_percentile_cis(&rec.latency.window_histograms, [50.0, 99.0]))
+            .flatten();
+        let attached: u64 = rec
+            .latency
+            .bracket_windows
+            .iter()
+            .map(|(a, b)| b.saturating_sub(*a))
+            .sum();
+        Self {
+            all_ns: all.summary(),
+            timed,
+            untimed,
+            bracket_attached_percent: attached as f64 * 100.0 / duration_ns as f64,
+            timed_percent: timed as f64 * 100.0 / merges,
+            timed_windows: rec.latency.window_histograms.len(),
+            p50_ci_ns: sampled_cis.map(|[p50, _]| p50),
+            p99_ci_ns: sampled_cis.map(|[_, p99]| p99),
+            burst_head_ns: rec.latency.burst_head.map(|h| h.ns),
+            burst_head_percent: rec
+                .latency
+                .burst_head
+                .map(|h| h.merges as f64 * 100.0 / merges),
         }
     }
 }
@@ -584,7 +594,10 @@ mod tests {
     #[test]
     fn shootdowns_explain_the_extra_time_of_the_merges_that_sent_them() {
         let mut stats = MergeStats {
-            merges: 4,
+            counts: MergeCounts {
+                merges: 4,
+                ..Default::default()
+            },
             tlb_remote_flushes: 8,
             tlb_shootdowns: 6,
             merges_with_shootdowns: 2,

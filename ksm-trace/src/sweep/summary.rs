@@ -103,7 +103,7 @@ pub fn summarize(
         .ksmd_cpu_ns
         .saturating_sub(rec.counters_start.ksmd_cpu_ns) as f64
         / 1e9;
-    let merges: u64 = rec.processes.iter().map(|p| p.stats.merges).sum();
+    let merges: u64 = rec.processes.iter().map(|p| p.stats.counts.merges).sum();
     let cow_p99 = rec
         .meta
         .workload
