@@ -6,25 +6,14 @@ use anyhow::Result;
 
 use crate::{
     kernel::{self, sysfs},
-    probes::{LatencyMode, Probes},
+    probes::{Capabilities, LatencyMode, Probes},
+    recording::schema::Mechanisms,
     report::mechanisms,
 };
 
 pub fn run(json: bool) -> Result<String> {
     let caps = crate::run::session::detect_capabilities();
-    // Loading (not attaching for long) is the only way to learn whether fentry is allowed.
-    let probed = if !caps.root {
-        Err("not probed: loading programs needs root".to_owned())
-    } else if !caps.ksm {
-        Err("not probed: this kernel has no KSM".to_owned())
-    } else if !caps.btf {
-        Err("not probed: this kernel has no BTF".to_owned())
-    } else {
-        let ksmd = kernel::ksmd_pid().unwrap_or(0);
-        Probes::load(&caps, ksmd, LatencyMode::Auto)
-            .map(|p| p.mechanisms.clone())
-            .map_err(|e| format!("loading the programs failed: {e:#}"))
-    };
+    let probed = probe(&caps);
     if json {
         return Ok(serde_json::to_string_pretty(&serde_json::json!({
             "capabilities": caps,
@@ -32,8 +21,49 @@ pub fn run(json: bool) -> Result<String> {
             "probe_error": probed.as_ref().err(),
         }))? + "\n");
     }
-    let yes = |b: bool| if b { "yes" } else { "no" };
     let mut o = String::new();
+    kernel_facts(&mut o, &caps);
+    tracepoints(&mut o, &caps);
+    functions_and_offsets(&mut o, &caps);
+    match &probed {
+        Ok(m) => {
+            let _ = write!(o, "measurements:\n{}", mechanisms::lines(m));
+        }
+        Err(why) => {
+            let _ = writeln!(o, "measurements: {why}");
+        }
+    }
+    if caps.ksm {
+        let _ = writeln!(o, "KSM knobs:");
+        for (k, v) in sysfs::knob_values() {
+            let _ = writeln!(o, "  {k}: {v}");
+        }
+    }
+    Ok(o)
+}
+
+/// What each measurement would use here: loading (not attaching for long) is the only way to
+/// learn whether fentry is allowed.
+fn probe(caps: &Capabilities) -> Result<Mechanisms, String> {
+    if !caps.root {
+        Err("not probed: loading programs needs root".to_owned())
+    } else if !caps.ksm {
+        Err("not probed: this kernel has no KSM".to_owned())
+    } else if !caps.btf {
+        Err("not probed: this kernel has no BTF".to_owned())
+    } else {
+        let ksmd = kernel::ksmd_pid().unwrap_or(0);
+        Probes::load(caps, ksmd, LatencyMode::Auto)
+            .map(|p| p.mechanisms.clone())
+            .map_err(|e| format!("loading the programs failed: {e:#}"))
+    }
+}
+
+fn yes(b: bool) -> &'static str {
+    if b { "yes" } else { "no" }
+}
+
+fn kernel_facts(o: &mut String, caps: &Capabilities) {
     let _ = writeln!(o, "kernel {}", caps.kernel_release);
     let _ = writeln!(
         o,
@@ -50,6 +80,11 @@ pub fn run(json: bool) -> Result<String> {
         caps.lsms.as_deref().unwrap_or("not readable"),
         caps.thp.as_deref().unwrap_or("n/a")
     );
+}
+
+/// The ksm tracepoints (or the function backend standing in for them), the others ksm-trace
+/// attaches to, and kprobes.
+fn tracepoints(o: &mut String, caps: &Capabilities) {
     let missing: Vec<&str> = ksm_trace_common::programs::KSM
         .iter()
         .map(|tp| tp.tracepoint)
@@ -95,6 +130,9 @@ pub fn run(json: bool) -> Result<String> {
             "none (no perf kprobe PMU: CONFIG_KPROBES off?)"
         }
     );
+}
+
+fn functions_and_offsets(o: &mut String, caps: &Capabilities) {
     let _ = writeln!(
         o,
         "functions in BTF (fentry/fexit candidates; absent = inlined):"
@@ -110,19 +148,4 @@ pub fn run(json: bool) -> Result<String> {
             off.map_or("missing".to_owned(), |v| v.to_string())
         );
     }
-    match &probed {
-        Ok(m) => {
-            let _ = write!(o, "measurements:\n{}", mechanisms::lines(m));
-        }
-        Err(why) => {
-            let _ = writeln!(o, "measurements: {why}");
-        }
-    }
-    if caps.ksm {
-        let _ = writeln!(o, "KSM knobs:");
-        for (k, v) in sysfs::knob_values() {
-            let _ = writeln!(o, "  {k}: {v}");
-        }
-    }
-    Ok(o)
 }
