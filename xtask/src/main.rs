@@ -10,9 +10,11 @@
 //! - `lab --kernel K`: runs ksm-trace's scenario in a QEMU guest booting kernel K (e.g.
 //!   debian-6.12), or on the running kernel (`host`);
 //! - `fixture`: re-records the small recording the rendering tests read, and their golden files;
+//! - `pictures`: README's flame graph and chart, from a real `record --workload vms:4`;
 //! - `dist`, `install [--uninstall]`: the Debian package, or the same files under /usr/local.
 mod dist;
 mod fixture;
+mod pictures;
 mod selftests;
 mod setup;
 
@@ -54,6 +56,9 @@ enum Cmd {
     },
     /// Regenerate the committed rendering fixture (a small real recording) and its golden outputs.
     Fixture,
+    /// Regenerate README's pictures (docs/images/): record the card's command, `record
+    /// --workload vms:4`, then draw its flame graph of ksmd's cost and its memory-saved chart.
+    Pictures,
     /// Build the Debian package (static binary, man pages, completions) into target/dist/.
     Dist,
     /// Install ksm-trace, its man pages and completions under /usr/local (as root; again
@@ -159,6 +164,11 @@ fn main() -> Result<()> {
             let env = setup::run()?;
             cargo(&env, &["build", "--package", "ksm-trace"], false)?;
             fixture::regenerate(&env)
+        }
+        Cmd::Pictures => {
+            let env = setup::run()?;
+            cargo(&env, &["build", "--package", "ksm-trace"], true)?;
+            pictures::regenerate(&setup::workspace_root()?.join("target/release/ksm-trace"))
         }
         Cmd::Dist => {
             let env = setup::run()?;
