@@ -12,33 +12,27 @@ use std::{
 
 use common::*;
 
+tests! {
+    debian_guests_run_sysbench_and_the_report_carries_its_figures: Root,
+    running_libvirt_guests_are_traced_by_domain_name: Root,
+    a_users_image_boots_from_overlays_and_is_never_written: Root,
+}
+
 const MIB: f64 = (1u64 << 20) as f64;
 
-#[test]
 fn debian_guests_run_sysbench_and_the_report_carries_its_figures() {
-    let Some(session) = KsmSession::try_start("debian-sysbench") else {
-        return;
-    };
-    let out = session.path("sysbench.json");
-    let result = ksm_trace(&[
-        "record",
-        "--workload",
-        "vms:2,load=sysbench,tables=1,table-size=2000,time=20s",
-        "--pages-to-scan",
-        "2000",
-        "--sleep-ms",
-        "20",
-        "-o",
-        out.to_str().unwrap(),
-    ]);
-    let stdout = String::from_utf8_lossy(&result.stdout);
-    assert!(
-        result.status.success(),
-        "record failed: {}",
-        String::from_utf8_lossy(&result.stderr)
+    let session = KsmSession::start("debian-sysbench");
+    let (stdout, rec, rep) = record_printing(
+        &session,
+        &[
+            "--workload",
+            "vms:2,load=sysbench,tables=1,table-size=2000,time=20s",
+            "--pages-to-scan",
+            "2000",
+            "--sleep-ms",
+            "20",
+        ],
     );
-    let rec = json(&out);
-    let rep = report(&out);
     // The run ends when both guests' sysbench has finished, not when KSM settles.
     assert_eq!(rec["meta"]["ended_by"], "workload-finished");
     let workers = rep["workers"].as_array().unwrap();
@@ -76,12 +70,7 @@ fn debian_guests_run_sysbench_and_the_report_carries_its_figures() {
         );
         // What KSM saved this guest is the kernel's own figure, read from its ksm_stat.
         let pid = w["pid"].as_u64().unwrap();
-        let p = rec["processes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|p| p["pid"].as_u64() == Some(pid))
-            .unwrap_or_else(|| panic!("{comm} not among the processes"));
+        let p = entry_for_pid(&rec, pid);
         let profit = p["ksm_stat_end"]["ksm_process_profit"].as_i64().unwrap();
         assert!(profit > 0, "{comm}: KSM saved it nothing");
         assert_eq!(
@@ -117,10 +106,7 @@ fn debian_guests_run_sysbench_and_the_report_carries_its_figures() {
         rep["kernel_deltas"]["full_scans"].as_i64(),
         "full scans traced = Δfull_scans"
     );
-    assert!(
-        wait_until(Duration::from_secs(5), || pids_named("ksm-vm").is_empty()),
-        "a guest survived"
-    );
+    assert_guests_gone();
     session.assert_knobs_restored();
     // The cached base image was written once, when it was built, never by a guest.
     for image in fs::read_dir("/var/cache/ksm-trace/images")
@@ -249,11 +235,8 @@ fn domain_pid(domain: &str) -> u64 {
         .unwrap()
 }
 
-#[test]
 fn running_libvirt_guests_are_traced_by_domain_name() {
-    let Some(session) = KsmSession::try_start("libvirt") else {
-        return;
-    };
+    let session = KsmSession::start("libvirt");
     // The busybox guest's kernel and initramfs, from ksm-trace's own cache (filled here if a
     // vms run has not yet), copied where libvirt's qemu user may read them.
     let (kernel, initrd) = (session.path("vmlinuz"), session.path("initrd.cpio.gz"));
@@ -282,42 +265,31 @@ fn running_libvirt_guests_are_traced_by_domain_name() {
     eprintln!("domains ready after {:?}", t0.elapsed());
 
     // A name no guest has: one line naming the running ones, nothing changed.
-    let miss = ksm_trace(&["record", "--vm", "ksm-test-nope", "--duration", "5s"]);
+    let miss = assert_clean_error(
+        &["record", "--vm", "ksm-test-nope", "--duration", "5s"],
+        "running guests: ksm-test-db1, ksm-test-db2",
+    );
     let stderr = String::from_utf8_lossy(&miss.stderr);
     assert_eq!(miss.status.code(), Some(1), "{stderr}");
-    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
-    assert!(
-        stderr.contains("\"ksm-test-nope\"")
-            && stderr.contains("running guests: ksm-test-db1, ksm-test-db2"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("\"ksm-test-nope\""), "{stderr}");
     session.assert_knobs_restored();
 
-    let out = session.path("libvirt.json");
-    let result = ksm_trace(&[
-        "record",
-        "--vm",
-        names[0],
-        "--vm",
-        names[1],
-        "--duration",
-        "20s",
-        "--pages-to-scan",
-        "2000",
-        "--sleep-ms",
-        "20",
-        "-o",
-        out.to_str().unwrap(),
-    ]);
-    let stdout = String::from_utf8_lossy(&result.stdout);
-    assert!(
-        result.status.success(),
-        "record failed: {}",
-        String::from_utf8_lossy(&result.stderr)
+    let (stdout, rec, rep) = record_printing(
+        &session,
+        &[
+            "--vm",
+            names[0],
+            "--vm",
+            names[1],
+            "--duration",
+            "20s",
+            "--pages-to-scan",
+            "2000",
+            "--sleep-ms",
+            "20",
+        ],
     );
     eprintln!("recorded after {:?}", t0.elapsed());
-    let rec = json(&out);
-    let rep = report(&out);
     let pids: Vec<u64> = names.iter().map(|n| domain_pid(n)).collect();
     let mut filter: Vec<u64> = rec["meta"]["pid_filter"]
         .as_array()
@@ -332,10 +304,7 @@ fn running_libvirt_guests_are_traced_by_domain_name() {
     let processes = rep["processes"].as_array().unwrap();
     assert_eq!(processes.len(), 2, "only the two guests are reported");
     for (name, pid) in names.iter().zip(&pids) {
-        let p = processes
-            .iter()
-            .find(|p| p["pid"].as_u64() == Some(*pid))
-            .unwrap_or_else(|| panic!("{name} (pid {pid}) not in the report"));
+        let p = entry_for_pid(&rep, *pid);
         assert_eq!(p["guest"], *name, "named by its libvirt domain");
         // The domains run an idle busybox guest; only its kernel's own writes (timers,
         // page tables) leave merged pages without a tracepoint, a few against thousands of
@@ -426,12 +395,7 @@ fn bootable_image(dir: &Path) -> PathBuf {
 /// The busybox guest's kernel and initramfs (default payload) in ksm-trace's cache, filled by
 /// a short vms run if no run has yet.
 fn busybox_guest() -> (PathBuf, PathBuf) {
-    let fill = ksm_trace(&["workload", "vms:1,mem=128M", "--duration", "1s"]);
-    assert!(
-        fill.status.success(),
-        "{}",
-        String::from_utf8_lossy(&fill.stderr)
-    );
+    ksm_trace_ok(&["workload", "vms:1,mem=128M", "--duration", "1s"]);
     (
         newest("/var/cache/ksm-trace", "vmlinuz-"),
         PathBuf::from("/var/cache/ksm-trace/initramfs-33554432-16777216-none.cpio.gz"),
@@ -450,26 +414,23 @@ fn newest(dir: &str, prefix: &str) -> PathBuf {
     found.pop().unwrap_or_else(|| panic!("no {dir}/{prefix}*"))
 }
 
-#[test]
 fn a_users_image_boots_from_overlays_and_is_never_written() {
-    let Some(session) = KsmSession::try_start("image") else {
-        return;
-    };
+    let session = KsmSession::start("image");
     let iso = bootable_image(&session.dir);
     let before = fs::read(&iso).unwrap();
 
     // A path that is not an image: one line, nothing started.
-    let bad = ksm_trace(&[
-        "record",
-        "--workload",
-        "vms:2,image=/nonexistent/disk.qcow2",
-        "--duration",
-        "5s",
-    ]);
-    let stderr = String::from_utf8_lossy(&bad.stderr);
-    assert_eq!(bad.status.code(), Some(1), "{stderr}");
-    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
-    assert!(stderr.contains("/nonexistent/disk.qcow2"), "{stderr}");
+    let bad = assert_clean_error(
+        &[
+            "record",
+            "--workload",
+            "vms:2,image=/nonexistent/disk.qcow2",
+            "--duration",
+            "5s",
+        ],
+        "/nonexistent/disk.qcow2",
+    );
+    assert_eq!(bad.status.code(), Some(1));
     session.assert_knobs_restored();
 
     let spec = format!("vms:2,image={},mem=256M", iso.display());
@@ -490,12 +451,7 @@ fn a_users_image_boots_from_overlays_and_is_never_written() {
     assert_eq!(workers.len(), 2);
     for w in workers {
         let pid = w["pid"].as_u64().unwrap();
-        let p = rep["processes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|p| p["pid"].as_u64() == Some(pid))
-            .unwrap();
+        let p = entry_for_pid(&rep, pid);
         // Both guests load the same kernel and initramfs from their disks: KSM merges them.
         let merges = p["merges"].as_u64().unwrap();
         let end = p["ksm_merging_pages_end"].as_u64().unwrap();
@@ -507,22 +463,7 @@ fn a_users_image_boots_from_overlays_and_is_never_written() {
     }
     assert_eq!(rec["meta"]["ended_by"], "duration");
     assert!(fs::read(&iso).unwrap() == before, "the image was written");
-    assert!(
-        wait_until(Duration::from_secs(5), || pids_named("ksm-vm").is_empty()),
-        "a guest survived"
-    );
-    let overlays: Vec<_> = fs::read_dir("/tmp")
-        .unwrap()
-        .flatten()
-        .filter(|e| {
-            e.file_name()
-                .to_string_lossy()
-                .starts_with("ksm-trace-vms-")
-        })
-        .collect();
-    assert!(
-        overlays.is_empty(),
-        "run directory with the overlays left behind"
-    );
+    // No guest, and no run directory with the overlays.
+    assert_no_guests_left();
     session.assert_knobs_restored();
 }

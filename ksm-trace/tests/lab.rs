@@ -17,6 +17,14 @@ use std::{
 use common::*;
 use serde_json::Value;
 
+tests! {
+    lab_runs_the_scenario_on_debian_6_12: Root,
+    lab_traces_debian_6_1_through_the_function_backend: Root,
+    lab_runs_the_scenario_on_the_host_kernel: Root,
+    lab_refuses_guest_options_for_the_host: Nothing,
+    lab_on_the_host_stopped_by_sigterm_cleans_up: Root,
+}
+
 /// `ksm-trace lab --kernel KERNEL --json`, which must have run the scenario to its end: its
 /// pid (which names its run directory) and the transcript.
 fn run_lab(kernel: &str) -> (u32, Value) {
@@ -39,6 +47,17 @@ fn run_lab(kernel: &str) -> (u32, Value) {
         transcript["problems"]
     );
     (pid, transcript)
+}
+
+/// [`run_lab`] in a guest, whose kernel release must start with `release`.
+fn run_lab_in_guest(kernel: &str, release: &str) -> (u32, Value) {
+    let (pid, t) = run_lab(kernel);
+    assert!(
+        t["release"].as_str().unwrap().starts_with(release),
+        "{}",
+        t["release"]
+    );
+    (pid, t)
 }
 
 fn assert_nothing_left(pid: u32) {
@@ -86,16 +105,11 @@ fn assert_record_holds_up(t: &Value) -> &Value {
     assert_eq!(t["record"]["rc"], 0, "record: {}", t["record"]["stderr"]);
     assert_eq!(t["report"]["rc"], 0, "report: {}", t["report"]["stderr"]);
     let rep = &t["report"]["json"];
-    let workers: Vec<&Value> = rep["processes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|p| p["comm"].as_str().unwrap().starts_with("ksm-procs-"))
-        .collect();
+    let workers = procs_workers(rep);
     assert_eq!(workers.len(), 2, "{rep}");
     for p in workers {
         let merges = int(&p["merges"]);
-        let delta = int(&p["ksm_merging_pages_end"]) - int(&p["ksm_merging_pages_start"]);
+        let delta = delta(p, "ksm_merging_pages");
         assert!(merges > 0, "{p}");
         // Every page that became a merging page in the window was merged in it; the writes
         // after merging make some leave again, so only ≥ holds.
@@ -197,12 +211,9 @@ fn assert_backend_exact(run: &Value, events: &str) {
     let rep = &run["report"];
     assert_eq!(rep["mechanisms"]["events"]["kind"], events, "{rep}");
     let (mut workers, mut zero_page_merges, mut zero_pages_broken) = (0, 0, 0);
-    for p in rep["processes"].as_array().unwrap() {
-        if !p["comm"].as_str().unwrap().starts_with("ksm-procs-") {
-            continue;
-        }
+    for p in procs_workers(rep) {
         let (m, u) = (int(&p["merges"]), int(&p["unmerges"]));
-        let delta = int(&p["ksm_merging_pages_end"]) - int(&p["ksm_merging_pages_start"]);
+        let delta = delta(p, "ksm_merging_pages");
         // Two rounds, each merging the worker's 1000 identical pages. The kernel may drop a
         // stable node and merge its pages again (seen under TCG: 203 removals, 203 more
         // joins), so ≥.
@@ -316,11 +327,8 @@ fn assert_backend_exact(run: &Value, events: &str) {
         // A page ksmd merges again between the worker's look at its pagemap and its write is a
         // break the worker did not see coming: that needs a merge beyond the spec's 2000 (one
         // 6.1 run: 382 more merges, cow_ksm 3382, the workers saw 3381).
-        let remerges: i64 = rep["processes"]
-            .as_array()
-            .unwrap()
+        let remerges: i64 = procs_workers(rep)
             .iter()
-            .filter(|p| p["comm"].as_str().unwrap().starts_with("ksm-procs-"))
             .map(|p| int(&p["merges"]) - 2000)
             .sum();
         assert!(
@@ -335,17 +343,9 @@ fn assert_backend_exact(run: &Value, events: &str) {
     }
 }
 
-#[test]
 fn lab_runs_the_scenario_on_debian_6_12() {
-    let Some(_lock) = root_test_lock() else {
-        return;
-    };
-    let (pid, t) = run_lab("debian-6.12");
-    assert!(
-        t["release"].as_str().unwrap().starts_with("6.12."),
-        "{}",
-        t["release"]
-    );
+    let _lock = test_lock();
+    let (pid, t) = run_lab_in_guest("debian-6.12", "6.12.");
     assert!(doctor_allows_fexit(&t), "{}", t["doctor"]["json"]);
     assert_fexit(&t);
     // Every backend loads here (the function probes both through fentry and through
@@ -365,20 +365,12 @@ fn lab_runs_the_scenario_on_debian_6_12() {
     assert_nothing_left(pid);
 }
 
-#[test]
 fn lab_traces_debian_6_1_through_the_function_backend() {
-    let Some(_lock) = root_test_lock() else {
-        return;
-    };
+    let _lock = test_lock();
     // Linux 6.1 predates the ksm tracepoints: doctor says so, and record takes its events from
     // fentry/fexit on the functions the tracepoints later went into — with the same exactness
     // against the guest's own counters as 6.12's tracepoints.
-    let (pid, t) = run_lab("debian-6.1");
-    assert!(
-        t["release"].as_str().unwrap().starts_with("6.1."),
-        "{}",
-        t["release"]
-    );
+    let (pid, t) = run_lab_in_guest("debian-6.1", "6.1.");
     assert_eq!(t["doctor"]["rc"], 0, "doctor: {}", t["doctor"]["stderr"]);
     let tracepoints = t["doctor"]["json"]["capabilities"]["tracepoints"]
         .as_object()
@@ -421,19 +413,14 @@ fn lab_traces_debian_6_1_through_the_function_backend() {
     let unmerge = |i: usize| runs[i]["report"]["mechanisms"]["unmerge"]["kind"].clone();
     assert_eq!([unmerge(1), unmerge(2)], ["fentry", "kprobes"]);
     // 6.1's ksm_stat has no ksm_merging_pages: it comes from /proc/<pid>/ksm_merging_pages.
-    for p in rep["processes"].as_array().unwrap() {
-        if p["comm"].as_str().unwrap().starts_with("ksm-procs-") {
-            assert!(int(&p["ksm_merging_pages_end"]) > 0, "{p}");
-        }
+    for p in procs_workers(rep) {
+        assert!(int(&p["ksm_merging_pages_end"]) > 0, "{p}");
     }
     assert_nothing_left(pid);
 }
 
-#[test]
 fn lab_runs_the_scenario_on_the_host_kernel() {
-    let Some(session) = KsmSession::try_start("lab-host") else {
-        return;
-    };
+    let session = KsmSession::start("lab-host");
     let cow_before = vmstat("cow_ksm");
     let scans_before = knob_u64("full_scans");
     let (pid, t) = run_lab("host");
@@ -455,38 +442,20 @@ fn lab_runs_the_scenario_on_the_host_kernel() {
     assert_nothing_left(pid);
 }
 
-fn vmstat(name: &str) -> u64 {
-    std::fs::read_to_string("/proc/vmstat")
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("{name} missing from /proc/vmstat"))
-}
-
-#[test]
 fn lab_refuses_guest_options_for_the_host() {
-    let out = ksm_trace(&["lab", "--kernel", "host", "--refresh"]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
-    assert!(stderr.contains("--refresh"), "{stderr}");
+    let out = assert_clean_error(&["lab", "--kernel", "host", "--refresh"], "--refresh");
+    assert_eq!(out.status.code(), Some(1));
 }
 
-#[test]
 fn lab_on_the_host_stopped_by_sigterm_cleans_up() {
-    let Some(session) = KsmSession::try_start("lab-host-sigterm") else {
-        return;
-    };
+    let session = KsmSession::start("lab-host-sigterm");
     let child = spawn_ksm_trace(&["lab", "--kernel", "host"]);
     let run_dir = format!("/tmp/ksm-trace-lab-{}", child.id());
     assert!(
-        wait_until(Duration::from_secs(30), || pids_named("ksm-procs-").len()
-            == 2),
+        procs_workers_within(2, Duration::from_secs(30)),
         "the scenario's workers started"
     );
-    terminate(&child);
-    let out = child.wait_with_output().unwrap();
+    let out = terminate_and_wait(child);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(

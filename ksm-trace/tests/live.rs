@@ -13,6 +13,12 @@ use std::{
 
 use common::*;
 
+tests! {
+    serve_is_scraped_by_a_real_prometheus_and_agrees_with_ksm_stat: Root,
+    top_in_tmux_shows_the_workers_merging_and_gives_the_terminal_back: Root,
+    top_batch_prints_refreshes_as_text_and_refuses_bad_pids: Root,
+}
+
 /// A port nothing listens on now.
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -136,11 +142,8 @@ fn wait_for_workers(
     );
 }
 
-#[test]
 fn serve_is_scraped_by_a_real_prometheus_and_agrees_with_ksm_stat() {
-    let Some(session) = KsmSession::try_start("serve") else {
-        return;
-    };
+    let session = KsmSession::start("serve");
     let listen = format!("127.0.0.1:{}", free_port());
     // Every merge timed, so the latency histograms can be checked against the merge counts
     // (the sampled default's windows can miss a short burst by design).
@@ -175,17 +178,14 @@ fn serve_is_scraped_by_a_real_prometheus_and_agrees_with_ksm_stat() {
         "10",
     ]);
     assert!(
-        wait_until(Duration::from_secs(10), || pids_named("ksm-procs-").len()
-            == 3),
+        procs_workers_within(3, Duration::from_secs(10)),
         "workers started"
     );
     let workers = pids_named("ksm-procs-");
 
     // Round 1 settled: the traced merges of each worker are its ksm_merging_pages, exactly.
     assert!(
-        wait_until(Duration::from_secs(15), || workers
-            .iter()
-            .all(|&p| ksm_merging_pages(p) == 1000)),
+        wait_until(Duration::from_secs(15), || all_merging(&workers, 1000)),
         "round 1 merged"
     );
     wait_for_workers(&prom, "ksm_process_merging_pages", 3, |p| {
@@ -312,11 +312,8 @@ impl Drop for Tmux {
     }
 }
 
-#[test]
 fn top_in_tmux_shows_the_workers_merging_and_gives_the_terminal_back() {
-    let Some(session) = KsmSession::try_start("top") else {
-        return;
-    };
+    let session = KsmSession::start("top");
     let t = Tmux {
         socket: format!("ksm-trace-test-{}", std::process::id()),
     };
@@ -378,9 +375,7 @@ fn top_in_tmux_shows_the_workers_merging_and_gives_the_terminal_back() {
     // Once settled, the MERGED column is the kernel's ksm_merging_pages (1000 pages = 3.9M).
     let workers = pids_named("ksm-procs-");
     assert!(
-        wait_until(Duration::from_secs(15), || workers
-            .iter()
-            .all(|&p| ksm_merging_pages(p) == 1000)),
+        wait_until(Duration::from_secs(15), || all_merging(&workers, 1000)),
         "workers merged"
     );
     assert!(
@@ -424,18 +419,9 @@ fn top_in_tmux_shows_the_workers_merging_and_gives_the_terminal_back() {
     session.assert_knobs_restored();
 }
 
-#[test]
 fn top_batch_prints_refreshes_as_text_and_refuses_bad_pids() {
-    let Some(session) = KsmSession::try_start("top-batch") else {
-        return;
-    };
-    let out = ksm_trace(&["top", "--batch", "2", "--interval", "500ms"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
+    let session = KsmSession::start("top-batch");
+    let text = ksm_trace_stdout(&["top", "--batch", "2", "--interval", "500ms"]);
     assert_eq!(text.matches("ksmd CPU").count(), 2, "{text}");
     assert!(text.contains("PID COMM"), "{text}");
 

@@ -4,23 +4,35 @@
 //!
 //! `cargo xtask test` builds the package first (`cargo xtask dist`: `cargo test` cannot run
 //! cargo-deb's build itself while it holds cargo's build lock) and names it in
-//! KSM_TRACE_TEST_DEB; without that variable, or without root, the test says so and is skipped.
+//! KSM_TRACE_TEST_DEB; without that variable, or without root, the harness reports the test as
+//! ignored, saying which.
 //! It takes the test lock: dpkg's database and /usr are machine-wide.
 mod common;
 
 use std::{
-    io::Write as _,
     path::{Path, PathBuf},
     process::{Command, Output},
 };
 
 use common::*;
 
+tests! {
+    package_installs_runs_from_path_and_purges_cleanly: RootAnd(package_built),
+}
+
 /// Set by `cargo xtask test` to the package it built.
 const PACKAGE_ENV: &str = "KSM_TRACE_TEST_DEB";
 const PACKAGE: &str = "ksm-trace";
 /// The system's PATH without /usr/local, where `cargo xtask install` puts its own copy.
 const SYSTEM_PATH: &str = "/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// The need of the test besides root: the package `cargo xtask test` built.
+fn package_built() -> Result<(), String> {
+    harness::env_set(
+        PACKAGE_ENV,
+        "`cargo xtask test` builds the package and sets it",
+    )
+}
 
 fn run(program: &str, args: &[&str]) -> Output {
     Command::new(program)
@@ -33,14 +45,7 @@ fn run(program: &str, args: &[&str]) -> Output {
 /// `program args` succeeded; its stdout.
 fn stdout_of(program: &str, args: &[&str]) -> String {
     let out = run(program, args);
-    assert!(
-        out.status.success(),
-        "{program} {} failed ({}):\n{}\n{}",
-        args.join(" "),
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_succeeded(program, args, &out);
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -78,18 +83,9 @@ fn complete_second_word(prefix: &str) -> Vec<String> {
         .collect()
 }
 
-#[test]
 fn package_installs_runs_from_path_and_purges_cleanly() {
-    let Some(deb) = std::env::var_os(PACKAGE_ENV).map(PathBuf::from) else {
-        // To stderr directly: libtest swallows `eprintln!` from tests that pass.
-        let _ = std::io::stderr().write_all(
-            format!("package test skipped: {PACKAGE_ENV} is not set (`cargo xtask test` builds the package and sets it)\n").as_bytes(),
-        );
-        return;
-    };
-    let Some(_lock) = root_test_lock() else {
-        return;
-    };
+    let deb = PathBuf::from(std::env::var_os(PACKAGE_ENV).expect(PACKAGE_ENV));
+    let _lock = test_lock();
     assert!(
         !installed(),
         "{PACKAGE} is already installed with dpkg here; the test would remove it (dpkg --purge {PACKAGE} first)"

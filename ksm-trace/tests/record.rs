@@ -7,6 +7,20 @@ use std::{process::Command, time::Duration};
 
 use common::*;
 
+tests! {
+    merges_equal_ksm_merging_pages_per_process: Root,
+    auto_latency_mode_keeps_exact_counts: Root,
+    existing_processes_by_pid_match_ksm_stat_read_by_the_test: Root,
+    sigterm_mid_run_restores_knobs_and_stops_workers: Root,
+    bad_input_is_one_clear_line_and_changes_nothing: Root,
+    flame_graph_and_time_series_from_a_real_recording: Root,
+    workload_with_no_options_reaches_it_and_ends_once_settled: Root,
+    lost_events_are_counted_and_mark_the_report_incomplete: Root,
+    auto_samples_merge_latency_when_merges_start_on_a_budget: Root,
+    another_process_changing_knobs_is_reported: Root,
+    probes_for_every_process_can_be_turned_off: Root,
+}
+
 const PAGES: u64 = 1500;
 const DUP: f64 = 0.6;
 
@@ -39,21 +53,14 @@ fn record_procs(extra: &[&str], session: &KsmSession) -> (serde_json::Value, ser
     (rec, rep)
 }
 
-#[test]
 fn merges_equal_ksm_merging_pages_per_process() {
-    let Some(session) = KsmSession::try_start("merges") else {
-        return;
-    };
+    let session = KsmSession::start("merges");
     let (rec, rep) = record_procs(&["--merge-latency", "always"], &session);
     let workers = rec["meta"]["workload"]["workers"].as_array().unwrap();
     assert_eq!(workers.len(), 3);
-    let processes = rep["processes"].as_array().unwrap();
     for (i, worker) in workers.iter().enumerate() {
         let pid = worker["pid"].as_u64().unwrap();
-        let p = processes
-            .iter()
-            .find(|p| p["pid"].as_u64() == Some(pid))
-            .expect("worker in report");
+        let p = entry_for_pid(&rep, pid);
         assert_eq!(p["comm"], format!("ksm-procs-{i}"), "attribution by comm");
         let merges = p["merges"].as_u64().unwrap();
         let start = p["ksm_merging_pages_start"].as_u64().unwrap();
@@ -94,27 +101,15 @@ fn merges_equal_ksm_merging_pages_per_process() {
     session.assert_worker_pages_released();
 }
 
-#[test]
 fn auto_latency_mode_keeps_exact_counts() {
-    let Some(session) = KsmSession::try_start("auto") else {
-        return;
-    };
+    let session = KsmSession::start("auto");
     let (_rec, rep) = record_procs(&[], &session);
-    for p in rep["processes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|p| p["comm"].as_str().unwrap().starts_with("ksm-procs-"))
-    {
-        let merges = p["merges"].as_u64().unwrap();
+    for p in procs_workers(&rep) {
+        let merges = p["merges"].as_i64().unwrap();
+        assert_eq!(merges, delta(p, "ksm_merging_pages"), "{p}");
+        let timed = p["merge_latency_ns"]["count"].as_i64().unwrap();
         assert_eq!(
-            merges,
-            p["ksm_merging_pages_end"].as_u64().unwrap()
-                - p["ksm_merging_pages_start"].as_u64().unwrap()
-        );
-        let timed = p["merge_latency_ns"]["count"].as_u64().unwrap();
-        assert_eq!(
-            timed + p["untimed_merges"].as_u64().unwrap(),
+            timed + p["untimed_merges"].as_i64().unwrap(),
             merges,
             "timed + untimed = merges"
         );
@@ -122,50 +117,30 @@ fn auto_latency_mode_keeps_exact_counts() {
     session.assert_knobs_restored();
 }
 
-#[test]
 fn existing_processes_by_pid_match_ksm_stat_read_by_the_test() {
-    let Some(session) = KsmSession::try_start("pids") else {
-        return;
-    };
+    let session = KsmSession::start("pids");
     let nonce = std::process::id() as u64 * 7919;
     let procs: Vec<TestProcess> = (0..2)
         .map(|i| TestProcess::start(i, 1000, 0.5, nonce))
         .collect();
     let before: Vec<u64> = procs.iter().map(|p| ksm_merging_pages(p.pid())).collect();
-    let out = session.path("pids.json");
-    let pid_args: Vec<String> = procs
-        .iter()
-        .flat_map(|p| ["--pid".to_string(), p.pid().to_string()])
-        .collect();
+    let pids = pid_args(procs.iter().map(TestProcess::pid));
     let mut args = vec![
-        "record",
         "--duration",
         "5s",
         "--pages-to-scan",
         "1000",
         "--sleep-ms",
         "10",
-        "-q",
-        "-o",
-        out.to_str().unwrap(),
     ];
-    args.extend(pid_args.iter().map(String::as_str));
-    let result = ksm_trace(&args);
-    assert!(
-        result.status.success(),
-        "{}",
-        String::from_utf8_lossy(&result.stderr)
-    );
-    let rep = report(&out);
+    args.extend(pids.iter().map(String::as_str));
+    let (_, rep) = record(&session, &args);
     let processes = rep["processes"].as_array().unwrap();
     assert_eq!(processes.len(), 2, "only the requested pids are reported");
     for (p, before) in procs.iter().zip(before) {
         // ksmd is paused again (run=0 restored): the test's own read is final.
         let after = ksm_merging_pages(p.pid());
-        let row = processes
-            .iter()
-            .find(|r| r["pid"].as_u64() == Some(p.pid() as u64))
-            .unwrap();
+        let row = entry_for_pid(&rep, p.pid());
         assert_eq!(
             row["merges"].as_u64().unwrap(),
             after - before,
@@ -177,31 +152,25 @@ fn existing_processes_by_pid_match_ksm_stat_read_by_the_test() {
     session.assert_knobs_restored();
 }
 
-#[test]
 fn sigterm_mid_run_restores_knobs_and_stops_workers() {
-    let Some(session) = KsmSession::try_start("sigterm") else {
-        return;
-    };
-    let out = session.path("term.json");
-    let mut child = spawn_ksm_trace(&[
-        "record",
-        "--workload",
-        "procs:2,pages=500",
-        "--duration",
-        "60s",
-        "-q",
-        "--sleep-ms",
-        "10",
-        "-o",
-        out.to_str().unwrap(),
-    ]);
+    let session = KsmSession::start("sigterm");
+    let (mut child, out) = spawn_record(
+        &session,
+        &[
+            "--workload",
+            "procs:2,pages=500",
+            "--duration",
+            "60s",
+            "--sleep-ms",
+            "10",
+        ],
+    );
     assert!(
-        wait_until(Duration::from_secs(20), || pids_named("ksm-procs-").len()
-            == 2),
+        procs_workers_within(2, Duration::from_secs(20)),
         "workers started"
     );
     assert!(
-        wait_until(Duration::from_secs(10), || knob("run") == "1"),
+        ksmd_runs_within(Duration::from_secs(10)),
         "ksmd started for the run"
     );
     terminate(&child);
@@ -212,20 +181,8 @@ fn sigterm_mid_run_restores_knobs_and_stops_workers() {
     session.assert_left_as_found();
 }
 
-fn assert_clean_error(args: &[&str], needle: &str) {
-    let out = ksm_trace(args);
-    assert!(!out.status.success(), "{args:?} should fail");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
-    assert!(stderr.contains(needle), "{args:?}: {stderr}");
-    assert!(!stderr.contains("panicked"), "{stderr}");
-}
-
-#[test]
 fn bad_input_is_one_clear_line_and_changes_nothing() {
-    let Some(session) = KsmSession::try_start("errors") else {
-        return;
-    };
+    let session = KsmSession::start("errors");
     let out = session.path("x.json");
     let o = out.to_str().unwrap();
     assert_clean_error(
@@ -303,54 +260,34 @@ fn bad_input_is_one_clear_line_and_changes_nothing() {
     assert!(pids_named("ksm-procs-").is_empty());
 }
 
-#[test]
 fn flame_graph_and_time_series_from_a_real_recording() {
-    let Some(session) = KsmSession::try_start("flame") else {
-        return;
-    };
-    let out = session.path("flame.json");
-    let args = [
-        "record",
-        "--workload",
-        "procs:3,pages=2000,dup=0.5",
-        "--duration",
-        "6s",
-        "--interval",
-        "500ms",
-        "--pages-to-scan",
-        "2000",
-        "--sleep-ms",
-        "10",
-        "-q",
-        "-o",
-        out.to_str().unwrap(),
-    ];
-    let result = ksm_trace(&args);
-    assert!(
-        result.status.success(),
-        "{}",
-        String::from_utf8_lossy(&result.stderr)
+    let session = KsmSession::start("flame");
+    let (rec, rep) = record(
+        &session,
+        &[
+            "--workload",
+            "procs:3,pages=2000,dup=0.5",
+            "--duration",
+            "6s",
+            "--interval",
+            "500ms",
+            "--pages-to-scan",
+            "2000",
+            "--sleep-ms",
+            "10",
+        ],
     );
+    let out = session.path("rec.json");
 
     // ksmd's stacks: rooted at ksmd, through ksm's own scan thread.
-    let folded = ksm_trace(&["flame", out.to_str().unwrap(), "--folded"]);
-    assert!(
-        folded.status.success(),
-        "{}",
-        String::from_utf8_lossy(&folded.stderr)
-    );
-    let folded = String::from_utf8(folded.stdout).unwrap();
+    let folded = ksm_trace_stdout(&["flame", out.to_str().unwrap(), "--folded"]);
     assert!(folded.lines().all(|l| l.starts_with("ksmd;")), "{folded}");
     assert!(
         folded.lines().any(|l| l.contains(";ksm_scan_thread")),
         "{folded}"
     );
     let svg = session.path("flame.svg");
-    assert!(
-        ksm_trace(&["flame", out.to_str().unwrap(), "-o", svg.to_str().unwrap()])
-            .status
-            .success()
-    );
+    ksm_trace_ok(&["flame", out.to_str().unwrap(), "-o", svg.to_str().unwrap()]);
     assert!(
         std::fs::read_to_string(&svg)
             .unwrap()
@@ -358,7 +295,6 @@ fn flame_graph_and_time_series_from_a_real_recording() {
     );
 
     // One row per interval (plus the edges), monotonic.
-    let rec = json(&out);
     let series = rec["timeseries"].as_array().unwrap();
     assert!(
         (12..=16).contains(&series.len()),
@@ -367,22 +303,14 @@ fn flame_graph_and_time_series_from_a_real_recording() {
     );
     let times: Vec<u64> = series.iter().map(|s| s["t_ns"].as_u64().unwrap()).collect();
     assert!(times.windows(2).all(|w| w[0] < w[1]), "{times:?}");
-    let csv = ksm_trace(&["report", out.to_str().unwrap(), "--csv"]);
-    assert_eq!(
-        String::from_utf8(csv.stdout).unwrap().lines().count(),
-        series.len() + 1
-    );
+    let csv = ksm_trace_stdout(&["report", out.to_str().unwrap(), "--csv"]);
+    assert_eq!(csv.lines().count(), series.len() + 1);
 
     // Nothing writes after merging, so KSM settles within the run.
-    let rep = report(&out);
     let settle = rep["settle_s"].as_f64().expect("settle time reported");
     assert!(settle > 0.0 && settle <= rep["duration_s"].as_f64().unwrap());
     let plots = session.path("plots");
-    assert!(
-        ksm_trace(&["plot", out.to_str().unwrap(), "-o", plots.to_str().unwrap()])
-            .status
-            .success()
-    );
+    ksm_trace_ok(&["plot", out.to_str().unwrap(), "-o", plots.to_str().unwrap()]);
     assert!(plots.join("processes.svg").exists());
     session.assert_knobs_restored();
 }
@@ -391,29 +319,21 @@ fn flame_graph_and_time_series_from_a_real_recording() {
 /// rate that reaches its own workload and says so, ends once KSM has settled, separates the
 /// workload from the machine's other KSM processes (which show their start counts), and puts
 /// the knobs back.
-#[test]
 fn workload_with_no_options_reaches_it_and_ends_once_settled() {
-    let Some(session) = KsmSession::try_start("no-options") else {
-        return;
-    };
+    let session = KsmSession::start("no-options");
     // Two processes of the machine's own, merged before ksm-trace starts.
     let nonce = std::process::id() as u64 * 104_729;
     let others: Vec<TestProcess> = (0..2)
         .map(|i| TestProcess::start_for(i, 1000, 0.5, nonce, 600.0))
         .collect();
-    set_knob("pages_to_scan", "1000");
-    set_knob("sleep_millisecs", "10");
-    set_knob("run", "1");
+    let pids: Vec<u32> = others.iter().map(TestProcess::pid).collect();
+    let merged = || all_merging(&pids, 500);
     assert!(
-        wait_until(Duration::from_secs(20), || others
-            .iter()
-            .all(|p| ksm_merging_pages(p.pid()) == 500)),
+        run_ksmd_until("1000", "10", Duration::from_secs(20), merged),
         "the machine's own processes merged"
     );
-    set_knob("run", "0");
     // Back to the session's odd, slow values: 123 pages every 45 ms.
-    set_knob("pages_to_scan", "123");
-    set_knob("sleep_millisecs", "45");
+    KsmSession::reset_knobs();
 
     let out = session.path("no-options.json");
     let started = std::time::Instant::now();
@@ -451,27 +371,16 @@ fn workload_with_no_options_reaches_it_and_ends_once_settled() {
     assert!(p50 < 4_000_000_000, "full scan p50 {p50} ns");
     assert!(rep["scans"]["full_scans"].as_u64().unwrap() >= 3);
 
-    let processes = rep["processes"].as_array().unwrap();
     let workers = rec["meta"]["workload"]["workers"].as_array().unwrap();
     for w in workers {
-        let p = processes
-            .iter()
-            .find(|p| p["pid"] == w["pid"])
-            .expect("worker in the report");
+        let p = entry_for_pid(&rep, w["pid"].as_u64().unwrap());
         assert_eq!(p["workload"], true);
-        let merges = p["merges"].as_u64().unwrap();
+        let merges = p["merges"].as_i64().unwrap();
         assert_eq!(merges, 4000, "every identical page merged: {p}");
-        assert_eq!(
-            merges,
-            p["ksm_merging_pages_end"].as_u64().unwrap()
-                - p["ksm_merging_pages_start"].as_u64().unwrap()
-        );
+        assert_eq!(merges, delta(p, "ksm_merging_pages"), "{p}");
     }
     for other in &others {
-        let p = processes
-            .iter()
-            .find(|p| p["pid"] == other.pid())
-            .expect("the machine's KSM process in the report");
+        let p = entry_for_pid(&rep, other.pid());
         assert_eq!(p["workload"], false, "{p}");
         // Known from the start: its count before tracing, not "?".
         assert_eq!(p["ksm_merging_pages_start"], 500, "{p}");
@@ -482,8 +391,7 @@ fn workload_with_no_options_reaches_it_and_ends_once_settled() {
     assert_eq!(groups[0]["merges"], 8000);
     assert_eq!(groups[1]["name"], "other");
     assert!(groups[1]["processes"].as_u64().unwrap() >= 2);
-    let text = ksm_trace(&["report", out.to_str().unwrap()]);
-    let text = String::from_utf8_lossy(&text.stdout);
+    let text = report_text(&out);
     assert!(
         text.contains("Workload (started by ksm-trace): 2 processes, 8000 merges"),
         "{text}"
@@ -498,11 +406,8 @@ fn workload_with_no_options_reaches_it_and_ends_once_settled() {
 /// A forced overflow: a 4 KiB ring buffer cannot hold a merge burst of ksmd scanning flat out.
 /// The loss is counted and shown, the report marks itself incomplete, and what it traced is a
 /// lower bound of what the kernel counted — never a silently wrong number.
-#[test]
 fn lost_events_are_counted_and_mark_the_report_incomplete() {
-    let Some(session) = KsmSession::try_start("lost") else {
-        return;
-    };
+    let session = KsmSession::start("lost");
     let (rec, rep) = record(
         &session,
         &[
@@ -524,23 +429,16 @@ fn lost_events_are_counted_and_mark_the_report_incomplete() {
     assert_eq!(rep["complete"], false);
     assert!(!rep["incomplete"].as_array().unwrap().is_empty());
     for w in rec["meta"]["workload"]["workers"].as_array().unwrap() {
-        let p = rep["processes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|p| p["pid"] == w["pid"])
-            .unwrap();
-        let merged = p["ksm_merging_pages_end"].as_u64().unwrap()
-            - p["ksm_merging_pages_start"].as_u64().unwrap();
+        let p = entry_for_pid(&rep, w["pid"].as_u64().unwrap());
+        let merged = delta(p, "ksm_merging_pages");
         assert_eq!(merged, 4000, "the kernel merged every identical page: {p}");
-        let traced = p["merges"].as_u64().unwrap();
+        let traced = p["merges"].as_i64().unwrap();
         assert!(
             traced < merged,
             "traced {traced} of {merged}: some were lost"
         );
     }
-    let text = ksm_trace(&["report", session.path("rec.json").to_str().unwrap()]);
-    let text = String::from_utf8_lossy(&text.stdout);
+    let text = report_text(&session.path("rec.json"));
     assert!(
         text.contains(&format!("INCOMPLETE: {lost} events were lost")),
         "{text}"
@@ -553,11 +451,8 @@ fn lost_events_are_counted_and_mark_the_report_incomplete() {
 /// bracket is attached 50 ms when merges start, on a budget of one window per 5 s (so ksmd
 /// keeps its scan rate, and a burst is not missed for opening at the wrong moment); the report
 /// says what share of the merges that timed, and keeps each window's timed merges.
-#[test]
 fn auto_samples_merge_latency_when_merges_start_on_a_budget() {
-    let Some(session) = KsmSession::try_start("sampled") else {
-        return;
-    };
+    let session = KsmSession::start("sampled");
     let (rec, rep) = record(
         &session,
         &[
@@ -656,8 +551,7 @@ fn auto_samples_merge_latency_when_merges_start_on_a_budget() {
         (share - 100.0 * head_merges as f64 / (timed + untimed) as f64).abs() < 1e-6,
         "{lat}"
     );
-    let text = ksm_trace(&["report", session.path("rec.json").to_str().unwrap()]);
-    let text = String::from_utf8_lossy(&text.stdout);
+    let text = report_text(&session.path("rec.json"));
     assert!(
         text.contains("a sample: "),
         "the report says the latency is a sample"
@@ -672,29 +566,24 @@ fn auto_samples_merge_latency_when_merges_start_on_a_budget() {
 /// Another process changes a knob and writes run=2 (as the kernel's selftests do) in the middle
 /// of a recording: the report names the change, detects full_scans going backwards and counts
 /// full scans across the reset, which the traced scans must match.
-#[test]
 fn another_process_changing_knobs_is_reported() {
-    let Some(session) = KsmSession::try_start("others") else {
-        return;
-    };
-    let out = session.path("others.json");
-    let mut child = spawn_ksm_trace(&[
-        "record",
-        "--workload",
-        "procs:2,pages=2000",
-        "--pages-to-scan",
-        "1000",
-        "--sleep-ms",
-        "10",
-        "--interval",
-        "250ms",
-        "--duration",
-        "6s",
-        "-q",
-        "-o",
-        out.to_str().unwrap(),
-    ]);
-    assert!(wait_until(Duration::from_secs(20), || knob("run") == "1"));
+    let session = KsmSession::start("others");
+    let (mut child, out) = spawn_record(
+        &session,
+        &[
+            "--workload",
+            "procs:2,pages=2000",
+            "--pages-to-scan",
+            "1000",
+            "--sleep-ms",
+            "10",
+            "--interval",
+            "250ms",
+            "--duration",
+            "6s",
+        ],
+    );
+    assert!(ksmd_runs_within(Duration::from_secs(20)));
     std::thread::sleep(Duration::from_secs(2));
     set_knob("pages_to_scan", "777");
     std::thread::sleep(Duration::from_millis(600));
@@ -730,8 +619,7 @@ fn another_process_changing_knobs_is_reported() {
         across > 0 && across <= traced && traced - across <= 10,
         "{across} vs {traced}"
     );
-    let text = ksm_trace(&["report", out.to_str().unwrap()]);
-    let text = String::from_utf8_lossy(&text.stdout);
+    let text = report_text(&out);
     assert!(
         text.contains("CHANGED by another process during the window: pages_to_scan 1000→777"),
         "{text}"
@@ -742,11 +630,8 @@ fn another_process_changing_knobs_is_reported() {
 
 /// The two probes that run for every process can be turned off: the report then says they
 /// were off and shows no batch or CPU figure from them — not a zero.
-#[test]
 fn probes_for_every_process_can_be_turned_off() {
-    let Some(session) = KsmSession::try_start("probes-off") else {
-        return;
-    };
+    let session = KsmSession::start("probes-off");
     let (rec, rep) = record(
         &session,
         &[
@@ -775,9 +660,8 @@ fn probes_for_every_process_can_be_turned_off() {
     assert!(rec["events"]["received"].get("ksmd_batch").is_none());
     // Merges are still traced exactly.
     assert!(rep["scans"]["full_scans"].as_u64().unwrap() > 0);
-    let text = ksm_trace(&["report", session.path("rec.json").to_str().unwrap()]);
     assert!(
-        String::from_utf8_lossy(&text.stdout).contains("ksmd batches: not traced (off"),
+        report_text(&session.path("rec.json")).contains("ksmd batches: not traced (off"),
         "the report says so"
     );
     session.assert_knobs_restored();

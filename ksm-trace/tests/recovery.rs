@@ -7,6 +7,10 @@ use std::{collections::BTreeMap, fs, time::Duration};
 
 use common::*;
 
+tests! {
+    sigkill_at_any_moment_is_undone_by_recover: Root,
+}
+
 /// What a run may change, as the test reads it itself.
 #[derive(Debug, PartialEq)]
 struct Machine {
@@ -71,24 +75,17 @@ fn live_processes() -> Vec<String> {
 fn machine() -> Machine {
     Machine {
         knobs: knobs(),
-        tracefs_mounted: fs::read_to_string("/proc/self/mounts")
-            .unwrap()
-            .lines()
-            .any(|l| l.split_whitespace().nth(2) == Some("tracefs")),
+        tracefs_mounted: mount_point("tracefs").is_some(),
         tmp: entries("/tmp", "ksm-trace-"),
         state_files: entries("/run/ksm-trace", ""),
         processes: live_processes(),
     }
 }
 
-#[test]
 fn sigkill_at_any_moment_is_undone_by_recover() {
-    let Some(session) = KsmSession::try_start("sigkill") else {
-        return;
-    };
+    let session = KsmSession::start("sigkill");
     // Nothing left over from before: this test compares against what it found.
-    let recovered = ksm_trace(&["recover"]);
-    assert!(recovered.status.success());
+    ksm_trace_ok(&["recover"]);
     let before = machine();
     assert!(before.state_files.is_empty(), "{before:?}");
     let dir = session.path("runs");

@@ -9,6 +9,11 @@ use std::time::Instant;
 
 use common::*;
 
+tests! {
+    a_thousand_small_processes_are_each_attributed_exactly: Root,
+    millions_of_events_are_attributed_exactly: Root,
+}
+
 fn full() -> bool {
     std::env::var("KSM_TRACE_SCALE").is_ok_and(|v| v == "full")
 }
@@ -42,22 +47,13 @@ fn workers(rec: &std::path::Path, rep: &serde_json::Value) -> Vec<serde_json::Va
         .iter()
         .map(|w| w["pid"].as_u64().unwrap())
         .collect();
-    let rows = rep["processes"].as_array().unwrap();
     pids.iter()
-        .map(|pid| {
-            rows.iter()
-                .find(|p| p["pid"].as_u64() == Some(*pid))
-                .unwrap_or_else(|| panic!("worker {pid} not in the report"))
-                .clone()
-        })
+        .map(|&pid| entry_for_pid(rep, pid).clone())
         .collect()
 }
 
-#[test]
 fn a_thousand_small_processes_are_each_attributed_exactly() {
-    let Some(session) = KsmSession::try_start("scale-processes") else {
-        return;
-    };
+    let session = KsmSession::start("scale-processes");
     let n = if full() { 1000 } else { 100 };
     let (pages, dup_pages) = (64, 32);
     let spec = format!("procs:{n},pages={pages},dup=0.5");
@@ -80,10 +76,9 @@ fn a_thousand_small_processes_are_each_attributed_exactly() {
     let mut merged_total = 0;
     for p in &workers {
         let merges = p["merges"].as_u64().unwrap();
-        let delta = p["ksm_merging_pages_end"].as_u64().unwrap()
-            - p["ksm_merging_pages_start"].as_u64().unwrap();
         assert_eq!(
-            merges, delta,
+            merges as i64,
+            delta(p, "ksm_merging_pages"),
             "pid {}: merges vs Δksm_merging_pages",
             p["pid"]
         );
@@ -95,13 +90,7 @@ fn a_thousand_small_processes_are_each_attributed_exactly() {
         merged_total += merges;
     }
     // The traced matrix holds every merged page once per process that maps it.
-    let out = ksm_trace(&["sharing", rec.to_str().unwrap(), "--json"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let sharing: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let sharing = ksm_trace_json(&["sharing", rec.to_str().unwrap(), "--json"]);
     let mapped: u64 = sharing["matrix"]["pages_by_sharers"]
         .as_object()
         .unwrap()
@@ -122,11 +111,8 @@ fn a_thousand_small_processes_are_each_attributed_exactly() {
     session.assert_knobs_restored();
 }
 
-#[test]
 fn millions_of_events_are_attributed_exactly() {
-    let Some(session) = KsmSession::try_start("scale-events") else {
-        return;
-    };
+    let session = KsmSession::start("scale-events");
     // Every round rewrites every page with content identical across the workers: each round
     // merges them all again, and the previous round's KSM pages go stale and are dropped.
     // The recording ends with the workload, `wait` after the last rewrite: time enough for

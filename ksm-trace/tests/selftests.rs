@@ -15,19 +15,27 @@ use std::{
 
 use common::*;
 
-/// Where xtask built the selftests; None (said on stderr) when run outside `cargo xtask test`.
-fn selftests() -> Option<PathBuf> {
-    let Some(dir) = std::env::var_os("KSM_TRACE_SELFTESTS") else {
-        eprintln!("selftests: skipped: KSM_TRACE_SELFTESTS unset (cargo xtask test builds them)");
-        return None;
-    };
-    let dir = PathBuf::from(dir);
+tests! {
+    the_kernels_ksm_selftests_pass_while_traced_and_are_attributed_exactly: RootAnd(selftests_built),
+    bench_merge_in_the_selftests_conditions_merges_all_and_interrupts_the_owner: RootAnd(selftests_built),
+}
+
+const SELFTESTS_ENV: &str = "KSM_TRACE_SELFTESTS";
+
+/// The need of the tests besides root: the selftests `cargo xtask test` built.
+fn selftests_built() -> Result<(), String> {
+    harness::env_set(SELFTESTS_ENV, "`cargo xtask test` builds them")
+}
+
+/// Where xtask built the selftests.
+fn selftests() -> PathBuf {
+    let dir = PathBuf::from(std::env::var_os(SELFTESTS_ENV).expect(SELFTESTS_ENV));
     assert!(
         dir.join("ksm_tests").is_file() && dir.join("ksm_functional_tests").is_file(),
-        "KSM_TRACE_SELFTESTS={} holds no selftests",
+        "{SELFTESTS_ENV}={} holds no selftests",
         dir.display()
     );
-    Some(dir)
+    dir
 }
 
 /// Runs one selftest program to its end; returns its pid and output, asserting it passed.
@@ -40,13 +48,7 @@ fn selftest(dir: &std::path::Path, program: &str, args: &[&str]) -> (u32, Output
         .unwrap();
     let pid = child.id();
     let out = child.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{program} {args:?} failed ({}):\n{text}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_succeeded(program, args, &out);
     (pid, out)
 }
 
@@ -58,23 +60,13 @@ fn average_speed(text: &str) -> f64 {
         .unwrap_or_else(|| panic!("no average speed in\n{text}"))
 }
 
-#[test]
 fn the_kernels_ksm_selftests_pass_while_traced_and_are_attributed_exactly() {
-    let Some(dir) = selftests() else { return };
-    let Some(session) = KsmSession::try_start("selftests") else {
-        return;
-    };
-    let rec = session.path("rec.json");
-    let recorder = Background::spawn(&[
-        "record",
-        "--duration",
-        "600s",
-        "-q",
-        "-o",
-        rec.to_str().unwrap(),
-    ]);
+    let dir = selftests();
+    let session = KsmSession::start("selftests");
+    let (recorder, rec) = spawn_record(&session, &["--duration", "600s"]);
+    let recorder = Background(recorder);
     assert!(
-        wait_until(Duration::from_secs(20), || knob("run") == "1"),
+        ksmd_runs_within(Duration::from_secs(20)),
         "the window opened"
     );
     // (pid, merges it must have): page merging (5000 identical pages: one KSM page with
@@ -88,15 +80,7 @@ fn the_kernels_ksm_selftests_pass_while_traced_and_are_attributed_exactly() {
     // ksm_functional_tests leaves run=1 and use_zero_pages=1 behind: the session puts every
     // knob back when it ends; ksm-trace's own restore is checked here.
     let rep = report(&rec);
-    let process = |pid: u32| {
-        rep["processes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|p| p["pid"].as_u64() == Some(pid as u64))
-            .unwrap_or_else(|| panic!("selftest pid {pid} not in the report"))
-            .clone()
-    };
+    let process = |pid: u32| entry_for_pid(&rep, pid);
     assert_eq!(process(merging)["merges"], 5000, "ksm_tests -M -p 5000");
     assert_eq!(process(merge_time)["merges"], 25_600, "ksm_tests -P -s 100");
     assert_eq!(
@@ -144,20 +128,15 @@ fn the_kernels_ksm_selftests_pass_while_traced_and_are_attributed_exactly() {
     drop(session);
 }
 
-#[test]
 fn bench_merge_in_the_selftests_conditions_merges_all_and_interrupts_the_owner() {
     // The speed itself is compared with ksm_tests -P by `cargo xtask bench` (a timed
     // comparison on a shared two-core machine is a benchmark, not a test); here, what makes
     // the two the same measurement: every page merged, and each merge's TLB flushes
     // interrupting the busy owner's CPU as they interrupt the selftest's polling process.
-    if selftests().is_none() {
-        return;
-    }
-    let Some(session) = KsmSession::try_start("selftest-conditions") else {
-        return;
-    };
+    selftests();
+    let session = KsmSession::start("selftest-conditions");
     let rec = session.path("bench.json");
-    let out = ksm_trace(&[
+    let text = ksm_trace_stdout(&[
         "bench",
         "merge",
         "--size",
@@ -167,12 +146,6 @@ fn bench_merge_in_the_selftests_conditions_merges_all_and_interrupts_the_owner()
         "-o",
         rec.to_str().unwrap(),
     ]);
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     assert!(average_speed(&text) > 0.0, "{text}");
     let rep = report(&rec);
     let owner = rep["processes"]

@@ -12,14 +12,9 @@ use std::{
 
 use common::*;
 
-/// The cgroup v2 hierarchy's mount point.
-fn cgroup2_root() -> Option<PathBuf> {
-    fs::read_to_string("/proc/self/mounts")
-        .ok()?
-        .lines()
-        .find(|l| l.split_whitespace().nth(2) == Some("cgroup2"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .map(PathBuf::from)
+tests! {
+    record_by_cgroup_sums_the_construction_exactly: RootAnd(cgroup2_mounted),
+    snapshot_matrix_equals_the_construction: RootAnd(cgroup2_mounted),
 }
 
 /// A cgroup made for the test, removed (once empty) on drop.
@@ -50,29 +45,25 @@ impl Drop for Cgroup {
     }
 }
 
+/// The matrix of `ksm-trace sharing --now --json ARGS`.
 fn sharing(args: &[&str]) -> serde_json::Value {
     let mut all = vec!["sharing", "--now", "--json"];
     all.extend_from_slice(args);
-    let out = ksm_trace(&all);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["matrix"].clone()
+    ksm_trace_json(&all)["matrix"].take()
 }
 
-/// The test session and the cgroup2 mount, or None when the test is skipped (not root, or no
-/// cgroup2 mount: said on stderr).
-fn session_with_cgroups(name: &str) -> Option<(KsmSession, PathBuf)> {
-    let session = KsmSession::try_start(name)?;
-    match cgroup2_root() {
-        Some(root) => Some((session, root)),
-        None => {
-            eprintln!("{name}: skipped: no cgroup2 mount");
-            None
-        }
-    }
+/// The need of the tests besides root: a cgroup2 mount.
+fn cgroup2_mounted() -> Result<(), String> {
+    mount_point("cgroup2")
+        .map(drop)
+        .ok_or_else(|| "needs a cgroup2 mount".to_owned())
+}
+
+/// The test session and the cgroup2 mount.
+fn session_with_cgroups(name: &str) -> (KsmSession, PathBuf) {
+    let session = KsmSession::start(name);
+    let root = mount_point("cgroup2").expect("a cgroup2 mount");
+    (session, root)
 }
 
 /// Three cgroups: A holds a1; B holds b1 and b2; C holds c1 and c2. 1000 pages each, half
@@ -99,19 +90,17 @@ impl Construction {
         }
         Self { cgroups, processes }
     }
+
+    /// `--pid PID` for each of its processes.
+    fn pid_args(&self) -> Vec<String> {
+        pid_args(self.processes.iter().map(TestProcess::pid))
+    }
 }
 
-#[test]
 fn record_by_cgroup_sums_the_construction_exactly() {
-    let Some((session, root)) = session_with_cgroups("record-by-cgroup") else {
-        return;
-    };
+    let (session, root) = session_with_cgroups("record-by-cgroup");
     let built = Construction::build(&root);
-    let pids: Vec<String> = built
-        .processes
-        .iter()
-        .map(|p| p.pid().to_string())
-        .collect();
+    let pids = built.pid_args();
     let mut args = vec![
         "--pages-to-scan",
         "2000",
@@ -120,9 +109,7 @@ fn record_by_cgroup_sums_the_construction_exactly() {
         "--duration",
         "12s",
     ];
-    for p in &pids {
-        args.extend(["--pid", p.as_str()]);
-    }
+    args.extend(pids.iter().map(String::as_str));
     let (_, rep) = record(&session, &args);
     let by_cgroup = rep["by_cgroup"].as_array().unwrap();
     let group = |cgroup: &Cgroup| {
@@ -147,13 +134,8 @@ fn record_by_cgroup_sums_the_construction_exactly() {
     }
     assert_eq!(by_cgroup.len(), 3, "{by_cgroup:?}");
     // The text table is the same sums.
-    let text = ksm_trace(&[
-        "report",
-        session.path("rec.json").to_str().unwrap(),
-        "--by",
-        "cgroup",
-    ]);
-    let text = String::from_utf8_lossy(&text.stdout);
+    let rec = session.path("rec.json");
+    let text = ksm_trace_stdout(&["report", rec.to_str().unwrap(), "--by", "cgroup"]);
     let row = |cgroup: &Cgroup| {
         text.lines()
             .find(|l| l.trim_start().starts_with(cgroup.path.as_str()))
@@ -168,17 +150,10 @@ fn record_by_cgroup_sums_the_construction_exactly() {
 
     // The recording's sharing matrix: traced from the merge events, reconciled with the
     // snapshot taken at the window's end — and the snapshot itself — equal the construction.
-    let rec = session.path("rec.json");
     let from_file = |extra: &[&str]| {
         let mut args = vec!["sharing", rec.to_str().unwrap(), "--by", "cgroup", "--json"];
         args.extend_from_slice(extra);
-        let out = ksm_trace(&args);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+        ksm_trace_json(&args)
     };
     let traced = from_file(&[]);
     assert_eq!(traced["left_silently"], 0, "{traced}");
@@ -216,39 +191,24 @@ fn pair(m: &serde_json::Value, x: &str, y: &str) -> u64 {
         .map_or(0, |p| p[2].as_u64().unwrap())
 }
 
-#[test]
 fn snapshot_matrix_equals_the_construction() {
-    let Some((session, root)) = session_with_cgroups("sharing") else {
-        return;
-    };
+    let (session, root) = session_with_cgroups("sharing");
     let built = Construction::build(&root);
     let [a1, b1, b2, c1, c2] = &built.processes;
     let [a, b, c] = &built.cgroups;
-    set_knob("pages_to_scan", "2000");
-    set_knob("sleep_millisecs", "10");
-    set_knob("run", "1");
-    let merged = [a1, b1, b2, c1];
+    let merged = [a1, b1, b2, c1].map(TestProcess::pid);
     assert!(
-        wait_until(Duration::from_secs(30), || merged
-            .iter()
-            .all(|p| ksm_merging_pages(p.pid()) == 500)),
+        run_ksmd_until("2000", "10", Duration::from_secs(30), || {
+            all_merging(&merged, 500)
+        }),
         "the constructed pairs merged"
     );
-    set_knob("run", "0");
     assert_eq!(ksm_merging_pages(c2.pid()), 0);
-    let knobs_before: Vec<String> = ["run", "pages_to_scan", "sleep_millisecs"]
-        .iter()
-        .map(|k| knob(k))
-        .collect();
+    let knobs = || ["run", "pages_to_scan", "sleep_millisecs"].map(knob);
+    let knobs_before = knobs();
 
-    let pids: Vec<String> = [a1, b1, b2, c1, c2]
-        .iter()
-        .map(|p| p.pid().to_string())
-        .collect();
-    let mut pid_args = Vec::new();
-    for p in &pids {
-        pid_args.extend(["--pid", p.as_str()]);
-    }
+    let pids = built.pid_args();
+    let pid_args: Vec<&str> = pids.iter().map(String::as_str).collect();
     let svg = session.path("sharing.svg");
     let by_cgroup = sharing(
         &[
@@ -286,12 +246,8 @@ fn snapshot_matrix_equals_the_construction() {
     assert_eq!(exposed["cross_domain_pages"], 500, "{exposed}");
 
     // A snapshot reads; it changes no knob and no page.
-    let knobs_after: Vec<String> = ["run", "pages_to_scan", "sleep_millisecs"]
-        .iter()
-        .map(|k| knob(k))
-        .collect();
-    assert_eq!(knobs_before, knobs_after);
-    assert!(merged.iter().all(|p| ksm_merging_pages(p.pid()) == 500));
+    assert_eq!(knobs_before, knobs());
+    assert!(all_merging(&merged, 500));
     drop(built);
     drop(session);
 }

@@ -9,36 +9,47 @@ use std::time::Duration;
 
 use common::*;
 
-#[test]
-fn a_baseline_sweep_gives_each_configuration_its_impact_on_sysbench() {
-    let Some(session) = KsmSession::try_start("sweep-baseline") else {
-        return;
-    };
+tests! {
+    a_baseline_sweep_gives_each_configuration_its_impact_on_sysbench: Root,
+    two_configuration_sweep_summarizes_its_recordings: Root,
+    bench_overhead_stopped_by_sigterm_restores_knobs_and_stops_workers: Root,
+    bench_overhead_compares_with_bpftrace_and_leaves_tracefs_as_found: Root,
+}
+
+/// `ksm-trace sweep ARGS -o <session>/sweep`, which must succeed: the directory, the table it
+/// printed, and its summary.json.
+fn sweep(
+    session: &KsmSession,
+    args: &[&str],
+) -> (std::path::PathBuf, String, Vec<serde_json::Value>) {
     let dir = session.path("sweep");
-    let out = ksm_trace(&[
-        "sweep",
-        "--workload",
-        "vms:2,load=sysbench,tables=1,table-size=2000,time=15s",
-        "--pages-to-scan",
-        "4000",
-        "--sleep-ms",
-        "20",
-        "--baseline",
-        "-o",
-        dir.to_str().unwrap(),
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let mut all = vec!["sweep"];
+    all.extend_from_slice(args);
+    all.extend(["-o", dir.to_str().unwrap()]);
+    let table = ksm_trace_stdout(&all);
+    let stored =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
+    (dir, table, stored)
+}
+
+fn a_baseline_sweep_gives_each_configuration_its_impact_on_sysbench() {
+    let session = KsmSession::start("sweep-baseline");
+    let (dir, table, stored) = sweep(
+        &session,
+        &[
+            "--workload",
+            "vms:2,load=sysbench,tables=1,table-size=2000,time=15s",
+            "--pages-to-scan",
+            "4000",
+            "--sleep-ms",
+            "20",
+            "--baseline",
+        ],
     );
-    let table = String::from_utf8(out.stdout).unwrap();
     assert!(
         table.contains("impact") && table.contains("KSM off (baseline)"),
         "{table}"
     );
-    let stored: Vec<serde_json::Value> =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
     assert_eq!(stored.len(), 2);
     let (base, config) = (&stored[0], &stored[1]);
     assert_eq!(base["baseline"], true);
@@ -76,37 +87,25 @@ fn a_baseline_sweep_gives_each_configuration_its_impact_on_sysbench() {
     session.assert_knobs_restored();
 }
 
-#[test]
 fn two_configuration_sweep_summarizes_its_recordings() {
-    let Some(session) = KsmSession::try_start("sweep") else {
-        return;
-    };
-    let dir = session.path("sweep");
-    let out = ksm_trace(&[
-        "sweep",
-        "--workload",
-        "procs:2,pages=1500,dup=0.5",
-        "--pages-to-scan",
-        "500,3000",
-        "--sleep-ms",
-        "10",
-        "--until-settled",
-        "--timeout",
-        "20s",
-        "--interval",
-        "500ms",
-        "-o",
-        dir.to_str().unwrap(),
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let session = KsmSession::start("sweep");
+    let (dir, table, stored) = sweep(
+        &session,
+        &[
+            "--workload",
+            "procs:2,pages=1500,dup=0.5",
+            "--pages-to-scan",
+            "500,3000",
+            "--sleep-ms",
+            "10",
+            "--until-settled",
+            "--timeout",
+            "20s",
+            "--interval",
+            "500ms",
+        ],
     );
-    let table = String::from_utf8(out.stdout).unwrap();
     assert!(table.contains("Cheapest configuration"), "{table}");
-    let stored: Vec<serde_json::Value> =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
     assert_eq!(stored.len(), 2);
     for (s, pages) in stored.iter().zip([500, 3000]) {
         assert_eq!(s["knobs"]["pages_to_scan"], pages);
@@ -169,11 +168,8 @@ fn assert_summary_derives_from(s: &serde_json::Value, rec: &serde_json::Value) {
     assert_eq!(s["lost_events"], rec["events"]["lost"]);
 }
 
-#[test]
 fn bench_overhead_stopped_by_sigterm_restores_knobs_and_stops_workers() {
-    let Some(session) = KsmSession::try_start("bench-sigterm") else {
-        return;
-    };
+    let session = KsmSession::start("bench-sigterm");
     let child = spawn_ksm_trace(&[
         "bench",
         "overhead",
@@ -187,30 +183,19 @@ fn bench_overhead_stopped_by_sigterm_restores_knobs_and_stops_workers() {
             && knob("run") == "1"),
         "the bench set ksmd scanning flat out"
     );
-    terminate(&child);
-    let out = child.wait_with_output().unwrap();
+    let out = terminate_and_wait(child);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("knobs restored"), "{stderr}");
     session.assert_left_as_found();
 }
 
-fn tracefs_mounted() -> bool {
-    std::fs::read_to_string("/proc/self/mounts")
-        .unwrap()
-        .lines()
-        .any(|l| l.split_whitespace().nth(2) == Some("tracefs"))
-}
-
-#[test]
 fn bench_overhead_compares_with_bpftrace_and_leaves_tracefs_as_found() {
-    let Some(session) = KsmSession::try_start("bench-bpftrace") else {
-        return;
-    };
-    let tracefs_before = tracefs_mounted();
+    let session = KsmSession::start("bench-bpftrace");
+    let tracefs_before = mount_point("tracefs").is_some();
     // Speed is not asserted here (that is the benchmark's job): only that every tracer ran,
     // bpftrace's scripts counted ksmd's batches (the bench fails otherwise), and nothing stays.
-    let out = ksm_trace(&[
+    let stdout = ksm_trace_stdout(&[
         "bench",
         "overhead",
         "--workload",
@@ -224,12 +209,6 @@ fn bench_overhead_compares_with_bpftrace_and_leaves_tracefs_as_found() {
         "--short-pairs",
         "16",
     ]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "bench failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     for what in ["without merge latency", "with merge latency"] {
         let line = stdout
             .lines()
@@ -257,7 +236,7 @@ fn bench_overhead_compares_with_bpftrace_and_leaves_tracefs_as_found() {
         "no verdict in:\n{stdout}"
     );
     assert_eq!(
-        tracefs_mounted(),
+        mount_point("tracefs").is_some(),
         tracefs_before,
         "tracefs mount state changed"
     );

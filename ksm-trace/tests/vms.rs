@@ -3,68 +3,33 @@
 //! when ksm-trace is stopped by SIGTERM.
 mod common;
 
-use std::{
-    fs,
-    path::{Path, PathBuf},
-    process::Child,
-    time::Duration,
-};
+use std::{fs, path::PathBuf, process::Child, time::Duration};
 
 use common::*;
 
-/// Per-run directories of guest consoles and QMP sockets.
-fn run_dirs() -> Vec<PathBuf> {
-    fs::read_dir("/tmp")
-        .unwrap()
-        .flatten()
-        .filter(|e| {
-            e.file_name()
-                .to_string_lossy()
-                .starts_with("ksm-trace-vms-")
-        })
-        .map(|e| e.path())
-        .collect()
+tests! {
+    record_vms_attributes_merges_to_each_guest: Root,
+    sigterm_stops_guests: Root,
+    sigterm_while_guests_boot_ends_the_start_quickly: Root,
 }
 
-fn assert_no_guests_left() {
-    assert!(
-        wait_until(Duration::from_secs(5), || pids_named("ksm-vm").is_empty()),
-        "a guest survived: {:?}",
-        pids_named("ksm-vm")
-    );
-    assert!(run_dirs().is_empty(), "left behind: {:?}", run_dirs());
-}
-
-#[test]
 fn record_vms_attributes_merges_to_each_guest() {
-    let Some(session) = KsmSession::try_start("vms") else {
-        return;
-    };
-    let out = session.path("vms.json");
-    let result = ksm_trace(&[
-        "record",
-        "--workload",
-        "vms:2,mem=128M",
-        "--duration",
-        "40s",
-        "--pages-to-scan",
-        "2000",
-        "--sleep-ms",
-        "20",
-        "-q",
-        "-o",
-        out.to_str().unwrap(),
-    ]);
-    assert!(
-        result.status.success(),
-        "record failed: {}",
-        String::from_utf8_lossy(&result.stderr)
+    let session = KsmSession::start("vms");
+    let (rec, rep) = record(
+        &session,
+        &[
+            "--workload",
+            "vms:2,mem=128M",
+            "--duration",
+            "40s",
+            "--pages-to-scan",
+            "2000",
+            "--sleep-ms",
+            "20",
+        ],
     );
-    let rec = json(&out);
-    let rep = report(&out);
     let workers = rec["meta"]["workload"]["workers"].as_array().unwrap();
     assert_eq!(workers.len(), 2);
-    let processes = rep["processes"].as_array().unwrap();
     for (i, worker) in workers.iter().enumerate() {
         let comm = format!("ksm-vm{i}");
         assert_eq!(worker["comm"], comm.as_str());
@@ -74,10 +39,7 @@ fn record_vms_attributes_merges_to_each_guest() {
             "{comm} ready time"
         );
         let pid = worker["pid"].as_u64().unwrap();
-        let p = processes
-            .iter()
-            .find(|p| p["pid"].as_u64() == Some(pid))
-            .unwrap_or_else(|| panic!("guest {comm} (pid {pid}) not in the report"));
+        let p = entry_for_pid(&rep, pid);
         assert_eq!(p["comm"], comm.as_str(), "attribution by comm");
         let merges = p["merges"].as_u64().unwrap();
         assert!(merges > 0, "{comm}: no merges");
@@ -95,13 +57,9 @@ fn record_vms_attributes_merges_to_each_guest() {
     session.assert_worker_pages_released();
 }
 
-#[test]
 fn sigterm_stops_guests() {
-    let Some(session) = KsmSession::try_start("vms-sigterm") else {
-        return;
-    };
-    let out = session.path("vms-term.json");
-    let (child, ready) = spawn_two_guests(&out, "120s");
+    let session = KsmSession::start("vms-sigterm");
+    let (child, out, ready) = spawn_two_guests(&session, "120s");
     // Both guests booted: their consoles show the marker their /init prints when ready.
     assert!(
         wait_until(Duration::from_secs(180), || pids_named("ksm-vm").len() == 2
@@ -110,12 +68,11 @@ fn sigterm_stops_guests() {
         "guests ready"
     );
     assert!(
-        wait_until(Duration::from_secs(10), || knob("run") == "1"),
+        ksmd_runs_within(Duration::from_secs(10)),
         "ksmd started for the run"
     );
     std::thread::sleep(Duration::from_secs(2));
-    terminate(&child);
-    let output = child.wait_with_output().unwrap();
+    let output = terminate_and_wait(child);
     assert!(
         output.status.success(),
         "exit after SIGTERM: {} {}",
@@ -128,14 +85,10 @@ fn sigterm_stops_guests() {
     session.assert_knobs_restored();
 }
 
-#[test]
 fn sigterm_while_guests_boot_ends_the_start_quickly() {
-    let Some(session) = KsmSession::try_start("vms-boot-sigterm") else {
-        return;
-    };
-    let out = session.path("vms-boot.json");
-    let tmp_before = ksm_trace_tmp_entries();
-    let (child, ready) = spawn_two_guests(&out, "60s");
+    let session = KsmSession::start("vms-boot-sigterm");
+    let tmp_before = tmp_entries("ksm-trace-");
+    let (child, out, ready) = spawn_two_guests(&session, "60s");
     // Both QEMUs started, neither guest ready yet (a boot takes several seconds under TCG).
     assert!(
         wait_until(Duration::from_secs(60), || pids_named("ksm-vm").len() == 2),
@@ -143,8 +96,7 @@ fn sigterm_while_guests_boot_ends_the_start_quickly() {
     );
     assert!(!ready(0) && !ready(1), "a guest was ready already");
     let sent = std::time::Instant::now();
-    terminate(&child);
-    let output = child.wait_with_output().unwrap();
+    let output = terminate_and_wait(child);
     let took = sent.elapsed();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
@@ -163,40 +115,28 @@ fn sigterm_while_guests_boot_ends_the_start_quickly() {
     assert!(!out.exists(), "no recording of a run that never started");
     assert_no_guests_left();
     session.assert_knobs_restored();
-    let left: Vec<PathBuf> = ksm_trace_tmp_entries()
+    let left: Vec<PathBuf> = tmp_entries("ksm-trace-")
         .into_iter()
         .filter(|p| !tmp_before.contains(p))
         .collect();
     assert!(left.is_empty(), "left behind: {left:?}");
 }
 
-/// `record --workload vms:2,mem=128M --duration DURATION -o OUT` in the background, and
-/// whether guest `i`'s console (in the run directory) shows its ready marker yet.
-fn spawn_two_guests(out: &Path, duration: &str) -> (Child, impl Fn(u32) -> bool) {
-    let child = spawn_ksm_trace(&[
-        "record",
-        "--workload",
-        "vms:2,mem=128M",
-        "--duration",
-        duration,
-        "-q",
-        "-o",
-        out.to_str().unwrap(),
-    ]);
+/// `record --workload vms:2,mem=128M --duration DURATION` in the background: the child, where
+/// its recording goes, and whether guest `i`'s console (in the run directory) shows its ready
+/// marker yet.
+fn spawn_two_guests(
+    session: &KsmSession,
+    duration: &str,
+) -> (Child, PathBuf, impl Fn(u32) -> bool) {
+    let (child, out) = spawn_record(
+        session,
+        &["--workload", "vms:2,mem=128M", "--duration", duration],
+    );
     let dir = PathBuf::from(format!("/tmp/ksm-trace-vms-{}", child.id()));
     let ready = move |i: u32| {
         fs::read_to_string(dir.join(format!("ksm-vm{i}.log")))
             .is_ok_and(|log| log.contains("KSM-TRACE-READY"))
     };
-    (child, ready)
-}
-
-/// Everything named /tmp/ksm-trace-*.
-fn ksm_trace_tmp_entries() -> Vec<PathBuf> {
-    fs::read_dir("/tmp")
-        .unwrap()
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with("ksm-trace-"))
-        .map(|e| e.path())
-        .collect()
+    (child, out, ready)
 }

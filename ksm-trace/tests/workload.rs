@@ -14,14 +14,13 @@ use std::{
 
 use common::*;
 
-fn cow_ksm() -> u64 {
-    let text = std::fs::read_to_string("/proc/vmstat").unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix("cow_ksm "))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap()
+tests! {
+    rounds_and_writes_are_explained_by_observed_unmerges_and_cow_ksm: Root,
+    zero_pages_are_zero_page_merges_with_use_zero_pages: Root,
+    prctl_mode_merges_the_whole_process: Root,
+    workload_command_runs_without_tracing_and_cleans_up: Root,
+    unmerge_calls_agree_with_kpageflags_cow_ksm_and_the_traced_merges: Root,
+    bench_unmerge_gives_the_selftest_figure_and_refuses_bad_input: Root,
 }
 
 /// What the test saw of each worker while record ran: the highest `ksm_merging_pages` in its
@@ -29,12 +28,13 @@ fn cow_ksm() -> u64 {
 type Seen = HashMap<u64, u64>;
 
 /// Records `workload` while a thread of the test reads every `ksm-procs-*` worker's ksm_stat
-/// every 10 ms.
+/// every 10 ms: the recording, its report, what the test saw, and how much the kernel's
+/// cow_ksm (/proc/vmstat) rose over the whole `record`.
 fn record_workload(
     session: &KsmSession,
     workload: &str,
     extra: &[&str],
-) -> (serde_json::Value, serde_json::Value, Seen) {
+) -> (serde_json::Value, serde_json::Value, Seen, u64) {
     let mut args = vec![
         "--workload",
         workload,
@@ -44,6 +44,7 @@ fn record_workload(
         "10",
     ];
     args.extend_from_slice(extra);
+    let cow_before = vmstat("cow_ksm");
     let done = Arc::new(AtomicBool::new(false));
     let watcher = {
         let done = Arc::clone(&done);
@@ -51,7 +52,7 @@ fn record_workload(
             let mut seen = Seen::new();
             while !done.load(Ordering::SeqCst) {
                 for pid in pids_named("ksm-procs-") {
-                    if let Some(n) = merging_pages(pid) {
+                    if let Some(n) = try_ksm_merging_pages(pid) {
                         let max = seen.entry(pid as u64).or_default();
                         *max = (*max).max(n);
                     }
@@ -63,17 +64,8 @@ fn record_workload(
     };
     let (rec, rep) = record(session, &args);
     done.store(true, Ordering::SeqCst);
-    (rec, rep, watcher.join().unwrap())
-}
-
-/// `ksm_merging_pages` of a process that may have exited meanwhile.
-fn merging_pages(pid: u32) -> Option<u64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/ksm_stat")).ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix("ksm_merging_pages "))?
-        .trim()
-        .parse()
-        .ok()
+    let seen = watcher.join().unwrap();
+    (rec, rep, seen, vmstat("cow_ksm") - cow_before)
 }
 
 /// The highest ksm_merging_pages the test saw for worker `p`.
@@ -84,36 +76,35 @@ fn seen_by_test(seen: &Seen, p: &serde_json::Value) -> u64 {
         .unwrap_or_else(|| panic!("the test never read ksm_stat of {p}"))
 }
 
-fn workers(rep: &serde_json::Value) -> Vec<serde_json::Value> {
-    rep["processes"]
+/// The copy-on-write breaks of KSM pages the workers of a recording timed themselves (each
+/// write to a page /proc/kpageflags showed as KSM).
+fn cow_breaks_seen_by_workers(rec: &serde_json::Value) -> u64 {
+    rec["meta"]["workload"]["workers"]
         .as_array()
         .unwrap()
         .iter()
-        .filter(|p| p["comm"].as_str().unwrap().starts_with("ksm-procs-"))
-        .cloned()
-        .collect()
+        .map(|w| {
+            w["write_fault_ns"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|b| b[1].as_u64().unwrap())
+                .sum::<u64>()
+        })
+        .sum()
 }
 
-fn delta(p: &serde_json::Value, field: &str) -> i64 {
-    p[format!("{field}_end")].as_i64().unwrap() - p[format!("{field}_start")].as_i64().unwrap()
-}
-
-#[test]
 fn rounds_and_writes_are_explained_by_observed_unmerges_and_cow_ksm() {
-    let Some(session) = KsmSession::try_start("rounds") else {
-        return;
-    };
-    let cow_before = cow_ksm();
-    let (rec, rep, seen) = record_workload(
+    let session = KsmSession::start("rounds");
+    let (rec, rep, seen, cow_delta) = record_workload(
         &session,
         "procs:3,pages=1500,dup=0.6,rounds=3,wait=2s,write=0.05",
         &["--merge-latency", "off"],
     );
-    let cow_delta = cow_ksm() - cow_before;
     assert_eq!(rec["meta"]["ended_by"], "workload-finished");
-    let ws = workers(&rep);
+    let ws = procs_workers(&rep);
     assert_eq!(ws.len(), 3);
-    for p in &ws {
+    for p in ws {
         let (merges, unmerges) = (
             p["merges"].as_i64().unwrap(),
             p["unmerges"].as_i64().unwrap(),
@@ -141,19 +132,7 @@ fn rounds_and_writes_are_explained_by_observed_unmerges_and_cow_ksm() {
     }
     // The workload classifies each write through /proc/kpageflags just before it; a page that
     // ksmd merges between the check and the write is the only way to miss one.
-    let seen: u64 = rec["meta"]["workload"]["workers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|w| {
-            w["write_fault_ns"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|b| b[1].as_u64().unwrap())
-                .sum::<u64>()
-        })
-        .sum();
+    let seen = cow_breaks_seen_by_workers(&rec);
     assert!(seen > 0);
     assert!(
         seen <= cow_delta && seen * 100 >= cow_delta * 99,
@@ -163,32 +142,29 @@ fn rounds_and_writes_are_explained_by_observed_unmerges_and_cow_ksm() {
     session.assert_knobs_restored();
 }
 
-#[test]
 fn zero_pages_are_zero_page_merges_with_use_zero_pages() {
-    let Some(session) = KsmSession::try_start("zero") else {
-        return;
-    };
+    let session = KsmSession::start("zero");
     let zero_before = knob("use_zero_pages");
-    let (_rec, rep, seen) = record_workload(
+    let (_rec, rep, seen, _) = record_workload(
         &session,
         "procs:2,pages=1000,dup=0.4,zero=0.2",
         &["--duration", "4s", "--use-zero-pages", "on"],
     );
-    for p in workers(&rep) {
+    for p in procs_workers(&rep) {
         assert_eq!(
             p["zero_page_merges"].as_i64().unwrap(),
-            delta(&p, "ksm_zero_pages"),
+            delta(p, "ksm_zero_pages"),
             "{p}"
         );
         assert_eq!(p["zero_page_merges"], 200, "{p}");
         assert_eq!(
             p["merges"].as_i64().unwrap(),
-            delta(&p, "ksm_merging_pages"),
+            delta(p, "ksm_merging_pages"),
             "{p}"
         );
         assert_eq!(p["merges"], 400, "{p}");
         // Nothing writes after merging: what the test saw is what was merged.
-        assert_eq!(seen_by_test(&seen, &p), 400, "{p}");
+        assert_eq!(seen_by_test(&seen, p), 400, "{p}");
     }
     assert_eq!(
         knob("use_zero_pages"),
@@ -198,22 +174,19 @@ fn zero_pages_are_zero_page_merges_with_use_zero_pages() {
     session.assert_knobs_restored();
 }
 
-#[test]
 fn prctl_mode_merges_the_whole_process() {
-    let Some(session) = KsmSession::try_start("prctl") else {
-        return;
-    };
-    let (_rec, rep, seen) = record_workload(
+    let session = KsmSession::start("prctl");
+    let (_rec, rep, seen, _) = record_workload(
         &session,
         "procs:2,pages=1000,dup=0.5,mode=prctl",
         &["--duration", "4s"],
     );
-    for p in workers(&rep) {
+    for p in procs_workers(&rep) {
         let merges = p["merges"].as_i64().unwrap();
-        assert_eq!(merges, delta(&p, "ksm_merging_pages"), "{p}");
+        assert_eq!(merges, delta(p, "ksm_merging_pages"), "{p}");
         // prctl makes every mapping mergeable, so a few pages besides the workload's merge too.
         assert!(merges >= 500, "{p}");
-        let seen = seen_by_test(&seen, &p) as i64;
+        let seen = seen_by_test(&seen, p) as i64;
         assert!(
             seen >= 500 && seen <= merges,
             "{seen} seen by the test: {p}"
@@ -222,12 +195,9 @@ fn prctl_mode_merges_the_whole_process() {
     session.assert_knobs_restored();
 }
 
-#[test]
 fn workload_command_runs_without_tracing_and_cleans_up() {
-    let Some(session) = KsmSession::try_start("standalone") else {
-        return;
-    };
-    let out = ksm_trace(&[
+    let session = KsmSession::start("standalone");
+    let stdout = ksm_trace_stdout(&[
         "workload",
         "procs:2,pages=500",
         "--duration",
@@ -237,12 +207,6 @@ fn workload_command_runs_without_tracing_and_cleans_up() {
         "--sleep-ms",
         "10",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         stdout
             .lines()
@@ -259,21 +223,16 @@ fn workload_command_runs_without_tracing_and_cleans_up() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("too small"));
 }
 
-#[test]
 fn unmerge_calls_agree_with_kpageflags_cow_ksm_and_the_traced_merges() {
-    let Some(session) = KsmSession::try_start("unmerge") else {
-        return;
-    };
+    let session = KsmSession::start("unmerge");
     // The selftest's region (every page alike), merged and unmerged twice. Nothing else on
     // the machine breaks KSM pages meanwhile (tests are serialized), so the global cow_ksm
     // must rise by exactly the pages the calls unmerged.
-    let cow_before = cow_ksm();
-    let (_rec, rep, _seen) = record_workload(
+    let (_rec, rep, _seen, cow_delta) = record_workload(
         &session,
         "procs:1,pages=5120,pattern=same,unmerge=1,rounds=2,wait=3s",
         &["--merge-latency", "off"],
     );
-    let cow_delta = cow_ksm() - cow_before;
     let worker = &rep["workers"][0];
     let u = &worker["unmerge"];
     assert_eq!(u["call_ns"]["count"], 2, "{u}");
@@ -286,7 +245,7 @@ fn unmerge_calls_agree_with_kpageflags_cow_ksm_and_the_traced_merges() {
     assert_eq!(u["cow_ksm_during"], 2 * 5120, "{u}");
     assert_eq!(cow_delta, 2 * 5120, "nothing but the calls broke KSM pages");
     assert!(u["mib_per_s"].as_f64().unwrap() > 0.0, "{u}");
-    let p = &workers(&rep)[0];
+    let p = procs_workers(&rep)[0];
     // Each round merged every page once, and the last call leaves them unmergeable.
     assert_eq!(p["merges"], 2 * 5120, "{p}");
     // The kernel drops an unmerged page's rmap item (and counts it out of ksm_merging_pages)
@@ -300,8 +259,7 @@ fn unmerge_calls_agree_with_kpageflags_cow_ksm_and_the_traced_merges() {
 
     // The same by prctl(PR_SET_MEMORY_MERGE, 0): the whole process, whose heap and stack
     // pages merge too, so the worker counts KSM pages over all its private mappings.
-    let cow_before = cow_ksm();
-    let (_rec, rep, _seen) = record_workload(
+    let (_rec, rep, _seen, total) = record_workload(
         &session,
         "procs:1,pages=5120,pattern=same,mode=prctl,unmerge=1,rounds=2,wait=3s",
         &["--merge-latency", "off"],
@@ -316,7 +274,6 @@ fn unmerge_calls_agree_with_kpageflags_cow_ksm_and_the_traced_merges() {
     assert!(cow >= 2 * 5120, "{u}");
     assert!(broke.abs_diff(cow) * 100 <= cow, "{u}");
     // The worker's own heap writes break a few merged pages outside the calls too.
-    let total = cow_ksm() - cow_before;
     assert!(
         total >= cow && (total - cow) * 100 <= cow,
         "cow_ksm +{total}: {u}"
@@ -324,13 +281,11 @@ fn unmerge_calls_agree_with_kpageflags_cow_ksm_and_the_traced_merges() {
 
     // Part of each worker unmerged while the rest stays merged: the calls' KSM pages and the
     // workload's own COW writes are all the kernel counted.
-    let cow_before = cow_ksm();
-    let (rec, rep, _seen) = record_workload(
+    let (rec, rep, _seen, cow_delta) = record_workload(
         &session,
         "procs:2,pages=2000,dup=0.5,unmerge=0.5,rounds=2,wait=3s",
         &["--merge-latency", "off"],
     );
-    let cow_delta = cow_ksm() - cow_before;
     let mut unmerged = 0;
     for w in rep["workers"].as_array().unwrap() {
         let u = &w["unmerge"];
@@ -339,19 +294,7 @@ fn unmerge_calls_agree_with_kpageflags_cow_ksm_and_the_traced_merges() {
         unmerged += u["ksm_pages"].as_u64().unwrap();
     }
     assert!(unmerged > 0);
-    let writes: u64 = rec["meta"]["workload"]["workers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|w| {
-            w["write_fault_ns"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|b| b[1].as_u64().unwrap())
-                .sum::<u64>()
-        })
-        .sum();
+    let writes = cow_breaks_seen_by_workers(&rec);
     // A page ksmd merges between a worker's kpageflags check and its write or call is the
     // only way to miss one (see the rounds test).
     let seen = unmerged + writes;
@@ -362,13 +305,10 @@ fn unmerge_calls_agree_with_kpageflags_cow_ksm_and_the_traced_merges() {
     session.assert_knobs_restored();
 }
 
-#[test]
 fn bench_unmerge_gives_the_selftest_figure_and_refuses_bad_input() {
-    let Some(session) = KsmSession::try_start("bench-unmerge") else {
-        return;
-    };
+    let session = KsmSession::start("bench-unmerge");
     let out = session.path("u.json");
-    let run = ksm_trace(&[
+    let text = ksm_trace_stdout(&[
         "bench",
         "unmerge",
         "--size",
@@ -380,12 +320,6 @@ fn bench_unmerge_gives_the_selftest_figure_and_refuses_bad_input() {
         "-o",
         out.to_str().unwrap(),
     ]);
-    let text = String::from_utf8_lossy(&run.stdout);
-    assert!(
-        run.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
     assert!(text.contains("Average speed:"), "{text}");
     assert!(
         text.contains("KSM pages among them just before (kpageflags): 10240; kernel cow_ksm during the calls: +10240"),
@@ -393,10 +327,6 @@ fn bench_unmerge_gives_the_selftest_figure_and_refuses_bad_input() {
     );
     let rep = report(&out);
     assert_eq!(rep["workers"][0]["unmerge"]["call_ns"]["count"], 2);
-    let bad = ksm_trace(&["bench", "unmerge", "--rounds", "0"]);
-    let err = String::from_utf8_lossy(&bad.stderr);
-    assert!(!bad.status.success());
-    assert_eq!(err.trim().lines().count(), 1, "{err}");
-    assert!(err.contains("--rounds"), "{err}");
+    assert_clean_error(&["bench", "unmerge", "--rounds", "0"], "--rounds");
     session.assert_knobs_restored();
 }

@@ -17,7 +17,10 @@ pub fn regenerate(bin: &Path) -> Result<()> {
     fs::create_dir_all(&images)?;
     let recording = work.join("vms4.json");
     let path = |p: &Path| p.to_string_lossy().into_owned();
-    run(bin, &["record", "--workload", "vms:4", "-o", &path(&recording)])?;
+    run(
+        bin,
+        &["record", "--workload", "vms:4", "-o", &path(&recording)],
+    )?;
     let svg = images.join("merge-cost.svg");
     run(bin, &["flame", &path(&recording), "-o", &path(&svg)])?;
     let charts = work.join("charts");

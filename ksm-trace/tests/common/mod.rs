@@ -1,10 +1,13 @@
 //! Shared by the root integration tests: they drive the one global ksmd, so each test takes a
-//! machine-wide lock, starts from known knobs, and puts the knobs back afterwards.
+//! machine-wide lock, starts from known knobs, and puts the knobs back afterwards. Which tests
+//! run at all is the harness's call (harness.rs): a test whose need is unmet is ignored.
 #![allow(dead_code)]
+
+pub mod harness;
+pub(crate) use harness::tests;
 
 use std::{
     fs,
-    io::Write as _,
     os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
@@ -32,29 +35,6 @@ pub fn knob_u64(name: &str) -> u64 {
     knob(name).parse().unwrap()
 }
 
-/// Whether this test may run: root tests drive the one global ksmd and load eBPF programs. As
-/// another user (a contributor's `cargo test`) it says "skipped: needs root" and the test
-/// returns, so unit and rendering tests still run. CI runs as root (`cargo xtask test` refuses
-/// anything else), so there every test runs.
-pub fn running_as_root() -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    // Written to stderr directly (libtest swallows `eprintln!` from tests that pass), in one
-    // write so that it is not split by libtest's own lines.
-    let thread = std::thread::current();
-    let test = thread.name().unwrap_or("a root test");
-    let line = format!("{test}: skipped: needs root\n");
-    let _ = std::io::stderr().write_all(line.as_bytes());
-    false
-}
-
-/// [`test_lock`] for a root test, or None after [`running_as_root`] said it is skipped:
-/// `let Some(_lock) = root_test_lock() else { return };`.
-pub fn root_test_lock() -> Option<Flock<fs::File>> {
-    running_as_root().then(test_lock)
-}
-
 /// The machine-wide lock every root test holds: ksmd is global, and guests under TCG starve
 /// each other on two cores.
 pub fn test_lock() -> Flock<fs::File> {
@@ -74,12 +54,6 @@ pub struct KsmSession {
 }
 
 impl KsmSession {
-    /// [`KsmSession::start`] for a root test, or None after [`running_as_root`] said it is
-    /// skipped: `let Some(session) = KsmSession::try_start("name") else { return };`.
-    pub fn try_start(name: &str) -> Option<Self> {
-        running_as_root().then(|| Self::start(name))
-    }
-
     /// Waits for the lock, saves the knobs, and sets ksmd off with odd values, so a test can
     /// tell whether ksm-trace restored them.
     pub fn start(name: &str) -> Self {
@@ -89,9 +63,7 @@ impl KsmSession {
         );
         let lock = test_lock();
         let saved = KNOBS.iter().map(|k| (*k, knob(k))).collect();
-        set_knob("run", "0");
-        set_knob("pages_to_scan", "123");
-        set_knob("sleep_millisecs", "45");
+        Self::reset_knobs();
         let dir =
             std::env::temp_dir().join(format!("ksm-trace-test-{name}-{}", std::process::id()));
         fs::create_dir_all(&dir).unwrap();
@@ -101,6 +73,13 @@ impl KsmSession {
             ksm_pages: knob_u64("pages_shared") + knob_u64("pages_sharing"),
             dir,
         }
+    }
+
+    /// ksmd off, at the session's odd, slow values: 123 pages every 45 ms.
+    pub fn reset_knobs() {
+        set_knob("run", "0");
+        set_knob("pages_to_scan", "123");
+        set_knob("sleep_millisecs", "45");
     }
 
     pub fn path(&self, file: &str) -> PathBuf {
@@ -161,35 +140,109 @@ pub fn ksm_trace(args: &[&str]) -> Output {
         .expect("running ksm-trace")
 }
 
+/// Asserts that `PROGRAM ARGS` succeeded; else its output is the failure's message.
+pub fn assert_succeeded(program: &str, args: &[&str], out: &Output) {
+    assert!(
+        out.status.success(),
+        "{program} {} failed ({}):\n{}\n{}",
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `ksm-trace ARGS`, which must succeed.
+pub fn ksm_trace_ok(args: &[&str]) -> Output {
+    let out = ksm_trace(args);
+    assert_succeeded("ksm-trace", args, &out);
+    out
+}
+
+/// What `ksm-trace ARGS`, which must succeed, printed.
+pub fn ksm_trace_stdout(args: &[&str]) -> String {
+    String::from_utf8_lossy(&ksm_trace_ok(args).stdout).into_owned()
+}
+
+/// The JSON `ksm-trace ARGS`, which must succeed, printed.
+pub fn ksm_trace_json(args: &[&str]) -> serde_json::Value {
+    serde_json::from_slice(&ksm_trace_ok(args).stdout).unwrap()
+}
+
+/// `ksm-trace ARGS`, which must fail with one clear line on stderr (no panic) that says
+/// `needle`; returns what it did, for the caller's own checks (its exit code...).
+pub fn assert_clean_error(args: &[&str], needle: &str) -> Output {
+    let out = ksm_trace(args);
+    assert!(!out.status.success(), "{args:?} should fail");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+    assert!(stderr.contains(needle), "{args:?}: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    out
+}
+
 pub fn json(path: &Path) -> serde_json::Value {
     serde_json::from_str(&fs::read_to_string(path).unwrap()).unwrap()
 }
 
 /// `ksm-trace report FILE --json`.
 pub fn report(path: &Path) -> serde_json::Value {
-    let out = ksm_trace(&["report", path.to_str().unwrap(), "--json"]);
-    assert!(
-        out.status.success(),
-        "report failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    ksm_trace_json(&["report", path.to_str().unwrap(), "--json"])
+}
+
+/// `ksm-trace report FILE`: the text report.
+pub fn report_text(path: &Path) -> String {
+    ksm_trace_stdout(&["report", path.to_str().unwrap()])
 }
 
 /// Runs `ksm-trace record ARGS -q -o <session>/rec.json`, asserts it succeeded, and returns
 /// the recording and its JSON report.
 pub fn record(session: &KsmSession, args: &[&str]) -> (serde_json::Value, serde_json::Value) {
+    let (_, rec, rep) = record_printing(session, &[args, &["-q"]].concat());
+    (rec, rep)
+}
+
+/// [`record`] without `-q`: also what it printed.
+pub fn record_printing(
+    session: &KsmSession,
+    args: &[&str],
+) -> (String, serde_json::Value, serde_json::Value) {
     let out = session.path("rec.json");
+    let stdout = ksm_trace_stdout(&record_args(args, &out));
+    (stdout, json(&out), report(&out))
+}
+
+/// `record ARGS -o OUT`.
+fn record_args<'a>(args: &[&'a str], out: &'a Path) -> Vec<&'a str> {
     let mut all = vec!["record"];
     all.extend_from_slice(args);
-    all.extend(["-q", "-o", out.to_str().unwrap()]);
-    let result = ksm_trace(&all);
-    assert!(
-        result.status.success(),
-        "record failed: {}",
-        String::from_utf8_lossy(&result.stderr)
-    );
-    (json(&out), report(&out))
+    all.extend(["-o", out.to_str().unwrap()]);
+    all
+}
+
+/// Starts `ksm-trace record ARGS -q -o <session>/rec.json` in the background: the child, and
+/// where its recording goes.
+pub fn spawn_record(session: &KsmSession, args: &[&str]) -> (Child, PathBuf) {
+    let out = session.path("rec.json");
+    let child = spawn_ksm_trace(&record_args(&[args, &["-q"]].concat(), &out));
+    (child, out)
+}
+
+/// Whether `n` procs workers (`ksm-procs-N`) run within `timeout`.
+pub fn procs_workers_within(n: usize, timeout: Duration) -> bool {
+    wait_until(timeout, || pids_named("ksm-procs-").len() == n)
+}
+
+/// Whether ksmd runs (run=1) within `timeout`: a recording's window has opened.
+pub fn ksmd_runs_within(timeout: Duration) -> bool {
+    wait_until(timeout, || knob("run") == "1")
+}
+
+/// `--pid PID` for each of `pids`, as arguments of record or sharing.
+pub fn pid_args(pids: impl IntoIterator<Item = u32>) -> Vec<String> {
+    pids.into_iter()
+        .flat_map(|pid| ["--pid".to_owned(), pid.to_string()])
+        .collect()
 }
 
 /// Starts `ksm-trace ARGS` in the background (stdout discarded, stderr kept for assertions).
@@ -236,6 +289,22 @@ pub fn terminate(child: &Child) {
     .unwrap();
 }
 
+/// SIGTERM to a ksm-trace child started with [`spawn_ksm_trace`], then how it ended.
+pub fn terminate_and_wait(child: Child) -> Output {
+    terminate(&child);
+    child.wait_with_output().unwrap()
+}
+
+/// Where a file system of type `fstype` (`cgroup2`, `tracefs`...) is mounted, if it is.
+pub fn mount_point(fstype: &str) -> Option<PathBuf> {
+    fs::read_to_string("/proc/self/mounts")
+        .unwrap()
+        .lines()
+        .find(|l| l.split_whitespace().nth(2) == Some(fstype))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .map(PathBuf::from)
+}
+
 /// Pids of live processes whose comm starts with `prefix`.
 pub fn pids_named(prefix: &str) -> Vec<u32> {
     let mut pids = Vec::new();
@@ -259,13 +328,28 @@ pub fn alive(pid: u32) -> bool {
 
 /// `ksm_merging_pages` from /proc/<pid>/ksm_stat, read by the test itself.
 pub fn ksm_merging_pages(pid: u32) -> u64 {
-    let text = fs::read_to_string(format!("/proc/{pid}/ksm_stat")).unwrap();
+    try_ksm_merging_pages(pid)
+        .unwrap_or_else(|| panic!("no ksm_merging_pages in /proc/{pid}/ksm_stat"))
+}
+
+/// [`ksm_merging_pages`] of a process that may have exited meanwhile.
+pub fn try_ksm_merging_pages(pid: u32) -> Option<u64> {
+    let text = fs::read_to_string(format!("/proc/{pid}/ksm_stat")).ok()?;
     text.lines()
-        .find_map(|l| l.strip_prefix("ksm_merging_pages "))
-        .unwrap()
+        .find_map(|l| l.strip_prefix("ksm_merging_pages "))?
         .trim()
         .parse()
+        .ok()
+}
+
+/// A counter of /proc/vmstat (`cow_ksm`...).
+pub fn vmstat(name: &str) -> u64 {
+    fs::read_to_string("/proc/vmstat")
         .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} missing from /proc/vmstat"))
 }
 
 /// A mergeable process the test owns (ksm-trace's own worker body, started directly).
@@ -327,4 +411,96 @@ pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(50));
     }
     f()
+}
+
+/// The row of process `pid` in the `processes` of a report or a recording; panics naming the
+/// pid (and the pids that are there) when it is absent.
+pub fn entry_for_pid(doc: &serde_json::Value, pid: impl Into<u64>) -> &serde_json::Value {
+    let pid = pid.into();
+    let processes = doc["processes"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no processes array to look for pid {pid} in"));
+    processes
+        .iter()
+        .find(|p| p["pid"].as_u64() == Some(pid))
+        .unwrap_or_else(|| {
+            let there: Vec<String> = processes.iter().map(|p| p["pid"].to_string()).collect();
+            panic!(
+                "pid {pid} is not among the processes (pids {})",
+                there.join(", ")
+            )
+        })
+}
+
+/// The rows of a report's `processes` that are the procs workload's workers (`ksm-procs-N`).
+pub fn procs_workers(rep: &serde_json::Value) -> Vec<&serde_json::Value> {
+    rep["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["comm"].as_str().unwrap().starts_with("ksm-procs-"))
+        .collect()
+}
+
+/// `FIELD_end − FIELD_start` of a process row (`ksm_merging_pages`, `ksm_zero_pages`...).
+pub fn delta(p: &serde_json::Value, field: &str) -> i64 {
+    let end = p[format!("{field}_end")].as_i64();
+    let start = p[format!("{field}_start")].as_i64();
+    end.unwrap_or_else(|| panic!("no {field}_end: {p}"))
+        - start.unwrap_or_else(|| panic!("no {field}_start: {p}"))
+}
+
+/// Whether every process in `pids` has `pages` KSM merging pages now (its ksm_stat).
+pub fn all_merging(pids: &[u32], pages: u64) -> bool {
+    pids.iter().all(|&pid| ksm_merging_pages(pid) == pages)
+}
+
+/// Starts ksmd at `pages_to_scan` pages every `sleep_ms` ms, waits until `done` (at most
+/// `timeout`), and stops it again; whether `done` came.
+pub fn run_ksmd_until(
+    pages_to_scan: &str,
+    sleep_ms: &str,
+    timeout: Duration,
+    done: impl FnMut() -> bool,
+) -> bool {
+    set_knob("pages_to_scan", pages_to_scan);
+    set_knob("sleep_millisecs", sleep_ms);
+    set_knob("run", "1");
+    let came = wait_until(timeout, done);
+    set_knob("run", "0");
+    came
+}
+
+/// ksm-trace's guests (`ksm-vm*`) are gone within 5 s.
+pub fn assert_guests_gone() {
+    assert!(
+        wait_until(Duration::from_secs(5), || pids_named("ksm-vm").is_empty()),
+        "a guest survived: {:?}",
+        pids_named("ksm-vm")
+    );
+}
+
+/// Per-run directories of guest consoles, QMP sockets and overlays (/tmp/ksm-trace-vms-*).
+pub fn vms_run_dirs() -> Vec<PathBuf> {
+    tmp_entries("ksm-trace-vms-")
+}
+
+/// Everything in /tmp whose name starts with `prefix`.
+pub fn tmp_entries(prefix: &str) -> Vec<PathBuf> {
+    fs::read_dir("/tmp")
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(prefix))
+        .map(|e| e.path())
+        .collect()
+}
+
+/// No guest and no guests' run directory outlives a run.
+pub fn assert_no_guests_left() {
+    assert_guests_gone();
+    assert!(
+        vms_run_dirs().is_empty(),
+        "left behind: {:?}",
+        vms_run_dirs()
+    );
 }
