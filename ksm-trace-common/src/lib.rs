@@ -43,6 +43,25 @@ pub mod kind {
     /// `unmerge_ksm_pages` returned (MADV_UNMERGEABLE, prctl off, run=2): `tgid`/`comm` and
     /// `mm` of the range's process, `arg0` = the call's ns, `arg1` = pages in the range.
     pub const UNMERGE_CALL: u32 = 12;
+    /// A write fault on a present, write-protected PTE that maps a KSM page (`arg1` =
+    /// [`super::cow::KSM`]) or the KSM zero page ([`super::cow::ZERO`]): a copy-on-write break
+    /// about to happen, seen at `exceptions:page_fault_user|kernel`. `tgid`/`comm` of the
+    /// faulting process, `pfn`, `arg0` = the faulting address.
+    pub const COW_FAULT: u32 = 13;
+    /// The faulting thread's local TLB flush that installs the copy (`tlb:tlb_flush`
+    /// TLB_LOCAL_MM_SHOOTDOWN, from ptep_clear_flush in wp_page_copy), the last tracepoint
+    /// inside the break: `tgid`, `arg0` = ns since its COW_FAULT.
+    pub const COW_DONE: u32 = 14;
+}
+
+/// What a [`kind::COW_FAULT`] broke (`Event::arg1`).
+pub mod cow {
+    pub const KSM: u64 = 1;
+    /// The zero page KSM mapped for a zero-filled page (use_zero_pages=1): not in cow_ksm, but
+    /// in ksm_zero_pages.
+    pub const ZERO: u64 = 2;
+    /// A COW_FAULT waits this long at most for its TLB flush; beyond, it has no latency.
+    pub const MAX_BREAK_NS: u64 = 10_000_000;
 }
 
 /// One record in the `EVENTS` ring buffer. Fields a kind does not use are zero.
@@ -116,9 +135,19 @@ pub struct Config {
     /// for the function backend: then ksmd's switch-outs also report full scans ending.
     pub ksm_scan_seqnr_addr: u64,
     pub ksm_rmap_items_addr: u64,
-    /// The zero page's pfn (from our own pagemap), set only for the function backend: its
-    /// `try_to_merge_one_page` probe reports the merges whose KSM page is the zero page.
+    /// The zero page's pfn (from our own pagemap), set for the function backend (its
+    /// `try_to_merge_one_page` probe reports the merges whose KSM page is the zero page) and for
+    /// the COW fault tracepoints (a write to the KSM zero page).
     pub zero_pfn: u64,
+    /// The COW fault tracepoints' page-table walk: `task_struct.mm`, `mm_struct.pgd`,
+    /// `mm_struct.ksm_merging_pages` and `.ksm_zero_pages` (6.6+; NO_OFFSET: zero-page breaks
+    /// are not told apart), `page.compound_head`; `la57`: 5-level paging is on.
+    pub task_mm: u32,
+    pub mm_pgd: u32,
+    pub mm_ksm_merging_pages: u32,
+    pub mm_ksm_zero_pages: u32,
+    pub page_compound_head: u32,
+    pub la57: u32,
 }
 
 impl Config {
@@ -140,6 +169,12 @@ impl Config {
             ksm_scan_seqnr_addr: 0,
             ksm_rmap_items_addr: 0,
             zero_pfn: 0,
+            task_mm: NO_OFFSET,
+            mm_pgd: NO_OFFSET,
+            mm_ksm_merging_pages: NO_OFFSET,
+            mm_ksm_zero_pages: NO_OFFSET,
+            page_compound_head: NO_OFFSET,
+            la57: 0,
         }
     }
 }
@@ -162,6 +197,31 @@ pub mod names {
     pub const STACKS: &str = "STACKS";
     pub const STACK_COUNTS: &str = "STACK_COUNTS";
     pub const INTERVALS: &str = "INTERVALS";
+    pub const VMEMMAP: &str = "VMEMMAP";
+    pub const DIRECT_MAP: &str = "DIRECT_MAP";
+    pub const CALIBRATION: &str = "CALIBRATION";
+    pub const WAKE_ON_MM: &str = "WAKE_ON_MM";
+}
+
+/// Slots of the `CALIBRATION` array, which user space fills before it makes the calibrating
+/// thread enter a syscall or fault a page, and reads after.
+pub mod calibration {
+    /// In: the calibrating thread (pid_tgid's low half).
+    pub const TID: u32 = 0;
+    /// In: the pfn of a page of ours, and the 8 bytes written at its start.
+    pub const PFN: u32 = 1;
+    pub const MAGIC: u32 = 2;
+    /// Out: the direct map's base, where `MAGIC` was found at `base + PFN × 4096`.
+    pub const DIRECT_MAP: u32 = 3;
+    /// In: the first of the [`DIRECT_MAP_TRIES`] 1 GiB steps below the current task that one
+    /// syscall tries (the verifier bounds one run's loop: user space steps through them).
+    pub const FROM_STEP: u32 = 4;
+    pub const DIRECT_MAP_TRIES: u64 = 32;
+    /// Out: the first struct page pointers the thread allocated (order 0), and their count.
+    pub const PAGES: u32 = 5;
+    pub const PAGES_MAX: u32 = 8;
+    pub const PAGE_COUNT: u32 = PAGES + PAGES_MAX;
+    pub const SLOTS: u32 = PAGE_COUNT + 1;
 }
 
 /// What the eBPF programs read from a raw tracepoint's arguments: the loader checks each
@@ -268,6 +328,43 @@ pub mod programs {
             reads: &[(0, Ptr)],
         },
     ];
+
+    /// COW breaks where tracing programs are refused: x86's page faults, (unsigned long
+    /// address, struct pt_regs *regs, unsigned long error_code); the kernel's is user-mode
+    /// writes done by the kernel (copy_to_user into a merged page).
+    pub const COW_FAULTS: [RawTracepoint; 2] = [
+        RawTracepoint {
+            program: "cow_fault_user",
+            tracepoint: "page_fault_user",
+            reads: &[(0, Int(8)), (2, Int(8))],
+        },
+        RawTracepoint {
+            program: "cow_fault_kernel",
+            tracepoint: "page_fault_kernel",
+            reads: &[(0, Int(8)), (2, Int(8))],
+        },
+    ];
+    /// The faulting thread's local flush that installs the copy: (int reason, pages).
+    pub const COW_FLUSH: RawTracepoint = RawTracepoint {
+        program: "cow_tlb_flush",
+        tracepoint: "tlb_flush",
+        reads: &[(0, Int(4))],
+    };
+    /// `enum tlb_flush_reason`: a flush of the current mm on this CPU (ptep_clear_flush).
+    pub const TLB_LOCAL_MM_SHOOTDOWN: u32 = 3;
+    /// Start-up measurements of where the kernel keeps its direct map (a syscall of ours:
+    /// (struct pt_regs *regs, long id)) and its struct pages (a page of ours allocated:
+    /// (struct page *page, unsigned int order, gfp_t, int migratetype)).
+    pub const CALIBRATE_DIRECT_MAP: RawTracepoint = RawTracepoint {
+        program: "calibrate_direct_map",
+        tracepoint: "sys_enter",
+        reads: &[],
+    };
+    pub const CALIBRATE_PAGES: RawTracepoint = RawTracepoint {
+        program: "calibrate_pages",
+        tracepoint: "mm_page_alloc",
+        reads: &[(0, Ptr), (1, Int(4))],
+    };
 
     /// fentry/fexit programs and the functions they attach to.
     pub const MERGE_ENTRY: &str = "merge_one_page_entry";

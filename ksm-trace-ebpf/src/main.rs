@@ -4,12 +4,14 @@
 #![no_std]
 #![no_main]
 
+mod calibrate;
 mod cow;
 mod functions;
 mod maps;
 mod membership;
 mod merge;
 mod owner;
+mod pagetable;
 mod profile;
 mod scan;
 mod tlb;

@@ -19,6 +19,10 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
 #[map]
 pub static VMEMMAP: Array<u64> = Array::with_max_entries(1, 0);
 
+/// The direct map's base (`page_offset_base`), measured at start-up for the page-table walk.
+#[map]
+pub static DIRECT_MAP: Array<u64> = Array::with_max_entries(1, 0);
+
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
 

@@ -13,7 +13,7 @@
 use aya_ebpf::helpers::bpf_probe_read_kernel;
 use aya_ebpf::{
     macros::{fentry, fexit, map, raw_tracepoint},
-    maps::Array,
+    maps::{Array, HashMap, LruHashMap},
     programs::{FEntryContext, FExitContext, RawTracePointContext},
 };
 use ksm_trace_common::{Event, MAX_BRACKET_GAP_NS, MERGE_QUIET_NS, NO_OFFSET, kind};
@@ -34,6 +34,34 @@ static INTERVALS: Array<Interval> = Array::with_max_entries(2, 0);
 /// When the last merge event fired (only ksmd merges, so one global slot).
 #[map]
 static LAST_MERGE: Array<u64> = Array::with_max_entries(1, 0);
+
+/// The mms whose next merge wakes the reader at once: user space lists the processes whose
+/// merges still lack timed ones, so the sampled bracket opens a window on them.
+#[map]
+static WAKE_ON_MM: HashMap<u64, u8> = HashMap::with_max_entries(1024, 0);
+
+/// The mms that merged since tracing began: a process's first merge wakes the reader too.
+#[map]
+static SEEN_MM: LruHashMap<u64, u8> = LruHashMap::with_max_entries(8192, 0);
+
+/// Whether a merge on `mm` should wake the reader now: its process's first, or one user space
+/// asked for (once).
+#[inline(always)]
+fn wakes(mm: u64) -> bool {
+    if mm == 0 {
+        return false;
+    }
+    // SAFETY: a lookup; the value is not kept.
+    if unsafe { SEEN_MM.get(&mm) }.is_none() {
+        let _ = SEEN_MM.insert(&mm, &1, 0);
+        return true;
+    }
+    if unsafe { WAKE_ON_MM.get(&mm) }.is_some() {
+        let _ = WAKE_ON_MM.remove(&mm);
+        return true;
+    }
+    false
+}
 
 /// Whether the merge at `t` follows a quiet spell; notes `t` as the last merge.
 #[inline(always)]
@@ -90,7 +118,8 @@ pub(crate) fn merge_event(kind: u32, ksm_page: u64, pfn: u64, mm: u64, err: i32)
         ..Event::default()
     };
     fill_owner(&mut event, mm);
-    if after_quiet(t) {
+    let quiet = after_quiet(t);
+    if wakes(mm) || quiet {
         emit_and_wake(&event);
     } else {
         emit(&event);

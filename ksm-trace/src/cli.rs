@@ -9,7 +9,7 @@ use clap::{
 use crate::{
     flame::View,
     parse,
-    probes::{Backend, LatencyMode, ProbeOptions},
+    probes::{Backend, CowProbe, LatencyMode, ProbeOptions},
 };
 
 #[derive(Debug, Parser)]
@@ -139,10 +139,11 @@ Examples:
 /// The probes that run for every process on the machine, which a user may turn on or off.
 #[derive(Debug, Args)]
 pub struct ProbeSwitches {
-    /// The COW probe (fentry/fexit on do_wp_page, where the kernel allows it): it runs on every
-    /// write-protect fault of every process; off leaves only the global cow_ksm.
-    #[arg(long, default_value = "on", value_parser = parse::on_off, action = ArgAction::Set)]
-    pub cow_probe: bool,
+    /// Per-process COW breaks: fentry/fexit on do_wp_page where the kernel allows it, else x86's
+    /// page fault tracepoints with a page-table walk. Either runs on every write fault of every
+    /// process; off leaves only the global cow_ksm (`on` is `auto`).
+    #[arg(long, default_value = "auto", value_parser = cow_probe())]
+    pub cow_probe: CowProbe,
     /// ksmd's batches and CPU time from sched_switch, which runs on every context switch of
     /// every process; off leaves ksmd's CPU from /proc/<ksmd>/schedstat.
     #[arg(long, default_value = "on", value_parser = parse::on_off, action = ArgAction::Set)]
@@ -387,6 +388,21 @@ fn ring_buffer_size(text: &str) -> Result<u32, String> {
         ));
     }
     Ok(bytes as u32)
+}
+
+/// `--cow-probe`: the modes by name, and `on` for `auto` (what the switch took before it had
+/// modes).
+fn cow_probe() -> impl TypedValueParser<Value = CowProbe> {
+    let names = CowProbe::ALL
+        .iter()
+        .map(|(_, name, help)| PossibleValue::new(name).help(help))
+        .chain([PossibleValue::new("on").hide(true)]);
+    PossibleValuesParser::new(names).map(|name| {
+        CowProbe::ALL
+            .iter()
+            .find(|(_, n, _)| *n == name)
+            .map_or(CowProbe::Auto, |(v, _, _)| *v)
+    })
 }
 
 /// A value parser for an enum given as `[(value, name, help)]`: clap lists the names with
@@ -704,13 +720,20 @@ mod tests {
             Ok(_) => panic!("not record"),
             Err(err) => Err(err.kind()),
         };
-        assert_eq!(record(&[]), Ok((true, true)));
+        assert_eq!(record(&[]), Ok((true, CowProbe::Auto)));
         assert_eq!(
             record(&["--batches", "off", "--cow-probe", "off"]),
-            Ok((false, false))
+            Ok((false, CowProbe::Off))
         );
-        assert_eq!(record(&["--batches=on"]), Ok((true, true)));
+        assert_eq!(record(&["--batches=on"]), Ok((true, CowProbe::Auto)));
         assert!(record(&["--batches"]).is_err(), "a bare switch is refused");
+        // The COW probe's modes, and `on` as before.
+        assert_eq!(
+            record(&["--cow-probe", "fault-tracepoint"]),
+            Ok((true, CowProbe::FaultTracepoint))
+        );
+        assert_eq!(record(&["--cow-probe", "on"]), Ok((true, CowProbe::Auto)));
+        assert!(record(&["--cow-probe", "sometimes"]).is_err());
     }
 
     #[test]

@@ -151,12 +151,21 @@ fn assert_fexit(t: &Value) {
     );
     assert!(timed(&t["recording"], "merge_latency_ns") > 0);
     assert!(timed(&t["recording"], "merge_latency_bracket_ns") > 0);
-    assert_eq!(m["cow"]["kind"], "do-wp-page", "{m}");
+    // Both COW probes on the same faults (`--cow-probe both`): do_wp_page counts exactly the
+    // kernel's cow_ksm, and the fault tracepoints count what it counts, process by process.
+    assert_eq!(m["cow"]["kind"], "do-wp-page-and-fault-tracepoint", "{m}");
     assert_eq!(
         traced_cow(rep),
         int(&rep["kernel_deltas"]["cow_ksm"]),
         "{rep}"
     );
+    for p in rep["processes"].as_array().unwrap() {
+        assert_eq!(
+            p["cow_breaks_at_fault"], p["cow_breaks"],
+            "the fault tracepoints and do_wp_page disagree on pid {}: {p}",
+            p["pid"]
+        );
+    }
 }
 
 /// Σ COW breaks the do_wp_page probe counted over the report's processes.
@@ -170,8 +179,9 @@ fn traced_cow(rep: &Value) -> i64 {
 }
 
 /// Tracepoints only: the mmap_lock bracket timed the merges, the report says why fexit was
-/// not used, and the workload's own count of its writes to KSM pages stays within cow_ksm.
-/// Returns the workload's count.
+/// not used, the page fault tracepoints counted exactly the kernel's cow_ksm (the workload only
+/// writes), each break closed with a latency, and the workload's own count of its writes to
+/// KSM pages stays within it. Returns the workload's count.
 fn assert_tracepoints_only(t: &Value) -> i64 {
     let rep = assert_record_holds_up(t);
     let m = &rep["mechanisms"];
@@ -185,7 +195,22 @@ fn assert_tracepoints_only(t: &Value) -> i64 {
         "no reason given why fexit was not used: {m}"
     );
     assert!(timed(&t["recording"], "merge_latency_ns") > 0);
-    assert_eq!(m["cow"]["kind"], "unavailable", "{m}");
+    assert_eq!(m["cow"]["kind"], "fault-tracepoint", "{m}");
+    assert_eq!(
+        traced_cow(rep),
+        int(&rep["kernel_deltas"]["cow_ksm"]),
+        "{rep}"
+    );
+    let closed: i64 = rep["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["cow_closed"].as_i64())
+        .sum();
+    assert!(
+        closed * 10 >= traced_cow(rep) * 9,
+        "only {closed} breaks closed: {rep}"
+    );
     let seen: i64 = rep["workers"]
         .as_array()
         .unwrap()

@@ -19,7 +19,7 @@ fn record_vms_attributes_merges_to_each_guest() {
         &session,
         &[
             "--workload",
-            "vms:2,mem=128M",
+            "vms:2,mem=128M,churn=1M/2s",
             "--duration",
             "40s",
             "--pages-to-scan",
@@ -50,8 +50,26 @@ fn record_vms_attributes_merges_to_each_guest() {
             merges >= end.saturating_sub(start),
             "{comm}: merges {merges} < Δksm_merging_pages {start}→{end}"
         );
+        // The guest rewrites part of its merged memory: QEMU's writes under TCG are user
+        // faults, so the page fault tracepoints count them for the guest.
+        assert!(
+            p["cow_breaks"].as_u64().unwrap() > 0,
+            "{comm}: no COW breaks: {p}"
+        );
         assert!(!alive(pid as u32), "{comm} (pid {pid}) survived");
     }
+    // Every break the kernel counted is one a process was seen making.
+    let traced: i64 = rep["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["cow_breaks"].as_i64())
+        .sum();
+    assert_eq!(
+        traced,
+        rep["kernel_deltas"]["cow_ksm"].as_i64().unwrap(),
+        "{rep}"
+    );
     assert_no_guests_left();
     session.assert_knobs_restored();
     session.assert_worker_pages_released();

@@ -49,7 +49,22 @@ pub struct MergeTracker {
     pub aged_latencies: Vec<(u64, u64)>,
     pub keep_aged_latencies: bool,
     clock: MergeClock,
+    /// The bracket's windows so far (CLOCK_MONOTONIC ns), and since when the open one is
+    /// attached: a merge that came inside one counts as sampled (`merges_in_windows`).
+    bracket_windows: Vec<(u64, u64)>,
+    bracket_since: Option<u64>,
+    /// Per process: the mm its last merge was on (its merges wake the tracer while it needs
+    /// timed ones), and the windows opened to time its merges.
+    mms: HashMap<u32, u64>,
+    coverage_windows: HashMap<u32, u32>,
 }
+
+/// Timed merges a process needs for useful percentiles of its own: the sampling opens windows
+/// for a process that merges with fewer (all of them when it merges fewer).
+pub const COVERAGE_MERGES: u64 = 100;
+/// Windows opened for one process's coverage at most: a process that merges too sparsely to
+/// reach [`COVERAGE_MERGES`] in them keeps what they timed.
+pub const COVERAGE_WINDOWS: u32 = 8;
 
 /// When merges happened, as the merge-latency sampling needs it (CLOCK_MONOTONIC ns, 0 before
 /// any merge).
@@ -59,6 +74,10 @@ pub struct MergeClock {
     pub last_ns: u64,
     /// The first merge event after a quiet spell of [`MERGE_QUIET_NS`]: the burst's start.
     pub burst_start_ns: u64,
+    /// Whose merge the latest was, and whether that process still needs timed merges
+    /// ([`COVERAGE_MERGES`]): the sampling opens a window for it.
+    pub last_pid: u32,
+    pub last_uncovered: bool,
 }
 
 impl MergeClock {
@@ -99,11 +118,59 @@ impl MergeTracker {
         self.sampled(event, ns);
     }
 
-    /// The bracket was attached again: timed merges from here on belong to a new window.
-    pub fn next_latency_window(&mut self) {
+    /// The bracket was attached again: timed merges from here on belong to a new window;
+    /// `for_coverage`: it was opened for the process whose merge came last.
+    pub fn next_latency_window(&mut self, for_coverage: bool) {
         if self.latency_windows.last().is_some_and(|w| !w.is_empty()) {
             self.latency_windows.push(BTreeMap::new());
         }
+        if for_coverage {
+            *self
+                .coverage_windows
+                .entry(self.clock.last_pid)
+                .or_default() += 1;
+        }
+    }
+
+    /// The bracket's windows as the sampling policy has them (the closed ones, and since when
+    /// the open one is attached), for the merges drained next.
+    pub fn bracket_windows(&mut self, closed: &[(u64, u64)], open_since: Option<u64>) {
+        let known = self.bracket_windows.len();
+        self.bracket_windows
+            .extend_from_slice(&closed[known.min(closed.len())..]);
+        self.bracket_since = open_since;
+    }
+
+    /// Whether a merge at `ts` came while the bracket was attached.
+    fn in_bracket_window(&self, ts: u64) -> bool {
+        self.bracket_since.is_some_and(|since| ts >= since)
+            || self
+                .bracket_windows
+                .iter()
+                .rev()
+                .take(4)
+                .any(|&(from, to)| (from..=to).contains(&ts))
+    }
+
+    /// Whether `pid`'s merges still need timing: fewer than [`COVERAGE_MERGES`] timed (or
+    /// than all its merges), and windows left for it.
+    fn needs_coverage(&self, pid: u32) -> bool {
+        let Some(s) = self.by_pid.get(&pid).filter(|_| pid != 0) else {
+            return false;
+        };
+        let merges = s.counts.merges + s.counts.zero_page_merges;
+        s.merge_latency_ns.count() < merges.min(COVERAGE_MERGES)
+            && self.coverage_windows.get(&pid).copied().unwrap_or(0) < COVERAGE_WINDOWS
+    }
+
+    /// The mms of the processes whose merges still need timing: their next merge wakes the
+    /// tracer.
+    pub fn uncovered_mms(&self) -> Vec<u64> {
+        self.mms
+            .iter()
+            .filter(|&(&pid, _)| self.needs_coverage(pid))
+            .map(|(_, &mm)| mm)
+            .collect()
     }
 
     /// When merges happened: drives the merge-latency sampling.
@@ -113,6 +180,11 @@ impl MergeTracker {
 
     /// A successful merge that took `ns` (0: untimed), for the sample's accounting.
     fn sampled(&mut self, event: &Event, ns: u64) {
+        let in_window = self.in_bracket_window(event.ts_ns) as u64;
+        *self.stats(event).merges_in_windows.get_or_insert(0) += in_window;
+        self.mms.insert(event.tgid, event.mm);
+        self.clock.last_pid = event.tgid;
+        self.clock.last_uncovered = self.needs_coverage(event.tgid);
         let age = event.ts_ns.saturating_sub(self.clock.burst_start_ns);
         if self.keep_aged_latencies && ns != 0 {
             self.aged_latencies.push((age, ns));
@@ -189,6 +261,21 @@ impl MergeTracker {
                 stats.cow_breaks += 1;
                 stats.cow_fault_ns.record(event.arg0);
             }
+            kind::COW_FAULT => {
+                let stats = self.stats(event);
+                if event.arg1 == ksm_trace_common::cow::ZERO {
+                    stats.zero_page_breaks += 1;
+                } else {
+                    stats.cow_breaks_at_fault += 1;
+                }
+            }
+            // Carries no comm: the fault before it named the process.
+            kind::COW_DONE => self
+                .by_pid
+                .entry(event.tgid)
+                .or_default()
+                .cow_at_fault_ns
+                .record(event.arg0),
             kind::EXIT => self.stats(event).counts.exited += 1,
             kind::UNMERGE_CALL => {
                 let stats = self.stats(event);
@@ -425,8 +512,8 @@ mod tests {
         t.handle(&merge(1, 0xffff, 10, 0, 1234));
         t.handle(&merge(2, 0xffff, 11, 0, 1226));
         t.handle(&merge(2, 0xffff, 12, 0, 0)); // untimed: in no window
-        t.next_latency_window();
-        t.next_latency_window(); // nothing timed in between: still one new window
+        t.next_latency_window(false);
+        t.next_latency_window(false); // nothing timed in between: still one new window
         t.handle(&merge(1, 0xffff, 13, 0, 98_765));
         assert_eq!(t.latency_windows.len(), 2);
         // 3 significant digits, to the nearest: 1234 and 1226 are both 1230.
@@ -470,6 +557,46 @@ mod tests {
     }
 
     #[test]
+    fn a_process_needs_timed_merges_until_it_has_a_hundred_or_its_windows() {
+        let mut t = MergeTracker::default();
+        let join = |tgid: u32, mm: u64, lat: u64| Event {
+            mm,
+            ..merge(tgid, 0xbeef, 1, 0, lat)
+        };
+        // Process 1: 150 merges, none timed; process 2: 150, all timed.
+        for _ in 0..150 {
+            t.handle(&join(1, 0x1000, 0));
+            t.handle(&join(2, 0x2000, 900));
+        }
+        assert_eq!(t.uncovered_mms(), [0x1000]);
+        assert!(!t.clock().last_uncovered, "the last merge was process 2's");
+        t.handle(&join(1, 0x1000, 0));
+        assert!(t.clock().last_uncovered && t.clock().last_pid == 1);
+        // Windows opened for it: after COVERAGE_WINDOWS of them it keeps what they timed.
+        for _ in 0..COVERAGE_WINDOWS {
+            assert_eq!(t.uncovered_mms(), [0x1000]);
+            t.next_latency_window(true);
+        }
+        assert!(t.uncovered_mms().is_empty());
+        // A third process that timed a hundred of its many merges has enough.
+        for i in 0..300 {
+            t.handle(&join(3, 0x3000, if i < 100 { 700 } else { 0 }));
+        }
+        assert!(!t.clock().last_uncovered);
+        // A merge inside a bracket window counts as sampled, one outside does not.
+        t.bracket_windows(&[(100, 200)], None);
+        t.handle(&Event {
+            ts_ns: 150,
+            ..join(4, 0x4000, 0)
+        });
+        t.handle(&Event {
+            ts_ns: 250,
+            ..join(4, 0x4000, 0)
+        });
+        assert_eq!(t.by_pid[&4].merges_in_windows, Some(1));
+    }
+
+    #[test]
     fn a_merge_after_a_quiet_spell_starts_a_burst_and_ages_count_from_it() {
         let mut t = MergeTracker {
             keep_latency_windows: true,
@@ -499,7 +626,10 @@ mod tests {
             t.clock(),
             MergeClock {
                 last_ns: t1 + 2 * ms,
-                burst_start_ns: t1
+                burst_start_ns: t1,
+                last_pid: 2,
+                // One of its two merges timed: short of timing all it made.
+                last_uncovered: true,
             }
         );
         let within = |pid: u32, ns: u64| t.burst_age_ns[&pid].count_at_most(ns);

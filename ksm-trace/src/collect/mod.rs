@@ -98,6 +98,8 @@ pub fn kind_name(kind: u32) -> &'static str {
         kind::ADVISOR => "ksm_advisor",
         kind::KSMD_BATCH => "ksmd_batch",
         kind::COW_BREAK => "cow_break",
+        kind::COW_FAULT => "cow_fault",
+        kind::COW_DONE => "cow_done",
         kind::UNMERGE_CALL => "unmerge_call",
         _ => "unknown",
     }

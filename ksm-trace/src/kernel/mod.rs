@@ -113,3 +113,14 @@ pub fn kernel_release() -> String {
         .map(|u| u.release().to_string_lossy().into_owned())
         .unwrap_or_default()
 }
+
+/// Whether the CPU flag `name` is listed in /proc/cpuinfo. The kernel clears a feature it does
+/// not use (`la57`: 5-level paging is listed only when it is on).
+pub fn cpu_flag(name: &str) -> bool {
+    std::fs::read_to_string("/proc/cpuinfo").is_ok_and(|info| {
+        info.lines()
+            .filter(|l| l.starts_with("flags"))
+            .take(1)
+            .any(|l| l.split_whitespace().any(|f| f == name))
+    })
+}

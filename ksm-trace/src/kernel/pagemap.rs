@@ -136,7 +136,7 @@ pub fn private_ranges(pid: u32) -> Vec<(u64, u64)> {
 /// flags are read while it is still mapped (a freed page has no mapping, so no tag at all).
 pub fn kpf_ksm_is_truthful() -> Result<()> {
     let kpageflags = File::open("/proc/kpageflags").context("opening /proc/kpageflags")?;
-    let flags = with_own_page(true, |pfn| {
+    let flags = with_own_page(Some(0x6b73_6d2d_7472_6163), |pfn| {
         let mut flags = [0u8; 8];
         kpageflags.read_exact_at(&mut flags, pfn * 8)?;
         Ok(u64::from_ne_bytes(flags))
@@ -157,13 +157,13 @@ pub fn kpf_ksm_is_truthful() -> Result<()> {
 /// The pfn of the kernel's zero page: a private anonymous page only read maps it. KSM's
 /// zero-page merges (`use_zero_pages`) map this same page (one on x86).
 pub fn zero_page_pfn() -> Result<u64> {
-    with_own_page(false, Ok)
+    with_own_page(None, Ok)
 }
 
-/// Calls `f` with the pfn behind a fresh private anonymous page of our own, written (its own
-/// page) or only read (the zero page), as /proc/self/pagemap shows it (root only), while the
-/// page is still mapped.
-fn with_own_page<T>(write: bool, f: impl FnOnce(u64) -> Result<T>) -> Result<T> {
+/// Calls `f` with the pfn behind a fresh private anonymous page of our own, with `magic`
+/// written at its start (its own page) or only read (None: the zero page), as
+/// /proc/self/pagemap shows it (root only), while the page is still mapped.
+pub fn with_own_page<T>(magic: Option<u64>, f: impl FnOnce(u64) -> Result<T>) -> Result<T> {
     let page = super::page_size() as usize;
     // SAFETY: a private anonymous page of our own, touched, read through pagemap, unmapped.
     let addr = unsafe {
@@ -179,8 +179,8 @@ fn with_own_page<T>(write: bool, f: impl FnOnce(u64) -> Result<T>) -> Result<T> 
     if addr == libc::MAP_FAILED {
         anyhow::bail!("mapping a test page: {}", std::io::Error::last_os_error());
     }
-    if write {
-        unsafe { std::ptr::write_volatile(addr as *mut u64, 0x6b73_6d2d_7472_6163) };
+    if let Some(magic) = magic {
+        unsafe { std::ptr::write_volatile(addr as *mut u64, magic) };
     } else {
         unsafe { std::ptr::read_volatile(addr as *const u64) };
     }

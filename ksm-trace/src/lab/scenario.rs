@@ -31,7 +31,7 @@ pub const COUNTERS_AFTER: &str = "KSM-TRACE-COUNTERS-AFTER";
 pub const DONE: &str = "KSM-TRACE-LAB-DONE";
 
 pub const RECORD_ARGS: &str = "record --workload procs:2,pages=3000,dup=0.5,rounds=2,wait=4s,write=0.02 \
-     --duration 60s --pages-to-scan 2000 --sleep-ms 10 --merge-latency both -q";
+     --duration 60s --pages-to-scan 2000 --sleep-ms 10 --merge-latency both --cow-probe both -q";
 
 /// The backends compared, in order: the scenario records [`COMPARE_ARGS`] once with
 /// `--backend` set to each (fentry, then the same functions through kprobes). Every one runs:

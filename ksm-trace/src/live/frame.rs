@@ -42,7 +42,8 @@ pub struct SystemFigures {
     pub timed_merges: u64,
     /// Events the kernel side dropped (ring buffer full): traced counts are short by these.
     pub lost_events: u64,
-    /// Per-process COW breaks are traced (fentry on do_wp_page); else only cow_ksm.
+    /// Per-process COW breaks are traced (do_wp_page or the page fault tracepoints); else only
+    /// cow_ksm.
     pub cow_traced: bool,
     /// How merge latency is measured, in words (e.g. 0.05 s when merges start, one per 5 s).
     pub latency_mechanism: String,

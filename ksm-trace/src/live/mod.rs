@@ -17,7 +17,6 @@ use crate::{
     histogram::Histogram,
     kernel::{self, KsmStat, process::ProcessIdentity, sysfs},
     probes::{ProbeOptions, Probes, bracket::BracketPolicy},
-    recording::schema::CowMechanism,
     report::mechanisms,
     run::session,
 };
@@ -133,7 +132,9 @@ impl LiveTracer {
                 id,
                 merges: traced.map_or(0, |s| s.counts.merges + s.counts.zero_page_merges),
                 unmerges: traced.map_or(0, |s| s.counts.unmerges),
-                cow_breaks: traced.map_or(0, |s| s.cow_breaks),
+                cow_breaks: traced
+                    .and_then(|s| self.probes.mechanisms.cow.breaks(s))
+                    .map_or(0, |(n, _)| n),
                 latency_ns: traced.map_or_else(Histogram::new, |s| s.merge_latency_ns.clone()),
                 latency_sum_ns: t.map_or(0, |t| t.new_page + t.join + t.zero_page),
                 merging_pages: stat.ksm_merging_pages,
@@ -164,7 +165,7 @@ impl LiveTracer {
                 merges,
                 timed_merges: timed,
                 lost_events: self.probes.lost_events().unwrap_or(0),
-                cow_traced: matches!(mechanisms.cow, CowMechanism::DoWpPage { .. }),
+                cow_traced: mechanisms.cow_traced(),
                 latency_mechanism: mechanisms::merge_latency_short(mechanisms.merge_latency),
             },
         })

@@ -42,6 +42,12 @@ pub const SAMPLE_PERIOD: Duration = Duration::from_secs(5);
 const BANK: u32 = 5;
 /// Saved-up windows are spread over a burst, not spent back to back.
 const MIN_GAP: Duration = Duration::from_secs(1);
+/// Windows for a process whose merges still lack timed ones (see
+/// [`crate::collect::merges::COVERAGE_MERGES`]) come on top of the sample, at most one per this
+/// long: they open when such a process merges (its merge wakes the tracer), and stop once every
+/// merging process has its timed merges or has had its windows (`COVERAGE_WINDOWS` each), so
+/// what they cost is bounded per process.
+const COVERAGE_GAP: Duration = Duration::from_millis(200);
 
 /// The events ring buffer as a tracer that samples merge latency holds it: readable when merges
 /// start after a quiet spell (every other event waits for the next drain).
@@ -146,6 +152,10 @@ pub struct BracketPolicy {
     /// the tracer itself (the kernel patches the tracepoints' call sites each time).
     attach: (u64, u64),
     detach: (u64, u64),
+    /// When the last window opened for coverage did, and whether the latest window was one.
+    last_coverage: Option<Instant>,
+    coverage_now: bool,
+    coverage_windows: u64,
 }
 
 impl BracketPolicy {
@@ -164,6 +174,9 @@ impl BracketPolicy {
             head_lags_ns: Histogram::new(),
             attach: (0, 0),
             detach: (0, 0),
+            last_coverage: None,
+            coverage_now: false,
+            coverage_windows: 0,
         };
         if matches!(mode, LatencyMode::Always | LatencyMode::Both) && probes.bracket_usable {
             policy.arm(probes)?;
@@ -222,20 +235,31 @@ impl BracketPolicy {
         if self.armed_at.is_some() {
             return Ok(());
         }
+        let recent = Duration::from_nanos(MERGE_QUIET_NS).max(self.slack);
+        let merging = last_merge_ns != 0
+            && kernel::monotonic_ns().saturating_sub(last_merge_ns) <= recent.as_nanos() as u64;
+        // A process whose merges still lack timed ones is merging: a window of its own.
+        if merging
+            && merges.last_uncovered
+            && self
+                .last_coverage
+                .is_none_or(|last| now.saturating_duration_since(last) >= COVERAGE_GAP)
+        {
+            self.last_coverage = Some(now);
+            self.coverage_now = true;
+            self.coverage_windows += 1;
+            return self.arm(probes);
+        }
         let due = match self.random_at {
             Some(at) => now + self.slack >= at,
-            None => {
-                let recent = Duration::from_nanos(MERGE_QUIET_NS).max(self.slack);
-                last_merge_ns != 0
-                    && kernel::monotonic_ns().saturating_sub(last_merge_ns)
-                        <= recent.as_nanos() as u64
-            }
+            None => merging,
         };
         if !due {
             return Ok(());
         }
         if self.budget.take(now) {
             let on_merges = self.random_at.take().is_none();
+            self.coverage_now = false;
             self.arm(probes)?;
             let first_in_burst = self
                 .windows
@@ -253,6 +277,22 @@ impl BracketPolicy {
             self.random_at = Some(self.budget.ready_at().max(now) + random_offset());
         }
         Ok(())
+    }
+
+    /// Whether the window opened last was one for a process's coverage.
+    pub fn coverage_now(&self) -> bool {
+        self.coverage_now
+    }
+
+    /// Windows opened for coverage so far.
+    pub fn coverage_windows(&self) -> u64 {
+        self.coverage_windows
+    }
+
+    /// The windows closed so far and, while one is open, since when the bracket is attached
+    /// (CLOCK_MONOTONIC ns).
+    pub fn windows(&self) -> (&[(u64, u64)], Option<u64>) {
+        (&self.windows, self.since)
     }
 
     /// How many times the bracket was attached so far: a change means a new sampling window.

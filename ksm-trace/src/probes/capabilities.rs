@@ -20,6 +20,8 @@ fn raw_tracepoints() -> impl Iterator<Item = &'static RawTracepoint> {
         .chain(&programs::BRACKET)
         .chain([&programs::SCHED_SWITCH, &programs::TLB_FLUSH])
         .chain(&programs::IPI_SEND)
+        .chain(&programs::COW_FAULTS)
+        .chain([&programs::CALIBRATE_DIRECT_MAP, &programs::CALIBRATE_PAGES])
 }
 
 /// Whether `name` is one of the `ksm:*` tracepoints.
@@ -56,6 +58,7 @@ impl Capabilities {
             lockdown,
             lsms,
             tracefs_mounted: crate::kernel::tracefs::mounted(),
+            la57: kernel::cpu_flag("la57"),
             thp: fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
                 .ok()
                 .map(|s| s.trim().to_owned()),
@@ -237,6 +240,12 @@ impl Capabilities {
             },
             // Found by the loader (our own pagemap), not a property of the kernel's BTF.
             zero_pfn: 0,
+            task_mm: self.offset("task_struct.mm"),
+            mm_pgd: self.offset("mm_struct.pgd"),
+            mm_ksm_merging_pages: self.offset("mm_struct.ksm_merging_pages"),
+            mm_ksm_zero_pages: self.offset("mm_struct.ksm_zero_pages"),
+            page_compound_head: self.offset("page.compound_head"),
+            la57: self.la57 as u32,
         }
     }
 }
@@ -249,7 +258,16 @@ const FUNCTION_BACKEND_OFFSETS: [&str; 4] = [
     "ksm_scan.seqnr",
 ];
 
-const OFFSETS: [(&str, &str, &str); 11] = [
+const OFFSETS: [(&str, &str, &str); 16] = [
+    ("task_struct.mm", "task_struct", "mm"),
+    ("mm_struct.pgd", "mm_struct", "pgd"),
+    (
+        "mm_struct.ksm_merging_pages",
+        "mm_struct",
+        "ksm_merging_pages",
+    ),
+    ("mm_struct.ksm_zero_pages", "mm_struct", "ksm_zero_pages"),
+    ("page.compound_head", "page", "compound_head"),
     ("ksm_rmap_item.mm", "ksm_rmap_item", "mm"),
     ("ksm_stable_node.kpfn", "ksm_stable_node", "kpfn"),
     (

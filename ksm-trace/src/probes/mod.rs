@@ -8,6 +8,7 @@
 pub mod batches;
 pub mod bracket;
 pub mod btf;
+mod calibrate;
 pub mod capabilities;
 pub mod cow;
 pub mod events;
@@ -26,8 +27,11 @@ use aya::{
 use ksm_trace_common::{Config, counter, names};
 
 pub use crate::recording::schema::LatencyMode;
-use crate::recording::schema::{BatchMechanism, EventSource, Fallback, Mechanisms, Reason};
+use crate::recording::schema::{
+    BatchMechanism, BracketAttach, EventSource, Fallback, Mechanisms, MergeLatencyMechanism, Reason,
+};
 pub use capabilities::Capabilities;
+pub use cow::CowProbe;
 pub use events::{Backend, kprobes_available};
 use load::Loader;
 
@@ -51,8 +55,8 @@ pub struct ProbeOptions {
     pub latency: LatencyMode,
     /// A power of two, a multiple of the page size: small ones make lost events on purpose.
     pub ring_buffer_bytes: u32,
-    /// fentry/fexit on do_wp_page (per-process COW breaks), where the kernel allows it.
-    pub cow: bool,
+    /// Per-process COW breaks: fentry/fexit on do_wp_page, or the page fault tracepoints.
+    pub cow: CowProbe,
     /// sched_switch (ksmd's batches and CPU time).
     pub batches: bool,
     /// tlb_flush (TLB shootdowns per merge).
@@ -67,7 +71,7 @@ impl ProbeOptions {
         Self {
             latency,
             ring_buffer_bytes: ksm_trace_common::EVENTS_BYTES,
-            cow: true,
+            cow: CowProbe::Auto,
             batches: true,
             tlb: false,
             backend: Backend::Auto,
@@ -90,13 +94,20 @@ impl Probes {
         let functions = source != events::Source::Tracepoints;
         // The function backend's zero-page probe compares each merge's KSM page with the zero
         // page; the tracepoints say which merges are zero-page merges themselves.
-        let zero_pfn = functions.then(crate::kernel::pagemap::zero_page_pfn);
+        // So does the COW fault tracepoints' check for a write to KSM's zero page.
+        let zero_pfn =
+            (functions || options.cow.may_use_faults()).then(crate::kernel::pagemap::zero_page_pfn);
         let mut config: Config = caps.config(ksmd, functions);
         if let Some(Ok(pfn)) = &zero_pfn {
             config.zero_pfn = *pfn;
         }
         let mut l = Loader::new(load_object(&config, options.ring_buffer_bytes)?, caps);
-        let events = events::attach(&mut l, source, options.backend, zero_pfn)?;
+        let events = events::attach(
+            &mut l,
+            source,
+            options.backend,
+            zero_pfn.filter(|_| functions),
+        )?;
         let batches = batches::attach(&mut l, options.batches, config.task_pid)?;
         let attribution = events::attribution(&mut l, &config);
         // The function backend sees a full scan's end at ksmd's switch-out.
@@ -204,6 +215,32 @@ impl Probes {
                 ))
             })
             .collect()
+    }
+
+    /// Makes the next merge on each of `mms` wake the reader (the sampled bracket then opens a
+    /// window for processes whose merges still lack timed ones); only when the bracket samples.
+    pub fn wake_on_merges_of(&mut self, mms: &[u64]) -> Result<()> {
+        if !matches!(
+            self.mechanisms.merge_latency,
+            MergeLatencyMechanism::Bracket {
+                attached: BracketAttach::OnMerges { .. }
+            }
+        ) {
+            return Ok(());
+        }
+        let map = self
+            .ebpf
+            .map_mut(names::WAKE_ON_MM)
+            .ok_or_else(|| anyhow!("map {} missing", names::WAKE_ON_MM))?;
+        let mut wake = aya::maps::HashMap::<_, u64, u8>::try_from(map)?;
+        let stale: Vec<u64> = wake.keys().filter_map(|k| k.ok()).collect();
+        for mm in stale.iter().filter(|mm| !mms.contains(mm)) {
+            let _ = wake.remove(mm);
+        }
+        for mm in mms.iter().filter(|mm| !stale.contains(mm)) {
+            wake.insert(mm, 1, 0)?;
+        }
+        Ok(())
     }
 
     /// Events the kernel side dropped because the ring buffer was full.

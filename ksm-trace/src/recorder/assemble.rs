@@ -39,6 +39,7 @@ pub(super) struct Closed {
     pub(super) mechanisms: crate::recording::schema::Mechanisms,
     pub(super) bracket_windows: Vec<(u64, u64)>,
     pub(super) burst_head_ns: Option<u64>,
+    pub(super) coverage_windows: u64,
 }
 
 impl Closed {
@@ -179,6 +180,7 @@ impl Closed {
             bracket_windows: self.bracket_windows.clone(),
             window_histograms,
             burst_head,
+            coverage_windows: Some(self.coverage_windows),
         }
     }
 

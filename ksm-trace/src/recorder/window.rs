@@ -95,13 +95,19 @@ impl Window {
     /// Drains the events, then runs the merge-latency sampling on the merges they bring.
     fn update_bracket(&mut self) -> Result<()> {
         let opened = self.bracket.windows_opened();
+        let (closed, open_since) = self.bracket.windows();
+        self.collector.merges.bracket_windows(closed, open_since);
         // Whether the window that closes now saw merges decides where the next one opens.
         self.collector.drain(self.ring.get_mut());
         let merges = self.collector.merge_clock();
         self.bracket.update(&mut self.probes, merges)?;
         if self.bracket.windows_opened() != opened {
-            self.collector.merges.next_latency_window();
+            let coverage = self.bracket.coverage_now();
+            self.collector.merges.next_latency_window(coverage);
         }
+        // The processes still short of timed merges wake the tracer when they next merge.
+        self.probes
+            .wake_on_merges_of(&self.collector.merges.uncovered_mms())?;
         Ok(())
     }
 
@@ -207,6 +213,7 @@ impl Window {
         });
         let mechanisms = self.probes.mechanisms.clone();
         let burst_head_ns = self.bracket.burst_head_ns();
+        let coverage_windows = self.bracket.coverage_windows();
         let bracket_windows = self.bracket.finish(end_ns);
         drop(self.ring);
         drop(self.probes);
@@ -261,6 +268,7 @@ impl Window {
             mechanisms,
             bracket_windows,
             burst_head_ns,
+            coverage_windows,
         })
     }
 }

@@ -19,10 +19,32 @@ pub fn upgrade(mut value: Value, version: u32) -> Result<Value> {
             6 => v6_to_v7(value)?,
             7 => v7_to_v8(value)?,
             8 => v8_to_v9(value)?,
+            9 => v9_to_v10(value)?,
             _ => return Err(anyhow!("no upgrade from version {from}")),
         };
     }
     Ok(value)
+}
+
+/// Version 9 had no COW breaks from the page fault tracepoints, did not read la57, and did
+/// not count the merges inside the bracket's windows, nor the windows opened for them.
+fn v9_to_v10(mut v: Value) -> Result<Value> {
+    let root = object(&mut v, "recording")?;
+    root.insert("version".into(), json!(10));
+    if let Some(caps) = root.get_mut("meta").and_then(|m| m.get_mut("capabilities")) {
+        default(caps, "la57", json!(false));
+    }
+    if let Some(latency) = root.get_mut("latency") {
+        default(latency, "coverage_windows", Value::Null);
+    }
+    let empty = serde_json::to_value(crate::histogram::Histogram::new())?;
+    for p in processes(root) {
+        default(p, "cow_breaks_at_fault", json!(0));
+        default(p, "zero_page_breaks", json!(0));
+        default(p, "cow_at_fault_ns", empty.clone());
+        default(p, "merges_in_windows", Value::Null);
+    }
+    Ok(v)
 }
 
 /// Version 8 kept each fallback as prose, and did not read the active LSMs.

@@ -13,6 +13,8 @@ use std::{
 
 use anyhow::{Context as _, Result, anyhow, bail};
 
+use crate::histogram::Histogram;
+
 pub use schema::{
     BurstHead, EventCounts, FORMAT, LatencyCoverage, Meta, ProcessRecord, Recording, ScanRecord,
     VERSION, WorkloadKind, WorkloadRecord,
@@ -21,6 +23,22 @@ pub use schema::{
 impl Meta {
     pub fn duration_ns(&self) -> u64 {
         self.end_ns.saturating_sub(self.start_ns)
+    }
+}
+
+impl schema::CowMechanism {
+    /// A process's COW breaks of KSM pages as this mechanism counted them, and their latency
+    /// (None: not traced). With both attached, do_wp_page's are the figure (the fault
+    /// tracepoints' stand beside it).
+    pub fn breaks(self, s: &schema::MergeStats) -> Option<(u64, &Histogram)> {
+        use schema::CowMechanism::*;
+        match self {
+            DoWpPage { .. } | DoWpPageAndFaultTracepoint { .. } => {
+                Some((s.cow_breaks, &s.cow_fault_ns))
+            }
+            FaultTracepoint { .. } => Some((s.cow_breaks_at_fault, &s.cow_at_fault_ns)),
+            Off | Unavailable => None,
+        }
     }
 }
 

@@ -34,8 +34,12 @@ pub const FORMAT: &str = "ksm-trace-recording";
 /// `MergeStats::unmerge_call_ns`). 7: `--merge-latency auto` opens its windows when merges
 /// start (`BracketAttach::OnMerges`). 8: what those windows leave out of each burst
 /// (`LatencyCoverage::burst_head`). 9: typed fallbacks (`Fallback`, the reason as data
-/// instead of prose) and the active LSMs (`Capabilities::lsms`).
-pub const VERSION: u32 = 9;
+/// instead of prose) and the active LSMs (`Capabilities::lsms`). 10: COW breaks from the page
+/// fault tracepoints (`CowMechanism::FaultTracepoint`, `MergeStats::cow_breaks_at_fault`,
+/// `zero_page_breaks`, `cow_at_fault_ns`), 5-level paging (`Capabilities::la57`), and the
+/// merges that came while the sampled bracket was attached (`MergeStats::merges_in_windows`)
+/// and the windows opened for them (`LatencyCoverage::coverage_windows`).
+pub const VERSION: u32 = 10;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Recording {
@@ -226,10 +230,21 @@ pub struct MergeStats {
     pub merge_latency_bracket_ns: Histogram,
     /// Successful merges without a latency (mechanism not armed, or no matching bracket).
     pub untimed_merges: u64,
-    /// Copy-on-write breaks of KSM pages by this process (fentry on do_wp_page; meaningful only
-    /// where [`Mechanisms::cow`] traced them) and how long each fault took.
+    /// Successful merges that came while the sampled bracket was attached, timed or not: why a
+    /// process has few timed merges (its merges came outside the windows, or inside without a
+    /// bracket on its mm). None: not counted (before version 10).
+    pub merges_in_windows: Option<u64>,
+    /// Copy-on-write breaks of KSM pages by this process as do_wp_page saw them (fentry;
+    /// meaningful only where [`Mechanisms::cow`] attached it) and how long each fault took.
     pub cow_breaks: u64,
     pub cow_fault_ns: Histogram,
+    /// The same as the page fault tracepoints saw them (where [`Mechanisms::cow`] attached
+    /// them): write faults on KSM pages, on KSM's zero page (use_zero_pages; not in cow_ksm,
+    /// but in ksm_zero_pages), and for each break that closed, the time from the fault to the
+    /// faulting thread's TLB flush that installs the copy.
+    pub cow_breaks_at_fault: u64,
+    pub zero_page_breaks: u64,
+    pub cow_at_fault_ns: Histogram,
     /// With `Mechanisms::tlb_shootdowns`: the remote TLB flushes ksmd asked for while merging
     /// this process's pages, the IPIs it sent for them (a CPU idle or in lazy TLB mode is
     /// skipped), the merges that sent at least one IPI, and their latency.
@@ -381,6 +396,9 @@ pub struct LatencyCoverage {
     /// before are not in the sample. None: no window opened on a burst (or not recorded).
     #[serde(default)]
     pub burst_head: Option<BurstHead>,
+    /// Of `bracket_windows`, how many opened for a process whose merges still lacked timed
+    /// ones, on top of the budget's (None: not recorded, before version 10).
+    pub coverage_windows: Option<u64>,
 }
 
 /// The start of each burst of merges that windows opened on merges do not time.
@@ -415,6 +433,10 @@ pub struct Capabilities {
     /// The active LSMs, in order (`/sys/kernel/security/lsm`; None: not readable, or not
     /// recorded before version 9).
     pub lsms: Option<String>,
+    /// 5-level paging is on (`la57` in /proc/cpuinfo; false before version 10, and in the
+    /// lab's kept `doctor --json` captures).
+    #[serde(default)]
+    pub la57: bool,
     pub tracefs_mounted: bool,
     pub thp: Option<String>,
     /// Raw tracepoints ksm-trace attaches to, and whether this kernel has each.
@@ -488,6 +510,10 @@ pub enum Fallback {
     BracketUnavailable { tracepoint: String, reason: Reason },
     /// No per-process COW breaks: only the global cow_ksm.
     CowUnavailable { reason: Reason },
+    /// fentry/fexit on do_wp_page cannot be used: COW breaks from the page fault tracepoints.
+    CowFromFaults { reason: Reason },
+    /// The page fault tracepoints cannot be used for COW breaks either.
+    CowFaultsUnavailable { reason: Reason },
     /// No kernel-side unmerge latency (unmerge_ksm_pages): the procs workload's `unmerge=F`
     /// still times its own calls.
     UnmergeUnavailable { reason: Reason },
@@ -642,6 +668,13 @@ pub enum CowMechanism {
     /// `vmemmap_from_merges`: vmemmap's base was learned from the first traced merge, so breaks
     /// before it are missed.
     DoWpPage { vmemmap_from_merges: bool },
+    /// x86's `exceptions:page_fault_user` (and `page_fault_kernel` where `kernel_writes`): write
+    /// faults on a present PTE that maps a KSM page or KSM's zero page, by a page-table walk;
+    /// each break's latency from the fault to the faulting thread's TLB flush that installs
+    /// the copy.
+    FaultTracepoint { kernel_writes: bool },
+    /// Both at once (`--cow-probe both`), to compare them on the same faults.
+    DoWpPageAndFaultTracepoint { kernel_writes: bool },
     /// Turned off by the user (`--cow-probe off`).
     Off,
     /// Only the global cow_ksm from /proc/vmstat.
@@ -658,6 +691,6 @@ impl MergeLatencyMechanism {
 impl Mechanisms {
     /// Whether per-process COW breaks were traced (else only the global cow_ksm exists).
     pub fn cow_traced(&self) -> bool {
-        matches!(self.cow, CowMechanism::DoWpPage { .. })
+        !matches!(self.cow, CowMechanism::Off | CowMechanism::Unavailable)
     }
 }

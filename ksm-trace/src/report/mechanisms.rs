@@ -115,10 +115,22 @@ pub fn cow(m: CowMechanism) -> &'static str {
         } => {
             "fentry/fexit on do_wp_page, faults on KSM pages only (the kernel's cow_ksm); vmemmap's base is learned from the first traced merge, so breaks before it are missed"
         }
+        CowMechanism::FaultTracepoint { kernel_writes } => fault_tracepoint(kernel_writes),
+        CowMechanism::DoWpPageAndFaultTracepoint { .. } => {
+            "fentry/fexit on do_wp_page, and the page fault tracepoints alongside on the same faults for comparison"
+        }
         CowMechanism::Off => "off (--cow-probe off): only the global cow_ksm from /proc/vmstat",
         CowMechanism::Unavailable => {
             "per-process COW breaks unavailable: only the global cow_ksm from /proc/vmstat"
         }
+    }
+}
+
+fn fault_tracepoint(kernel_writes: bool) -> &'static str {
+    if kernel_writes {
+        "exceptions:page_fault_user and page_fault_kernel: write faults on a PTE that maps a KSM page (or KSM's zero page), by a page-table walk; latency from the fault to the faulting thread's TLB flush that installs the copy. Not seen: writes through get_user_pages (/proc/PID/mem, process_vm_writev, O_DIRECT into merged pages) and a guest's writes under KVM (resolved in KVM's fault path): the rest of cow_ksm is shown as not attributed"
+    } else {
+        "exceptions:page_fault_user: user-mode write faults on a PTE that maps a KSM page (or KSM's zero page), by a page-table walk; latency from the fault to the faulting thread's TLB flush that installs the copy. Not seen: the kernel's writes into user memory (no page_fault_kernel here), writes through get_user_pages and a guest's writes under KVM: the rest of cow_ksm is shown as not attributed"
     }
 }
 
@@ -236,6 +248,15 @@ pub fn fallback(f: &Fallback) -> String {
         Fallback::CowUnavailable { reason } => format!(
             "fentry/fexit on {} unavailable ({}): COW breaks only as the global cow_ksm",
             ksm_trace_common::programs::COW_FUNCTION,
+            self::reason(reason)
+        ),
+        Fallback::CowFromFaults { reason } => format!(
+            "fentry/fexit on {} unavailable ({}): COW breaks from the page fault tracepoints instead",
+            ksm_trace_common::programs::COW_FUNCTION,
+            self::reason(reason)
+        ),
+        Fallback::CowFaultsUnavailable { reason } => format!(
+            "no COW breaks from the page fault tracepoints ({}): only the global cow_ksm",
             self::reason(reason)
         ),
         Fallback::UnmergeUnavailable {

@@ -10,7 +10,9 @@ use crate::{
     kernel::process::By,
     recording::{
         ProcessRecord, Recording,
-        schema::{BatchMechanism, Mechanisms, MergeCounts, ShootdownMechanism},
+        schema::{
+            BatchMechanism, CowMechanism, Mechanisms, MergeCounts, MergeStats, ShootdownMechanism,
+        },
     },
     sample::SETTLE_THRESHOLD,
 };
@@ -116,10 +118,25 @@ pub struct ProcessReport {
     pub profit_mib_end: Option<f64>,
     pub merge_latency_ns: Summary,
     pub untimed_merges: u64,
+    /// Its successful merges that came while the sampled bracket was attached (None: not
+    /// counted): why a process has few timed merges.
+    #[serde(default)]
+    pub merges_in_windows: Option<u64>,
     /// Copy-on-write breaks of KSM pages by this process; None where they were not traced
-    /// (fentry/fexit refused): not measured, rather than zero.
+    /// (`--cow-probe off`, or no mechanism here): not measured, rather than zero. With the
+    /// page fault tracepoints, also the breaks of KSM's zero page and how many breaks closed
+    /// (their TLB flush seen: they have a latency).
     pub cow_breaks: Option<u64>,
     pub cow_fault_ns: Summary,
+    #[serde(default)]
+    pub zero_page_breaks: Option<u64>,
+    #[serde(default)]
+    pub cow_closed: Option<u64>,
+    /// With `--cow-probe both`: the fault tracepoints' count and latency beside do_wp_page's.
+    #[serde(default)]
+    pub cow_breaks_at_fault: Option<u64>,
+    #[serde(default)]
+    pub cow_at_fault_ns: Option<Summary>,
     /// The kernel's unmerge_ksm_pages calls on its memory (with `mechanisms.unmerge`): each
     /// call's duration, and the pages their ranges covered.
     pub unmerge_call_ns: Summary,
@@ -198,12 +215,16 @@ impl GroupReport {
             unmerges: 0,
             merging_pages_end: 0,
             merging_mib_end: 0.0,
+            cow_breaks: None,
         };
         for p in members {
             g.processes += 1;
             g.merges += p.counts.merges;
             g.unmerges += p.counts.unmerges;
             g.merging_pages_end += p.ksm_merging_pages_end.unwrap_or(0);
+            if let Some(c) = p.cow_breaks {
+                *g.cow_breaks.get_or_insert(0) += c;
+            }
         }
         g.merging_mib_end = g.merging_pages_end as f64 * page / MIB;
         g
@@ -221,6 +242,9 @@ pub struct GroupReport {
     /// Σ ksm_merging_pages at the end, and in MiB.
     pub merging_pages_end: u64,
     pub merging_mib_end: f64,
+    /// Σ COW breaks of KSM pages (None: not traced).
+    #[serde(default)]
+    pub cow_breaks: Option<u64>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -310,6 +334,9 @@ pub struct LatencyReport {
     pub burst_head_ns: Option<u64>,
     #[serde(default)]
     pub burst_head_percent: Option<f64>,
+    /// Of the windows, those opened for processes short of timed merges.
+    #[serde(default)]
+    pub coverage_windows: Option<u64>,
 }
 
 impl Report {
@@ -382,7 +409,9 @@ impl ProcessReport {
         let mut processes: Vec<Self> = rec
             .processes
             .iter()
-            .map(|p| Self::of(rec, p, workers.contains(&p.pid)))
+            .map(|p| {
+                Self::of(rec, p, workers.contains(&p.pid)).with_cow(rec.mechanisms.cow, &p.stats)
+            })
             .collect();
         processes.sort_by(|a, b| {
             (b.workload, b.counts.merges)
@@ -390,6 +419,27 @@ impl ProcessReport {
                 .then(a.pid.cmp(&b.pid))
         });
         processes
+    }
+
+    /// The COW figures of the mechanism that traced them; with the fault tracepoints, also
+    /// their zero-page breaks and how many breaks closed.
+    fn with_cow(mut self, cow: CowMechanism, s: &MergeStats) -> Self {
+        if let Some((breaks, latency)) = cow.breaks(s) {
+            self.cow_breaks = Some(breaks);
+            self.cow_fault_ns = latency.summary();
+        }
+        if matches!(
+            cow,
+            CowMechanism::FaultTracepoint { .. } | CowMechanism::DoWpPageAndFaultTracepoint { .. }
+        ) {
+            self.zero_page_breaks = Some(s.zero_page_breaks);
+            self.cow_closed = Some(s.cow_at_fault_ns.count());
+        }
+        if let CowMechanism::DoWpPageAndFaultTracepoint { .. } = cow {
+            self.cow_breaks_at_fault = Some(s.cow_breaks_at_fault);
+            self.cow_at_fault_ns = Some(s.cow_at_fault_ns.summary());
+        }
+        self
     }
 
     fn of(rec: &Recording, p: &ProcessRecord, workload: bool) -> Self {
@@ -425,8 +475,13 @@ impl ProcessReport {
                 .map(|s| s.ksm_process_profit as f64 / MIB),
             merge_latency_ns: s.merge_latency_ns.summary(),
             untimed_merges: s.untimed_merges,
-            cow_breaks: rec.mechanisms.cow_traced().then_some(s.cow_breaks),
-            cow_fault_ns: s.cow_fault_ns.summary(),
+            merges_in_windows: s.merges_in_windows,
+            cow_breaks: None,
+            cow_fault_ns: Summary::default(),
+            zero_page_breaks: None,
+            cow_closed: None,
+            cow_breaks_at_fault: None,
+            cow_at_fault_ns: None,
             unmerge_call_ns: s.unmerge_call_ns.summary(),
             unmerge_call_pages: s.unmerge_call_pages,
             tlb: match rec.mechanisms.tlb_shootdowns {
@@ -534,6 +589,7 @@ impl LatencyReport {
                 .latency
                 .burst_head
                 .map(|h| h.merges as f64 * 100.0 / merges),
+            coverage_windows: rec.latency.coverage_windows,
         }
     }
 }

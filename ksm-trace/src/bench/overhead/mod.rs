@@ -31,7 +31,10 @@ use std::{collections::BTreeMap, time::Duration};
 use anyhow::Result;
 
 use super::bpftrace;
-use crate::{histogram::Histogram, probes::LatencyMode};
+use crate::{
+    histogram::Histogram,
+    probes::{CowProbe, LatencyMode},
+};
 use window::{OtherProcess, Rates};
 
 pub struct OverheadBench {
@@ -116,29 +119,62 @@ impl Scenario {
 
 /// What a traced window attaches.
 enum Tracer {
-    /// Its name, how it times merges, and whether sched_switch (ksmd's batches) is attached.
-    KsmTrace(&'static str, LatencyMode, bool),
+    KsmTrace(Mode),
     Bpftrace(bpftrace::Script),
 }
 
+/// A ksm-trace mode: its name, how it times merges, whether sched_switch (ksmd's batches) is
+/// attached, and how COW breaks are traced.
+#[derive(Clone, Copy)]
+struct Mode {
+    name: &'static str,
+    latency: LatencyMode,
+    batches: bool,
+    cow: CowProbe,
+}
+
+const fn mode(name: &'static str, latency: LatencyMode, batches: bool, cow: CowProbe) -> Mode {
+    Mode {
+        name,
+        latency,
+        batches,
+        cow,
+    }
+}
+
 /// ksm-trace's modes. `--batches off` beside `--merge-latency off` isolates what sched_switch,
-/// which fires on every context switch of every process, costs.
-const KSM_TRACE_MODES: [(&str, LatencyMode, bool); 4] = [
-    (
+/// which fires on every context switch of every process, costs; `--cow-probe off` what the
+/// COW probe costs (the page fault tracepoints fire on every fault of every process).
+const KSM_TRACE_MODES: [Mode; 5] = [
+    mode(
         "ksm-trace --merge-latency off --batches off",
         LatencyMode::Off,
         false,
+        CowProbe::Auto,
     ),
-    ("ksm-trace --merge-latency off", LatencyMode::Off, true),
-    (
+    mode(
+        "ksm-trace --merge-latency off --cow-probe off",
+        LatencyMode::Off,
+        true,
+        CowProbe::Off,
+    ),
+    mode(
+        "ksm-trace --merge-latency off",
+        LatencyMode::Off,
+        true,
+        CowProbe::Auto,
+    ),
+    mode(
         "ksm-trace default (auto: bracket sampled)",
         LatencyMode::Auto,
         true,
+        CowProbe::Auto,
     ),
-    (
+    mode(
         "ksm-trace --merge-latency always",
         LatencyMode::Always,
         true,
+        CowProbe::Auto,
     ),
 ];
 

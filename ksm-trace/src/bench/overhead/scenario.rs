@@ -51,7 +51,7 @@ pub(super) async fn run(
     let ksmd = pre.ksmd;
     let mut tracers: Vec<Tracer> = KSM_TRACE_MODES
         .iter()
-        .map(|&(name, mode, batches)| Tracer::KsmTrace(name, mode, batches))
+        .map(|&mode| Tracer::KsmTrace(mode))
         .collect();
     let bpftrace_bin = bpftrace::find();
     if bpftrace_bin.is_some() {
@@ -93,7 +93,7 @@ impl Figures {
             tracers: tracers
                 .iter()
                 .map(|t| match t {
-                    Tracer::KsmTrace(name, mode, _) => (name.to_string(), *mode, None),
+                    Tracer::KsmTrace(mode) => (mode.name.to_string(), mode.latency, None),
                     Tracer::Bpftrace(script) => (
                         script.name.to_owned(),
                         script.same_as,
@@ -156,7 +156,8 @@ impl Run<'_> {
         s.untraced.push(self.untraced(b.window).await?.rates);
         for round in 0..b.repetitions.max(b.default_repetitions) {
             for (t, tracer) in tracers.iter().enumerate() {
-                let is_default = matches!(tracer, Tracer::KsmTrace(_, LatencyMode::Auto, _));
+                let is_default =
+                    matches!(tracer, Tracer::KsmTrace(m) if m.latency == LatencyMode::Auto);
                 if round >= b.repetitions && !is_default {
                     continue;
                 }
@@ -176,11 +177,14 @@ impl Run<'_> {
         s: &mut Figures,
     ) -> Result<Window> {
         match tracer {
-            Tracer::KsmTrace(_, mode, batches) => {
-                let length = window_length(*mode, self.b.window);
-                let options = mode_options(*mode, *batches);
-                let (w, _, policy) = self.traced(options, *mode, length).await?;
-                s.note_latency(*mode, &w, &policy);
+            Tracer::KsmTrace(mode) => {
+                let length = window_length(mode.latency, self.b.window);
+                let options = ProbeOptions {
+                    cow: mode.cow,
+                    ..mode_options(mode.latency, mode.batches)
+                };
+                let (w, _, policy) = self.traced(options, mode.latency, length).await?;
+                s.note_latency(mode.latency, &w, &policy);
                 Ok(w)
             }
             Tracer::Bpftrace(script) => {

@@ -6,7 +6,7 @@ use crate::{
     recording::Recording,
     report::{
         histogram::{Unit, fmt_ns, render_log2},
-        model::{LatencyReport, Report, all_latencies},
+        model::{LatencyReport, ProcessReport, Report, all_latencies},
     },
 };
 
@@ -29,6 +29,9 @@ pub(super) fn section(o: &mut String, rec: &Recording, r: &Report) {
     if lat.timed > 0 && lat.untimed > 0 {
         sample(o, lat);
     }
+    if lat.untimed > 0 {
+        per_process(o, r);
+    }
     o.push_str(&render_log2(&all_latencies(rec), Unit::Nanoseconds));
 }
 
@@ -37,8 +40,15 @@ pub(super) fn section(o: &mut String, rec: &Recording, r: &Report) {
 fn sample(o: &mut String, lat: &LatencyReport) {
     let _ = writeln!(
         o,
-        "  a sample: {:.1}% of merges timed in {} windows",
-        lat.timed_percent, lat.timed_windows
+        "  a sample: {:.1}% of merges timed in {} windows{}",
+        lat.timed_percent,
+        lat.timed_windows,
+        match lat.coverage_windows {
+            Some(n) if n > 0 => format!(
+                " ({n} of the bracket's windows opened for processes short of timed merges)"
+            ),
+            _ => String::new(),
+        }
     );
     let of = match (lat.burst_head_ns, lat.burst_head_percent) {
         (Some(ns), Some(percent)) => {
@@ -69,4 +79,41 @@ fn sample(o: &mut String, lat: &LatencyReport) {
             crate::histogram::MIN_CLUSTERS
         ),
     };
+}
+
+/// How many of each merging process's merges were timed, and for one with none, why.
+fn per_process(o: &mut String, r: &Report) {
+    let merging: Vec<&ProcessReport> = r
+        .processes
+        .iter()
+        .filter(|p| p.counts.merges + p.counts.zero_page_merges > 0)
+        .collect();
+    if merging.is_empty() {
+        return;
+    }
+    let _ = writeln!(o, "  timed per process:");
+    for p in merging {
+        let merges = p.counts.merges + p.counts.zero_page_merges;
+        let timed = p.merge_latency_ns.count;
+        let figures = if timed > 0 {
+            format!(
+                "{timed} of {merges} timed, p50 {} p99 {}",
+                fmt_ns(p.merge_latency_ns.p50),
+                fmt_ns(p.merge_latency_ns.p99)
+            )
+        } else {
+            format!("none of {merges} timed: {}", why_untimed(p))
+        };
+        let _ = writeln!(o, "    {}[{}] {figures}", p.comm, p.pid);
+    }
+}
+
+fn why_untimed(p: &ProcessReport) -> String {
+    match p.merges_in_windows {
+        Some(0) => "none came while the bracket was attached".into(),
+        Some(n) => {
+            format!("{n} came while the bracket was attached, none with a bracket on its mm")
+        }
+        None => "not counted in this recording (before version 10)".into(),
+    }
 }

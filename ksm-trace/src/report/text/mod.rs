@@ -1,6 +1,7 @@
 //! The text report: one function per section, in the order they are printed; every histogram
 //! through the one renderer (`report::histogram`), every table through [`table`].
 mod counters;
+mod cow;
 mod footer;
 mod header;
 mod latency;
@@ -22,6 +23,7 @@ pub fn render(rec: &Recording, r: &Report, by: By) -> String {
     workers::section(&mut o, rec, r);
     header::knobs(&mut o, rec, r);
     processes::section(&mut o, rec, r, by);
+    cow::section(&mut o, r);
     latency::section(&mut o, rec, r);
     scans::section(&mut o, rec, r);
     tlb::section(&mut o, r);

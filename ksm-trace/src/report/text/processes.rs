@@ -38,14 +38,6 @@ pub(super) fn section(o: &mut String, rec: &Recording, r: &Report, by: By) {
     if r.processes.is_empty() {
         let _ = writeln!(o, "  (no KSM activity attributed to a process)");
     }
-    let cow: u64 = r.processes.iter().filter_map(|p| p.cow_breaks).sum();
-    if cow > 0 {
-        let _ = writeln!(
-            o,
-            "  COW breaks of KSM pages traced: {cow}; kernel cow_ksm {:+}",
-            r.kernel_deltas.get("cow_ksm").copied().unwrap_or(0)
-        );
-    }
     let silent: i64 = r.processes.iter().filter_map(|p| p.silent_unmerges).sum();
     if silent != 0 {
         let _ = writeln!(
@@ -95,15 +87,24 @@ fn group_table(what: &str, groups: &[GroupReport]) -> String {
         "MIB",
     ];
     let mut rows = vec![header.map(|h| h.to_uppercase()).to_vec()];
+    // COW breaks where they were traced.
+    let cow = groups.iter().any(|g| g.cow_breaks.is_some());
+    if cow {
+        rows[0].push("COW".into());
+    }
     for g in groups {
-        rows.push(vec![
+        let mut row = vec![
             g.name.clone(),
             g.processes.to_string(),
             g.merges.to_string(),
             g.unmerges.to_string(),
             g.merging_pages_end.to_string(),
             format!("{:.1}", g.merging_mib_end),
-        ]);
+        ];
+        if cow {
+            row.push(g.cow_breaks.map_or("-".into(), |c| c.to_string()));
+        }
+        rows.push(row);
     }
     table(&rows, &[0])
 }
