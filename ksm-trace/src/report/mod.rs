@@ -4,6 +4,7 @@ pub mod histogram;
 pub mod mechanisms;
 pub mod model;
 pub mod others;
+pub mod phases;
 pub mod text;
 
 use std::path::Path;

@@ -56,6 +56,9 @@ pub struct Report {
     /// The figures lost events make incomplete (empty when complete).
     pub incomplete: Vec<String>,
     pub unpaired_merges: u64,
+    /// ksmd's cost by phase, from its stack samples (None: no samples).
+    #[serde(default)]
+    pub phases: Option<super::phases::PhasesReport>,
     /// ksmd samples (flame graphs) and samples whose stack was lost.
     pub profile_samples: u64,
     pub profile_lost: u64,
@@ -353,6 +356,11 @@ impl Report {
             })
             .to_vec();
         let kernel_deltas = kernel_deltas(rec);
+        let phases = super::phases::PhasesReport::of(
+            rec,
+            kernel_deltas.get("pages_scanned").copied(),
+            rec.processes.iter().map(|p| p.stats.counts.merges).sum(),
+        );
         let end = &rec.counters_end;
         Report {
             duration_s: duration_ns as f64 / 1e9,
@@ -373,6 +381,7 @@ impl Report {
             other_actors: super::others::OtherActors::from_samples(&rec.timeseries),
             settle_s: crate::sample::settle_time_s(&rec.timeseries, SETTLE_THRESHOLD),
             sharing: SharingReport::of(rec),
+            phases,
             profile_samples: rec.profile.samples(),
             profile_lost: rec.profile.lost,
             lost_events: rec.events.lost,

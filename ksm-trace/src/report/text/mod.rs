@@ -5,6 +5,7 @@ mod cow;
 mod footer;
 mod header;
 mod latency;
+mod phases;
 mod processes;
 mod scans;
 mod table;
@@ -26,6 +27,7 @@ pub fn render(rec: &Recording, r: &Report, by: By) -> String {
     cow::section(&mut o, r);
     latency::section(&mut o, rec, r);
     scans::section(&mut o, rec, r);
+    phases::section(&mut o, r);
     tlb::section(&mut o, r);
     unmerge::section(&mut o, r);
     counters::section(&mut o, rec, r);
