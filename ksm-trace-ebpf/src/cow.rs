@@ -16,7 +16,7 @@ use aya_ebpf::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_kernel,
     },
     macros::{fentry, fexit, map, raw_tracepoint},
-    maps::{Array, HashMap},
+    maps::{HashMap, PerCpuArray},
     programs::{FEntryContext, FExitContext, RawTracePointContext},
 };
 use ksm_trace_common::{
@@ -34,14 +34,13 @@ use crate::{
 #[map]
 static COW_IN_FLIGHT: HashMap<u64, [u64; 2]> = HashMap::with_max_entries(4096, 0);
 
-/// pid_tgid → time of its COW_FAULT, until its flush.
+/// The break in progress on this CPU: (pid_tgid, time of its COW_FAULT), zeroed by its flush.
+/// The flush comes on the faulting thread's CPU (ptep_clear_flush's local flush) a few µs
+/// later, so a per-CPU slot finds it without a hash lookup on every TLB flush of the machine;
+/// a thread that moves to another CPU in between, or another fault on this CPU first, leaves
+/// the break without a latency (the report counts the breaks that closed).
 #[map]
-static COW_FAULTS: HashMap<u64, u64> = HashMap::with_max_entries(4096, 0);
-
-/// When the latest COW_FAULT was seen: the flush program, which runs on every TLB flush of
-/// the machine, returns at once unless one is recent.
-#[map]
-static LAST_COW_FAULT: Array<u64> = Array::with_max_entries(1, 0);
+static COW_PENDING: PerCpuArray<[u64; 2]> = PerCpuArray::with_max_entries(1, 0);
 
 /// X86_PF_PROT | X86_PF_WRITE: a write to a present page.
 const WRITE_TO_PRESENT: u64 = 3;
@@ -165,10 +164,9 @@ fn cow_fault(addr: u64) {
     };
     let key = bpf_get_current_pid_tgid();
     let t = now();
-    let _ = COW_FAULTS.insert(&key, &t, 0);
-    if let Some(last) = LAST_COW_FAULT.get_ptr_mut(0) {
-        // SAFETY: a plain store; a race between CPUs only moves the flush program's gate.
-        unsafe { *last = t };
+    if let Some(slot) = COW_PENDING.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot; a program runs to its end without migrating.
+        unsafe { *slot = [key, t] };
     }
     emit(&Event {
         ts_ns: t,
@@ -187,19 +185,16 @@ pub fn cow_tlb_flush(ctx: RawTracePointContext) -> u32 {
     if ctx.arg::<u64>(0) as u32 != TLB_LOCAL_MM_SHOOTDOWN {
         return 0;
     }
-    let t = now();
-    let recent = LAST_COW_FAULT
-        .get(0)
-        .is_some_and(|&last| t.saturating_sub(last) <= cow::MAX_BREAK_NS);
-    if !recent {
-        return 0;
-    }
-    let key = bpf_get_current_pid_tgid();
-    // SAFETY: a copy is taken before the entry is removed.
-    let Some(start) = (unsafe { COW_FAULTS.get(&key) }).copied() else {
+    let Some(slot) = COW_PENDING.get_ptr_mut(0) else {
         return 0;
     };
-    let _ = COW_FAULTS.remove(&key);
+    // SAFETY: this CPU's slot; a program runs to its end without migrating.
+    let [key, start] = unsafe { *slot };
+    if start == 0 || key != bpf_get_current_pid_tgid() {
+        return 0;
+    }
+    unsafe { *slot = [0, 0] };
+    let t = now();
     if t.saturating_sub(start) > cow::MAX_BREAK_NS {
         return 0;
     }
