@@ -25,6 +25,7 @@ pub mod run;
 pub mod sample;
 pub mod serve;
 pub mod sharing;
+pub mod stats;
 pub mod sweep;
 pub mod timeseries;
 pub mod top;

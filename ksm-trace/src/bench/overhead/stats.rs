@@ -1,29 +1,10 @@
 //! The figures' arithmetic: a traced window against its untraced neighbours, means with their
 //! 95 % confidence intervals, the default composed from its two states, and the verdict on the
 //! target.
-use statrs::distribution::{ContinuousCDF, StudentsT};
 
 use super::window::Rates;
 use crate::probes::bracket;
-
-pub(super) fn mean(v: &[f64]) -> f64 {
-    v.iter().sum::<f64>() / v.len().max(1) as f64
-}
-
-/// The mean of `v` and the half-width of its 95 % confidence interval (Student's t; None with
-/// fewer than two values).
-pub(super) fn mean_ci(v: &[f64]) -> (f64, Option<f64>) {
-    let m = mean(v);
-    let n = v.len() as f64;
-    if v.len() < 2 {
-        return (m, None);
-    }
-    let var = v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (n - 1.0);
-    let t = StudentsT::new(0.0, 1.0, n - 1.0)
-        .map(|d| d.inverse_cdf(0.975))
-        .ok();
-    (m, t.map(|t| t * (var / n).sqrt()))
-}
+pub(super) use crate::stats::{mean, mean_ci};
 
 /// What the default must keep of ksmd's untraced scan rate.
 pub(super) const TARGET: f64 = 0.98;
@@ -143,16 +124,6 @@ pub(super) fn ratio_text(ratios: &[f64]) -> String {
 mod tests {
     use super::*;
 
-    #[test]
-    fn mean_ci_is_students_t_interval() {
-        // 1, 2, 3: mean 2, sd 1, t(0.975, 2 df) = 4.303 → half-width 4.303 / √3 = 2.484.
-        let (m, half) = mean_ci(&[1.0, 2.0, 3.0]);
-        assert_eq!(m, 2.0);
-        assert!((half.unwrap() - 2.484).abs() < 0.001, "{half:?}");
-        // One window has no interval; identical windows have a zero-width one.
-        assert_eq!(mean_ci(&[0.9]), (0.9, None));
-        assert_eq!(mean_ci(&[0.9, 0.9]).1, Some(0.0));
-    }
     #[test]
     fn a_window_is_compared_with_the_mean_of_its_neighbours() {
         let rates = |p: f64| Rates {
