@@ -131,6 +131,14 @@ Examples:
   ksm-trace serve --listen 0.0.0.0:9669    # for a Prometheus on another host
   ksm-trace serve --top 50 -i 15s          # 50 processes with series of their own")]
     Serve(ServeArgs),
+    /// Compare two runs (or two sets of repeated runs): what differs, then each figure
+    /// normalised to the work done, the difference with its 95 % interval and a verdict.
+    #[command(after_help = "\
+Examples:
+  ksm-trace compare before.json after.json               # one run each
+  ksm-trace compare a1.json a2.json a3.json -- b1.json b2.json b3.json   # repeated runs
+  ksm-trace compare before.json after.json --flame diff.svg   # and the differential flame graph")]
+    Compare(CompareArgs),
     /// Internal: one process of the procs workload.
     #[command(name = "__procs-worker", hide = true)]
     ProcsWorker { args: Vec<String> },
@@ -360,6 +368,25 @@ impl KnobArgs {
             advisor: self.advisor.clone(),
         }
     }
+}
+
+#[derive(Debug, Args)]
+pub struct CompareArgs {
+    /// A's recordings; with no `--`, exactly two files: A then B.
+    #[arg(required = true)]
+    pub a: Vec<PathBuf>,
+    /// B's recordings, after `--`.
+    #[arg(last = true)]
+    pub b: Vec<PathBuf>,
+    /// Compare even when the runs drove different workloads.
+    #[arg(long)]
+    pub force: bool,
+    /// JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Also draw the differential flame graph of the sides' first runs here (SVG).
+    #[arg(long)]
+    pub flame: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

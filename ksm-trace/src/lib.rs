@@ -9,6 +9,7 @@ pub mod bench;
 pub mod cli;
 pub mod collect;
 pub mod commands;
+pub mod compare;
 pub mod flame;
 pub mod guest;
 pub mod histogram;

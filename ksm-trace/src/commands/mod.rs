@@ -2,6 +2,7 @@
 //! prints. The rooms they drive (probes, collect, recording, report, workload, …) do not know
 //! about the command line.
 pub mod bench;
+pub mod compare;
 pub mod doctor;
 pub mod flame;
 pub mod lab;
@@ -26,6 +27,7 @@ pub async fn run(command: Command) -> Result<()> {
         Command::Record(args) => record::run(args).await,
         Command::Report(args) => report::run(&args),
         Command::Flame(args) => flame::run(&args),
+        Command::Compare(args) => compare::run(&args),
         Command::Plot(args) => plot::run(&args),
         Command::Sweep(args) => sweep::run(args).await,
         Command::Bench(args) => bench::run(args).await,
