@@ -106,8 +106,10 @@ Examples:
     #[command(after_help = "\
 Examples:
   ksm-trace lab                       # Debian's 6.12 kernel in a QEMU guest (fexit allowed)
-  ksm-trace lab --kernel debian-6.1   # a kernel without ksm tracepoints: record must refuse
-  ksm-trace lab --kernel host         # the same scenario on the running kernel")]
+  ksm-trace lab --kernel debian-6.1   # no ksm tracepoints: the function backend stands in
+  ksm-trace lab --kernel host         # the same scenario on the running kernel
+  ksm-trace lab --kernel ~/linux/arch/x86/boot/bzImage          # a kernel you built
+  ksm-trace lab --compare debian-6.1 debian-6.12 --runs 3       # two kernels, then compare")]
     Lab(LabArgs),
     /// Run a workload without tracing (for use with other tools), printing KSM's counters.
     #[command(after_help = "\
@@ -657,10 +659,19 @@ pub struct DoctorArgs {
 
 #[derive(Debug, Args)]
 pub struct LabArgs {
-    /// Kernel to run the scenario on: debian-6.12, debian-6.1 (booted under QEMU), or host
-    /// (the running kernel, no guest: it drives the host's KSM and restores its knobs).
+    /// Kernel to run the scenario on: debian-6.12, debian-6.1 (booted under QEMU), the path of
+    /// a kernel image you built (arch/x86/boot/bzImage; docs/lab.md lists the config it
+    /// needs), or host (the running kernel, no guest: it drives the host's KSM and restores its
+    /// knobs).
     #[arg(long, default_value = "debian-6.12")]
     pub kernel: String,
+    /// Run the scenario on two kernels (names or paths, as --kernel takes them), alternating,
+    /// and print `compare`'s table of their recordings.
+    #[arg(long, num_args = 2, value_names = ["A", "B"])]
+    pub compare: Option<Vec<String>>,
+    /// With --compare: runs on each kernel.
+    #[arg(long, default_value = "1")]
+    pub runs: u32,
     /// Re-download the kernel and rebuild the guest image.
     #[arg(long)]
     pub refresh: bool,
@@ -684,6 +695,8 @@ impl LabArgs {
             timeout: self.timeout,
             console: self.console.clone(),
             json: self.json,
+            compare: self.compare.as_ref().map(|k| (k[0].clone(), k[1].clone())),
+            runs: self.runs,
         }
     }
 }

@@ -22,6 +22,7 @@ tests! {
     lab_traces_debian_6_1_through_the_function_backend: Root,
     lab_runs_the_scenario_on_the_host_kernel: Root,
     lab_refuses_guest_options_for_the_host: Nothing,
+    lab_boots_a_kernel_image_given_by_its_path: Root,
     lab_on_the_host_stopped_by_sigterm_cleans_up: Root,
 }
 
@@ -489,4 +490,54 @@ fn lab_on_the_host_stopped_by_sigterm_cleans_up() {
     );
     assert!(!Path::new(&run_dir).exists(), "{run_dir} left behind");
     session.assert_left_as_found();
+}
+
+/// A kernel a developer built is given by its path: the lab checks its config where it finds
+/// one (the build tree's `.config`) and refuses, before booting, one that lacks what the lab
+/// needs; then it boots the image and runs the scenario as for a named kernel. The image here
+/// is Debian's 6.12 from the lab's cache (the mechanism, not a build).
+fn lab_boots_a_kernel_image_given_by_its_path() {
+    let _lock = test_lock();
+    let cache = Path::new("/var/cache/ksm-trace/lab/debian-6.12");
+    let cached = || {
+        std::fs::read_dir(cache)
+            .ok()?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .find(|p| {
+                p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with("vmlinuz-")
+            })
+    };
+    let image = match cached() {
+        Some(image) => image,
+        None => {
+            run_lab("debian-6.12");
+            cached().expect("the lab cached Debian's 6.12")
+        }
+    };
+    assert_clean_error(
+        &["lab", "--kernel", "/nonexistent/arch/x86/boot/bzImage"],
+        "no kernel image at",
+    );
+    // A build tree whose .config lacks KSM: refused in one line, naming it, nothing booted.
+    let tree = std::env::temp_dir().join(format!("ksm-trace-test-tree-{}", std::process::id()));
+    let boot = tree.join("arch/x86/boot");
+    std::fs::create_dir_all(&boot).unwrap();
+    std::fs::copy(&image, boot.join("bzImage")).unwrap();
+    std::fs::write(
+        tree.join(".config"),
+        "# CONFIG_KSM is not set\nCONFIG_BPF_SYSCALL=y\nCONFIG_DEBUG_INFO_BTF=y\nCONFIG_BPF_EVENTS=y\nCONFIG_TRACEPOINTS=y\nCONFIG_DEVTMPFS=y\nCONFIG_BLK_DEV_INITRD=y\nCONFIG_SERIAL_8250_CONSOLE=y\n",
+    )
+    .unwrap();
+    let bz = boot.join("bzImage");
+    assert_clean_error(&["lab", "--kernel", bz.to_str().unwrap()], "CONFIG_KSM");
+    assert!(pids_named("ksm-lab").is_empty(), "a guest was started");
+    std::fs::remove_dir_all(&tree).unwrap();
+    // The image by its path: booted, the scenario run to its end.
+    let (pid, t) = run_lab_in_guest(image.to_str().unwrap(), "6.12.");
+    assert_eq!(t["kernel"], image.to_str().unwrap());
+    assert_record_holds_up(&t);
+    assert_nothing_left(pid);
 }

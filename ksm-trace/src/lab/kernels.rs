@@ -1,7 +1,11 @@
 //! The kernels the lab can boot: a name (`debian-6.12`) → the newest matching Debian package,
-//! downloaded once into /var/cache/ksm-trace/lab/<name>/ and checked for what ksm-trace needs.
-//! (6.12 has the ksm:* tracepoints, fentry/fexit and kprobes; 6.1 predates the tracepoints.)
-use std::{fs, path::Path};
+//! downloaded once into /var/cache/ksm-trace/lab/<name>/ and checked for what ksm-trace needs
+//! (6.12 has the ksm:* tracepoints, fentry/fexit and kprobes; 6.1 predates the tracepoints); or
+//! the path of a kernel image the user built, checked against its build tree's `.config`.
+use std::{
+    fs,
+    path::{Path, PathBuf},
+};
 
 use anyhow::{Context as _, Result, bail};
 
@@ -32,27 +36,90 @@ pub const KERNELS: [LabKernel; 2] = [
     },
 ];
 
-/// Kernel config options ksm-trace cannot do without.
-const REQUIRED_CONFIG: [&str; 4] = [
+/// Kernel config options the lab's guest cannot do without: KSM, the BPF syscall with BTF
+/// (ksm-trace reads struct offsets from it) and BPF programs on tracepoints, devtmpfs (the
+/// guest's /dev), an initramfs and a serial console (the scenario's only way out).
+pub const REQUIRED_CONFIG: [&str; 8] = [
     "CONFIG_KSM",
-    "CONFIG_DEBUG_INFO_BTF",
     "CONFIG_BPF_SYSCALL",
+    "CONFIG_DEBUG_INFO_BTF",
+    "CONFIG_BPF_EVENTS",
+    "CONFIG_TRACEPOINTS",
     "CONFIG_DEVTMPFS",
+    "CONFIG_BLK_DEV_INITRD",
+    "CONFIG_SERIAL_8250_CONSOLE",
 ];
 
-pub fn find(name: &str) -> Result<LabKernel> {
-    KERNELS
-        .iter()
-        .copied()
-        .find(|k| k.name == name)
-        .ok_or_else(|| {
-            let known: Vec<&str> = KERNELS.iter().map(|k| k.name).collect();
-            anyhow::anyhow!(
-                "unknown lab kernel {name:?}: use one of {}, or {}",
-                known.join(", "),
-                super::HOST
-            )
-        })
+/// A kernel a lab run boots.
+#[derive(Clone, Debug)]
+pub enum Kernel {
+    /// One of Debian's, fetched by name.
+    Debian(LabKernel),
+    /// An image the user built (`arch/x86/boot/bzImage`).
+    Built(PathBuf),
+}
+
+/// The kernel `name` says: a Debian one by name, or a kernel image at that path.
+pub fn find(name: &str) -> Result<Kernel> {
+    if let Some(k) = KERNELS.iter().find(|k| k.name == name) {
+        return Ok(Kernel::Debian(*k));
+    }
+    let path = Path::new(name);
+    if path.is_file() {
+        return Ok(Kernel::Built(path.to_owned()));
+    }
+    if name.contains('/') {
+        bail!(
+            "no kernel image at {name}: give the path of a bzImage you built (arch/x86/boot/bzImage)"
+        );
+    }
+    let known: Vec<&str> = KERNELS.iter().map(|k| k.name).collect();
+    bail!(
+        "unknown lab kernel {name:?}: use one of {}, {}, or the path of a bzImage you built",
+        known.join(", "),
+        super::HOST
+    )
+}
+
+impl Kernel {
+    pub fn name(&self) -> String {
+        match self {
+            Kernel::Debian(k) => k.name.to_owned(),
+            Kernel::Built(path) => path.display().to_string(),
+        }
+    }
+
+    /// The image to boot, its config checked where there is one.
+    pub fn image(&self, refresh: bool) -> Result<KernelImage> {
+        match self {
+            Kernel::Debian(k) => k.image(refresh),
+            Kernel::Built(path) => {
+                let image = KernelImage {
+                    vmlinuz: path.clone(),
+                    config: built_config(path),
+                };
+                match &image.config {
+                    Some(_) => check_config(&self.name(), &image)?,
+                    None => log::warn!(
+                        "no .config found for {} (in its build tree or beside it): BTF and KSM are checked in the guest",
+                        path.display()
+                    ),
+                }
+                Ok(image)
+            }
+        }
+    }
+}
+
+/// A built kernel's config: the build tree's `.config` (the image is `arch/x86/boot/bzImage`
+/// in it), or a `.config`/`config` beside the image.
+fn built_config(image: &Path) -> Option<PathBuf> {
+    image
+        .ancestors()
+        .skip(1)
+        .take(4)
+        .flat_map(|dir| [dir.join(".config"), dir.join("config")])
+        .find(|p| p.is_file())
 }
 
 impl LabKernel {
@@ -63,15 +130,17 @@ impl LabKernel {
         let image = kernel::fetch(&dir, refresh, || {
             kernel::newest_package(self.prefix, self.suffix)
         })?;
-        self.check_config(&image)?;
+        check_config(self.name, &image)?;
         Ok(image)
     }
+}
 
-    fn check_config(&self, image: &KernelImage) -> Result<()> {
+/// Refuses, in one line, a kernel whose config lacks an option of [`REQUIRED_CONFIG`].
+fn check_config(name: &str, image: &KernelImage) -> Result<()> {
+    {
         let Some(path) = &image.config else {
             log::warn!(
-                "{}: no kernel config beside {}, not checked",
-                self.name,
+                "{name}: no kernel config beside {}, not checked",
                 image.vmlinuz.display()
             );
             return Ok(());
@@ -85,8 +154,7 @@ impl LabKernel {
             .collect();
         if !missing.is_empty() {
             bail!(
-                "{} ({}) is built without {}: ksm-trace cannot run on it",
-                self.name,
+                "{name} ({}) is built without {}: the lab cannot run ksm-trace on it (docs/lab.md lists what it needs)",
                 path.display(),
                 missing.join(", ")
             );

@@ -35,6 +35,10 @@ pub struct LabOptions {
     pub console: Option<PathBuf>,
     /// Print the whole transcript as JSON instead of the summary.
     pub json: bool,
+    /// Run the scenario on these two kernels instead, alternating, `runs` times each, and
+    /// print `compare`'s table of the two.
+    pub compare: Option<(String, String)>,
+    pub runs: u32,
 }
 
 /// `--kernel` naming the running kernel.
@@ -56,16 +60,10 @@ pub fn run(args: &LabOptions) -> Result<()> {
             started.elapsed().as_secs_f64()
         )
     };
-    let transcript = if args.kernel == HOST {
-        if args.refresh || args.console.is_some() {
-            bail!("--refresh and --console apply to guests only: drop them with --kernel host");
-        }
-        let run_dir = RunDir::create("lab")?;
-        eprintln!("ksm-trace lab: running the scenario on this kernel (about 10 s)");
-        host::run(run_dir.path(), progress)?
-    } else {
-        in_guest(&kernels::find(&args.kernel)?, args, progress)?
-    };
+    if let Some((a, b)) = &args.compare {
+        return compare(args, a, b);
+    }
+    let transcript = scenario_on(&args.kernel, args, progress)?;
     if !transcript.problems.is_empty() {
         eprintln!("{}", transcript.diagnostics);
     }
@@ -87,18 +85,93 @@ pub fn run(args: &LabOptions) -> Result<()> {
             .map_or("?".into(), |s| format!("{s:.1} s")),
         started.elapsed().as_secs_f64()
     );
+    if args.kernel != HOST {
+        println!("  {TCG_NOTE}");
+    }
     print!("{}", summary::text(&transcript));
     Ok(())
 }
 
+/// The scenario's transcript on `kernel`: [`HOST`], a Debian kernel by name, or a built image.
+fn scenario_on(kernel: &str, args: &LabOptions, progress: impl FnMut(&str)) -> Result<Transcript> {
+    if kernel == HOST {
+        if args.refresh || args.console.is_some() {
+            bail!("--refresh and --console apply to guests only: drop them with --kernel host");
+        }
+        let run_dir = RunDir::create("lab")?;
+        eprintln!("ksm-trace lab: running the scenario on this kernel (about 10 s)");
+        return host::run(run_dir.path(), progress);
+    }
+    let kernel = kernels::find(kernel)?;
+    let transcript = in_guest(&kernel, args, progress)?;
+    if let kernels::Kernel::Built(path) = &kernel {
+        refuse_what_the_guest_lacks(path, &transcript)?;
+    }
+    Ok(transcript)
+}
+
+/// A built kernel without BTF or KSM boots, but ksm-trace cannot run on it: say which, in one
+/// line, from what `doctor` found in the guest.
+fn refuse_what_the_guest_lacks(path: &std::path::Path, t: &Transcript) -> Result<()> {
+    let caps = t.doctor.json.as_ref().map(|d| &d["capabilities"]);
+    let has = |what: &str| caps.is_none_or(|c| c[what].as_bool() != Some(false));
+    if !has("btf") {
+        bail!(
+            "the kernel at {} has no BTF (/sys/kernel/btf/vmlinux is missing in the guest): build it with CONFIG_DEBUG_INFO_BTF=y",
+            path.display()
+        );
+    }
+    if !has("ksm") {
+        bail!(
+            "the kernel at {} has no KSM (/sys/kernel/mm/ksm is missing in the guest): build it with CONFIG_KSM=y",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+/// `lab --compare A B --runs N`: the scenario on A and B in turn, N times each, then
+/// `compare`'s table of their recordings.
+fn compare(args: &LabOptions, a: &str, b: &str) -> Result<()> {
+    let dir = RunDir::create("lab-compare")?;
+    let mut sides: [Vec<PathBuf>; 2] = Default::default();
+    for run in 0..args.runs.max(1) {
+        for (side, kernel) in [a, b].into_iter().enumerate() {
+            eprintln!(
+                "ksm-trace lab: run {} of {} on {kernel}",
+                run + 1,
+                args.runs.max(1)
+            );
+            let t = scenario_on(kernel, args, |line| eprintln!("ksm-trace lab: {line}"))?;
+            let recording = t.recording.ok_or_else(|| {
+                anyhow::anyhow!(
+                    "{kernel}: record did not finish in the scenario ({})",
+                    t.record.stderr.lines().next().unwrap_or("no output")
+                )
+            })?;
+            let path = dir.join(&format!("{side}-{run}.json"));
+            fs::write(&path, recording.to_string())?;
+            sides[side].push(path);
+        }
+    }
+    let comparison = crate::compare::compare(&sides[0], &sides[1], false)?;
+    print!("{}", crate::compare::text::render(&comparison));
+    println!("{TCG_NOTE}");
+    Ok(())
+}
+
+/// Said wherever guest timings are shown.
+pub const TCG_NOTE: &str = "timings in the guests are emulated (QEMU TCG: no usable KVM here): compare them between kernels booted the same way, not with the host's";
+
 /// Boots `kernel` with this ksm-trace inside and returns what its scenario printed.
 fn in_guest(
-    kernel: &kernels::LabKernel,
+    kernel: &kernels::Kernel,
     args: &LabOptions,
     progress: impl FnMut(&str),
 ) -> Result<Transcript> {
     crate::guest::check_prerequisites()?;
     let image = kernel.image(args.refresh)?;
+    let name = kernel.name();
     let run_dir = RunDir::create("lab")?;
 
     let exe = std::env::current_exe().context("finding ksm-trace's own executable")?;
@@ -106,8 +179,7 @@ fn in_guest(
     image::write(&exe, &initramfs).context("building the lab guest's initramfs")?;
 
     eprintln!(
-        "ksm-trace lab: booting {} ({}) under TCG (about 20 s here, longer on a slower host)",
-        kernel.name,
+        "ksm-trace lab: booting {name} ({}) under TCG (about 20 s here, longer on a slower host)",
         image.vmlinuz.display()
     );
     let mut guest = guest::spawn(&image.vmlinuz, &initramfs, run_dir.path())?;
@@ -122,20 +194,16 @@ fn in_guest(
         guest.console_tail(TAIL_LINES)
     );
     match outcome {
-        Outcome::Done => Ok(Transcript::from_console(kernel.name, &console, tail)),
+        Outcome::Done => Ok(Transcript::from_console(&name, &console, tail)),
         Outcome::Exited(status) => {
             eprintln!("{tail}");
-            bail!(
-                "the {} guest stopped before the scenario finished ({status})",
-                kernel.name
-            )
+            bail!("the {name} guest stopped before the scenario finished ({status})")
         }
         Outcome::Stopped(why) => bail!("the lab was stopped ({why}); the guest is ended"),
         Outcome::TimedOut => {
             eprintln!("{tail}");
             bail!(
-                "the {} guest did not finish the scenario within {} (raise --timeout)",
-                kernel.name,
+                "the {name} guest did not finish the scenario within {} (raise --timeout)",
                 humantime::format_duration(args.timeout)
             )
         }
