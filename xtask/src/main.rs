@@ -11,9 +11,11 @@
 //!   debian-6.12), or on the running kernel (`host`);
 //! - `fixture`: re-records the small recording the rendering tests read, and their golden files;
 //! - `pictures`: README's flame graph and chart, from a real `record --workload vms:4`;
+//! - `kernel [--patch FILE]`: a kernel the lab can boot, built from Debian's source, cached;
 //! - `dist`, `install [--uninstall]`: the Debian package, or the same files under /usr/local.
 mod dist;
 mod fixture;
+mod kernel;
 mod pictures;
 mod selftests;
 mod setup;
@@ -56,6 +58,14 @@ enum Cmd {
     },
     /// Regenerate the committed rendering fixture (a small real recording) and its golden outputs.
     Fixture,
+    /// Build a kernel the lab can boot (`ksm-trace lab --kernel PATH`) from Debian's
+    /// linux-source-6.12, with a patch applied or without; cached by the patch's hash (a cold
+    /// build takes about 20 min on two cores). Prints the image's path.
+    Kernel {
+        /// A patch to apply first (-p1, against linux-source-6.12).
+        #[arg(long)]
+        patch: Option<std::path::PathBuf>,
+    },
     /// Regenerate README's pictures (docs/images/): record the card's command, `record
     /// --workload vms:4`, then draw its flame graph of ksmd's cost and its memory-saved chart.
     Pictures,
@@ -165,6 +175,7 @@ fn main() -> Result<()> {
             cargo(&env, &["build", "--package", "ksm-trace"], false)?;
             fixture::regenerate(&env)
         }
+        Cmd::Kernel { patch } => kernel::build(patch.as_deref()).map(drop),
         Cmd::Pictures => {
             let env = setup::run()?;
             cargo(&env, &["build", "--package", "ksm-trace"], true)?;

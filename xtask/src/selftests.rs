@@ -36,7 +36,7 @@ pub fn ensure() -> Result<PathBuf> {
 }
 
 /// The version apt would download (apt lists refreshed first if the package is unknown).
-fn candidate_version() -> Result<String> {
+pub fn candidate_version() -> Result<String> {
     let candidate = || {
         output(Command::new("apt-cache").args(["policy", PACKAGE])).and_then(|text| {
             text.lines()
@@ -56,7 +56,9 @@ fn candidate_version() -> Result<String> {
     })
 }
 
-fn build(work: &Path, dir: &Path) -> Result<()> {
+/// Downloads Debian's kernel source package into `work` and unpacks its tree there; returns
+/// the tree (`work/linux-source-6.12`).
+pub fn unpack_source(work: &Path) -> Result<PathBuf> {
     // apt verifies the package against the archive's signed Release file.
     run_checked(
         Command::new("apt-get")
@@ -79,7 +81,12 @@ fn build(work: &Path, dir: &Path) -> Result<()> {
     if !status.success() {
         bail!("unpacking {} failed ({status})", deb.display());
     }
-    let tree = work.join(PACKAGE);
+    let _ = fs::remove_file(&deb);
+    Ok(work.join(PACKAGE))
+}
+
+fn build(work: &Path, dir: &Path) -> Result<()> {
+    let tree = unpack_source(work)?;
     // The selftests include the kernel's own uapi headers (newer than the system's).
     run_checked(
         Command::new("make")
