@@ -137,28 +137,25 @@ impl LabKernel {
 
 /// Refuses, in one line, a kernel whose config lacks an option of [`REQUIRED_CONFIG`].
 fn check_config(name: &str, image: &KernelImage) -> Result<()> {
-    {
-        let Some(path) = &image.config else {
-            log::warn!(
-                "{name}: no kernel config beside {}, not checked",
-                image.vmlinuz.display()
-            );
-            return Ok(());
-        };
-        let text =
-            fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let missing: Vec<&str> = REQUIRED_CONFIG
-            .iter()
-            .copied()
-            .filter(|opt| !text.lines().any(|l| l.trim() == format!("{opt}=y")))
-            .collect();
-        if !missing.is_empty() {
-            bail!(
-                "{name} ({}) is built without {}: the lab cannot run ksm-trace on it (docs/lab.md lists what it needs)",
-                path.display(),
-                missing.join(", ")
-            );
-        }
-        Ok(())
+    let Some(path) = &image.config else {
+        log::warn!(
+            "{name}: no kernel config beside {}, not checked",
+            image.vmlinuz.display()
+        );
+        return Ok(());
+    };
+    let text = fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let missing: Vec<&str> = REQUIRED_CONFIG
+        .iter()
+        .copied()
+        .filter(|opt| !text.lines().any(|l| l.trim() == format!("{opt}=y")))
+        .collect();
+    if !missing.is_empty() {
+        bail!(
+            "{name} ({}) is built without {}: the lab cannot run ksm-trace on it (docs/lab.md lists what it needs)",
+            path.display(),
+            missing.join(", ")
+        );
     }
+    Ok(())
 }

@@ -5,7 +5,10 @@ use std::fmt::Write as _;
 use crate::{
     histogram::Summary,
     recording::schema::CowMechanism,
-    report::{histogram::fmt_ns, model::Report},
+    report::{
+        histogram::fmt_ns,
+        model::{ProcessReport, Report},
+    },
 };
 
 pub(super) fn section(o: &mut String, r: &Report) {
@@ -33,17 +36,23 @@ pub(super) fn section(o: &mut String, r: &Report) {
             n => format!(" ({} more traced than counted)", -n),
         }
     );
-    let at_fault = broke.iter().any(|p| p.zero_page_breaks.is_some());
-    if !at_fault {
+    if !broke.iter().any(|p| p.zero_page_breaks.is_some()) {
         return;
     }
     let zero: u64 = broke.iter().filter_map(|p| p.zero_page_breaks).sum();
     let closed: u64 = broke.iter().filter_map(|p| p.cow_closed).sum();
+    // With both mechanisms, the fault tracepoints' figures are the ones beside fentry's.
+    let both = broke.iter().any(|p| p.cow_at_fault_ns.is_some());
+    let at_fault = |p: &ProcessReport| match (p.cow_breaks_at_fault, p.cow_at_fault_ns) {
+        (Some(n), Some(l)) => (n, l),
+        _ => (p.cow_breaks.unwrap_or(0), p.cow_fault_ns),
+    };
+    let seen: u64 = broke.iter().map(|p| at_fault(p).0).sum();
     let _ = writeln!(
         o,
         "\nCOW breaks per process (page fault tracepoints): writes to KSM pages and to KSM's zero page ({zero}; not in cow_ksm), each break's latency from the fault to the TLB flush that installs the copy ({closed} of {} closed){}",
-        cow + zero,
-        if r.processes.iter().any(|p| p.cow_breaks_at_fault.is_some()) {
+        seen + zero,
+        if both {
             "; DO_WP_PAGE: fentry's count and latency on the same faults"
         } else {
             ""
@@ -58,18 +67,14 @@ pub(super) fn section(o: &mut String, r: &Report) {
         "p50",
         "p99",
         "MAX",
-        if at_fault && broke.iter().any(|p| p.cow_at_fault_ns.is_some()) {
+        if both {
             format!(" {:>12} {:>10}", "DO_WP_PAGE", "p50")
         } else {
             String::new()
         }
     );
     for p in broke {
-        // With both mechanisms, the fault tracepoints' figures are the ones beside fentry's.
-        let (ksm, lat) = match (&p.cow_breaks_at_fault, &p.cow_at_fault_ns) {
-            (Some(n), Some(l)) => (*n, *l),
-            _ => (p.cow_breaks.unwrap_or(0), p.cow_fault_ns),
-        };
+        let (ksm, lat) = at_fault(p);
         let compared = match &p.cow_at_fault_ns {
             Some(_) => format!(
                 " {:>12} {:>10}",
