@@ -178,6 +178,13 @@ const KSM_TRACE_MODES: [Mode; 5] = [
     ),
 ];
 
+/// How a window of the sampled default spent its time on the bracket.
+struct Duty {
+    attached: f64,
+    switching: f64,
+    coverage_windows: u64,
+}
+
 /// One scenario's figures.
 struct Figures {
     name: &'static str,
@@ -204,6 +211,10 @@ struct Figures {
     sampled_merges: u64,
     /// The sampled default's attach and detach calls: mean ns of each, per window.
     switch_ns: Vec<(u64, u64)>,
+    /// Per window of the sampled default (each a fresh recording): the share of it the
+    /// bracket was attached, the share its attach and detach calls took, and the windows it
+    /// opened for coverage (the first timed merges of each merging process).
+    default_duty: Vec<Duty>,
     /// Short windows' ratios: the default between its sampling windows, with the bracket
     /// attached, and between them with the profiler at [`FAST_PROFILE_HZ`].
     between: Vec<f64>,

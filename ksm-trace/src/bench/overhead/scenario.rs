@@ -9,8 +9,8 @@ use std::{
 use anyhow::{Result, bail};
 
 use super::{
-    FAST_PROFILE_HZ, Figures, KSM_TRACE_MODES, OverheadBench, Scenario, ShortState, TEARDOWN_GAP,
-    Tracer, bpftrace,
+    Duty, FAST_PROFILE_HZ, Figures, KSM_TRACE_MODES, OverheadBench, Scenario, ShortState,
+    TEARDOWN_GAP, Tracer, bpftrace,
     stats::against_neighbours,
     window::{OtherProcess, Window, merge_latencies, window},
 };
@@ -110,6 +110,7 @@ impl Figures {
             head_lags: Histogram::new(),
             sampled_ages: Histogram::new(),
             switch_ns: Vec::new(),
+            default_duty: Vec::new(),
             between: Vec::new(),
             armed: Vec::new(),
             fast_profile: Vec::new(),
@@ -120,7 +121,13 @@ impl Figures {
     }
 
     /// What a window of the sampled default or of `always` adds to the latency comparison.
-    fn note_latency(&mut self, mode: LatencyMode, w: &Window, policy: &bracket::BracketPolicy) {
+    fn note_latency(
+        &mut self,
+        mode: LatencyMode,
+        w: &Window,
+        policy: &bracket::BracketPolicy,
+        length: Duration,
+    ) {
         match mode {
             LatencyMode::Auto => {
                 self.sampled_windows.push(merge_latencies(&w.collector));
@@ -128,6 +135,7 @@ impl Figures {
                 if let (Some(on), Some(off)) = policy.switch_ns() {
                     self.switch_ns.push((on, off));
                 }
+                self.default_duty.push(duty(policy, length));
                 if let Some(lag) = policy.burst_head_ns() {
                     self.head_lags.record(lag);
                 }
@@ -184,7 +192,7 @@ impl Run<'_> {
                     ..mode_options(mode.latency, mode.batches)
                 };
                 let (w, _, policy) = self.traced(options, mode.latency, length).await?;
-                s.note_latency(mode.latency, &w, &policy);
+                s.note_latency(mode.latency, &w, &policy, length);
                 Ok(w)
             }
             Tracer::Bpftrace(script) => {
@@ -279,6 +287,26 @@ fn mode_options(mode: LatencyMode, batches: bool) -> ProbeOptions {
     ProbeOptions {
         batches,
         ..ProbeOptions::new(mode)
+    }
+}
+
+/// How much of a window of `length`, just ended, `policy` had the bracket attached and spent
+/// attaching and detaching it.
+fn duty(policy: &bracket::BracketPolicy, length: Duration) -> Duty {
+    let (closed, open) = policy.windows();
+    let now = crate::kernel::monotonic_ns();
+    let attached: u64 = closed
+        .iter()
+        .map(|(a, b)| b.saturating_sub(*a))
+        .sum::<u64>()
+        + open.map_or(0, |since| now.saturating_sub(since));
+    let (on, off) = policy.switch_ns();
+    let switching = policy.windows_opened() * (on.unwrap_or(0) + off.unwrap_or(0));
+    let length = length.as_nanos() as f64;
+    Duty {
+        attached: attached as f64 / length,
+        switching: switching as f64 / length,
+        coverage_windows: policy.coverage_windows(),
     }
 }
 

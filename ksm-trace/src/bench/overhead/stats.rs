@@ -6,8 +6,8 @@ use super::window::Rates;
 use crate::probes::bracket;
 pub(super) use crate::stats::{mean, mean_ci};
 
-/// What the default must keep of ksmd's untraced scan rate.
-pub(super) const TARGET: f64 = 0.98;
+/// What the default must keep of ksmd's untraced scan rate while merging.
+pub(super) const TARGET: f64 = 0.99;
 
 /// A figure for the default's ratio: how it was measured, its mean and 95 % half-width, and
 /// the control ratios of the untraced windows of the same design (its noise).
@@ -19,24 +19,23 @@ pub(super) struct Estimate {
 }
 
 /// The default's ratio composed from its two states: `between` (every program but the bracket)
-/// for 1 − d of the time and `armed` (the bracket attached) for d = SAMPLE_ON ÷ SAMPLE_PERIOD,
-/// as the default spends its time while merging, less its attach and detach calls' time per
-/// period (`switch_ns`), counted as if all of it were taken from ksmd. The half-width combines
-/// the two means' intervals (independent windows). None without windows of both states.
+/// for 1 − d of the time and `armed` (the bracket attached) for the share d (`duty.0`), less the
+/// share of time its attach and detach calls took (`duty.1`), counted as if all of it were
+/// taken from ksmd. The half-width combines the two means' intervals (independent windows).
+/// None without windows of both states.
 pub(super) fn composed(
     between: &[f64],
     armed: &[f64],
-    switch_ns: f64,
+    (d, switches): (f64, f64),
+    how: &str,
     control: Vec<f64>,
 ) -> Option<Estimate> {
     if between.is_empty() || armed.is_empty() {
         return None;
     }
-    let d = bracket_duty();
     let ((mb, hb), (ma, ha)) = (mean_ci(between), mean_ci(armed));
-    let switches = switch_ns / bracket::SAMPLE_PERIOD.as_nanos() as f64;
     Some(Estimate {
-        how: "composed from short windows".to_owned(),
+        how: how.to_owned(),
         mean: (1.0 - d) * mb + d * ma - switches,
         half: hb.zip(ha).map(|(hb, ha)| ((1.0 - d) * hb).hypot(d * ha)),
         control,
@@ -83,9 +82,19 @@ pub(super) fn verdict(estimates: &[Estimate]) -> String {
     }
 }
 
-/// The share of a merging period the sampled default has its bracket attached.
+/// The share of a merging period the sampled default has its bracket attached once every
+/// merging process has its timed merges (no more coverage windows): a long recording's.
 pub(super) fn bracket_duty() -> f64 {
     bracket::SAMPLE_ON.as_secs_f64() / bracket::SAMPLE_PERIOD.as_secs_f64()
+}
+
+/// The steady state's duty and its attach and detach calls' share of time (`switch_ns`, one
+/// window per period).
+pub(super) fn steady_duty(switch_ns: f64) -> (f64, f64) {
+    (
+        bracket_duty(),
+        switch_ns / bracket::SAMPLE_PERIOD.as_nanos() as f64,
+    )
 }
 
 /// Each untraced window against the untraced windows either side of it (a traced window away,
@@ -161,7 +170,7 @@ mod tests {
 
     #[test]
     fn the_verdict_needs_the_whole_interval_on_one_side() {
-        assert!(verdict(&[windows(&[0.99, 0.991, 0.989])]).contains("met"));
+        assert!(verdict(&[windows(&[0.995, 0.996, 0.994])]).contains("met"));
         assert!(verdict(&[windows(&[0.95, 0.951, 0.949])]).contains("missed"));
         let unsure = verdict(&[windows(&[0.95, 1.01, 0.98])]);
         assert!(unsure.contains("cannot be told"), "{unsure}");
@@ -173,7 +182,7 @@ mod tests {
         let wide = windows(&[0.95, 1.01, 0.98]);
         let narrow = Estimate {
             how: "composed".to_owned(),
-            mean: 0.99,
+            mean: 0.997,
             half: Some(0.005),
             control: Vec::new(),
         };
@@ -184,17 +193,22 @@ mod tests {
     fn the_composition_weighs_the_states_by_their_time_and_charges_the_switches() {
         // 99 % of the time at 0.99 (mean of 0.98, 1.00), 1 % at 0.5 (mean of 0.4, 0.6), and
         // 2 ms of attach + detach per sampling period: 0.9801 + 0.005 − 2 ms ÷ period.
-        let c = composed(&[0.98, 1.0], &[0.4, 0.6], 2e6, Vec::new()).unwrap();
+        let c = composed(&[0.98, 1.0], &[0.4, 0.6], steady_duty(2e6), "", Vec::new()).unwrap();
         let switches = 2e6 / bracket::SAMPLE_PERIOD.as_nanos() as f64;
         assert!((c.mean - (0.9851 - switches)).abs() < 1e-9, "{}", c.mean);
         // t(0.975, 1 df) = 12.706; each mean's half-width 12.706 × 0.1414 / √2.
         let (hb, ha): (f64, f64) = (12.706 * 0.01, 12.706 * 0.1);
         let expect = (0.99 * hb).hypot(0.01 * ha);
         assert!((c.half.unwrap() - expect).abs() < 1e-3, "{:?}", c.half);
-        assert!(composed(&[0.99], &[], 0.0, Vec::new()).is_none());
+        assert!(composed(&[0.99], &[], steady_duty(0.0), "", Vec::new()).is_none());
         assert_eq!(
-            composed(&[0.99], &[0.5], 0.0, Vec::new()).unwrap().half,
+            composed(&[0.99], &[0.5], steady_duty(0.0), "", Vec::new())
+                .unwrap()
+                .half,
             None
         );
+        // A short recording's own duty: 3 % attached, 0.1 % switching.
+        let c = composed(&[1.0], &[0.5], (0.03, 0.001), "", Vec::new()).unwrap();
+        assert!((c.mean - (0.97 + 0.015 - 0.001)).abs() < 1e-9, "{}", c.mean);
     }
 }
