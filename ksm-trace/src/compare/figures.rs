@@ -29,6 +29,11 @@ pub struct Figure {
     /// The within-run units it is the mean of, and what they are (empty: none).
     pub units: Vec<f64>,
     pub units_are: &'static str,
+    /// What a single run's noise floor is a share of, if not the figure itself: a phase's
+    /// share moves between runs of one configuration by more than its samples say (which pages
+    /// a run's first scans met), so its floor is taken of the run's ns per page overall.
+    #[serde(default)]
+    pub floor_of: Option<f64>,
 }
 
 /// Every figure of `rec`, in the order `compare` prints them.
@@ -50,6 +55,7 @@ pub fn of(rec: &Recording) -> Vec<Figure> {
             value: value.filter(|v| v.is_finite()),
             units,
             units_are,
+            floor_of: None,
         };
     let samples = "1 s samples";
     let mut figures = vec![
@@ -144,20 +150,49 @@ pub fn of(rec: &Recording) -> Vec<Figure> {
         ),
     ];
     if let Some(phases) = &report.phases {
+        let overall = figures.iter().find(|f| f.name == "ns per page scanned");
+        let per_page = overall.and_then(|f| f.value);
+        // How well the run's ns per page is known (its 1 s samples): a phase's ns per page is
+        // that × its share, so its interval carries both.
+        let overall_rel = overall.map_or(0.0, |f| {
+            let (m, h) = crate::stats::mean_ci(&f.units);
+            h.map_or(0.0, |h| h / m)
+        });
         for p in phases.phases.iter().filter(|p| p.phase != Phase::Other) {
-            let half = pages.map(|pg| cpu_s * 1e9 / pg * (p.share_ci.1 - p.share_ci.0) / 2.0);
+            let rel = |v: f64| {
+                let share_rel = (p.share_ci.1 - p.share_ci.0) / 2.0 / p.share;
+                v * share_rel.hypot(overall_rel)
+            };
+            // A share known no better than ±WIDE (the report's "too wide to read finely") gives
+            // no interval, so no single-run verdict: with 40-odd samples, one of seven phases
+            // would differ by chance in two runs of one configuration.
+            let known = (p.share_ci.1 - p.share_ci.0) / 2.0 <= crate::report::phases::WIDE;
+            let interval = |v: Option<f64>| match v {
+                Some(v) if p.share > 0.0 && known => vec![v - rel(v), v + rel(v)],
+                _ => Vec::new(),
+            };
             figures.push(Figure {
                 name: format!("ns per page: {}", p.name),
                 unit: "ns",
                 better: Better::Lower,
                 value: p.ns_per_page,
-                // Not units: the share's interval, carried as [value − half, value + half].
-                units: match (p.ns_per_page, half) {
-                    (Some(v), Some(h)) => vec![v - h, v + h],
-                    _ => Vec::new(),
-                },
+                // Not units: the interval, carried as [value − half, value + half].
+                units: interval(p.ns_per_page),
                 units_are: "share's interval",
+                floor_of: per_page,
             });
+            // A change in the merge path shows per merge, whatever the pages scanned.
+            if p.ns_per_merge.is_some() {
+                figures.push(Figure {
+                    name: format!("ns per merge: {}", p.name),
+                    unit: "ns",
+                    better: Better::Lower,
+                    value: p.ns_per_merge,
+                    units: interval(p.ns_per_merge),
+                    units_are: "share's interval",
+                    floor_of: None,
+                });
+            }
         }
     }
     figures

@@ -6,9 +6,11 @@
 //! The unit that makes runs comparable: with two or more runs on each side, the runs (Welch's
 //! t over the runs' values: the machine's run-to-run noise is in it). With one run on each
 //! side, the units inside each run (its 1 s samples, or its full scans; for a phase, the
-//! interval of its share of the stack samples); those cannot see how runs differ from each
-//! other, so a difference must also exceed [`NOISE`], the run-to-run noise `bench overhead`'s
-//! control rows measure on this kind of machine, before it is told.
+//! interval of its share of the stack samples combined with that of the run's ns per page);
+//! those cannot see how runs differ from each other, so a difference must also exceed
+//! [`NOISE`], the run-to-run noise `bench overhead`'s control rows measure on this kind of
+//! machine, before it is told (for a phase's ns per page, [`NOISE`] of the run's ns per page
+//! overall: how ksmd's time splits between phases moves between runs too).
 pub mod figures;
 pub mod text;
 
@@ -107,7 +109,8 @@ pub fn compare(a: &[PathBuf], b: &[PathBuf], force: bool) -> Result<Comparison> 
             )
         } else {
             format!(
-                "one run per side: the units inside each run (1 s samples, full scans, a phase's share of the stack samples), and a difference must exceed {:.0} %, this machine's run-to-run noise, to be told; several runs per side (A1 A2 -- B1 B2) judge by the runs",
+                "one run per side: the units inside each run (1 s samples, full scans, a phase's share of the stack samples, told only when known within ±{:.0} points in both runs: more samples with --profile-hz or a longer run), and a difference must exceed {:.0} %, this machine's run-to-run noise, to be told; several runs per side (A1 A2 -- B1 B2) judge by the runs",
+                crate::report::phases::WIDE * 100.0,
                 NOISE * 100.0
             )
         },
@@ -136,7 +139,7 @@ fn row(a: &[Figure], b: &[Figure], repeated: bool) -> Row {
                 _ => None,
             };
             let h = half_of(&a[0]).zip(half_of(&b[0])).map(|(p, q)| p.hypot(q));
-            (Some(y - x), h, NOISE * x.abs())
+            (Some(y - x), h, NOISE * first.floor_of.unwrap_or(x).abs())
         }
         (Some(x), Some(y)) => {
             // The units' mean need not be the run's value (a ratio of sums): the difference
@@ -212,4 +215,48 @@ fn differences(a: &Recording, b: &Recording) -> BTreeMap<String, (String, String
         b.profile.frequency_hz.to_string(),
     );
     d
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn phase(value: f64, half: Option<f64>, floor_of: Option<f64>) -> Figure {
+        Figure {
+            name: "ns per page: checksum".to_owned(),
+            unit: "ns",
+            better: Better::Lower,
+            value: Some(value),
+            units: half.map_or(Vec::new(), |h| vec![value - h, value + h]),
+            units_are: "share's interval",
+            floor_of,
+        }
+    }
+
+    #[test]
+    fn a_phase_without_a_known_share_is_not_told_from_one_run() {
+        // 140 against 397 ns: far apart, but the shares were not known within ±3 points.
+        let r = row(
+            &[phase(140.0, None, Some(1300.0))],
+            &[phase(397.0, None, Some(1300.0))],
+            false,
+        );
+        assert_eq!(r.verdict, Verdict::CannotTell);
+    }
+
+    #[test]
+    fn a_phase_must_move_by_the_noise_of_the_whole_run() {
+        // Tight intervals, a 100 ns rise: 15 % of a 1300 ns run is 195 ns, so not told...
+        let (a, b) = (
+            phase(200.0, Some(10.0), Some(1300.0)),
+            phase(300.0, Some(10.0), Some(1300.0)),
+        );
+        assert_eq!(row(&[a], &[b], false).verdict, Verdict::CannotTell);
+        // ...and a 400 ns rise is, as worse.
+        let (a, b) = (
+            phase(200.0, Some(10.0), Some(1300.0)),
+            phase(600.0, Some(10.0), Some(1300.0)),
+        );
+        assert_eq!(row(&[a], &[b], false).verdict, Verdict::Worse);
+    }
 }
