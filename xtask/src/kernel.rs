@@ -2,8 +2,9 @@
 //! PATH`), built from Debian's `linux-source-6.12` with `x86_64_defconfig` and what ksm-trace
 //! and the lab need turned on, with a patch applied or without. The unpacked tree is kept in
 //! /var/cache/ksm-trace/kernels/ (a cold build takes about 20 minutes on two cores; after a
-//! change to one file in mm/, about 1.5), and each image is kept by the patch's hash, so asking
-//! again for one already built costs nothing. Not part of CI.
+//! change to one file in mm/, about 1.5), and each image is kept with its .config in a
+//! directory named by the patch's hash, so asking again for one already built costs nothing.
+//! Not part of CI.
 use std::{
     fs,
     path::{Path, PathBuf},
@@ -73,7 +74,9 @@ pub fn build(patch: Option<&Path>) -> Result<PathBuf> {
     let label = patch_text.as_deref().map_or("plain".to_owned(), |t| {
         format!("patch-{:08x}", crc32(t.as_bytes()))
     });
-    let image = Path::new(CACHE).join(format!("bzImage-{version}-{label}"));
+    // One directory per image, its config beside it, where the lab looks for one.
+    let dir = Path::new(CACHE).join(format!("{version}-{label}"));
+    let image = dir.join("bzImage");
     if image.is_file() {
         println!("{}", image.display());
         return Ok(image);
@@ -87,9 +90,10 @@ pub fn build(patch: Option<&Path>) -> Result<PathBuf> {
         apply(&tree, text, true)?;
     }
     built?;
-    fs::copy(tree.join("arch/x86/boot/bzImage"), &image)?;
+    fs::create_dir_all(&dir)?;
     // The lab checks the config beside an image it is given.
-    fs::copy(tree.join(".config"), image.with_extension("config"))?;
+    fs::copy(tree.join(".config"), dir.join(".config"))?;
+    fs::copy(tree.join("arch/x86/boot/bzImage"), &image)?;
     eprintln!("xtask: kernel built: {}", image.display());
     println!("{}", image.display());
     Ok(image)
