@@ -15,7 +15,9 @@ use crate::guest::qemu::{Boot, Guest, Machine};
 pub enum Outcome {
     /// The DONE line appeared.
     Done,
-    /// QEMU exited before it (e.g. a kernel panic with panic=-1).
+    /// The guest's kernel panicked (QEMU exits on it): its own account, see [`panic_report`].
+    Panicked(String),
+    /// QEMU exited before it for another reason.
     Exited(ExitStatus),
     TimedOut,
     /// Ctrl-C or SIGTERM ("interrupt", "terminate").
@@ -64,7 +66,10 @@ pub fn wait_done(guest: &mut Guest, timeout: Duration, mut progress: impl FnMut(
             if guest.check_ready(DONE) {
                 return Outcome::Done;
             }
-            return Outcome::Exited(status);
+            return match panic_report(&guest.console()) {
+                Some(report) => Outcome::Panicked(report),
+                None => Outcome::Exited(status),
+            };
         }
         if started.elapsed() >= timeout {
             return Outcome::TimedOut;
@@ -80,5 +85,48 @@ pub fn wait_done(guest: &mut Guest, timeout: Duration, mut progress: impl FnMut(
             last_report = Instant::now();
         }
         std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The console line that says the guest's kernel panicked.
+const PANIC: &str = "Kernel panic - not syncing";
+
+/// What the guest's kernel said when it panicked: the first line of its oops report (`BUG:`,
+/// `Oops:`, `kernel BUG at`, …) when there is one, and the panic line; None when it did not panic.
+pub fn panic_report(console: &str) -> Option<String> {
+    // Console lines carry a `[   89.377932] ` timestamp.
+    let text = |l: &str| l.split_once("] ").map_or(l, |(_, t)| t).trim().to_owned();
+    let panic = console.lines().find(|l| l.contains(PANIC)).map(text)?;
+    let first = console.lines().map(text).find(|t| {
+        ["BUG:", "Oops:", "kernel BUG at", "general protection fault"]
+            .iter()
+            .any(|p| t.starts_with(p))
+    });
+    Some(match first {
+        Some(first) => format!("{first}; {panic}"),
+        None => panic,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panic_is_told_by_its_first_oops_line_and_the_panic_line() {
+        let console = "KSM-TRACE-LAB-BOOTED 4.08 6.12\n\
+            [   89.1] Oops: invalid opcode: 0000 [#1] PREEMPT SMP NOPTI\n\
+            [   89.2] RIP: 0010:__schedule+0x339/0xbf0\n\
+            [   89.3] Kernel panic - not syncing: Fatal exception in interrupt\n";
+        assert_eq!(
+            panic_report(console).unwrap(),
+            "Oops: invalid opcode: 0000 [#1] PREEMPT SMP NOPTI; Kernel panic - not syncing: Fatal exception in interrupt"
+        );
+        assert_eq!(
+            panic_report("[ 1.0] Kernel panic - not syncing: VFS: Unable to mount root fs\n")
+                .unwrap(),
+            "Kernel panic - not syncing: VFS: Unable to mount root fs"
+        );
+        assert_eq!(panic_report("KSM-TRACE-LAB-DONE\n"), None);
     }
 }
