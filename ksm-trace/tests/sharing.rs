@@ -1,7 +1,9 @@
 //! `ksm-trace sharing --now` against a construction the test builds itself: three cgroups
 //! with chosen overlaps (A∩B share one set of identical pages, B∩C another, C also holds a
 //! process with nothing to share), merged by the real ksmd; the matrix must equal the
-//! construction exactly, by process and by cgroup, and across trust domains.
+//! construction exactly, by process and by cgroup, and across trust domains. And what each
+//! process saves and owes: pages with 2, 3 and 4 sharers, split so the savings sum to
+//! pages_sharing exactly, and a process that writes its merged pages allocating what it owed.
 mod common;
 
 use std::{
@@ -15,6 +17,7 @@ use common::*;
 tests! {
     record_by_cgroup_sums_the_construction_exactly: RootAnd(cgroup2_mounted),
     snapshot_matrix_equals_the_construction: RootAnd(cgroup2_mounted),
+    savings_sum_to_pages_sharing_and_a_writer_allocates_what_it_owes: Root,
 }
 
 /// A cgroup made for the test, removed (once empty) on drop.
@@ -250,4 +253,163 @@ fn snapshot_matrix_equals_the_construction() {
     assert!(all_merging(&merged, 500));
     drop(built);
     drop(session);
+}
+
+fn savings_sum_to_pages_sharing_and_a_writer_allocates_what_it_owes() {
+    let session = KsmSession::start("savings");
+    // Three groups of 2, 3 and 4 processes; 4000 pages each, the 2000 identical ones shared
+    // within the group only: KSM pages with 2, 3 and 4 sharers.
+    let tag = std::process::id() as u64;
+    let mut processes = Vec::new();
+    let mut index = 0;
+    for (sharers, nonce) in [(2, tag * 7_919), (3, tag * 104_729), (4, tag * 1_299_709)] {
+        for _ in 0..sharers {
+            processes.push((
+                sharers,
+                TestProcess::start_for(index, 4000, 0.5, nonce, 600.0),
+            ));
+            index += 1;
+        }
+    }
+    let pids: Vec<u32> = processes.iter().map(|(_, p)| p.pid()).collect();
+    assert!(
+        run_ksmd_until("4000", "10", Duration::from_secs(60), || all_merging(
+            &pids, 2000
+        )),
+        "the groups merged"
+    );
+    let knobs = || ["run", "pages_to_scan", "sleep_millisecs"].map(knob);
+    let knobs_before = knobs();
+    // The split (every process KSM tracks, so the totals are the machine's).
+    let out = ksm_trace_json(&["sharing", "--now", "--json"]);
+    let s = &out["savings"];
+    let f = |v: &serde_json::Value| v.as_f64().unwrap_or_else(|| panic!("not a number: {v}"));
+    let pages_sharing = f(&s["pages_sharing"]);
+    assert!(f(&s["stale_pages"]).abs() < 1e-6, "{s}");
+    assert!((f(&s["saved_pages"]) - pages_sharing).abs() < 1e-6, "{s}");
+    let row = |pid: u32| {
+        s["processes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["pid"] == pid)
+            .unwrap_or_else(|| panic!("no savings row for {pid}: {s}"))
+            .clone()
+    };
+    let mut ours = 0.0;
+    for (sharers, p) in &processes {
+        let r = row(p.pid());
+        let want = 2000.0 * (*sharers as f64 - 1.0) / *sharers as f64;
+        assert!(
+            (f(&r["saved_pages"]) - want).abs() < 1e-6,
+            "{sharers} sharers: {r}"
+        );
+        assert_eq!(r["ksm_mappings"], 2000, "{r}");
+        assert_eq!(r["owes_pages"], 2000, "{r}");
+        ours += f(&r["saved_pages"]);
+    }
+    assert!((ours - 2000.0 * (1.0 + 2.0 + 3.0)).abs() < 1e-6);
+    // With zero pages and rmap items, general_profit (each process's bytes are rounded once).
+    let processes_n = s["processes"].as_array().unwrap().len() as f64;
+    assert!(
+        (f(&s["saved_bytes"]) - f(&s["general_profit"])).abs() <= processes_n,
+        "{s}"
+    );
+    // The kernel's per-process profits credit each merged mapping a whole page: over ours by
+    // 9 × 2000 mappings − 12000 pages saved.
+    let kernel_over: f64 = processes
+        .iter()
+        .map(|(_, p)| f(&row(p.pid())["kernel_profit_bytes"]) - f(&row(p.pid())["saved_bytes"]))
+        .sum();
+    assert!(
+        (kernel_over - 6000.0 * 4096.0).abs() <= 9.0,
+        "{kernel_over}"
+    );
+    assert_eq!(f(&s["storm_pages"]), pages_sharing + zero_pages_of(s));
+
+    // One of the four-sharer processes writes every merged page: the kernel copies what it owed.
+    let (_, writer) = processes.last().unwrap();
+    let owed = row(writer.pid())["owes_pages"].as_u64().unwrap();
+    let (cow_before, free_before) = (vmstat("cow_ksm"), free_pages());
+    let written = write_every_ksm_page(writer.pid());
+    let (cow_after, free_after) = (vmstat("cow_ksm"), free_pages());
+    assert_eq!(written.len() as u64, owed, "KSM pages found in the writer");
+    assert_eq!(cow_after - cow_before, owed, "copies made (cow_ksm)");
+    // Each written address now maps a page of its own, new: exactly what it owed.
+    let map = ksm_trace::kernel::pagemap::Pagemap::open(Some(writer.pid())).unwrap();
+    let kpagecount = fs::File::open("/proc/kpagecount").unwrap();
+    let mut own = std::collections::BTreeSet::new();
+    for &addr in &written {
+        let pfn = map.pfn(addr).expect("a written page is present");
+        let mut count = [0u8; 8];
+        std::os::unix::fs::FileExt::read_exact_at(&kpagecount, &mut count, pfn * 8).unwrap();
+        assert_eq!(
+            u64::from_ne_bytes(count),
+            1,
+            "{addr:#x} maps a page of its own"
+        );
+        own.insert(pfn);
+    }
+    assert_eq!(own.len() as u64, owed, "distinct new pages");
+    // The machine's free pages fell by at least that much (other activity only adds to it).
+    let taken = free_before as f64 - free_after as f64;
+    assert!(
+        taken >= owed as f64 * 0.9,
+        "free pages fell by {taken}, owed {owed}"
+    );
+    let text = ksm_trace_stdout(&["sharing", "--now"]);
+    assert!(text.contains("COW storm"), "{text}");
+    assert!(text.contains("What each saves and owes"), "{text}");
+    // Reading changed no knob.
+    assert_eq!(knobs_before, knobs());
+    drop(processes);
+    drop(session);
+}
+
+fn zero_pages_of(s: &serde_json::Value) -> f64 {
+    s["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["zero_pages"].as_f64().unwrap())
+        .sum()
+}
+
+/// Free pages on the machine: the zones' free lists and the per-CPU lists they hand pages out
+/// from (which MemAvailable leaves out: a few thousand pages come and go there unseen).
+fn free_pages() -> u64 {
+    fs::read_to_string("/proc/zoneinfo")
+        .unwrap()
+        .lines()
+        .filter_map(|l| {
+            let l = l.trim();
+            l.strip_prefix("pages free")
+                .or_else(|| l.strip_prefix("count:"))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        })
+        .sum()
+}
+
+/// Writes one byte into each KSM page `pid` maps (through /proc/PID/mem, as a debugger would),
+/// so the kernel must copy each; the addresses it wrote.
+fn write_every_ksm_page(pid: u32) -> Vec<u64> {
+    use std::os::unix::fs::FileExt as _;
+    let pages = ksm_trace::kernel::pagemap::KsmPages::open(Some(pid)).unwrap();
+    let mem = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(format!("/proc/{pid}/mem"))
+        .unwrap();
+    let mut written = Vec::new();
+    for (start, end) in ksm_trace::kernel::pagemap::private_ranges(pid) {
+        for addr in (start..end).step_by(4096) {
+            if pages.ksm_pfn(addr).is_some() {
+                let mut byte = [0u8];
+                mem.read_exact_at(&mut byte, addr).unwrap();
+                mem.write_all_at(&[byte[0] ^ 0xff], addr).unwrap();
+                written.push(addr);
+            }
+        }
+    }
+    written
 }

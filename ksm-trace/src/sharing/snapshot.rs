@@ -12,7 +12,8 @@ use crate::kernel::{
 /// One process that maps KSM pages.
 pub type Sharer = ProcessIdentity;
 
-/// KSM page (pfn) → the processes mapping it (indices into `sharers`, each once).
+/// KSM page (pfn) → its mappings: the process of each (an index into `sharers`, once per
+/// address, so a process mapping the page twice is in it twice).
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
     pub sharers: Vec<Sharer>,
@@ -46,10 +47,7 @@ impl Snapshot {
             let index = snapshot.sharers.len();
             snapshot.sharers.push(ProcessIdentity::read(pid));
             for &pfn in &pfns {
-                let list = snapshot.pages.entry(pfn).or_default();
-                if list.last() != Some(&index) {
-                    list.push(index);
-                }
+                snapshot.pages.entry(pfn).or_default().push(index);
             }
         }
         snapshot
