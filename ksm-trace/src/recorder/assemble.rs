@@ -30,6 +30,7 @@ pub(super) struct Closed {
     pub(super) caps: crate::probes::Capabilities,
     pub(super) ksmd: u32,
     pub(super) ksmd_started_for_run: bool,
+    pub(super) ksmd_kept_off: bool,
     pub(super) knob_values: BTreeMap<String, String>,
     pub(super) start_ns: u64,
     pub(super) end_ns: u64,
@@ -203,6 +204,7 @@ impl Closed {
             ksmd_pid: self.ksmd,
             ended_by: ended_by.into(),
             ksmd_started_for_run: self.ksmd_started_for_run,
+            ksmd_kept_off: self.ksmd_kept_off,
             knobs: self.knob_values.clone(),
             workload: self.spec.as_ref().map(|spec| WorkloadRecord {
                 spec_text: opts.workload.clone().unwrap_or_default(),

@@ -41,6 +41,8 @@ pub(super) struct Window {
     start_ns: u64,
     knob_values: BTreeMap<String, String>,
     started: Instant,
+    /// The KSM-off baseline: ksmd left off for the window.
+    ksm_off: bool,
 }
 
 impl Window {
@@ -89,6 +91,7 @@ impl Window {
             pids,
             start_ns,
             started: Instant::now(),
+            ksm_off: opts.ksm_off,
         })
     }
 
@@ -240,7 +243,7 @@ impl Window {
         }
         // Stopping first: procs workers hand over their write-fault histograms when stopped.
         let workers = self.session.stop_workload();
-        let ksmd_started_for_run = self.session.ksmd_started_for_run();
+        let ksmd_started_for_run = self.session.ksmd_started_for_run() && !self.ksm_off;
         let (spec, caps, ksmd) = (
             self.session.spec.take(),
             self.session.caps.clone(),
@@ -259,6 +262,7 @@ impl Window {
             caps,
             ksmd,
             ksmd_started_for_run,
+            ksmd_kept_off: self.ksm_off,
             knob_values: self.knob_values,
             start_ns: self.start_ns,
             end_ns,
@@ -287,9 +291,14 @@ fn sharing_at_close(
     if !std::path::Path::new("/proc/kpageflags").exists() {
         return sharing::sets::record(traced, None);
     }
-    let pids: Vec<u32> = identities.keys().copied().filter(|&p| keep(p)).collect();
     let started = Instant::now();
-    let snapshot = sharing::Snapshot::take(&pids);
+    // Every process with KSM pages: a page's sharers outside the recording count in its split.
+    let all = sharing::Snapshot::take(&[]);
     let took_ms = started.elapsed().as_secs_f64() * 1e3;
-    sharing::sets::record(traced, Some((&snapshot, took_ms)))
+    let savings = sharing::savings::Savings::now(&all, &[]);
+    let mut record = sharing::sets::record(traced, Some((&all.only(keep), took_ms)));
+    if let Some(end) = record.end_snapshot.as_mut() {
+        end.savings = Some(savings);
+    }
+    record
 }

@@ -85,6 +85,55 @@ pub struct SharingSnapshot {
     pub left_silently: u64,
     /// (page, process) pairs mapped at the end but not traced: merged before the window.
     pub merged_before: u64,
+    /// What each process on the machine saves and owes at the window's end (absent from
+    /// recordings made before it was kept).
+    #[serde(default)]
+    pub savings: Option<Savings>,
+}
+
+/// One process's share of the KSM savings (see sharing/savings.rs).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ProcessSavings {
+    pub pid: u32,
+    /// Its mappings of KSM pages (an address each).
+    pub ksm_mappings: u64,
+    /// Σ (m − 1)/m over its mappings: its part of pages_sharing.
+    pub saved_pages: f64,
+    /// Zero-page merges (use_zero_pages): a page saved each, its own.
+    pub zero_pages: u64,
+    /// Its rmap items, the metadata KSM keeps for each page it scans there.
+    pub rmap_items: u64,
+    /// (saved + zero pages) × page size − rmap items × their size.
+    pub saved_bytes: i64,
+    /// The kernel's own estimate (ksm_process_profit), which credits every merged mapping
+    /// a whole page.
+    pub kernel_profit_bytes: i64,
+    /// Pages the host must find if this process wrote all its merged pages now.
+    pub owes_pages: u64,
+}
+
+/// Every process's share, and the machine's totals they are held against.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Savings {
+    pub processes: Vec<ProcessSavings>,
+    pub page_size: u64,
+    /// sizeof(struct ksm_rmap_item), as the kernel's own figures imply.
+    pub rmap_item_bytes: i64,
+    /// Σ saved_pages: the pages_sharing the processes' mappings make up.
+    pub saved_pages: f64,
+    /// /sys/kernel/mm/ksm/pages_sharing, read just after the page tables.
+    pub pages_sharing: i64,
+    /// pages_sharing the live processes' mappings do not make up: KSM pages of processes that
+    /// exited (or unmapped them) since ksmd last visited (it removes their rmap items then).
+    pub stale_pages: f64,
+    /// Σ saved_bytes, and general_profit read with pages_sharing.
+    pub saved_bytes: i64,
+    pub general_profit: Option<i64>,
+    /// Σ kernel_profit_bytes: over the exact figure where pages have more than two sharers.
+    pub kernel_profit_bytes: i64,
+    /// The COW storm: pages the host must find if every merged page were written now.
+    pub storm_pages: u64,
+    pub mem_available_bytes: Option<u64>,
 }
 
 /// `pages` KSM pages, each mapped by exactly these processes.
@@ -112,6 +161,9 @@ pub struct Meta {
     pub ended_by: String,
     /// ksmd was off and ksm-trace started it for the run.
     pub ksmd_started_for_run: bool,
+    /// ksmd was kept off for the run (sweep's KSM-off baseline).
+    #[serde(default)]
+    pub ksmd_kept_off: bool,
     /// KSM knobs during the run.
     pub knobs: BTreeMap<String, String>,
     pub workload: Option<WorkloadRecord>,

@@ -31,6 +31,13 @@ pub struct Report {
     pub processes: Vec<ProcessReport>,
     /// Totals of the workload's processes and of the machine's other processes.
     pub groups: Vec<GroupReport>,
+    /// Pages ksmd removed from the stable tree for processes that had exited before the window
+    /// (their mm has no owner: the `(exited)` row, pid 0), counted apart from every group.
+    #[serde(default)]
+    pub exited_cleanup_pages: u64,
+    /// What each process saves and owes at the window's end (the end snapshot's split).
+    #[serde(default)]
+    pub savings: Option<crate::recording::schema::Savings>,
     /// Totals per guest (QEMU's `-name`; other processes as one group) and per cgroup v2
     /// path, most merging pages first: `report --by guest|cgroup`.
     pub by_guest: Vec<GroupReport>,
@@ -201,10 +208,12 @@ impl GroupReport {
     fn by(by: By, processes: &[ProcessReport], page: f64) -> Vec<Self> {
         let key =
             |p: &ProcessReport| by.key(p.pid, &p.comm, p.guest.as_deref(), p.cgroup.as_deref());
-        let keys: std::collections::BTreeSet<String> = processes.iter().map(key).collect();
+        // pid 0 (processes that exited before the window) belongs to no guest or cgroup.
+        let owned = || processes.iter().filter(|p| p.pid != 0);
+        let keys: std::collections::BTreeSet<String> = owned().map(key).collect();
         let mut sums: Vec<Self> = keys
             .into_iter()
-            .map(|k| Self::of(&k, processes.iter().filter(|p| key(p) == k), page))
+            .map(|k| Self::of(&k, owned().filter(|p| key(p) == k), page))
             .collect();
         sums.sort_by_key(|g| std::cmp::Reverse(g.merging_pages_end));
         sums
@@ -351,7 +360,7 @@ impl Report {
             .map(|name| {
                 let members = processes
                     .iter()
-                    .filter(|p| p.workload == (name == "workload"));
+                    .filter(|p| p.pid != 0 && p.workload == (name == "workload"));
                 GroupReport::of(name, members, page)
             })
             .to_vec();
@@ -369,6 +378,16 @@ impl Report {
             workers: WorkerReport::all(rec, &processes),
             ended_by: rec.meta.ended_by.clone(),
             knobs: rec.meta.knobs.clone(),
+            savings: rec
+                .sharing
+                .as_ref()
+                .and_then(|s| s.end_snapshot.as_ref())
+                .and_then(|e| e.savings.clone()),
+            exited_cleanup_pages: processes
+                .iter()
+                .filter(|p| p.pid == 0)
+                .map(|p| p.counts.unmerges)
+                .sum(),
             by_guest: GroupReport::by(By::Guest, &processes, page),
             by_cgroup: GroupReport::by(By::Cgroup, &processes, page),
             processes,

@@ -7,60 +7,35 @@
 //! If every process did (a COW storm), the host must find all the KSM savings at once.
 use std::collections::BTreeMap;
 
-use serde::Serialize;
-
 use super::Snapshot;
 use crate::recording::schema::KsmStat;
+pub use crate::recording::schema::{ProcessSavings, Savings};
 
 /// sizeof(struct ksm_rmap_item) on 64-bit kernels, when no ksm_stat lets it be derived.
 const RMAP_ITEM_BYTES: i64 = 64;
 
-/// One process's share.
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct ProcessSavings {
-    pub pid: u32,
-    /// Its mappings of KSM pages (an address each).
-    pub ksm_mappings: u64,
-    /// Σ (m − 1)/m over its mappings: its part of pages_sharing.
-    pub saved_pages: f64,
-    /// Zero-page merges (use_zero_pages): a page saved each, its own.
-    pub zero_pages: u64,
-    /// Its rmap items, the metadata KSM keeps for each page it scans there.
-    pub rmap_items: u64,
-    /// (saved + zero pages) × page size − rmap items × their size.
-    pub saved_bytes: i64,
-    /// The kernel's own estimate (ksm_process_profit), which credits every merged mapping
-    /// a whole page.
-    pub kernel_profit_bytes: i64,
-    /// Pages the host must find if this process wrote all its merged pages now.
-    pub owes_pages: u64,
-}
-
-/// Every process's share, and the machine's totals they are held against.
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct Savings {
-    pub processes: Vec<ProcessSavings>,
-    pub page_size: u64,
-    /// sizeof(struct ksm_rmap_item), as the kernel's own figures imply.
-    pub rmap_item_bytes: i64,
-    /// Σ saved_pages: the pages_sharing the processes' mappings make up.
-    pub saved_pages: f64,
-    /// /sys/kernel/mm/ksm/pages_sharing, read just after the page tables.
-    pub pages_sharing: i64,
-    /// pages_sharing the live processes' mappings do not make up: KSM pages of processes that
-    /// exited (or unmapped them) since ksmd last visited (it removes their rmap items then).
-    pub stale_pages: f64,
-    /// Σ saved_bytes, and general_profit read with pages_sharing.
-    pub saved_bytes: i64,
-    pub general_profit: Option<i64>,
-    /// Σ kernel_profit_bytes: over the exact figure where pages have more than two sharers.
-    pub kernel_profit_bytes: i64,
-    /// The COW storm: pages the host must find if every merged page were written now.
-    pub storm_pages: u64,
-    pub mem_available_bytes: Option<u64>,
-}
-
 impl Savings {
+    /// The split of `snapshot`'s KSM pages, with the ksm_stat of every process KSM tracks (or
+    /// of `pids`) and the machine's counters, read just after the page tables.
+    pub fn now(snapshot: &Snapshot, pids: &[u32]) -> Self {
+        use procfs::Current as _;
+        let mut stats = KsmStat::tracked();
+        if !pids.is_empty() {
+            stats.retain(|pid, _| pids.contains(pid));
+        }
+        let ksm = crate::kernel::sysfs::read_all().unwrap_or_default();
+        let available = procfs::Meminfo::current()
+            .ok()
+            .and_then(|m| m.mem_available);
+        Self::split(
+            snapshot,
+            &stats,
+            &ksm,
+            crate::kernel::page_size(),
+            available,
+        )
+    }
+
     /// The split of `snapshot`'s KSM pages, with each process's ksm_stat and the machine's
     /// counters (`ksm`: /sys/kernel/mm/ksm by name) read around it.
     pub fn split(

@@ -64,6 +64,7 @@ pub fn record(
             traced_still_mapped: still_mapped,
             left_silently,
             merged_before,
+            savings: None,
         }
     });
     SharingRecord {

@@ -53,6 +53,38 @@ impl Snapshot {
         snapshot
     }
 
+    /// The same pages, as far as the processes `keep` accepts map them.
+    pub fn only(&self, keep: impl Fn(u32) -> bool) -> Snapshot {
+        let kept: Vec<Option<usize>> = {
+            let mut next = 0;
+            self.sharers
+                .iter()
+                .map(|s| {
+                    keep(s.pid).then(|| {
+                        next += 1;
+                        next - 1
+                    })
+                })
+                .collect()
+        };
+        Snapshot {
+            sharers: self
+                .sharers
+                .iter()
+                .filter(|s| keep(s.pid))
+                .cloned()
+                .collect(),
+            pages: self
+                .pages
+                .iter()
+                .filter_map(|(&pfn, list)| {
+                    let list: Vec<usize> = list.iter().filter_map(|&i| kept[i]).collect();
+                    (!list.is_empty()).then_some((pfn, list))
+                })
+                .collect(),
+        }
+    }
+
     /// KSM page pfn → the pids mapping it.
     pub fn pids_by_page(&self) -> BTreeMap<u64, BTreeSet<u32>> {
         self.pages

@@ -241,13 +241,13 @@ fn write_outputs(summaries: &[ConfigSummary], dir: &Path) -> Result<()> {
 
 fn csv(summaries: &[ConfigSummary]) -> String {
     let mut out = String::from(
-        "index,configuration,recording,ended_by,duration_s,saved_mib_settle,saved_mib_end,general_profit_mib_settle,general_profit_mib_end,settle_s,ksmd_cpu_percent,cpu_s_per_mib_saved,merges_per_s,full_scan_p50_ms,merge_latency_p50_ns,merge_latency_p99_ns,cow_fault_p99_ns,lost_events,baseline,load_tps,load_p95_ms,impact\n",
+        "index,configuration,recording,ended_by,duration_s,saved_mib_settle,saved_mib_end,general_profit_mib_settle,general_profit_mib_end,settle_s,ksmd_cpu_percent,cpu_s_per_mib_saved,merges_per_s,full_scan_p50_ms,merge_latency_p50_ns,merge_latency_p99_ns,cow_fault_p99_ns,lost_events,baseline,load_tps,load_p95_ms,impact,not_workload_mib_end\n",
     );
     let opt = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v:.3}"));
     for s in summaries {
         let _ = writeln!(
             out,
-            "{},\"{}\",{},{},{:.3},{},{:.3},{},{},{},{:.3},{},{:.1},{:.3},{},{},{},{},{},{},{},{}",
+            "{},\"{}\",{},{},{:.3},{},{:.3},{},{},{},{:.3},{},{:.1},{:.3},{},{},{},{},{},{},{},{},{}",
             s.index,
             s.label,
             s.recording,
@@ -269,7 +269,8 @@ fn csv(summaries: &[ConfigSummary]) -> String {
             s.baseline,
             opt(s.load_tps),
             opt(s.load_p95_ms),
-            opt(s.impact)
+            opt(s.impact),
+            opt(s.not_workload_mib_end)
         );
     }
     out
@@ -335,6 +336,21 @@ pub fn render(summaries: &[ConfigSummary]) -> String {
         let _ = writeln!(o, "{load}");
     }
     let _ = writeln!(o, "(* on the Pareto front of saved memory vs ksmd CPU)");
+    let others: Vec<String> = summaries
+        .iter()
+        .filter_map(|s| {
+            s.not_workload_mib_end
+                .filter(|&m| m.abs() >= 0.05)
+                .map(|m| format!("#{} {m:.1} MiB", s.index))
+        })
+        .collect();
+    if !others.is_empty() {
+        let _ = writeln!(
+            o,
+            "(saved MiB is the workload's own, from its processes' page tables; the machine's counters also counted, at the end: {} — KSM pages of processes that exited before ksmd passed again, and other processes' merges)",
+            others.join(", ")
+        );
+    }
     if loaded {
         let _ = writeln!(
             o,

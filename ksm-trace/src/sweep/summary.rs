@@ -17,9 +17,15 @@ pub struct ConfigSummary {
     pub recording: String,
     pub ended_by: String,
     pub duration_s: f64,
-    /// Memory saved, (pages_sharing + ksm_zero_pages) × page size, at settle and at the end.
+    /// Memory the workload saved at settle and at the end: its processes' share of the KSM
+    /// savings (their pages' split and zero-page merges, from the page tables at the end).
+    /// Recordings without that split: (pages_sharing + ksm_zero_pages) × page size.
     pub saved_mib_settle: Option<f64>,
     pub saved_mib_end: f64,
+    /// What the machine's counters count as saved at the end that is not the workload's: KSM
+    /// pages of exited processes ksmd had not cleaned up yet, and other processes' merges.
+    #[serde(default)]
+    pub not_workload_mib_end: Option<f64>,
     pub general_profit_mib_settle: Option<f64>,
     /// None where the kernel has no general_profit (before 6.6).
     pub general_profit_mib_end: Option<f64>,
@@ -97,7 +103,13 @@ pub fn summarize(
     let settle_s = settle_time_s(&rec.timeseries, SETTLE_THRESHOLD);
     let at_settle = settle_s.and_then(|t| rec.timeseries.iter().find(|s| s.t_ns as f64 / 1e9 >= t));
     let end = rec.timeseries.last();
-    let saved_end = end.map(saved).unwrap_or(0.0);
+    let machine_end = end.map(saved).unwrap_or(0.0);
+    // The workload's own, where the end snapshot split the savings; the rest, assumed to stay
+    // as it was at the end, is taken off the machine's figure at settle too.
+    let not_workload = workload_saved_mib(rec).map(|own| machine_end - own);
+    let saved_end = machine_end - not_workload.unwrap_or(0.0);
+    let saved_at =
+        |s: &crate::recording::schema::Sample| (saved(s) - not_workload.unwrap_or(0.0)).max(0.0);
     let cpu_s = rec
         .counters_end
         .ksmd_cpu_ns
@@ -131,8 +143,9 @@ pub fn summarize(
         recording: recording.to_owned(),
         ended_by: rec.meta.ended_by.clone(),
         duration_s: report.duration_s,
-        saved_mib_settle: at_settle.map(saved),
+        saved_mib_settle: at_settle.map(saved_at),
         saved_mib_end: saved_end,
+        not_workload_mib_end: not_workload,
         general_profit_mib_settle: at_settle.and_then(profit),
         general_profit_mib_end: end.and_then(profit),
         settle_s,
@@ -153,6 +166,33 @@ pub fn summarize(
             .map(|l| l.iter().map(|l| l.latency_ms_p95).fold(0.0, f64::max)),
         impact: None,
     }
+}
+
+/// The workload's processes' share of the KSM savings at the window's end, MiB (None: the
+/// recording has no split, or no workload).
+fn workload_saved_mib(rec: &Recording) -> Option<f64> {
+    let savings = rec
+        .sharing
+        .as_ref()?
+        .end_snapshot
+        .as_ref()?
+        .savings
+        .as_ref()?;
+    let pids: Vec<u32> = rec
+        .meta
+        .workload
+        .as_ref()?
+        .workers
+        .iter()
+        .map(|w| w.pid)
+        .collect();
+    let pages: f64 = savings
+        .processes
+        .iter()
+        .filter(|p| pids.contains(&p.pid))
+        .map(|p| p.saved_pages + p.zero_pages as f64)
+        .sum();
+    Some(pages * savings.page_size as f64 / MIB)
 }
 
 /// Marks the baseline's impact 1 and every other configuration's as its throughput over the
@@ -272,6 +312,7 @@ mod tests {
             duration_s: 10.0,
             saved_mib_settle: None,
             saved_mib_end: saved,
+            not_workload_mib_end: None,
             general_profit_mib_settle: None,
             general_profit_mib_end: Some(saved),
             settle_s: None,

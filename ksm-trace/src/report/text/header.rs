@@ -31,7 +31,9 @@ pub(super) fn knobs(o: &mut String, rec: &Recording, r: &Report) {
         o,
         "knobs: {}{}",
         knobs.join(" "),
-        if rec.meta.ksmd_started_for_run {
+        if rec.meta.ksmd_kept_off {
+            " (ksmd kept off for this run: the KSM-off baseline)"
+        } else if rec.meta.ksmd_started_for_run {
             " (ksmd was off: started for this run)"
         } else {
             ""

@@ -7,6 +7,7 @@ mod header;
 mod latency;
 mod phases;
 mod processes;
+pub mod savings;
 mod scans;
 mod table;
 mod tlb;
@@ -24,6 +25,7 @@ pub fn render(rec: &Recording, r: &Report, by: By) -> String {
     workers::section(&mut o, rec, r);
     header::knobs(&mut o, rec, r);
     processes::section(&mut o, rec, r, by);
+    savings::section(&mut o, r, by);
     cow::section(&mut o, r);
     latency::section(&mut o, rec, r);
     scans::section(&mut o, rec, r);

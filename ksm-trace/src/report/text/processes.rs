@@ -38,6 +38,13 @@ pub(super) fn section(o: &mut String, rec: &Recording, r: &Report, by: By) {
     if r.processes.is_empty() {
         let _ = writeln!(o, "  (no KSM activity attributed to a process)");
     }
+    if r.exited_cleanup_pages > 0 {
+        let _ = writeln!(
+            o,
+            "ksmd cleaning up after processes that exited before the window: {} pages left the stable tree",
+            r.exited_cleanup_pages
+        );
+    }
     let silent: i64 = r.processes.iter().filter_map(|p| p.silent_unmerges).sum();
     if silent != 0 {
         let _ = writeln!(
@@ -53,7 +60,7 @@ fn groups(o: &mut String, rec: &Recording, r: &Report, page: f64) {
         let members: Vec<&ProcessReport> = r
             .processes
             .iter()
-            .filter(|p| p.workload == (group.name == "workload"))
+            .filter(|p| p.pid != 0 && p.workload == (group.name == "workload"))
             .collect();
         if members.is_empty() && (group.name != "workload" || rec.meta.workload.is_none()) {
             continue;
