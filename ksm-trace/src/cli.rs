@@ -357,6 +357,36 @@ pub struct KnobArgs {
     /// KSM advisor_mode for the run: none or scan-time.
     #[arg(long, value_parser = ["none", "scan-time"])]
     pub advisor: Option<String>,
+    #[command(flatten)]
+    pub advisor_bounds: AdvisorArgs,
+}
+
+/// The scan-time advisor's target and bounds (with `--advisor scan-time`).
+#[derive(Debug, Clone, Args)]
+pub struct AdvisorArgs {
+    /// The full-scan time the advisor aims at (advisor_target_scan_time; whole seconds), e.g. 5s.
+    #[arg(long, value_parser = parse::duration)]
+    pub advisor_target: Option<Duration>,
+    /// The most CPU the advisor lets ksmd use, percent of one CPU (advisor_max_cpu).
+    #[arg(long)]
+    pub advisor_max_cpu: Option<u64>,
+    /// The fewest pages_to_scan the advisor picks (advisor_min_pages_to_scan).
+    #[arg(long)]
+    pub advisor_min_pages: Option<u64>,
+    /// The most pages_to_scan the advisor picks (advisor_max_pages_to_scan).
+    #[arg(long)]
+    pub advisor_max_pages: Option<u64>,
+}
+
+impl AdvisorArgs {
+    pub fn bounds(&self) -> crate::run::knobs::AdvisorBounds {
+        crate::run::knobs::AdvisorBounds {
+            target_scan_time_s: self.advisor_target.map(|d| d.as_secs_f64().round() as u64),
+            max_cpu: self.advisor_max_cpu,
+            min_pages: self.advisor_min_pages,
+            max_pages: self.advisor_max_pages,
+        }
+    }
 }
 
 impl KnobArgs {
@@ -368,6 +398,7 @@ impl KnobArgs {
             smart_scan: self.smart_scan.as_deref().map(|v| v == "on"),
             max_page_sharing: self.max_page_sharing,
             advisor: self.advisor.clone(),
+            advisor_bounds: self.advisor_bounds.bounds(),
         }
     }
 }
@@ -586,6 +617,9 @@ pub struct SweepArgs {
     /// advisor_mode values: none,scan-time.
     #[arg(long, value_delimiter = ',', value_parser = ["none", "scan-time"])]
     pub advisor: Vec<String>,
+    /// The scan-time advisor's target and bounds, for its configurations.
+    #[command(flatten)]
+    pub advisor_bounds: AdvisorArgs,
     /// Length of each configuration's recording (the timeout with --until-settled).
     #[arg(short, long, value_parser = parse::duration, default_value = "30s")]
     pub duration: Duration,

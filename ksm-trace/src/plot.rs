@@ -1,6 +1,7 @@
 //! `ksm-trace plot`: SVG charts of a recording's time series (plotters), one line-chart helper
 //! for all of them: memory saved, ksmd CPU, merge and COW-break rates, full-scan duration, and
-//! merged pages per process; and the sharing matrix as a heatmap.
+//! merged pages per process; the KSM advisor's target vs achieved scan time and the
+//! pages_to_scan it chose, when it ran; and the sharing matrix as a heatmap.
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result, anyhow, bail};
@@ -128,6 +129,35 @@ pub fn plot(rec: &Recording, dir: &Path) -> Result<Vec<PathBuf>> {
             "Merged pages per process (ksm_merging_pages)",
             "pages",
             per_process,
+        )?;
+    }
+    if let Some(a) = crate::report::advisor::AdvisorReport::of(rec) {
+        let achieved: Vec<(f64, f64)> = a
+            .scans
+            .iter()
+            .filter_map(|s| Some((s.t_s, s.scan_s?)))
+            .collect();
+        let target: Vec<(f64, f64)> = a
+            .target_s
+            .map(|t| a.scans.iter().map(|s| (s.t_s, t as f64)).collect())
+            .unwrap_or_default();
+        chart(
+            "advisor-scan-time.svg",
+            "KSM advisor: full-scan time, target and achieved",
+            "s",
+            lines(vec![("target", target), ("achieved (traced)", achieved)]),
+        )?;
+        chart(
+            "advisor-pages-to-scan.svg",
+            "KSM advisor: the pages_to_scan it chose",
+            "pages per batch",
+            lines(vec![(
+                "pages_to_scan",
+                a.scans
+                    .iter()
+                    .map(|s| (s.t_s, s.pages_to_scan as f64))
+                    .collect(),
+            )]),
         )?;
     }
     // Who shares with whom: by guest when the recording has guests.

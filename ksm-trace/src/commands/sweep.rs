@@ -17,6 +17,7 @@ pub async fn run(args: SweepArgs) -> Result<()> {
         use_zero_pages: args.use_zero_pages,
         max_page_sharing: args.max_page_sharing,
         advisor: args.advisor,
+        advisor_bounds: args.advisor_bounds.bounds(),
         duration: args.timeout.unwrap_or(args.duration),
         until_settled: args.until_settled,
         interval: args.interval,

@@ -1,5 +1,6 @@
 //! Reports read a recording and nothing else: [`model`] computes the figures once, [`text`] and
 //! JSON (serde of the model) present them, [`histogram`] draws every histogram.
+pub mod advisor;
 pub mod histogram;
 pub mod mechanisms;
 pub mod model;

@@ -35,6 +35,9 @@ pub struct Report {
     /// (their mm has no owner: the `(exited)` row, pid 0), counted apart from every group.
     #[serde(default)]
     pub exited_cleanup_pages: u64,
+    /// The KSM advisor's scorecard, when it ran (ksm_advisor events seen).
+    #[serde(default)]
+    pub advisor: Option<super::advisor::AdvisorReport>,
     /// What each process saves and owes at the window's end (the end snapshot's split).
     #[serde(default)]
     pub savings: Option<crate::recording::schema::Savings>,
@@ -378,6 +381,7 @@ impl Report {
             workers: WorkerReport::all(rec, &processes),
             ended_by: rec.meta.ended_by.clone(),
             knobs: rec.meta.knobs.clone(),
+            advisor: super::advisor::AdvisorReport::of(rec),
             savings: rec
                 .sharing
                 .as_ref()

@@ -40,6 +40,41 @@ pub struct KnobSettings {
     pub max_page_sharing: Option<u32>,
     /// advisor_mode: `none` or `scan-time` (the advisor then sets pages_to_scan itself).
     pub advisor: Option<String>,
+    /// The scan-time advisor's target and bounds.
+    #[serde(default)]
+    pub advisor_bounds: AdvisorBounds,
+}
+
+/// What the scan-time advisor aims at and the bounds it keeps pages_to_scan in (None: as the
+/// machine has it).
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct AdvisorBounds {
+    /// advisor_target_scan_time, seconds per full scan.
+    pub target_scan_time_s: Option<u64>,
+    /// advisor_max_cpu, percent of one CPU.
+    pub max_cpu: Option<u64>,
+    /// advisor_min_pages_to_scan and advisor_max_pages_to_scan.
+    pub min_pages: Option<u64>,
+    pub max_pages: Option<u64>,
+}
+
+impl AdvisorBounds {
+    fn is_set(&self) -> bool {
+        *self != Self::default()
+    }
+
+    /// (knob, value) of each bound set.
+    fn knobs(&self) -> Vec<(&'static str, u64)> {
+        [
+            ("advisor_target_scan_time", self.target_scan_time_s),
+            ("advisor_max_cpu", self.max_cpu),
+            ("advisor_min_pages_to_scan", self.min_pages),
+            ("advisor_max_pages_to_scan", self.max_pages),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| Some((k, v?)))
+        .collect()
+    }
 }
 
 impl KnobSettings {
@@ -56,6 +91,35 @@ impl KnobSettings {
         }
         if self.max_page_sharing.is_some_and(|m| m < 2) {
             bail!("--max-page-sharing must be at least 2");
+        }
+        let b = &self.advisor_bounds;
+        if b.is_set() && self.advisor.as_deref() != Some("scan-time") {
+            bail!(
+                "--advisor-target, --advisor-max-cpu and --advisor-min/max-pages set the scan-time advisor: add --advisor scan-time"
+            );
+        }
+        if b.target_scan_time_s == Some(0) {
+            bail!("--advisor-target must be at least 1 s: the advisor counts whole seconds");
+        }
+        if b.max_cpu.is_some_and(|c| c == 0 || c > 100) {
+            bail!("--advisor-max-cpu is a percentage of one CPU: give 1 to 100");
+        }
+        if let (Some(lo), Some(hi)) = (b.min_pages, b.max_pages)
+            && lo > hi
+        {
+            bail!("--advisor-min-pages {lo} is above --advisor-max-pages {hi}: swap them");
+        }
+        if b.min_pages == Some(0) {
+            bail!("--advisor-min-pages must be at least 1");
+        }
+        if b.is_set()
+            && !std::path::Path::new(sysfs::KSM_DIR)
+                .join("advisor_mode")
+                .exists()
+        {
+            bail!(
+                "this kernel has no KSM advisor (it came in Linux 6.8): drop the --advisor options"
+            );
         }
         if self.pages_to_scan.is_some() && self.advisor.as_deref() == Some("scan-time") {
             bail!(
@@ -190,7 +254,14 @@ impl KnobGuard {
 
     pub fn apply(&mut self, settings: &KnobSettings) -> Result<()> {
         // The advisor first: pages_to_scan cannot be written while it is in scan-time mode.
+        // Switching the mode makes the kernel set pages_to_scan itself (to advisor_min_pages_to_scan,
+        // or back to 100), so it is saved first and restored after the mode.
         if let Some(a) = &settings.advisor {
+            self.save("pages_to_scan")?;
+            // The bounds before the mode: the kernel starts the advisor from them.
+            for (knob, value) in settings.advisor_bounds.knobs() {
+                self.set(knob, &value.to_string())?;
+            }
             self.set("advisor_mode", a)?;
         }
         if let Some(m) = settings.max_page_sharing {

@@ -30,6 +30,8 @@ pub struct SweepOptions {
     pub use_zero_pages: Vec<bool>,
     pub max_page_sharing: Vec<u32>,
     pub advisor: Vec<String>,
+    /// Applied to the configurations with the scan-time advisor.
+    pub advisor_bounds: crate::run::knobs::AdvisorBounds,
     /// Each configuration's duration, or its timeout with `until_settled`.
     pub duration: Duration,
     pub until_settled: bool,
@@ -75,6 +77,11 @@ pub fn combinations(o: &SweepOptions) -> Vec<KnobSettings> {
                                 smart_scan,
                                 max_page_sharing,
                                 advisor: advisor.clone(),
+                                advisor_bounds: if advisor.as_deref() == Some("scan-time") {
+                                    o.advisor_bounds.clone()
+                                } else {
+                                    Default::default()
+                                },
                             });
                         }
                     }

@@ -58,6 +58,13 @@ pub fn label(knobs: &KnobSettings) -> String {
     let mut parts = Vec::new();
     if let Some(a) = knobs.advisor.as_deref().filter(|a| *a != "none") {
         parts.push(format!("advisor={a}"));
+        let b = &knobs.advisor_bounds;
+        if let Some(t) = b.target_scan_time_s {
+            parts.push(format!("target={t}s"));
+        }
+        if let Some(c) = b.max_cpu {
+            parts.push(format!("max_cpu={c}%"));
+        }
     }
     if let Some(p) = knobs.pages_to_scan {
         parts.push(format!("pages_to_scan={p}"));

@@ -1,5 +1,6 @@
 //! The text report: one function per section, in the order they are printed; every histogram
 //! through the one renderer (`report::histogram`), every table through [`table`].
+mod advisor;
 mod counters;
 mod cow;
 mod footer;
@@ -29,6 +30,7 @@ pub fn render(rec: &Recording, r: &Report, by: By) -> String {
     cow::section(&mut o, r);
     latency::section(&mut o, rec, r);
     scans::section(&mut o, rec, r);
+    advisor::section(&mut o, r);
     phases::section(&mut o, r);
     tlb::section(&mut o, r);
     unmerge::section(&mut o, r);
