@@ -155,6 +155,10 @@ fn compare(args: &LabOptions, a: &str, b: &str) -> Result<()> {
         }
     }
     let comparison = crate::compare::compare(&sides[0], &sides[1], false)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&comparison)?);
+        return Ok(());
+    }
     print!("{}", crate::compare::text::render(&comparison));
     println!("{TCG_NOTE}");
     Ok(())
@@ -179,9 +183,9 @@ fn in_guest(
     image::write(&exe, &initramfs).context("building the lab guest's initramfs")?;
 
     // A guest whose kernel panics is booted again, once, saying so and showing the panic: under
-    // TCG a guest has panicked (once, in CI) executing the middle of a 5-byte nop in __schedule,
-    // a site the kernel patches at run time — the emulation's doing, not the kernel's or
-    // ksm-trace's. A second panic fails the run.
+    // multi-threaded TCG guests panicked on an int3 the kernel had just patched out (text_poke_bp)
+    // — the emulation's doing, not the kernel's or ksm-trace's (see guest.rs, which now runs the
+    // vCPUs on one thread). A second panic fails the run.
     let mut panics = 0;
     let mut progress = progress;
     loop {
