@@ -20,10 +20,28 @@ pub fn upgrade(mut value: Value, version: u32) -> Result<Value> {
             7 => v7_to_v8(value)?,
             8 => v8_to_v9(value)?,
             9 => v9_to_v10(value)?,
+            10 => v10_to_v11(value)?,
             _ => return Err(anyhow!("no upgrade from version {from}")),
         };
     }
     Ok(value)
+}
+
+/// Version 10 had no savings split in the end snapshot, and no word of a KSM-off baseline.
+fn v10_to_v11(mut v: Value) -> Result<Value> {
+    let root = object(&mut v, "recording")?;
+    root.insert("version".into(), json!(11));
+    if let Some(meta) = root.get_mut("meta") {
+        default(meta, "ksmd_kept_off", json!(false));
+    }
+    if let Some(end) = root
+        .get_mut("sharing")
+        .and_then(|s| s.get_mut("end_snapshot"))
+        .filter(|e| e.is_object())
+    {
+        default(end, "savings", Value::Null);
+    }
+    Ok(v)
 }
 
 /// Version 9 had no COW breaks from the page fault tracepoints, did not read la57, and did

@@ -39,7 +39,7 @@ pub const FORMAT: &str = "ksm-trace-recording";
 /// `zero_page_breaks`, `cow_at_fault_ns`), 5-level paging (`Capabilities::la57`), and the
 /// merges that came while the sampled bracket was attached (`MergeStats::merges_in_windows`)
 /// and the windows opened for them (`LatencyCoverage::coverage_windows`).
-pub const VERSION: u32 = 10;
+pub const VERSION: u32 = 11;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Recording {
@@ -123,8 +123,8 @@ pub struct Savings {
     pub saved_pages: f64,
     /// /sys/kernel/mm/ksm/pages_sharing, read just after the page tables.
     pub pages_sharing: i64,
-    /// pages_sharing the live processes' mappings do not make up: KSM pages of processes that
-    /// exited (or unmapped them) since ksmd last visited (it removes their rmap items then).
+    /// pages_sharing the live mappings do not make up: the kernel still counts mappings that
+    /// are gone (a process exited, a page was written or unmerged) until ksmd passes them again.
     pub stale_pages: f64,
     /// Σ saved_bytes, and general_profit read with pages_sharing.
     pub saved_bytes: i64,

@@ -49,7 +49,7 @@ pub fn text(s: &Savings, group_of: impl Fn(u32) -> String) -> String {
         s.pages_sharing,
         if s.stale_pages.abs() >= 0.5 {
             format!(
-                "; {:.0} are stale: KSM pages of processes that exited or unmapped them since ksmd last passed (it drops their rmap items then)",
+                "; {:.0} are stale: the kernel still counts mappings that are gone (a process exited, a page was written or unmerged) until ksmd passes them again",
                 s.stale_pages
             )
         } else {
