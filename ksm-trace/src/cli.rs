@@ -89,6 +89,14 @@ Examples:
   ksm-trace sharing --now --by cgroup --domains /tenant-a,/tenant-b   # across tenants
   ksm-trace sharing ksm-trace.json --by guest    # the traced matrix of a recording")]
     Sharing(SharingArgs),
+    /// Why memory is not merged: per process, guest or cgroup, from anonymous memory to merged
+    /// pages, every page not merged counted under its reason. Reads only (root).
+    #[command(after_help = "\
+Examples:
+  ksm-trace explain                    # every process with memory opted in to KSM
+  ksm-trace explain --vm db1 --vmas    # one guest, naming the mappings KSM cannot merge
+  ksm-trace explain --by cgroup --json # per cgroup, as JSON")]
+    Explain(ExplainArgs),
     /// Undo what a ksm-trace that was killed left behind: KSM knobs, processes it started, run
     /// directories, mounts. Every command that changes the system does this first by itself.
     #[command(after_help = "\
@@ -651,6 +659,29 @@ pub struct PlotArgs {
     /// Directory for the charts.
     #[arg(short, long, default_value = "ksm-trace-plots")]
     pub output: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct ExplainArgs {
+    /// Only these processes (repeatable); default: every process with memory opted in, and
+    /// every QEMU guest.
+    #[arg(short, long = "pid")]
+    pub pids: Vec<u32>,
+    /// Only the QEMU guests with these names (-name), repeatable.
+    #[arg(long = "vm")]
+    pub vms: Vec<String>,
+    /// What a group is.
+    #[arg(long, default_value = "process", value_parser = named(&crate::kernel::process::By::ALL))]
+    pub by: crate::kernel::process::By,
+    /// Name every mapping that holds memory KSM never merges (default: the largest three).
+    #[arg(long)]
+    pub vmas: bool,
+    /// Read at most this many pages' contents (4 KiB each); the rest is counted as not read.
+    #[arg(long, default_value_t = 4 << 20)]
+    pub max_pages: u64,
+    /// JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

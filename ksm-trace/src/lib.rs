@@ -10,6 +10,7 @@ pub mod cli;
 pub mod collect;
 pub mod commands;
 pub mod compare;
+pub mod explain;
 pub mod flame;
 pub mod guest;
 pub mod histogram;

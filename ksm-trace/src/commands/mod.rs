@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod compare;
 pub mod doctor;
+pub mod explain;
 pub mod flame;
 pub mod lab;
 pub mod plot;
@@ -32,6 +33,7 @@ pub async fn run(command: Command) -> Result<()> {
         Command::Sweep(args) => sweep::run(args).await,
         Command::Bench(args) => bench::run(args).await,
         Command::Sharing(args) => sharing::run(&args),
+        Command::Explain(args) => explain::run(&args),
         Command::Recover => recover::run(),
         Command::Doctor(args) => print(&doctor::run(args.json)?),
         Command::Lab(args) => lab::run(&args),

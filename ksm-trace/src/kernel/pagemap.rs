@@ -11,6 +11,21 @@ const FILE_OR_SHARED: u64 = 1 << 61;
 const PFN_MASK: u64 = (1 << 55) - 1;
 const KPF_ANON: u64 = 1 << 12;
 const KPF_KSM: u64 = 1 << 21;
+const KPF_THP: u64 = 1 << 22;
+const SWAPPED: u64 = 1 << 62;
+
+/// What one page-table entry of a private mapping holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PageState {
+    /// Never touched (or dropped): nothing for KSM.
+    NotPresent,
+    Swapped,
+    Page {
+        pfn: u64,
+        ksm: bool,
+        thp: bool,
+    },
+}
 
 /// A process's page table as /proc/<pid>/pagemap shows it (pfns are shown to root only).
 pub struct Pagemap {
@@ -101,6 +116,52 @@ impl KsmPages {
                 out.push(pfn);
             }
         });
+    }
+
+    /// Calls `f` with each page address of `[start, end)` and what backs it, one pagemap read
+    /// per 512 pages and one page-flags read per present page.
+    pub fn each_page(&self, start: u64, end: u64, mut f: impl FnMut(u64, PageState)) {
+        const CHUNK: u64 = 512;
+        let page = self.pagemap.page;
+        let mut buf = vec![0u8; (CHUNK * 8) as usize];
+        let mut first = start / page;
+        let last = end.div_ceil(page);
+        while first < last {
+            let n = (last - first).min(CHUNK);
+            let bytes = &mut buf[..(n * 8) as usize];
+            if self.pagemap.file.read_exact_at(bytes, first * 8).is_err() {
+                return;
+            }
+            for (i, e) in bytes.chunks_exact(8).enumerate() {
+                let entry = u64::from_ne_bytes(e.try_into().expect("8 bytes"));
+                let addr = (first + i as u64) * page;
+                let state = if entry & PRESENT == 0 {
+                    if entry & SWAPPED != 0 {
+                        PageState::Swapped
+                    } else {
+                        PageState::NotPresent
+                    }
+                } else {
+                    let pfn = entry & PFN_MASK;
+                    let flags = self.flags(pfn);
+                    PageState::Page {
+                        pfn,
+                        ksm: flags & KPF_KSM != 0,
+                        thp: flags & KPF_THP != 0,
+                    }
+                };
+                f(addr, state);
+            }
+            first += n;
+        }
+    }
+
+    fn flags(&self, pfn: u64) -> u64 {
+        let mut flags = [0u8; 8];
+        match self.kpageflags.read_exact_at(&mut flags, pfn * 8) {
+            Ok(()) => u64::from_ne_bytes(flags),
+            Err(_) => 0,
+        }
     }
 
     fn is_ksm(&self, pfn: u64) -> bool {

@@ -15,6 +15,8 @@ pub enum MergeMode {
     Madvise,
     /// prctl(PR_SET_MEMORY_MERGE): the whole process.
     Prctl,
+    /// Never opted in: memory KSM must leave alone (a control, and `explain`'s "not opted in").
+    Off,
 }
 
 /// Processes with mergeable anonymous memory.
@@ -54,6 +56,10 @@ pub struct ProcsSpec {
     /// process), turned on again the same way.
     #[serde(default)]
     pub unmerge: f64,
+    /// `map=shared`: the memory is MAP_SHARED, as a VMM's guest RAM backed by memfd or shm
+    /// can be; MADV_MERGEABLE then succeeds and KSM never merges it.
+    #[serde(default)]
+    pub shared: bool,
 }
 
 /// Guest VMs under QEMU.
@@ -114,7 +120,7 @@ pub enum WorkloadSpec {
 /// is raised to fit) and about 1 MiB of its own beside its pages.
 pub const MAX_PROCS: u64 = 4096;
 
-const PROCS_HELP: &str = "procs:N[,pages=P][,dup=F][,zero=F][,rounds=R][,wait=D][,write=F][,mode=madvise|prctl][,thp=on|off][,pattern=distinct|same][,busy=on|off][,unmerge=F]";
+const PROCS_HELP: &str = "procs:N[,pages=P][,dup=F][,zero=F][,rounds=R][,wait=D][,write=F][,mode=madvise|prctl|off][,thp=on|off][,pattern=distinct|same][,busy=on|off][,unmerge=F][,map=private|shared]";
 const VMS_HELP: &str = "vms:N[,mem=256M][,shared=32M][,private=16M][,churn=1M/2s] or vms:N,os=debian[,load=sysbench,tables=2,table-size=10000,threads=1,time=60s] or vms:N,image=PATH";
 
 impl WorkloadSpec {
@@ -176,6 +182,7 @@ fn parse_procs(count_text: &str, options: BTreeMap<String, String>) -> Result<Pr
         same: false,
         busy: false,
         unmerge: 0.0,
+        shared: false,
     };
     for (key, value) in options {
         match key.as_str() {
@@ -190,11 +197,19 @@ fn parse_procs(count_text: &str, options: BTreeMap<String, String>) -> Result<Pr
                 spec.mode = match value.as_str() {
                     "madvise" => MergeMode::Madvise,
                     "prctl" => MergeMode::Prctl,
-                    _ => bail!("mode={value} is not madvise or prctl"),
+                    "off" => MergeMode::Off,
+                    _ => bail!("mode={value} is not madvise, prctl or off"),
                 }
             }
             "thp" => spec.thp = Some(parsed(parse::on_off(&value), "thp", &value)?),
             "busy" => spec.busy = parsed(parse::on_off(&value), "busy", &value)?,
+            "map" => {
+                spec.shared = match value.as_str() {
+                    "shared" => true,
+                    "private" => false,
+                    _ => bail!("map={value} is not private or shared"),
+                }
+            }
             "pattern" => {
                 spec.same = match value.as_str() {
                     "same" => true,
@@ -204,6 +219,12 @@ fn parse_procs(count_text: &str, options: BTreeMap<String, String>) -> Result<Pr
             }
             _ => bail!("unknown procs option {key:?}: use {PROCS_HELP}"),
         }
+    }
+    if spec.mode == MergeMode::Off && spec.unmerge > 0.0 {
+        bail!(
+            "unmerge={} needs memory that was merged: drop it with mode=off",
+            spec.unmerge
+        );
     }
     if spec.dup + spec.zero > 1.0 {
         bail!(
@@ -512,7 +533,7 @@ mod tests {
             ("procs:2,dup=1.5", "out of range"),
             ("procs:2,dup=x", "fraction"),
             ("procs:2,dup=0.8,zero=0.5", "at most 1"),
-            ("procs:2,mode=mmap", "madvise or prctl"),
+            ("procs:2,mode=mmap", "madvise, prctl or off"),
             ("procs:2,thp=maybe", "on or off"),
             ("procs:2,wait=-2s", "duration"),
             ("procs:2,wait=1e20", "wait=1e20: longer than 30 days"),

@@ -364,11 +364,19 @@ impl TestProcess {
 
     /// A worker that exits `wait_s` seconds after filling its memory.
     pub fn start_for(index: u32, pages: u64, dup: f64, nonce: u64, wait_s: f64) -> Self {
+        Self::start_spec(
+            index,
+            nonce,
+            serde_json::json!({
+                "count": 1, "pages": pages, "dup": dup, "zero": 0.0, "rounds": 1, "wait": wait_s,
+                "write": 0.0, "mode": "madvise", "thp": null,
+            }),
+        )
+    }
+
+    /// A worker with this procs spec (JSON, as the workload hands it over).
+    pub fn start_spec(index: u32, nonce: u64, spec: serde_json::Value) -> Self {
         // The worker's protocol: index, nonce, the procs spec as JSON.
-        let spec = serde_json::json!({
-            "count": 1, "pages": pages, "dup": dup, "zero": 0.0, "rounds": 1, "wait": wait_s,
-            "write": 0.0, "mode": "madvise", "thp": null,
-        });
         let mut child = Command::new(bin())
             .args([
                 "__procs-worker",

@@ -199,13 +199,18 @@ pub fn worker_main(args: &[String]) -> Result<()> {
     let page = crate::kernel::page_size() as usize;
     let pages = spec.pages as usize;
     let len = NonZeroUsize::new(pages * page).ok_or_else(|| anyhow!("no pages"))?;
-    // SAFETY: a fresh private anonymous mapping, used only through `memory` below.
+    // SAFETY: a fresh anonymous mapping (private, or shared with no one), used only through
+    // `memory` below.
     let base: NonNull<std::ffi::c_void> = unsafe {
         mmap_anonymous(
             None,
             len,
             ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
-            MapFlags::MAP_PRIVATE,
+            if spec.shared {
+                MapFlags::MAP_SHARED
+            } else {
+                MapFlags::MAP_PRIVATE
+            },
         )
     }?;
     if let Some(thp) = spec.thp {

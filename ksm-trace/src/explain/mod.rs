@@ -1,0 +1,287 @@
+//! `ksm-trace explain`: why memory is not merged. A funnel per process (summed per guest or
+//! cgroup): anonymous private memory → opted in (VmFlags `mg`) → known to KSM (rmap items) →
+//! merged, and every opted-in page that is not merged counted under one reason, never guessed:
+//! in a huge page not split yet, swapped out, zero-filled, identical to another page but not
+//! merged yet, or unique among the processes read. Beside the funnel what KSM never merges —
+//! shared mappings (named) and hugetlbfs — and what holds for the whole machine (KSM off,
+//! rmap items far above merged pages). "Identical" comes from hashing the contents of the
+//! unmerged pages (and of the KSM pages), read through /proc/<pid>/mem: hashes only stay, in
+//! this process's memory; nothing is written.
+pub mod contents;
+pub mod smaps;
+pub mod text;
+
+use std::collections::BTreeMap;
+
+use anyhow::{Result, bail};
+use serde::Serialize;
+
+use crate::kernel::{
+    KsmStat,
+    process::{By, ProcessIdentity},
+};
+use contents::{PageClass, Reading};
+use smaps::Vma;
+
+/// A process read: who it is, its funnel, and its mappings KSM never merges (name, pages).
+type ProcessRead = (ProcessIdentity, Funnel, Vec<(String, u64)>);
+
+/// What `explain` was asked for.
+pub struct ExplainOptions {
+    /// These processes only (with `vms`, also the guests named); empty: every process with
+    /// memory opted in to KSM.
+    pub pids: Vec<u32>,
+    pub vms: Vec<String>,
+    pub by: By,
+    /// Name every mapping that holds a reason.
+    pub vmas: bool,
+    /// Read at most this many pages' contents; the rest is counted as not read.
+    pub max_pages: u64,
+    pub json: bool,
+}
+
+/// Pages of one process (or group), by where they stand.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Funnel {
+    pub name: String,
+    pub pids: Vec<u32>,
+    /// Resident anonymous memory of its private mappings.
+    pub anon_private: u64,
+    /// Of it, in mappings opted in to KSM.
+    pub opted_in: u64,
+    /// ksm_rmap_items: the pages KSM has met in its scans.
+    pub known: u64,
+    /// Mapped to KSM pages now (a page table walk; ksm_merging_pages says the same).
+    pub merged: u64,
+    pub ksm_merging_pages: u64,
+    /// Merged with the kernel's zero page (use_zero_pages).
+    pub zero_page_merges: u64,
+    /// Opted-in pages not merged, by reason (see [`PageClass`]).
+    pub not_merged: BTreeMap<&'static str, u64>,
+    /// Anonymous private memory not opted in.
+    pub not_opted_in: u64,
+    /// Resident pages of shared mappings and hugetlbfs: KSM never merges them.
+    pub shared_mapping: u64,
+    pub hugetlbfs: u64,
+    /// The mappings behind those (with `--vmas`, or the largest few).
+    pub shared_vmas: Vec<(String, u64)>,
+    /// rmap items per merged page, when over 64: the kernel documents the process's profit
+    /// as negative then.
+    pub rmap_ratio_over_64: Option<f64>,
+}
+
+/// The whole answer.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Explanation {
+    /// Machine-wide: KSM's state and knobs that decide what merges.
+    pub run: i64,
+    pub use_zero_pages: bool,
+    pub smart_scan: Option<bool>,
+    pub max_page_sharing: i64,
+    pub groups: Vec<Funnel>,
+    pub reading: Reading,
+    /// Pages merging everything identical among the pages read would still save.
+    pub would_save_pages: u64,
+    pub page_size: u64,
+    /// Processes that exited while they were read.
+    pub exited: Vec<u32>,
+}
+
+/// Explains the processes `o` names.
+pub fn explain(o: &ExplainOptions) -> Result<Explanation> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!(
+            "ksm-trace explain reads other processes' page tables and memory: run it as root, e.g. with sudo"
+        );
+    }
+    if !std::path::Path::new(crate::kernel::sysfs::KSM_DIR).exists() {
+        bail!("this kernel has no KSM (/sys/kernel/mm/ksm is missing): nothing to explain");
+    }
+    // Which pages are KSM pages comes from /proc/kpageflags, which some kernels get wrong.
+    crate::kernel::pagemap::kpf_ksm_is_truthful()?;
+    let knobs = crate::kernel::sysfs::read_all().unwrap_or_default();
+    let knob = |k: &str| knobs.get(k).copied();
+    let use_zero_pages = knob("use_zero_pages") == Some(1);
+    let pids = chosen_pids(o)?;
+    let mut reading = contents::Reader::new(o.max_pages)?;
+    let mut per_process: Vec<ProcessRead> = Vec::new();
+    let mut exited = Vec::new();
+    for pid in pids {
+        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/smaps")) else {
+            exited.push(pid);
+            continue;
+        };
+        let vmas = smaps::parse(&text);
+        let identity = ProcessIdentity::read(pid);
+        let stat = KsmStat::read(pid).unwrap_or_default();
+        let mut f = Funnel {
+            name: String::new(),
+            pids: vec![pid],
+            known: stat.ksm_rmap_items,
+            ksm_merging_pages: stat.ksm_merging_pages,
+            zero_page_merges: stat.ksm_zero_pages,
+            ..Default::default()
+        };
+        let page_kib = crate::kernel::page_size() / 1024;
+        let mut shared = Vec::new();
+        for v in &vmas {
+            if v.hugetlb() {
+                f.hugetlbfs += v.hugetlb_kib / page_kib;
+                shared.push((v.name(), v.hugetlb_kib / page_kib));
+            } else if v.shared() {
+                f.shared_mapping += v.rss_kib / page_kib;
+                if v.rss_kib > 0 {
+                    shared.push((v.name(), v.rss_kib / page_kib));
+                }
+            } else {
+                f.anon_private += v.anonymous_kib / page_kib;
+                if v.mergeable() {
+                    f.opted_in += v.anonymous_kib / page_kib;
+                }
+            }
+        }
+        f.not_opted_in = f.anon_private - f.opted_in;
+        let opted: Vec<&Vma> = vmas
+            .iter()
+            .filter(|v| v.mergeable() && !v.shared() && !v.hugetlb())
+            .collect();
+        if !opted.is_empty() && !reading.walk(pid, &opted) {
+            exited.push(pid);
+            continue;
+        }
+        shared.sort_by_key(|v| std::cmp::Reverse(v.1));
+        per_process.push((identity, f, shared));
+    }
+    reading.finish();
+    // Classify each process's pages now that every content has been seen.
+    for (identity, f, _) in &mut per_process {
+        let pid = identity.pid;
+        for (class, n) in reading.classes(pid) {
+            match class {
+                PageClass::Merged => f.merged += n,
+                other => *f.not_merged.entry(other.key()).or_default() += n,
+            }
+        }
+        if f.merged > 0 && f.known as f64 / f.merged as f64 > 64.0 {
+            f.rmap_ratio_over_64 = Some(f.known as f64 / f.merged as f64);
+        }
+    }
+    let groups = group(per_process, o.by, o.vmas);
+    Ok(Explanation {
+        run: knob("run").unwrap_or(0),
+        use_zero_pages,
+        smart_scan: knob("smart_scan").map(|v| v == 1),
+        max_page_sharing: knob("max_page_sharing").unwrap_or(0),
+        groups,
+        would_save_pages: reading.would_save(use_zero_pages),
+        reading: reading.summary(),
+        page_size: crate::kernel::page_size(),
+        exited,
+    })
+}
+
+/// The processes asked for; by default every one with memory opted in to KSM (a mapping marked
+/// `mg`, or KSM's own accounting), and every QEMU guest.
+fn chosen_pids(o: &ExplainOptions) -> Result<Vec<u32>> {
+    let mut pids = o.pids.clone();
+    let all_pids = || -> Vec<u32> {
+        std::fs::read_dir("/proc")
+            .map(|entries| {
+                entries
+                    .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+                    .filter(|&pid| pid != std::process::id())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    for name in &o.vms {
+        let found: Vec<u32> = all_pids()
+            .into_iter()
+            .filter(|&pid| ProcessIdentity::read(pid).guest.as_deref() == Some(name.as_str()))
+            .collect();
+        if found.is_empty() {
+            bail!(
+                "no running guest is named {name:?} (QEMU's -name): see `ksm-trace sharing --now --by guest`"
+            );
+        }
+        pids.extend(found);
+    }
+    for &pid in &o.pids {
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            bail!("no process {pid}: give the pid of a running process");
+        }
+    }
+    if !pids.is_empty() {
+        pids.sort_unstable();
+        pids.dedup();
+        return Ok(pids);
+    }
+    // QEMU guests too: a VMM whose guest RAM is a shared mapping has madvised it in vain, and
+    // nothing marks it (MADV_MERGEABLE on a shared mapping sets no flag).
+    let mut all: Vec<u32> = all_pids()
+        .into_iter()
+        .filter(|&pid| opted_in(pid) || ProcessIdentity::read(pid).guest.is_some())
+        .collect();
+    all.sort_unstable();
+    Ok(all)
+}
+
+/// Whether any of `pid`'s mappings is opted in, or KSM tracks it.
+fn opted_in(pid: u32) -> bool {
+    KsmStat::read(pid).is_ok_and(|s| s.ksm_rmap_items > 0 || s.ksm_merging_pages > 0)
+        || std::fs::read_to_string(format!("/proc/{pid}/smaps")).is_ok_and(|t| {
+            t.lines()
+                .any(|l| l.starts_with("VmFlags:") && l.contains(" mg"))
+        })
+}
+
+/// The processes' funnels summed per group (`By::Process`: one each).
+fn group(per_process: Vec<ProcessRead>, by: By, all_vmas: bool) -> Vec<Funnel> {
+    let mut groups: BTreeMap<String, Funnel> = BTreeMap::new();
+    for (identity, f, shared) in per_process {
+        let name = by.group(&identity);
+        let g = groups.entry(name.clone()).or_default();
+        g.name = name;
+        g.pids.extend(&f.pids);
+        g.anon_private += f.anon_private;
+        g.opted_in += f.opted_in;
+        g.known += f.known;
+        g.merged += f.merged;
+        g.ksm_merging_pages += f.ksm_merging_pages;
+        g.zero_page_merges += f.zero_page_merges;
+        g.not_opted_in += f.not_opted_in;
+        g.shared_mapping += f.shared_mapping;
+        g.hugetlbfs += f.hugetlbfs;
+        for (k, v) in f.not_merged {
+            *g.not_merged.entry(k).or_default() += v;
+        }
+        let keep = if all_vmas { shared.len() } else { 3 };
+        let pid = identity.pid;
+        g.shared_vmas.extend(
+            shared
+                .into_iter()
+                .take(keep)
+                .map(|(n, p)| (format!("[{pid}] {n}"), p)),
+        );
+        g.rmap_ratio_over_64 = match (g.rmap_ratio_over_64, f.rmap_ratio_over_64) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+    }
+    let mut out: Vec<Funnel> = groups.into_values().collect();
+    out.sort_by(|a, b| {
+        b.opted_in
+            .cmp(&a.opted_in)
+            .then_with(|| a.name.cmp(&b.name))
+    });
+    out
+}
+
+/// `explain` as text or JSON.
+pub fn run(o: &ExplainOptions) -> Result<String> {
+    let e = explain(o)?;
+    if o.json {
+        return Ok(serde_json::to_string_pretty(&e)? + "\n");
+    }
+    Ok(text::render(&e))
+}

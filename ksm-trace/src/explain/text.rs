@@ -1,0 +1,128 @@
+//! `explain` as text: the machine's state first, then a funnel per process or group with each
+//! reason counted, then what merging everything identical would still save.
+use std::fmt::Write as _;
+
+use super::{Explanation, Funnel};
+
+/// Each reason's words, in the order shown.
+const REASONS: [(&str, &str); 6] = [
+    (
+        "identical_not_merged",
+        "identical to another page, not merged yet (changed between scans, skipped by smart_scan, or not reached by ksmd)",
+    ),
+    ("zero_filled", "zero-filled, not merged yet"),
+    ("unique", "content unique among the pages read"),
+    ("huge_page", "in a transparent huge page KSM has not split"),
+    ("swapped", "swapped out"),
+    ("not_read", "not read (over --max-pages)"),
+];
+
+pub fn render(e: &Explanation) -> String {
+    let mut o = String::new();
+    let mib = |pages: u64| pages as f64 * e.page_size as f64 / (1 << 20) as f64;
+    let state = match e.run {
+        0 => "KSM is OFF (run=0): ksmd merges nothing until it is started".to_owned(),
+        2 => "KSM is UNMERGING (run=2): every merged page is being broken up".to_owned(),
+        _ => "KSM is on (run=1)".to_owned(),
+    };
+    let _ = writeln!(
+        o,
+        "{state}; use_zero_pages={}, smart_scan={}, max_page_sharing={}",
+        if e.use_zero_pages { "on" } else { "off" },
+        e.smart_scan.map_or("n/a", |s| if s { "on" } else { "off" }),
+        e.max_page_sharing
+    );
+    let r = &e.reading;
+    let _ = writeln!(
+        o,
+        "Read {} unmerged and {} KSM pages in {:.2} s ({:.0} pages/s; hashes only, nothing written){}",
+        r.pages_read,
+        r.ksm_pages_read,
+        r.seconds,
+        r.pages_per_second,
+        if r.not_read > 0 {
+            format!(
+                "; {} pages not read (over --max-pages {})",
+                r.not_read, r.max_pages
+            )
+        } else {
+            String::new()
+        }
+    );
+    if !e.exited.is_empty() {
+        let pids: Vec<String> = e.exited.iter().map(u32::to_string).collect();
+        let _ = writeln!(o, "Skipped, exited while read: {}", pids.join(", "));
+    }
+    if e.groups.is_empty() {
+        let _ = writeln!(
+            o,
+            "\nNo process has memory opted in to KSM (madvise MADV_MERGEABLE or prctl PR_SET_MEMORY_MERGE): nothing can merge. MADV_MERGEABLE on a shared mapping leaves no mark: name such a process with --pid"
+        );
+    }
+    for g in &e.groups {
+        funnel(&mut o, g, &mib);
+    }
+    let _ = writeln!(
+        o,
+        "\nMerging every identical page read would still save {} pages ({:.1} MiB).",
+        e.would_save_pages,
+        mib(e.would_save_pages)
+    );
+    o
+}
+
+fn funnel(o: &mut String, g: &Funnel, mib: &dyn Fn(u64) -> f64) {
+    let _ = writeln!(
+        o,
+        "\n{}: {} anonymous private → {} opted in → {} known to KSM → {} merged ({:.1} MiB){}",
+        g.name,
+        g.anon_private,
+        g.opted_in,
+        g.known,
+        g.merged,
+        mib(g.merged),
+        if g.zero_page_merges > 0 {
+            format!(", and {} merged with the zero page", g.zero_page_merges)
+        } else {
+            String::new()
+        }
+    );
+    let mut lines = Vec::new();
+    if g.not_opted_in > 0 {
+        lines.push((
+            g.not_opted_in,
+            "not opted in (no MADV_MERGEABLE, no prctl)".to_owned(),
+        ));
+    }
+    for (key, words) in REASONS {
+        if let Some(&n) = g.not_merged.get(key).filter(|&&n| n > 0) {
+            lines.push((n, words.to_owned()));
+        }
+    }
+    if g.shared_mapping > 0 {
+        lines.push((
+            g.shared_mapping,
+            "in shared mappings (MAP_SHARED, memfd, shm): KSM never merges them".to_owned(),
+        ));
+    }
+    if g.hugetlbfs > 0 {
+        lines.push((g.hugetlbfs, "in hugetlbfs: KSM never merges it".to_owned()));
+    }
+    if lines.is_empty() {
+        let _ = writeln!(o, "  everything opted in is merged");
+    } else {
+        let _ = writeln!(o, "  not merged, in pages:");
+    }
+    for (n, words) in lines {
+        let _ = writeln!(o, "  {n:>10}  {words}");
+    }
+    for (name, pages) in &g.shared_vmas {
+        let _ = writeln!(o, "              {pages:>8} pages: {name}");
+    }
+    if let Some(ratio) = g.rmap_ratio_over_64 {
+        let _ = writeln!(
+            o,
+            "  {ratio:.0} rmap items per merged page, over 64: the kernel counts this process's profit as negative"
+        );
+    }
+}

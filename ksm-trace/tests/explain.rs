@@ -1,0 +1,173 @@
+//! `ksm-trace explain` against processes the test builds, each holding memory that is not
+//! merged for one known reason — not opted in, a shared mapping (MADV_MERGEABLE succeeds, KSM
+//! never merges it), unique content, content identical to another process's while ksmd is
+//! stopped, zero-filled pages with use_zero_pages off — counted exactly; then ksmd merges what
+//! it can and the same pages move to "merged".
+mod common;
+
+use std::{os::unix::process::CommandExt as _, process::Command, time::Duration};
+
+use common::*;
+use serde_json::{Value, json};
+
+tests! {
+    explain_counts_each_constructed_reason_exactly: Root,
+    explain_refuses_without_root: Root,
+}
+
+fn spec(pages: u64, dup: f64, zero: f64, mode: &str, shared: bool) -> Value {
+    json!({
+        "count": 1, "pages": pages, "dup": dup, "zero": zero, "rounds": 1, "wait": 600.0,
+        "write": 0.0, "mode": mode, "thp": false, "shared": shared,
+    })
+}
+
+fn funnel(e: &Value, pid: u32) -> Value {
+    e["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["pids"].as_array().unwrap().contains(&json!(pid)))
+        .unwrap_or_else(|| panic!("no funnel for {pid}: {e}"))
+        .clone()
+}
+
+fn reason(f: &Value, key: &str) -> u64 {
+    f["not_merged"][key].as_u64().unwrap_or(0)
+}
+
+fn explain_counts_each_constructed_reason_exactly() {
+    let session = KsmSession::start("explain");
+    set_knob("use_zero_pages", "0");
+    let nonce = std::process::id() as u64 * 2_750_159;
+    let off = TestProcess::start_spec(0, nonce + 1, spec(400, 0.0, 0.0, "off", false));
+    let shared = TestProcess::start_spec(1, nonce + 2, spec(300, 0.0, 0.0, "madvise", true));
+    let unique = TestProcess::start_spec(2, nonce + 3, spec(500, 0.0, 0.0, "madvise", false));
+    let pair =
+        [3, 4].map(|i| TestProcess::start_spec(i, nonce, spec(300, 1.0, 0.0, "madvise", false)));
+    let zero = TestProcess::start_spec(5, nonce + 5, spec(200, 0.0, 1.0, "madvise", false));
+    let all = [&off, &shared, &unique, &pair[0], &pair[1], &zero];
+    let pids: Vec<String> = all.iter().map(|p| p.pid().to_string()).collect();
+    let mut args = vec!["explain", "--json"];
+    for pid in &pids {
+        args.extend(["--pid", pid.as_str()]);
+    }
+    let knobs_before = ["run", "pages_to_scan", "sleep_millisecs", "use_zero_pages"].map(knob);
+
+    // ksmd stopped: nothing merges, each reason holds its pages.
+    let e = ksm_trace_json(&args);
+    assert_eq!(e["run"], 0, "{e}");
+    let f = funnel(&e, off.pid());
+    assert_eq!(f["opted_in"], 0, "{f}");
+    assert!(f["not_opted_in"].as_u64().unwrap() >= 400, "{f}");
+    let f = funnel(&e, shared.pid());
+    assert_eq!(
+        f["opted_in"], 0,
+        "MADV_MERGEABLE on a shared mapping sets nothing: {f}"
+    );
+    assert!(f["shared_mapping"].as_u64().unwrap() >= 300, "{f}");
+    assert!(
+        f["shared_vmas"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|v| v[1] == 300),
+        "the 300-page shared mapping is named: {f}"
+    );
+    let f = funnel(&e, unique.pid());
+    assert_eq!(
+        (f["opted_in"].as_u64(), reason(&f, "unique")),
+        (Some(500), 500),
+        "{f}"
+    );
+    for p in &pair {
+        let f = funnel(&e, p.pid());
+        assert_eq!(f["opted_in"], 300, "{f}");
+        assert_eq!(reason(&f, "identical_not_merged"), 300, "{f}");
+    }
+    let f = funnel(&e, zero.pid());
+    assert_eq!(
+        (f["opted_in"].as_u64(), reason(&f, "zero_filled")),
+        (Some(200), 200),
+        "{f}"
+    );
+    // The funnel adds up: every opted-in page is merged or under one reason.
+    for p in [&unique, &pair[0], &pair[1], &zero] {
+        let f = funnel(&e, p.pid());
+        let under: u64 = f["not_merged"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|v| v.as_u64().unwrap())
+            .sum();
+        assert_eq!(
+            f["merged"].as_u64().unwrap() + under,
+            f["opted_in"].as_u64().unwrap(),
+            "{f}"
+        );
+    }
+    // Merging all that: the pair's 300 pages once each, the 200 zero-filled pages into one.
+    assert_eq!(e["would_save_pages"], 300 + 199, "{e}");
+    assert!(e["reading"]["pages_read"].as_u64().unwrap() >= 1300, "{e}");
+    let text = ksm_trace_stdout(
+        &args[..args.len()]
+            .iter()
+            .filter(|a| **a != "--json")
+            .copied()
+            .collect::<Vec<_>>(),
+    );
+    assert!(text.contains("KSM is OFF (run=0)"), "{text}");
+    assert!(text.contains("KSM never merges them"), "{text}");
+
+    // ksmd merges what it can: the same pages are now merged, the unique ones stay unique.
+    let merged = [pair[0].pid(), pair[1].pid()];
+    assert!(
+        run_ksmd_until("2000", "10", Duration::from_secs(30), || {
+            all_merging(&merged, 300) && ksm_merging_pages(zero.pid()) == 200
+        }),
+        "ksmd merged the pair and the zero-filled pages"
+    );
+    let e = ksm_trace_json(&args);
+    for p in &pair {
+        let f = funnel(&e, p.pid());
+        assert_eq!(
+            (f["merged"].as_u64(), reason(&f, "identical_not_merged")),
+            (Some(300), 0),
+            "{f}"
+        );
+    }
+    assert_eq!(funnel(&e, zero.pid())["merged"], 200);
+    assert_eq!(reason(&funnel(&e, unique.pid()), "unique"), 500);
+    assert_eq!(e["would_save_pages"], 0, "{e}");
+    // Reading changed nothing but what the test itself did (ksmd was run by the test).
+    KsmSession::reset_knobs();
+    assert_eq!(
+        knobs_before,
+        ["run", "pages_to_scan", "sleep_millisecs", "use_zero_pages"].map(knob)
+    );
+    drop(pair);
+    drop((off, shared, unique, zero));
+    drop(session);
+}
+
+fn explain_refuses_without_root() {
+    use std::os::unix::fs::PermissionsExt as _;
+    // A copy nobody may run (the build tree may sit where nobody can reach it).
+    let dir = std::env::temp_dir().join(format!("ksm-trace-test-explain-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let exe = dir.join("ksm-trace");
+    std::fs::copy(bin(), &exe).unwrap();
+    std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = Command::new(&exe)
+        .args(["explain"])
+        .uid(65534)
+        .gid(65534)
+        .output();
+    std::fs::remove_dir_all(&dir).unwrap();
+    let out = out.unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("run it as root"), "{stderr}");
+}
