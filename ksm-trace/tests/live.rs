@@ -194,6 +194,27 @@ fn serve_is_scraped_by_a_real_prometheus_and_agrees_with_ksm_stat() {
     wait_for_workers(&prom, "ksm_process_merges_total", 3, |p| {
         ksm_merging_pages(p) as f64
     });
+    // What each saves, from the page tables (every 10 s): its 1000 merged pages each have three
+    // sharers, so it saves two thirds of a page each, less its rmap items — under the kernel's
+    // ksm_process_profit, which credits each mapping a whole page.
+    assert!(
+        wait_until(Duration::from_secs(25), || {
+            let saved = prom.by_worker("ksm_process_saved_bytes");
+            let profit = prom.by_worker("ksm_process_profit_bytes");
+            saved.len() == 3
+                && saved.iter().all(|&(pid, v)| {
+                    let kernel = profit
+                        .iter()
+                        .find(|&&(p, _)| p == pid)
+                        .map_or(0.0, |&(_, k)| k);
+                    v > 1000.0 * 4096.0 * 0.5 && v < kernel
+                })
+        }),
+        "ksm_process_saved_bytes per worker: {:?} against ksm_process_profit_bytes {:?}",
+        prom.by_worker("ksm_process_saved_bytes"),
+        prom.by_worker("ksm_process_profit_bytes")
+    );
+    assert!(prom.scalar("ksm_cow_storm_bytes").unwrap() > 0.0);
 
     // Round 2 (from ~24 s): every page is rewritten, unmerged and merged again.
     assert!(

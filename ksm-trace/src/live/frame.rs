@@ -23,6 +23,11 @@ pub struct ProcessFigures {
     /// The kernel's ksm_stat now: pages of this process merged, and KSM's profit for it.
     pub merging_pages: u64,
     pub profit_bytes: i64,
+    /// Its share of the KSM savings (each KSM page's m − 1 pages split (m − 1)/m per mapping,
+    /// zero-page merges, less its rmap items) and what it owes: the pages the host must find if
+    /// it wrote every merged page now. None before the first page-table walk.
+    pub saved_bytes: Option<i64>,
+    pub owes_pages: Option<u64>,
 }
 
 /// Machine-wide figures.
@@ -47,6 +52,9 @@ pub struct SystemFigures {
     pub cow_traced: bool,
     /// How merge latency is measured, in words (e.g. 0.05 s when merges start, one per 5 s).
     pub latency_mechanism: String,
+    /// The COW storm — every merged page written now — in pages, against MemAvailable.
+    pub storm_pages: Option<u64>,
+    pub mem_available_bytes: Option<u64>,
 }
 
 #[derive(Clone, Debug)]
@@ -142,6 +150,8 @@ impl Frame {
             latency_sum_ns: 0,
             merging_pages: 0,
             profit_bytes: 0,
+            saved_bytes: None,
+            owes_pages: None,
         };
         for p in rest {
             other.merges += p.merges;
@@ -151,6 +161,12 @@ impl Frame {
             other.latency_sum_ns += p.latency_sum_ns;
             other.merging_pages += p.merging_pages;
             other.profit_bytes += p.profit_bytes;
+            if let Some(s) = p.saved_bytes {
+                *other.saved_bytes.get_or_insert(0) += s;
+            }
+            if let Some(o) = p.owes_pages {
+                *other.owes_pages.get_or_insert(0) += o;
+            }
         }
         (head, Some(other))
     }
@@ -177,6 +193,8 @@ pub(crate) mod tests {
             latency_sum_ns: 1000 * pid as u64,
             merging_pages,
             profit_bytes: merging_pages as i64 * 4096,
+            saved_bytes: None,
+            owes_pages: None,
         }
     }
 

@@ -19,11 +19,15 @@ use crate::{
     probes::{ProbeOptions, Probes, bracket::BracketPolicy},
     report::mechanisms,
     run::session,
+    sharing::savings::Savings,
 };
 pub use frame::{Frame, ProcessFigures, SystemFigures};
 
 /// How often the ring buffer is drained (as `record` does).
 pub const DRAIN_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+/// How often what each process saves and owes is read again: it walks every KSM process's
+/// page tables, too much to do each second on a large host.
+pub const SAVINGS_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 pub struct LiveTracer {
     probes: Probes,
@@ -38,6 +42,8 @@ pub struct LiveTracer {
     identities: BTreeMap<u32, ProcessIdentity>,
     /// Only these processes (`-p`), or all.
     only: BTreeSet<u32>,
+    /// The last savings split, and when it was taken.
+    savings: Option<(std::time::Instant, Savings)>,
 }
 
 impl LiveTracer {
@@ -71,6 +77,7 @@ impl LiveTracer {
             last_full_scan_ns: None,
             identities: BTreeMap::new(),
             only: only.iter().copied().collect(),
+            savings: None,
         })
     }
 
@@ -111,6 +118,12 @@ impl LiveTracer {
         self.collector.merges.forget(&gone);
         self.identities.retain(|pid, _| !gone.contains(pid));
 
+        let savings = self.savings().cloned();
+        let share = |pid: u32| {
+            savings
+                .as_ref()
+                .and_then(|s| s.processes.iter().find(|p| p.pid == pid))
+        };
         let mut processes = Vec::new();
         for pid in pids.difference(&gone) {
             // Read once above for the processes KSM tracks; traced ones it no longer does.
@@ -139,6 +152,8 @@ impl LiveTracer {
                 latency_sum_ns: t.map_or(0, |t| t.new_page + t.join + t.zero_page),
                 merging_pages: stat.ksm_merging_pages,
                 profit_bytes: stat.ksm_process_profit,
+                saved_bytes: share(*pid).map(|s| s.saved_bytes),
+                owes_pages: share(*pid).map(|s| s.owes_pages),
             });
         }
         processes.sort_by(|a, b| {
@@ -167,7 +182,23 @@ impl LiveTracer {
                 lost_events: self.probes.lost_events().unwrap_or(0),
                 cow_traced: mechanisms.cow_traced(),
                 latency_mechanism: mechanisms::merge_latency_short(mechanisms.merge_latency),
+                storm_pages: savings.as_ref().map(|s| s.storm_pages),
+                mem_available_bytes: savings.as_ref().and_then(|s| s.mem_available_bytes),
             },
         })
+    }
+
+    /// The savings split, taken again when [`SAVINGS_EVERY`] has passed (None where the kernel
+    /// cannot tell KSM pages in /proc/kpageflags).
+    fn savings(&mut self) -> Option<&Savings> {
+        let stale = self
+            .savings
+            .as_ref()
+            .is_none_or(|(at, _)| at.elapsed() >= SAVINGS_EVERY);
+        if stale && crate::kernel::pagemap::kpf_ksm_is_truthful().is_ok() {
+            let snapshot = crate::sharing::Snapshot::take(&[]);
+            self.savings = Some((std::time::Instant::now(), Savings::now(&snapshot, &[])));
+        }
+        self.savings.as_ref().map(|(_, s)| s)
     }
 }

@@ -156,6 +156,25 @@ fn encode_frame(frame: &Frame, top: usize, enc: &mut DescriptorEncoder) -> std::
         MetricType::Gauge,
         &|p| p.profit_bytes,
     )?;
+    // From the page tables, every SAVINGS_EVERY: absent where the kernel cannot tell KSM pages.
+    if processes.iter().any(|p| p.saved_bytes.is_some()) {
+        per_process(
+            enc,
+            "ksm_process_saved",
+            "Memory the process saves through KSM: each KSM page's m - 1 saved pages split (m - 1)/m per mapping, zero-page merges, less its rmap items; sums to general_profit (page tables, refreshed every 10 s)",
+            Some(Unit::Bytes),
+            MetricType::Gauge,
+            &|p| p.saved_bytes.unwrap_or(0),
+        )?;
+        per_process(
+            enc,
+            "ksm_process_owes",
+            "Memory the host must find if the process wrote every merged page now (page tables, refreshed every 10 s)",
+            Some(Unit::Bytes),
+            MetricType::Gauge,
+            &|p| (p.owes_pages.unwrap_or(0) * page) as i64,
+        )?;
+    }
     {
         let mut m = enc.encode_descriptor(
             "ksm_process_merge_latency",
@@ -179,6 +198,15 @@ fn encode_frame(frame: &Frame, top: usize, enc: &mut DescriptorEncoder) -> std::
     let gauge = |enc: &mut DescriptorEncoder, name: &str, help: &str, unit, v: i64| {
         ConstGauge::new(v).encode(enc.encode_descriptor(name, help, unit, MetricType::Gauge)?)
     };
+    if let Some(storm) = sys.storm_pages {
+        gauge(
+            enc,
+            "ksm_cow_storm",
+            "Memory the host must find if every merged page on the machine were written now",
+            Some(&Unit::Bytes),
+            (storm * page) as i64,
+        )?;
+    }
     ConstCounter::new(sys.ksmd_cpu_ns as f64 / 1e9).encode(enc.encode_descriptor(
         "ksm_ksmd_cpu",
         "CPU time ksmd has used since boot (/proc/PID/schedstat)",

@@ -175,6 +175,8 @@ fn draw(f: &mut ratatui::Frame, t: &table::Table, paused: bool) {
         Constraint::Length(9),
         Constraint::Length(9),
         Constraint::Length(9),
+        Constraint::Length(9),
+        Constraint::Length(9),
         Constraint::Length(7),
         Constraint::Length(8),
         Constraint::Length(8),

@@ -39,13 +39,15 @@ impl SortKey {
     }
 }
 
-pub const COLUMNS: [&str; 10] = [
+pub const COLUMNS: [&str; 12] = [
     "PID",
     "COMM",
     "GUEST",
     "MERGES/s",
     "UNMERGE/s",
     "MERGED",
+    "SAVED",
+    "OWES",
     "PROFIT",
     "COW/s",
     "P50",
@@ -59,6 +61,23 @@ pub struct Table {
 
 fn mib(bytes: f64) -> String {
     format!("{:.1}M", bytes / (1u64 << 20) as f64)
+}
+
+/// The COW storm against what is available (SAVED and OWES are read every 10 s).
+fn storm_line(sys: &crate::live::SystemFigures, page: f64) -> String {
+    match (sys.storm_pages, sys.mem_available_bytes) {
+        (Some(storm), Some(avail)) if storm as f64 * page > avail as f64 => format!(
+            "WARNING: a COW storm (every merged page written now) needs {}, more than the {} available",
+            mib(storm as f64 * page),
+            mib(avail as f64)
+        ),
+        (Some(storm), Some(avail)) => format!(
+            "COW storm (every merged page written now): {} of {} available  (SAVED, OWES: page tables, every 10 s)",
+            mib(storm as f64 * page),
+            mib(avail as f64)
+        ),
+        _ => "SAVED, OWES: not on this kernel (its /proc/kpageflags cannot tell KSM pages)".into(),
+    }
 }
 
 /// The table for `frame`, rates since `previous`, at most `limit` rows.
@@ -104,6 +123,7 @@ pub fn table(frame: &Frame, previous: Option<&Frame>, sort: SortKey, limit: usiz
             sys.lost_events,
             sort.name()
         ),
+        storm_line(sys, page),
     ];
 
     let mut rows: Vec<(&ProcessFigures, _)> = frame
@@ -137,6 +157,8 @@ pub fn table(frame: &Frame, previous: Option<&Frame>, sort: SortKey, limit: usiz
                 format!("{:.0}", r.merges),
                 format!("{:.0}", r.unmerges),
                 mib(p.merging_pages as f64 * page),
+                p.saved_bytes.map_or("-".into(), |b| mib(b as f64)),
+                p.owes_pages.map_or("-".into(), |o| mib(o as f64 * page)),
                 mib(p.profit_bytes as f64),
                 if sys.cow_traced {
                     format!("{:.0}", r.cow_breaks)
@@ -214,12 +236,33 @@ mod tests {
         now.system.merges = 10;
         now.system.timed_merges = 10;
         let t = table(&now, None, SortKey::default(), 10);
-        assert_eq!(t.rows[0][7], "-");
+        assert_eq!(t.rows[0][9], "-");
+        // No page-table walk in this frame: SAVED and OWES say so rather than 0.
+        assert_eq!((t.rows[0][6].as_str(), t.rows[0][7].as_str()), ("-", "-"));
+        assert!(
+            t.header[3].contains("not on this kernel"),
+            "{}",
+            t.header[3]
+        );
         assert!(t.header[1].contains("machine-wide only"));
         assert!(
             t.header[2].contains("100.0 % of 10 merges"),
             "{}",
             t.header[2]
+        );
+    }
+
+    #[test]
+    fn a_storm_that_does_not_fit_is_a_warning() {
+        let mut f = frame(1.0, vec![process(1, 10, 10)], 0);
+        f.system.storm_pages = Some(1000);
+        f.system.mem_available_bytes = Some(1000 * 4096 - 1);
+        assert!(storm_line(&f.system, 4096.0).starts_with("WARNING: a COW storm"));
+        f.system.mem_available_bytes = Some(4000 * 4096);
+        let line = storm_line(&f.system, 4096.0);
+        assert!(
+            line.starts_with("COW storm (every merged page written now): 3.9M of 15.6M"),
+            "{line}"
         );
     }
 
