@@ -14,6 +14,17 @@ pub struct ProcessIdentity {
 }
 
 impl ProcessIdentity {
+    /// A process the unit tests make up: comm `p<pid>`, in `cgroup`, not a guest.
+    #[cfg(test)]
+    pub fn made_up(pid: u32, cgroup: &str) -> Self {
+        Self {
+            pid,
+            comm: format!("p{pid}"),
+            cgroup: cgroup.into(),
+            guest: None,
+        }
+    }
+
     /// What /proc says of `pid` (empty fields for a process that is gone).
     pub fn read(pid: u32) -> Self {
         let read =

@@ -112,12 +112,7 @@ mod tests {
     use super::*;
 
     fn sharer(pid: u32, cgroup: &str) -> Sharer {
-        Sharer {
-            pid,
-            comm: format!("p{pid}"),
-            cgroup: cgroup.into(),
-            guest: None,
-        }
+        Sharer::made_up(pid, cgroup)
     }
 
     #[test]

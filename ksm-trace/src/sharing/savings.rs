@@ -138,12 +138,7 @@ mod tests {
     use crate::kernel::process::ProcessIdentity;
 
     fn sharer(pid: u32) -> ProcessIdentity {
-        ProcessIdentity {
-            pid,
-            comm: format!("p{pid}"),
-            cgroup: "/".into(),
-            guest: None,
-        }
+        ProcessIdentity::made_up(pid, "/")
     }
 
     #[test]

@@ -83,12 +83,7 @@ mod tests {
     }
 
     fn sharer(pid: u32) -> ProcessIdentity {
-        ProcessIdentity {
-            pid,
-            comm: format!("p{pid}"),
-            cgroup: "/".into(),
-            guest: None,
-        }
+        ProcessIdentity::made_up(pid, "/")
     }
 
     #[test]
