@@ -197,7 +197,7 @@ impl LiveTracer {
             .is_none_or(|(at, _)| at.elapsed() >= SAVINGS_EVERY);
         if stale && crate::kernel::pagemap::kpf_ksm_is_truthful().is_ok() {
             let snapshot = crate::sharing::Snapshot::take(&[]);
-            self.savings = Some((std::time::Instant::now(), Savings::now(&snapshot, &[])));
+            self.savings = Some((std::time::Instant::now(), Savings::now(&snapshot)));
         }
         self.savings.as_ref().map(|(_, s)| s)
     }

@@ -295,7 +295,7 @@ fn sharing_at_close(
     // Every process with KSM pages: a page's sharers outside the recording count in its split.
     let all = sharing::Snapshot::take(&[]);
     let took_ms = started.elapsed().as_secs_f64() * 1e3;
-    let savings = sharing::savings::Savings::now(&all, &[]);
+    let savings = sharing::savings::Savings::now(&all);
     let mut record = sharing::sets::record(traced, Some((&all.only(keep), took_ms)));
     if let Some(end) = record.end_snapshot.as_mut() {
         end.savings = Some(savings);

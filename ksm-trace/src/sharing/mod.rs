@@ -88,9 +88,17 @@ fn now(pids: &[u32]) -> Result<Built> {
         );
     }
     let started = std::time::Instant::now();
-    let snapshot = Snapshot::take(pids);
+    // Every process with KSM pages, whatever `pids` says: a page's split counts all its
+    // sharers. The matrix and the rows shown are then those of `pids`.
+    let all = Snapshot::take(&[]);
     let ms = started.elapsed().as_secs_f64() * 1e3;
-    let savings = Savings::now(&snapshot, pids);
+    let mut savings = Savings::now(&all);
+    let snapshot = if pids.is_empty() {
+        all
+    } else {
+        savings.processes.retain(|p| pids.contains(&p.pid));
+        all.only(|pid| pids.contains(&pid))
+    };
     let sets = sets::fold(snapshot.pids_by_page().into_values());
     let header = format!(
         "KSM pages mapped right now: {{pages}} distinct, by {} processes in {{groups}} groups (snapshot of their page tables, {ms:.0} ms)",

@@ -15,14 +15,12 @@ pub use crate::recording::schema::{ProcessSavings, Savings};
 const RMAP_ITEM_BYTES: i64 = 64;
 
 impl Savings {
-    /// The split of `snapshot`'s KSM pages, with the ksm_stat of every process KSM tracks (or
-    /// of `pids`) and the machine's counters, read just after the page tables.
-    pub fn now(snapshot: &Snapshot, pids: &[u32]) -> Self {
+    /// The split of `snapshot`'s KSM pages (a snapshot of every process with KSM pages: a
+    /// page's sharers must all be in it for its split to be right), with the ksm_stat of every
+    /// process KSM tracks and the machine's counters, read just after the page tables.
+    pub fn now(snapshot: &Snapshot) -> Self {
         use procfs::Current as _;
-        let mut stats = KsmStat::tracked();
-        if !pids.is_empty() {
-            stats.retain(|pid, _| pids.contains(pid));
-        }
+        let stats = KsmStat::tracked();
         let ksm = crate::kernel::sysfs::read_all().unwrap_or_default();
         let available = procfs::Meminfo::current()
             .ok()

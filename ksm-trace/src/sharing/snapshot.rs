@@ -55,34 +55,27 @@ impl Snapshot {
 
     /// The same pages, as far as the processes `keep` accepts map them.
     pub fn only(&self, keep: impl Fn(u32) -> bool) -> Snapshot {
-        let kept: Vec<Option<usize>> = {
-            let mut next = 0;
-            self.sharers
-                .iter()
-                .map(|s| {
-                    keep(s.pid).then(|| {
-                        next += 1;
-                        next - 1
-                    })
+        // Old index → new index, for the sharers kept.
+        let mut sharers = Vec::new();
+        let index: Vec<Option<usize>> = self
+            .sharers
+            .iter()
+            .map(|s| {
+                keep(s.pid).then(|| {
+                    sharers.push(s.clone());
+                    sharers.len() - 1
                 })
-                .collect()
-        };
-        Snapshot {
-            sharers: self
-                .sharers
-                .iter()
-                .filter(|s| keep(s.pid))
-                .cloned()
-                .collect(),
-            pages: self
-                .pages
-                .iter()
-                .filter_map(|(&pfn, list)| {
-                    let list: Vec<usize> = list.iter().filter_map(|&i| kept[i]).collect();
-                    (!list.is_empty()).then_some((pfn, list))
-                })
-                .collect(),
-        }
+            })
+            .collect();
+        let pages = self
+            .pages
+            .iter()
+            .filter_map(|(&pfn, list)| {
+                let list: Vec<usize> = list.iter().filter_map(|&i| index[i]).collect();
+                (!list.is_empty()).then_some((pfn, list))
+            })
+            .collect();
+        Snapshot { sharers, pages }
     }
 
     /// KSM page pfn → the pids mapping it.
@@ -91,5 +84,27 @@ impl Snapshot {
             .iter()
             .map(|(&pfn, list)| (pfn, list.iter().map(|&i| self.sharers[i].pid).collect()))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_keeps_the_chosen_sharers_mappings_and_reindexes_them() {
+        let s = Snapshot {
+            sharers: [10, 20, 30]
+                .map(|p| ProcessIdentity::made_up(p, "/"))
+                .to_vec(),
+            // pfn 1: 10 twice and 30; pfn 2: 20 only.
+            pages: [(1, vec![0, 0, 2]), (2, vec![1])].into(),
+        };
+        let kept = s.only(|pid| pid != 20);
+        assert_eq!(
+            kept.sharers.iter().map(|s| s.pid).collect::<Vec<_>>(),
+            [10, 30]
+        );
+        assert_eq!(kept.pages, [(1, vec![0, 0, 1])].into());
     }
 }
