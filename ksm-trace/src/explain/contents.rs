@@ -112,8 +112,8 @@ impl Reader {
         })
     }
 
-    /// Reads `pid`'s opted-in mappings; false when the process went away meanwhile (what was
-    /// read of it is dropped).
+    /// Reads `pid`'s opted-in mappings; false when the process went away meanwhile (nothing of
+    /// it is kept: no page, no hash, no count).
     pub fn walk(&mut self, pid: u32, vmas: &[&Vma]) -> bool {
         let (Ok(map), Ok(mem)) = (
             KsmPages::open(Some(pid)),
@@ -125,63 +125,70 @@ impl Reader {
         for v in vmas {
             map.each_page(v.start, v.end, |addr, state| states.push((addr, state)));
         }
+        // What this process adds is kept apart until all of it is read: a process that exits
+        // half-way must leave no hashes behind for the others' pages to match.
         let mut entries = Vec::with_capacity(states.len());
+        let mut contents = Vec::new();
+        let mut ksm_contents = Vec::new();
+        let mut ksm_pfns = HashSet::new();
+        let mut not_read = 0;
         let mut buf = vec![0u8; self.page];
         for (addr, state) in states {
+            let pending = (contents.len() + ksm_contents.len()) as u64;
+            let budget = self.read + self.ksm_read + pending < self.max_pages;
             let entry = match state {
                 PageState::NotPresent => continue,
                 PageState::Swapped => Entry::Class(PageClass::Swapped),
                 PageState::Page { pfn, ksm: true, .. } => {
-                    if self.ksm_pfns_read.insert(pfn) && self.budget() {
+                    if budget && !self.ksm_pfns_read.contains(&pfn) && ksm_pfns.insert(pfn) {
                         if mem.read_exact_at(&mut buf, addr).is_err() {
-                            return self.gone(pid);
+                            return false;
                         }
-                        self.seen.entry(hash(&buf)).or_default().1 += 1;
-                        self.ksm_read += 1;
+                        ksm_contents.push(hash(&buf));
                     }
                     Entry::Class(PageClass::Merged)
                 }
                 PageState::Page { thp: true, .. } => Entry::Class(PageClass::HugePage),
                 // The kernel's zero page: a zero-page merge or a page never written.
                 PageState::Page { pfn, .. } if Some(pfn) == self.zero_pfn => continue,
-                PageState::Page { .. } if !self.budget() => {
-                    self.not_read += 1;
+                PageState::Page { .. } if !budget => {
+                    not_read += 1;
                     Entry::Class(PageClass::NotRead)
                 }
                 PageState::Page { .. } => {
                     if mem.read_exact_at(&mut buf, addr).is_err() {
-                        return self.gone(pid);
+                        return false;
                     }
                     let h = hash(&buf);
-                    self.seen.entry(h).or_default().0 += 1;
-                    self.read += 1;
+                    contents.push(h);
                     Entry::Content { hash: h }
                 }
             };
             entries.push(entry);
-            self.report_progress();
+            self.report_progress(contents.len() + ksm_contents.len());
         }
+        for h in &contents {
+            self.seen.entry(*h).or_default().0 += 1;
+        }
+        for h in &ksm_contents {
+            self.seen.entry(*h).or_default().1 += 1;
+        }
+        self.read += contents.len() as u64;
+        self.ksm_read += ksm_contents.len() as u64;
+        self.not_read += not_read;
+        self.ksm_pfns_read.extend(ksm_pfns);
         self.pages.insert(pid, entries);
         true
     }
 
-    fn budget(&self) -> bool {
-        self.read + self.ksm_read < self.max_pages
-    }
-
-    /// A read failed: the process exited (or unmapped the range) meanwhile.
-    fn gone(&mut self, pid: u32) -> bool {
-        self.pages.remove(&pid);
-        false
-    }
-
-    fn report_progress(&mut self) {
+    /// `pending`: pages of the process being read, not counted yet.
+    fn report_progress(&mut self, pending: usize) {
         if self.progress && self.last_progress.elapsed().as_secs_f64() >= 1.0 {
             let s = self.started.elapsed().as_secs_f64();
+            let read = self.read + self.ksm_read + pending as u64;
             eprint!(
-                "\rksm-trace explain: {} pages read in {s:.0} s ({:.0} pages/s)   ",
-                self.read + self.ksm_read,
-                (self.read + self.ksm_read) as f64 / s
+                "\rksm-trace explain: {read} pages read in {s:.0} s ({:.0} pages/s)   ",
+                read as f64 / s
             );
             self.last_progress = Instant::now();
         }
