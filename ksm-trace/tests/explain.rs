@@ -153,7 +153,7 @@ fn explain_counts_each_constructed_reason_exactly() {
 fn explain_refuses_without_root() {
     use std::os::unix::fs::PermissionsExt as _;
     // A copy nobody may run (the build tree may sit where nobody can reach it).
-    let dir = std::env::temp_dir().join(format!("ksm-trace-test-explain-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("ksm-trace-test-nonroot-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     let exe = dir.join("ksm-trace");
