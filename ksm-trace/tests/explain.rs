@@ -2,7 +2,8 @@
 //! merged for one known reason — not opted in, a shared mapping (MADV_MERGEABLE succeeds, KSM
 //! never merges it), unique content, content identical to another process's while ksmd is
 //! stopped, zero-filled pages with use_zero_pages off — counted exactly; then ksmd merges what
-//! it can and the same pages move to "merged".
+//! it can and the same pages move to "merged". Then a host "too large to read whole": a random
+//! sample whose 95 % intervals must hold what the test built, and `--full` that counts it exactly.
 mod common;
 
 use std::{os::unix::process::CommandExt as _, process::Command, time::Duration};
@@ -12,6 +13,7 @@ use serde_json::{Value, json};
 
 tests! {
     explain_counts_each_constructed_reason_exactly: Root,
+    explain_samples_with_intervals_that_hold_what_was_built: Root,
     explain_refuses_without_root: Root,
 }
 
@@ -147,6 +149,144 @@ fn explain_counts_each_constructed_reason_exactly() {
     );
     drop(pair);
     drop((off, shared, unique, zero));
+    drop(session);
+}
+
+fn explain_samples_with_intervals_that_hold_what_was_built() {
+    let session = KsmSession::start("explain-sample");
+    set_knob("use_zero_pages", "0");
+    let nonce = std::process::id() as u64 * 3_141_593;
+    // Two processes ksmd merges: their 600 contents become KSM pages. And 600 zero-filled
+    // pages of a third: one content mapped more than max_page_sharing (256) times takes
+    // 600 / 256 → 3 KSM pages, 2 more than it has contents.
+    let merged =
+        [0, 1].map(|i| TestProcess::start_spec(i, nonce, spec(600, 1.0, 0.0, "madvise", false)));
+    let merged_pids = merged.each_ref().map(TestProcess::pid);
+    let crowd = TestProcess::start_spec(7, nonce + 4, spec(600, 0.0, 1.0, "madvise", false));
+    assert_eq!(knob("max_page_sharing"), "256");
+    assert!(
+        run_ksmd_until("2000", "10", Duration::from_secs(30), || all_merging(
+            &merged_pids,
+            600
+        ) && ksm_merging_pages(crowd.pid())
+            == 600),
+        "ksmd merged the pair and the zero-filled pages"
+    );
+    // Then, with ksmd stopped: 600 pages identical to those KSM pages (and 900 unique), 3000
+    // unique pages, 1000 zero-filled, and two processes whose 1000 pages are each other's.
+    let late = TestProcess::start_spec(2, nonce, spec(1500, 1.0, 0.0, "madvise", false));
+    let unique = TestProcess::start_spec(3, nonce + 1, spec(3000, 0.0, 0.0, "madvise", false));
+    let zero = TestProcess::start_spec(4, nonce + 2, spec(1000, 0.0, 1.0, "madvise", false));
+    let twins = [5, 6]
+        .map(|i| TestProcess::start_spec(i, nonce + 3, spec(1000, 1.0, 0.0, "madvise", false)));
+    let truth: Vec<(u32, Vec<(&str, u64)>)> = vec![
+        (
+            late.pid(),
+            vec![("identical_to_merged", 600), ("unique", 900)],
+        ),
+        (unique.pid(), vec![("unique", 3000)]),
+        (zero.pid(), vec![("zero_filled", 1000)]),
+        (twins[0].pid(), vec![("identical_not_merged", 1000)]),
+        (twins[1].pid(), vec![("identical_not_merged", 1000)]),
+    ];
+    let pids: Vec<String> = merged_pids
+        .iter()
+        .chain([crowd.pid()].iter())
+        .chain(truth.iter().map(|(p, _)| p))
+        .map(u32::to_string)
+        .collect();
+    let mut args = vec!["explain", "--json"];
+    for pid in &pids {
+        args.extend(["--pid", pid.as_str()]);
+    }
+    // A budget of every KSM page and 30 % of the 7500 unmerged ones.
+    let ksm_pages = knob_u64("pages_shared");
+    assert!(
+        ksm_pages <= 2250,
+        "{ksm_pages} KSM pages on the machine: too many for this test's budget"
+    );
+    let budget = (ksm_pages + 2250).to_string();
+    let mut sampled = args.clone();
+    sampled.extend(["--max-pages", budget.as_str(), "--seed", "7"]);
+
+    let e = ksm_trace_json(&sampled);
+    let plan = &e["reading"]["plan"];
+    assert_eq!(plan["ksm_rate"], 1.0, "{e}");
+    let rate = plan["rate"].as_f64().unwrap();
+    assert!(rate > 0.2 && rate < 0.4, "{e}");
+    assert_eq!(e["reading"]["pages_eligible"], 7500, "{e}");
+    for pid in merged_pids {
+        assert_eq!(funnel(&e, pid)["merged"], 600, "{e}");
+    }
+    for (pid, built) in &truth {
+        let f = funnel(&e, *pid);
+        let opted = f["opted_in"].as_u64().unwrap();
+        let estimated: u64 = f["not_merged"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|v| v.as_u64().unwrap())
+            .sum();
+        assert_eq!(estimated, opted, "the estimates add up to the pages: {f}");
+        // Every interval holds what was built (0 where nothing of that kind was built).
+        let intervals = f["not_merged_95"].as_object().unwrap();
+        assert!(!intervals.is_empty(), "{f}");
+        for (key, interval) in intervals {
+            let want = built.iter().find(|(k, _)| k == key).map_or(0, |(_, n)| *n);
+            let (lo, hi) = (interval[0].as_u64().unwrap(), interval[1].as_u64().unwrap());
+            assert!(
+                lo <= want && want <= hi,
+                "{key}: {want} not in {lo}..{hi}: {f}"
+            );
+        }
+        for (key, n) in built {
+            assert!(
+                intervals.contains_key(*key),
+                "{key} ({n}) is estimated: {f}"
+            );
+        }
+    }
+    let text = ksm_trace_stdout(
+        &sampled[..sampled.len()]
+            .iter()
+            .filter(|a| **a != "--json")
+            .copied()
+            .collect::<Vec<_>>(),
+    );
+    assert!(
+        text.contains("uniform random sample") && text.contains("seed 7"),
+        "{text}"
+    );
+    assert!(text.contains("[95 %: "), "{text}");
+
+    // --full: every page read, each reason counted exactly.
+    let mut full = args.clone();
+    full.push("--full");
+    let e = ksm_trace_json(&full);
+    assert_eq!(e["reading"]["plan"]["rate"], 1.0, "{e}");
+    assert_eq!(e["reading"]["pages_read"], 7500, "{e}");
+    for (pid, built) in &truth {
+        let f = funnel(&e, *pid);
+        assert!(f.get("not_merged_95").is_none(), "{f}");
+        for (key, n) in built {
+            assert_eq!(reason(&f, key), *n, "{key}: {f}");
+        }
+    }
+    // The zero-filled pages have a KSM page of their content already: each would save one.
+    assert_eq!(e["would_save_pages"], 600 + 1000 + 1000, "{e}");
+    // max_page_sharing: the crowd's content is on 3 KSM pages, 2 beyond the first, and the
+    // kernel's own count of such pages (machine-wide) holds them.
+    assert_eq!(e["reading"]["ksm_pages_duplicated"], 2, "{e}");
+    assert!(
+        e["ksm_pages_over_max_sharing"].as_u64().unwrap() >= 2,
+        "{e}"
+    );
+    let text = ksm_trace_stdout(&["explain", "--full", "--pid", &crowd.pid().to_string()]);
+    assert!(
+        text.contains("max_page_sharing=256 times takes another KSM page"),
+        "{text}"
+    );
+    drop((merged, crowd, late, unique, zero, twins));
     drop(session);
 }
 

@@ -10,7 +10,8 @@ pub fn run(args: &ExplainArgs) -> Result<()> {
         vms: args.vms.clone(),
         by: args.by,
         vmas: args.vmas,
-        max_pages: args.max_pages,
+        max_pages: (!args.full).then_some(args.max_pages),
+        seed: args.seed,
         json: args.json,
     })?)
 }

@@ -6,7 +6,9 @@
 //! shared mappings (named) and hugetlbfs — and what holds for the whole machine (KSM off,
 //! rmap items far above merged pages). "Identical" comes from hashing the contents of the
 //! unmerged pages (and of the KSM pages), read through /proc/<pid>/mem: hashes only stay, in
-//! this process's memory; nothing is written.
+//! this process's memory; nothing is written. A host with more opted-in memory than the budget
+//! (`--max-pages`) is read as a uniform random sample, and what the contents decide is then an
+//! estimate with its 95 % interval (`--full` reads every page).
 pub mod contents;
 pub mod smaps;
 pub mod text;
@@ -20,11 +22,14 @@ use crate::kernel::{
     KsmStat,
     process::{By, ProcessIdentity},
 };
-use contents::{PageClass, Reading};
+use contents::{ContentCounts, PageClass, Reading};
 use smaps::Vma;
 
 /// A process read: who it is, its funnel, and its mappings KSM never merges (name, pages).
 type ProcessRead = (ProcessIdentity, Funnel, Vec<(String, u64)>);
+
+/// A process and the text of its /proc/<pid>/smaps.
+type ProcessSmaps = (u32, String);
 
 /// What `explain` was asked for.
 pub struct ExplainOptions {
@@ -35,8 +40,11 @@ pub struct ExplainOptions {
     pub by: By,
     /// Name every mapping that holds a reason.
     pub vmas: bool,
-    /// Read at most this many pages' contents; the rest is counted as not read.
-    pub max_pages: u64,
+    /// Read about this many pages' contents: beyond it, a uniform random sample of that size.
+    /// None: read every page.
+    pub max_pages: Option<u64>,
+    /// The sample's seed (the same seed on the same memory takes the same sample).
+    pub seed: Option<u64>,
     pub json: bool,
 }
 
@@ -56,8 +64,14 @@ pub struct Funnel {
     pub ksm_merging_pages: u64,
     /// Merged with the kernel's zero page (use_zero_pages).
     pub zero_page_merges: u64,
-    /// Opted-in pages not merged, by reason (see [`PageClass`]).
+    /// Opted-in pages not merged, by reason (see [`PageClass`]); what the contents decide is
+    /// estimated from `content` when it is a sample.
     pub not_merged: BTreeMap<&'static str, u64>,
+    /// With a sample: each estimated reason's 95 % interval, in pages.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub not_merged_95: BTreeMap<&'static str, [u64; 2]>,
+    /// The unmerged pages that could be read, how many were, and what their contents showed.
+    pub content: ContentCounts,
     /// Anonymous private memory not opted in.
     pub not_opted_in: u64,
     /// Resident pages of shared mappings and hugetlbfs: KSM never merges them.
@@ -71,16 +85,21 @@ pub struct Funnel {
 }
 
 /// The whole answer.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Serialize)]
 pub struct Explanation {
     /// Machine-wide: KSM's state and knobs that decide what merges.
     pub run: i64,
     pub use_zero_pages: bool,
     pub smart_scan: Option<bool>,
     pub max_page_sharing: i64,
+    /// KSM pages beyond the first for a content mapped more than max_page_sharing times: the
+    /// kernel's stable_node_dups (every KSM page of such a content) less stable_node_chains
+    /// (one per content), where the kernel has them.
+    pub ksm_pages_over_max_sharing: Option<u64>,
     pub groups: Vec<Funnel>,
     pub reading: Reading,
-    /// Pages merging everything identical among the pages read would still save.
+    /// Pages merging everything identical would still save (from a sample: an estimate that
+    /// can only under-count, see [`contents::Reader::would_save`]).
     pub would_save_pages: u64,
     pub page_size: u64,
     /// Processes that exited while they were read.
@@ -102,76 +121,69 @@ pub fn explain(o: &ExplainOptions) -> Result<Explanation> {
     let knobs = crate::kernel::sysfs::read_all().unwrap_or_default();
     let knob = |k: &str| knobs.get(k).copied();
     let use_zero_pages = knob("use_zero_pages") == Some(1);
-    let pids = chosen_pids(o)?;
-    let mut reading = contents::Reader::new(o.max_pages)?;
-    let mut per_process: Vec<ProcessRead> = Vec::new();
-    let mut exited = Vec::new();
-    for pid in pids {
-        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/smaps")) else {
-            exited.push(pid);
-            continue;
-        };
-        let vmas = smaps::parse(&text);
-        let identity = ProcessIdentity::read(pid);
-        let stat = KsmStat::read(pid).unwrap_or_default();
-        let mut f = Funnel {
-            name: String::new(),
-            pids: vec![pid],
-            known: stat.ksm_rmap_items,
-            ksm_merging_pages: stat.ksm_merging_pages,
-            zero_page_merges: stat.ksm_zero_pages,
-            ..Default::default()
-        };
-        let page_kib = crate::kernel::page_size() / 1024;
-        let mut shared = Vec::new();
-        for v in &vmas {
-            if v.hugetlb() {
-                f.hugetlbfs += v.hugetlb_kib / page_kib;
-                shared.push((v.name(), v.hugetlb_kib / page_kib));
-            } else if v.shared() {
-                f.shared_mapping += v.rss_kib / page_kib;
-                if v.rss_kib > 0 {
-                    shared.push((v.name(), v.rss_kib / page_kib));
-                }
-            } else {
-                f.anon_private += v.anonymous_kib / page_kib;
-                if v.mergeable() {
-                    f.opted_in += v.anonymous_kib / page_kib;
-                }
-            }
-        }
-        f.not_opted_in = f.anon_private - f.opted_in;
+    let (candidates, mut exited) = candidates(o)?;
+    // The mappings first: how many pages there are decides how many are read.
+    let mut mapped: Vec<(ProcessRead, Vec<Vma>)> = candidates
+        .into_iter()
+        .map(|(pid, smaps)| {
+            let vmas = smaps::parse(&smaps);
+            (mappings(pid, &vmas), vmas)
+        })
+        .collect();
+    let unmerged: u64 = mapped
+        .iter()
+        .map(|((_, f, _), _)| f.opted_in.saturating_sub(f.ksm_merging_pages))
+        .sum();
+    let ksm_pages = knob("pages_shared").unwrap_or(0).max(0) as u64;
+    let seed = o.seed.unwrap_or_else(|| fastrand::u64(..));
+    let plan = contents::Plan::new(o.max_pages, unmerged, ksm_pages, seed);
+    let planned = (plan.rate * unmerged as f64 + plan.ksm_rate * ksm_pages as f64) as u64;
+    let mut reading = contents::Reader::new(plan, o.max_pages, planned)?;
+    mapped.retain(|((identity, _, _), vmas)| {
         let opted: Vec<&Vma> = vmas
             .iter()
             .filter(|v| v.mergeable() && !v.shared() && !v.hugetlb())
             .collect();
-        if !opted.is_empty() && !reading.walk(pid, &opted) {
-            exited.push(pid);
-            continue;
+        let read = opted.is_empty() || reading.walk(identity.pid, &opted);
+        if !read {
+            exited.push(identity.pid);
         }
-        shared.sort_by_key(|v| std::cmp::Reverse(v.1));
-        per_process.push((identity, f, shared));
-    }
+        read
+    });
     reading.finish();
-    // Classify each process's pages now that every content has been seen.
+    // Place each process's pages now that every content has been seen.
+    let mut per_process: Vec<ProcessRead> = mapped.into_iter().map(|(p, _)| p).collect();
     for (identity, f, _) in &mut per_process {
         let pid = identity.pid;
-        for (class, n) in reading.classes(pid) {
+        for (class, n) in reading.placed(pid) {
             match class {
                 PageClass::Merged => f.merged += n,
                 other => *f.not_merged.entry(other.key()).or_default() += n,
             }
         }
+        f.content = reading.contents(pid);
         if f.merged > 0 && f.known as f64 / f.merged as f64 > 64.0 {
             f.rmap_ratio_over_64 = Some(f.known as f64 / f.merged as f64);
         }
     }
-    let groups = group(per_process, o.by, o.vmas);
+    let mut groups = group(per_process, o.by, o.vmas);
+    for g in &mut groups {
+        for e in g.content.estimates() {
+            *g.not_merged.entry(e.key).or_default() += e.pages;
+            if let Some((lo, hi)) = e.interval {
+                g.not_merged_95.insert(e.key, [lo, hi]);
+            }
+        }
+    }
+    exited.sort_unstable();
     Ok(Explanation {
         run: knob("run").unwrap_or(0),
         use_zero_pages,
         smart_scan: knob("smart_scan").map(|v| v == 1),
         max_page_sharing: knob("max_page_sharing").unwrap_or(0),
+        ksm_pages_over_max_sharing: knob("stable_node_dups")
+            .zip(knob("stable_node_chains"))
+            .map(|(dups, chains)| (dups - chains).max(0) as u64),
         groups,
         would_save_pages: reading.would_save(use_zero_pages),
         reading: reading.summary(),
@@ -180,9 +192,43 @@ pub fn explain(o: &ExplainOptions) -> Result<Explanation> {
     })
 }
 
-/// The processes asked for; by default every one with memory opted in to KSM (a mapping marked
-/// `mg`, or KSM's own accounting), and every QEMU guest.
-fn chosen_pids(o: &ExplainOptions) -> Result<Vec<u32>> {
+/// A process's funnel as far as its mappings and KSM's accounting tell.
+fn mappings(pid: u32, vmas: &[Vma]) -> ProcessRead {
+    let stat = KsmStat::read(pid).unwrap_or_default();
+    let mut f = Funnel {
+        pids: vec![pid],
+        known: stat.ksm_rmap_items,
+        ksm_merging_pages: stat.ksm_merging_pages,
+        zero_page_merges: stat.ksm_zero_pages,
+        ..Default::default()
+    };
+    let page_kib = crate::kernel::page_size() / 1024;
+    let mut shared = Vec::new();
+    for v in vmas {
+        if v.hugetlb() {
+            f.hugetlbfs += v.hugetlb_kib / page_kib;
+            shared.push((v.name(), v.hugetlb_kib / page_kib));
+        } else if v.shared() {
+            f.shared_mapping += v.rss_kib / page_kib;
+            if v.rss_kib > 0 {
+                shared.push((v.name(), v.rss_kib / page_kib));
+            }
+        } else {
+            f.anon_private += v.anonymous_kib / page_kib;
+            if v.mergeable() {
+                f.opted_in += v.anonymous_kib / page_kib;
+            }
+        }
+    }
+    f.not_opted_in = f.anon_private - f.opted_in;
+    shared.sort_by_key(|v| std::cmp::Reverse(v.1));
+    (ProcessIdentity::read(pid), f, shared)
+}
+
+/// The processes asked for, each with the text of its smaps (read once), and those that were
+/// gone before it could be read. By default every process with memory opted in to KSM (a
+/// mapping marked `mg`, or KSM's own accounting), and every QEMU guest.
+fn candidates(o: &ExplainOptions) -> Result<(Vec<ProcessSmaps>, Vec<u32>)> {
     let mut pids = o.pids.clone();
     let all_pids = || -> Vec<u32> {
         std::fs::read_dir("/proc")
@@ -211,28 +257,36 @@ fn chosen_pids(o: &ExplainOptions) -> Result<Vec<u32>> {
             bail!("no process {pid}: give the pid of a running process");
         }
     }
-    if !pids.is_empty() {
-        pids.sort_unstable();
-        pids.dedup();
-        return Ok(pids);
+    let asked = !pids.is_empty();
+    if !asked {
+        pids = all_pids();
     }
-    // QEMU guests too: a VMM whose guest RAM is a shared mapping has madvised it in vain, and
-    // nothing marks it (MADV_MERGEABLE on a shared mapping sets no flag).
-    let mut all: Vec<u32> = all_pids()
-        .into_iter()
-        .filter(|&pid| opted_in(pid) || ProcessIdentity::read(pid).guest.is_some())
-        .collect();
-    all.sort_unstable();
-    Ok(all)
+    pids.sort_unstable();
+    pids.dedup();
+    let (mut found, mut gone) = (Vec::new(), Vec::new());
+    for pid in pids {
+        match std::fs::read_to_string(format!("/proc/{pid}/smaps")) {
+            // QEMU guests too: a VMM whose guest RAM is a shared mapping has madvised it in
+            // vain, and nothing marks it (MADV_MERGEABLE on a shared mapping sets no flag).
+            Ok(smaps)
+                if asked || opted_in(pid, &smaps) || ProcessIdentity::read(pid).guest.is_some() =>
+            {
+                found.push((pid, smaps))
+            }
+            Ok(_) => {}
+            Err(_) if asked => gone.push(pid),
+            Err(_) => {}
+        }
+    }
+    Ok((found, gone))
 }
 
-/// Whether any of `pid`'s mappings is opted in, or KSM tracks it.
-fn opted_in(pid: u32) -> bool {
+/// Whether any of `pid`'s mappings is opted in (`smaps`, its text), or KSM tracks it.
+fn opted_in(pid: u32, smaps: &str) -> bool {
     KsmStat::read(pid).is_ok_and(|s| s.ksm_rmap_items > 0 || s.ksm_merging_pages > 0)
-        || std::fs::read_to_string(format!("/proc/{pid}/smaps")).is_ok_and(|t| {
-            t.lines()
-                .any(|l| l.starts_with("VmFlags:") && l.contains(" mg"))
-        })
+        || smaps
+            .lines()
+            .any(|l| l.starts_with("VmFlags:") && l.contains(" mg"))
 }
 
 /// The processes' funnels summed per group (`By::Process`: one each).
@@ -255,6 +309,7 @@ fn group(per_process: Vec<ProcessRead>, by: By, all_vmas: bool) -> Vec<Funnel> {
         for (k, v) in f.not_merged {
             *g.not_merged.entry(k).or_default() += v;
         }
+        g.content.add(&f.content);
         let keep = if all_vmas { shared.len() } else { 3 };
         let pid = identity.pid;
         g.shared_vmas.extend(

@@ -5,16 +5,23 @@ use std::fmt::Write as _;
 use super::{Explanation, Funnel};
 
 /// Each reason's words, in the order shown.
-const REASONS: [(&str, &str); 6] = [
+const REASONS: [(&str, &str); 7] = [
+    (
+        "identical_to_merged",
+        "identical to a KSM page, not merged yet (changed between scans, skipped by smart_scan, or not reached by ksmd)",
+    ),
     (
         "identical_not_merged",
-        "identical to another page, not merged yet (changed between scans, skipped by smart_scan, or not reached by ksmd)",
+        "identical to another unmerged page, not merged yet (volatile, skipped by smart_scan, or not reached by ksmd)",
     ),
     ("zero_filled", "zero-filled, not merged yet"),
     ("unique", "content unique among the pages read"),
     ("huge_page", "in a transparent huge page KSM has not split"),
     ("swapped", "swapped out"),
-    ("not_read", "not read (over --max-pages)"),
+    (
+        "not_read",
+        "not read: the random sample took none of its pages",
+    ),
 ];
 
 pub fn render(e: &Explanation) -> String {
@@ -32,23 +39,7 @@ pub fn render(e: &Explanation) -> String {
         e.smart_scan.map_or("n/a", |s| if s { "on" } else { "off" }),
         e.max_page_sharing
     );
-    let r = &e.reading;
-    let _ = writeln!(
-        o,
-        "Read {} unmerged and {} KSM pages in {:.2} s ({:.0} pages/s; hashes only, nothing written){}",
-        r.pages_read,
-        r.ksm_pages_read,
-        r.seconds,
-        r.pages_per_second,
-        if r.not_read > 0 {
-            format!(
-                "; {} pages not read (over --max-pages {})",
-                r.not_read, r.max_pages
-            )
-        } else {
-            String::new()
-        }
-    );
+    reading(&mut o, e);
     if !e.exited.is_empty() {
         let pids: Vec<String> = e.exited.iter().map(u32::to_string).collect();
         let _ = writeln!(o, "Skipped, exited while read: {}", pids.join(", "));
@@ -62,13 +53,60 @@ pub fn render(e: &Explanation) -> String {
     for g in &e.groups {
         funnel(&mut o, g, &mib);
     }
+    let sampled = e.reading.plan.sampled();
     let _ = writeln!(
         o,
-        "\nMerging every identical page read would still save {} pages ({:.1} MiB).",
+        "\nMerging every identical page{} would still save {}{} pages ({:.1} MiB).",
+        if sampled { "" } else { " read" },
+        if sampled { "at least about " } else { "" },
         e.would_save_pages,
         mib(e.would_save_pages)
     );
+    if let Some(extra) = e.ksm_pages_over_max_sharing.filter(|&d| d > 0) {
+        let _ = writeln!(
+            o,
+            "{extra} more KSM pages than contents: a content mapped more than max_page_sharing={} times takes another KSM page, each a page not saved (the kernel's stable_node_dups less stable_node_chains; {} among the KSM pages read)",
+            e.max_page_sharing, e.reading.ksm_pages_duplicated
+        );
+    }
     o
+}
+
+/// What was read, how fast, and — from a sample — how exact the counts are.
+fn reading(o: &mut String, e: &Explanation) {
+    let r = &e.reading;
+    let p = &r.plan;
+    if !p.sampled() {
+        let _ = writeln!(
+            o,
+            "Read {} unmerged and {} KSM pages in {:.2} s ({:.0} pages/s; hashes only, nothing written)",
+            r.pages_read, r.ksm_pages_read, r.seconds, r.pages_per_second
+        );
+        return;
+    }
+    let _ = writeln!(
+        o,
+        "Read a uniform random sample (--max-pages {}, seed {}): {} of {} unmerged pages ({:.2} %) and {} KSM pages{}, in {:.2} s ({:.0} pages/s; hashes only, nothing written)",
+        r.budget.unwrap_or(0),
+        p.seed,
+        r.pages_read,
+        r.pages_eligible,
+        p.rate * 100.0,
+        r.ksm_pages_read,
+        if p.ksm_rate < 1.0 {
+            format!(" ({:.2} % of them)", p.ksm_rate * 100.0)
+        } else {
+            " (all)".to_owned()
+        },
+        r.seconds,
+        r.pages_per_second
+    );
+    let full_s = (r.pages_eligible as f64 + r.ksm_pages_read as f64 / p.ksm_rate)
+        / r.pages_per_second.max(1.0);
+    let _ = writeln!(
+        o,
+        "What the contents decide is estimated, with its 95 % interval. A twin among the unmerged pages is seen only when the sample took it too: \"identical to another unmerged page\" is a floor, its interval reaching up to every page seen unique. --full reads every page (about {full_s:.0} s at this rate)."
+    );
 }
 
 fn funnel(o: &mut String, g: &Funnel, mib: &dyn Fn(u64) -> f64) {
@@ -95,8 +133,13 @@ fn funnel(o: &mut String, g: &Funnel, mib: &dyn Fn(u64) -> f64) {
         ));
     }
     for (key, words) in REASONS {
-        if let Some(&n) = g.not_merged.get(key).filter(|&&n| n > 0) {
-            lines.push((n, words.to_owned()));
+        let estimated = g.not_merged_95.contains_key(key);
+        if let Some(&n) = g.not_merged.get(key).filter(|&&n| n > 0 || estimated) {
+            let interval = g
+                .not_merged_95
+                .get(key)
+                .map_or(String::new(), |[lo, hi]| format!(" [95 %: {lo}–{hi}]"));
+            lines.push((n, format!("{words}{interval}")));
         }
     }
     if g.shared_mapping > 0 {

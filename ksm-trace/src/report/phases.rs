@@ -10,7 +10,7 @@
 //! CPU time × share), and what it costs per page scanned (and per merge, for the merge phase).
 use serde::{Deserialize, Serialize};
 
-use crate::recording::Recording;
+use crate::{recording::Recording, stats::wilson};
 
 /// Where ksmd spends a sample.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -253,16 +253,6 @@ impl PhasesReport {
     }
 }
 
-/// Wilson's 95 % interval of a proportion `k` of `n`.
-fn wilson(k: u64, n: u64) -> (f64, f64) {
-    let (k, n, z) = (k as f64, n as f64, 1.96f64);
-    let p = k / n;
-    let denom = 1.0 + z * z / n;
-    let centre = (p + z * z / (2.0 * n)) / denom;
-    let half = z * (p * (1.0 - p) / n + z * z / (4.0 * n * n)).sqrt() / denom;
-    ((centre - half).max(0.0), (centre + half).min(1.0))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -348,14 +338,5 @@ mod tests {
             }
             assert!(of(Phase::Other) < 0.34, "{kernel}: {shares:?}");
         }
-    }
-
-    #[test]
-    fn wilson_interval_holds_the_share() {
-        let (lo, hi) = wilson(50, 100);
-        assert!(lo < 0.5 && hi > 0.5 && hi - lo < 0.2, "{lo} {hi}");
-        let (lo, hi) = wilson(0, 100);
-        assert_eq!(lo, 0.0);
-        assert!(hi > 0.0 && hi < 0.05);
     }
 }
