@@ -95,7 +95,8 @@ Examples:
 Examples:
   ksm-trace explain                    # every process with memory opted in to KSM
   ksm-trace explain --vm db1 --vmas    # one guest, naming the mappings KSM cannot merge
-  ksm-trace explain --by cgroup --json # per cgroup, as JSON")]
+  ksm-trace explain --by cgroup --json # per cgroup, as JSON
+  ksm-trace explain --all --full       # every page read, however large the host")]
     Explain(ExplainArgs),
     /// Undo what a ksm-trace that was killed left behind: KSM knobs, processes it started, run
     /// directories, mounts. Every command that changes the system does this first by itself.
@@ -670,10 +671,14 @@ pub struct ExplainArgs {
     /// Only the QEMU guests with these names (-name), repeatable.
     #[arg(long = "vm")]
     pub vms: Vec<String>,
+    /// Every process with memory opted in, and every QEMU guest (the default, said outright).
+    #[arg(long, conflicts_with_all = ["pids", "vms"])]
+    pub all: bool,
     /// What a group is.
     #[arg(long, default_value = "process", value_parser = named(&crate::kernel::process::By::ALL))]
     pub by: crate::kernel::process::By,
-    /// Name every mapping that holds memory KSM never merges (default: the largest three).
+    /// Name every mapping that holds memory KSM never merges (default: the largest three
+    /// shared and three file mappings of each process).
     #[arg(long)]
     pub vmas: bool,
     /// Read about this many pages' contents (4 KiB each; about 10 s at 400 000 pages/s): with

@@ -69,7 +69,7 @@ fn explain_counts_each_constructed_reason_exactly() {
     );
     assert!(f["shared_mapping"].as_u64().unwrap() >= 300, "{f}");
     assert!(
-        f["shared_vmas"]
+        f["never_merged_vmas"]
             .as_array()
             .unwrap()
             .iter()
@@ -81,6 +81,17 @@ fn explain_counts_each_constructed_reason_exactly() {
         (f["opted_in"].as_u64(), reason(&f, "unique")),
         (Some(500), 500),
         "{f}"
+    );
+    // Its program's text is page cache of a mapped file: named, never merged.
+    assert!(f["file_backed"].as_u64().unwrap() > 0, "{f}");
+    let binary = std::fs::canonicalize(bin()).unwrap();
+    assert!(
+        f["never_merged_vmas"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|v| v[0].as_str().unwrap().contains(binary.to_str().unwrap())),
+        "the worker's binary is named: {f}"
     );
     for p in &pair {
         let f = funnel(&e, p.pid());

@@ -74,11 +74,13 @@ pub struct Funnel {
     pub content: ContentCounts,
     /// Anonymous private memory not opted in.
     pub not_opted_in: u64,
-    /// Resident pages of shared mappings and hugetlbfs: KSM never merges them.
+    /// Resident pages of shared mappings, hugetlbfs, and the file pages (page cache) of
+    /// private file mappings: KSM never merges them (it merges anonymous memory only).
     pub shared_mapping: u64,
     pub hugetlbfs: u64,
+    pub file_backed: u64,
     /// The mappings behind those (with `--vmas`, or the largest few).
-    pub shared_vmas: Vec<(String, u64)>,
+    pub never_merged_vmas: Vec<(String, u64)>,
     /// rmap items per merged page, when over 64: the kernel documents the process's profit
     /// as negative then.
     pub rmap_ratio_over_64: Option<f64>,
@@ -127,7 +129,7 @@ pub fn explain(o: &ExplainOptions) -> Result<Explanation> {
         .into_iter()
         .map(|(pid, smaps)| {
             let vmas = smaps::parse(&smaps);
-            (mappings(pid, &vmas), vmas)
+            (mappings(pid, &vmas, o.vmas), vmas)
         })
         .collect();
     let unmerged: u64 = mapped
@@ -166,7 +168,7 @@ pub fn explain(o: &ExplainOptions) -> Result<Explanation> {
             f.rmap_ratio_over_64 = Some(f.known as f64 / f.merged as f64);
         }
     }
-    let mut groups = group(per_process, o.by, o.vmas);
+    let mut groups = group(per_process, o.by);
     for g in &mut groups {
         for e in g.content.estimates() {
             *g.not_merged.entry(e.key).or_default() += e.pages;
@@ -192,8 +194,9 @@ pub fn explain(o: &ExplainOptions) -> Result<Explanation> {
     })
 }
 
-/// A process's funnel as far as its mappings and KSM's accounting tell.
-fn mappings(pid: u32, vmas: &[Vma]) -> ProcessRead {
+/// A process's funnel as far as its mappings and KSM's accounting tell, naming every mapping
+/// KSM never merges (`all_vmas`) or the largest three shared ones and three file ones.
+fn mappings(pid: u32, vmas: &[Vma], all_vmas: bool) -> ProcessRead {
     let stat = KsmStat::read(pid).unwrap_or_default();
     let mut f = Funnel {
         pids: vec![pid],
@@ -203,7 +206,7 @@ fn mappings(pid: u32, vmas: &[Vma]) -> ProcessRead {
         ..Default::default()
     };
     let page_kib = crate::kernel::page_size() / 1024;
-    let mut shared = Vec::new();
+    let (mut shared, mut files) = (Vec::new(), Vec::new());
     for v in vmas {
         if v.hugetlb() {
             f.hugetlbfs += v.hugetlb_kib / page_kib;
@@ -218,10 +221,21 @@ fn mappings(pid: u32, vmas: &[Vma]) -> ProcessRead {
             if v.mergeable() {
                 f.opted_in += v.anonymous_kib / page_kib;
             }
+            // A mapped file's pages not yet copied on write: page cache, never merged.
+            let file_pages = v.rss_kib.saturating_sub(v.anonymous_kib) / page_kib;
+            if v.path.starts_with('/') && file_pages > 0 {
+                f.file_backed += file_pages;
+                files.push((v.name(), file_pages));
+            }
         }
     }
     f.not_opted_in = f.anon_private - f.opted_in;
-    shared.sort_by_key(|v| std::cmp::Reverse(v.1));
+    let keep = if all_vmas { usize::MAX } else { 3 };
+    for list in [&mut shared, &mut files] {
+        list.sort_by_key(|v| std::cmp::Reverse(v.1));
+        list.truncate(keep);
+    }
+    shared.extend(files);
     (ProcessIdentity::read(pid), f, shared)
 }
 
@@ -290,7 +304,7 @@ fn opted_in(pid: u32, smaps: &str) -> bool {
 }
 
 /// The processes' funnels summed per group (`By::Process`: one each).
-fn group(per_process: Vec<ProcessRead>, by: By, all_vmas: bool) -> Vec<Funnel> {
+fn group(per_process: Vec<ProcessRead>, by: By) -> Vec<Funnel> {
     let mut groups: BTreeMap<String, Funnel> = BTreeMap::new();
     for (identity, f, shared) in per_process {
         let name = by.group(&identity);
@@ -306,18 +320,14 @@ fn group(per_process: Vec<ProcessRead>, by: By, all_vmas: bool) -> Vec<Funnel> {
         g.not_opted_in += f.not_opted_in;
         g.shared_mapping += f.shared_mapping;
         g.hugetlbfs += f.hugetlbfs;
+        g.file_backed += f.file_backed;
         for (k, v) in f.not_merged {
             *g.not_merged.entry(k).or_default() += v;
         }
         g.content.add(&f.content);
-        let keep = if all_vmas { shared.len() } else { 3 };
         let pid = identity.pid;
-        g.shared_vmas.extend(
-            shared
-                .into_iter()
-                .take(keep)
-                .map(|(n, p)| (format!("[{pid}] {n}"), p)),
-        );
+        g.never_merged_vmas
+            .extend(shared.into_iter().map(|(n, p)| (format!("[{pid}] {n}"), p)));
         g.rmap_ratio_over_64 = match (g.rmap_ratio_over_64, f.rmap_ratio_over_64) {
             (Some(a), Some(b)) => Some(a.max(b)),
             (a, b) => a.or(b),

@@ -154,6 +154,12 @@ fn funnel(o: &mut String, g: &Funnel, mib: &dyn Fn(u64) -> f64) {
             "in shared mappings (MAP_SHARED, memfd, shm): KSM never merges them".to_owned(),
         ));
     }
+    if g.file_backed > 0 {
+        lines.push((
+            g.file_backed,
+            "file pages of mapped files (page cache): KSM merges anonymous memory only".to_owned(),
+        ));
+    }
     if g.hugetlbfs > 0 {
         lines.push((g.hugetlbfs, "in hugetlbfs: KSM never merges it".to_owned()));
     }
@@ -165,7 +171,7 @@ fn funnel(o: &mut String, g: &Funnel, mib: &dyn Fn(u64) -> f64) {
     for (n, words) in lines {
         let _ = writeln!(o, "  {n:>10}  {words}");
     }
-    for (name, pages) in &g.shared_vmas {
+    for (name, pages) in &g.never_merged_vmas {
         let _ = writeln!(o, "              {pages:>8} pages: {name}");
     }
     if let Some(ratio) = g.rmap_ratio_over_64 {
