@@ -106,11 +106,11 @@ fn reading(o: &mut String, e: &Explanation) {
     let full = if full_s < 1.0 {
         "under a second".to_owned()
     } else {
-        format!("{full_s:.0} s")
+        format!("about {full_s:.0} s")
     };
     let _ = writeln!(
         o,
-        "What the contents decide is estimated, with its 95 % interval. A twin among the unmerged pages is seen only when the sample took it too: \"identical to another unmerged page\" is a floor, its interval reaching up to every page seen unique. --full reads every page (about {} at this rate).",
+        "What the contents decide is estimated, with its 95 % interval. A twin among the unmerged pages is seen only when the sample took it too: \"identical to another unmerged page\" is a floor, its interval reaching up to every page seen unique. --full reads every page ({} at this rate).",
         full
     );
 }
