@@ -34,6 +34,32 @@ fn funnel(e: &Value, pid: u32) -> Value {
         .clone()
 }
 
+/// Every opted-in page is merged or under one reason (estimated ones too: they are scaled to add
+/// up).
+fn assert_adds_up(f: &Value) {
+    let under: u64 = f["not_merged"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    assert_eq!(
+        f["merged"].as_u64().unwrap() + under,
+        f["opted_in"].as_u64().unwrap(),
+        "the funnel adds up: {f}"
+    );
+}
+
+/// The same explain, as text.
+fn as_text(json_args: &[&str]) -> String {
+    let args: Vec<&str> = json_args
+        .iter()
+        .filter(|a| **a != "--json")
+        .copied()
+        .collect();
+    ksm_trace_stdout(&args)
+}
+
 fn reason(f: &Value, key: &str) -> u64 {
     f["not_merged"][key].as_u64().unwrap_or(0)
 }
@@ -106,29 +132,12 @@ fn explain_counts_each_constructed_reason_exactly() {
     );
     // The funnel adds up: every opted-in page is merged or under one reason.
     for p in [&unique, &pair[0], &pair[1], &zero] {
-        let f = funnel(&e, p.pid());
-        let under: u64 = f["not_merged"]
-            .as_object()
-            .unwrap()
-            .values()
-            .map(|v| v.as_u64().unwrap())
-            .sum();
-        assert_eq!(
-            f["merged"].as_u64().unwrap() + under,
-            f["opted_in"].as_u64().unwrap(),
-            "{f}"
-        );
+        assert_adds_up(&funnel(&e, p.pid()));
     }
     // Merging all that: the pair's 300 pages once each, the 200 zero-filled pages into one.
     assert_eq!(e["would_save_pages"], 300 + 199, "{e}");
     assert!(e["reading"]["pages_read"].as_u64().unwrap() >= 1300, "{e}");
-    let text = ksm_trace_stdout(
-        &args[..args.len()]
-            .iter()
-            .filter(|a| **a != "--json")
-            .copied()
-            .collect::<Vec<_>>(),
-    );
+    let text = as_text(&args);
     assert!(text.contains("KSM is OFF (run=0)"), "{text}");
     assert!(text.contains("KSM never merges them"), "{text}");
 
@@ -231,14 +240,7 @@ fn explain_samples_with_intervals_that_hold_what_was_built() {
     }
     for (pid, built) in &truth {
         let f = funnel(&e, *pid);
-        let opted = f["opted_in"].as_u64().unwrap();
-        let estimated: u64 = f["not_merged"]
-            .as_object()
-            .unwrap()
-            .values()
-            .map(|v| v.as_u64().unwrap())
-            .sum();
-        assert_eq!(estimated, opted, "the estimates add up to the pages: {f}");
+        assert_adds_up(&f);
         // Every interval holds what was built (0 where nothing of that kind was built).
         let intervals = f["not_merged_95"].as_object().unwrap();
         assert!(!intervals.is_empty(), "{f}");
@@ -257,13 +259,7 @@ fn explain_samples_with_intervals_that_hold_what_was_built() {
             );
         }
     }
-    let text = ksm_trace_stdout(
-        &sampled[..sampled.len()]
-            .iter()
-            .filter(|a| **a != "--json")
-            .copied()
-            .collect::<Vec<_>>(),
-    );
+    let text = as_text(&sampled);
     assert!(
         text.contains("uniform random sample") && text.contains("seed 7"),
         "{text}"

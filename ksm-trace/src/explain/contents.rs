@@ -143,8 +143,9 @@ impl ContentCounts {
     /// Wilson's interval holds. A twin among the unmerged pages is seen only when it was sampled
     /// too, and how many unseen twins there are cannot be estimated from a sample (the
     /// distinct-values problem): "identical" is what was seen, its interval reaching up to
-    /// every page not otherwise placed, and "unique" reaches down to none.
-    pub fn estimates(&self) -> Vec<Estimate> {
+    /// every page not otherwise placed, and "unique" reaches down to none. So is "identical to
+    /// a KSM page" when only a sample of the KSM pages was read (`ksm_sampled`).
+    pub fn estimates(&self, ksm_sampled: bool) -> Vec<Estimate> {
         if self.read == 0 {
             return (self.eligible > 0)
                 .then_some(Estimate {
@@ -182,37 +183,44 @@ impl ContentCounts {
             out[i].0.pages += 1;
         }
         let mut out: Vec<Estimate> = out.into_iter().map(|(e, _)| e).collect();
-        let hi = |key: &str, out: &[Estimate]| {
-            out.iter()
-                .find(|e| e.key == key)
-                .and_then(|e| e.interval)
-                .map_or(0, |i| i.1)
-        };
-        let (twin_hi, unique_hi) = (
-            hi(PageClass::Identical.key(), &out),
-            hi(PageClass::Unique.key(), &out),
-        );
-        for e in &mut out {
-            if let Some((lo, hi)) = &mut e.interval {
-                if e.key == PageClass::Unique.key() {
-                    *lo = 0;
-                } else if e.key == PageClass::Identical.key() {
-                    *hi = (*hi + unique_hi).min(self.eligible);
-                }
-            }
-        }
-        if twin_hi == 0
-            && unique_hi > 0
-            && let Some(unique) = out.iter().find(|e| e.key == PageClass::Unique.key())
-        {
-            // No twin seen at all: none, or as many as the unique ones.
-            out.push(Estimate {
-                key: PageClass::Identical.key(),
-                pages: 0,
-                interval: Some((0, unique.interval.map_or(unique.pages, |i| i.1))),
-            });
+        if self.read < self.eligible || ksm_sampled {
+            floors(&mut out, self.eligible, ksm_sampled);
         }
         out
+    }
+}
+
+/// Widens the intervals of the classes a sample can only under-count (a twin that was not read
+/// goes unseen) up to every page seen unique, and that of "unique" down to none.
+fn floors(out: &mut Vec<Estimate>, eligible: u64, ksm_sampled: bool) {
+    let unique = PageClass::Unique.key();
+    let unique_hi = out
+        .iter()
+        .find(|e| e.key == unique)
+        .map_or(0, |e| e.interval.map_or(e.pages, |i| i.1));
+    if unique_hi == 0 {
+        return;
+    }
+    let mut under = vec![PageClass::Identical.key()];
+    if ksm_sampled {
+        under.push(PageClass::IdenticalToMerged.key());
+    }
+    for key in &under {
+        if !out.iter().any(|e| e.key == *key) {
+            out.push(Estimate {
+                key,
+                pages: 0,
+                interval: None,
+            });
+        }
+    }
+    for e in out.iter_mut() {
+        let (lo, hi) = e.interval.unwrap_or((e.pages, e.pages));
+        if e.key == unique {
+            e.interval = Some((0, hi));
+        } else if under.contains(&e.key) {
+            e.interval = Some((lo, (hi + unique_hi).min(eligible)));
+        }
     }
 }
 
@@ -462,7 +470,7 @@ mod tests {
             ]
             .into(),
         };
-        let e = c.estimates();
+        let e = c.estimates(false);
         assert_eq!(e.iter().map(|e| e.pages).sum::<u64>(), 1000);
         assert!(
             e.iter()
@@ -488,18 +496,35 @@ mod tests {
             read: 3,
             by_class: [("unique", 2), ("zero_filled", 1)].into(),
         };
-        let e = c.estimates();
+        let e = c.estimates(false);
         assert_eq!(
             e.iter()
                 .map(|e| (e.key, e.pages, e.interval))
                 .collect::<Vec<_>>(),
             [("unique", 2, None), ("zero_filled", 1, None)]
         );
+        // Every unmerged page read but only some KSM pages: a KSM page's twin can go unseen.
+        let c = ContentCounts {
+            eligible: 10,
+            read: 10,
+            by_class: [("unique", 6), ("identical_to_merged", 4)].into(),
+        };
+        let e = c.estimates(true);
+        let of = |key| *e.iter().find(|e| e.key == key).unwrap();
+        assert_eq!(of("identical_to_merged").interval, Some((4, 10)));
+        assert_eq!(of("unique").interval, Some((0, 6)));
+        assert_eq!(
+            c.estimates(false)
+                .iter()
+                .filter(|e| e.interval.is_some())
+                .count(),
+            0
+        );
         // A process the sample missed entirely: its pages are said to be not read.
         let c = ContentCounts {
             eligible: 5,
             ..Default::default()
         };
-        assert_eq!(c.estimates()[0].key, "not_read");
+        assert_eq!(c.estimates(false)[0].key, "not_read");
     }
 }

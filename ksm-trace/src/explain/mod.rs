@@ -170,7 +170,7 @@ pub fn explain(o: &ExplainOptions) -> Result<Explanation> {
     }
     let mut groups = group(per_process, o.by);
     for g in &mut groups {
-        for e in g.content.estimates() {
+        for e in g.content.estimates(plan.ksm_rate < 1.0) {
             *g.not_merged.entry(e.key).or_default() += e.pages;
             if let Some((lo, hi)) = e.interval {
                 g.not_merged_95.insert(e.key, [lo, hi]);

@@ -110,7 +110,12 @@ fn reading(o: &mut String, e: &Explanation) {
     };
     let _ = writeln!(
         o,
-        "What the contents decide is estimated, with its 95 % interval. A twin among the unmerged pages is seen only when the sample took it too: \"identical to another unmerged page\" is a floor, its interval reaching up to every page seen unique. --full reads every page ({} at this rate).",
+        "What the contents decide is estimated, with its 95 % interval. A twin among the unmerged pages is seen only when the sample took it too: \"identical to another unmerged page\"{} is a floor, its interval reaching up to every page seen unique. --full reads every page ({} at this rate).",
+        if p.ksm_rate < 1.0 {
+            " (and \"identical to a KSM page\", as not every KSM page was read)"
+        } else {
+            ""
+        },
         full
     );
 }
