@@ -251,13 +251,16 @@ fn assert_backend_exact(run: &Value, events: &str) {
         // invented). They come two ways: a sharer the kernel moves and merges again, which is
         // also a merge beyond the spec's 2000 (6.12 runs: 119 silent of 2119 merges under the
         // tracepoints, 132 of 2132 under kprobes), and a sharer that leaves alone when ksmd
-        // finds its page written, a few (6 of 2009 and 8 of 2000 merges in two runs). Those
-        // runs had huge pages; since the workload runs with thp=off, every backend on 6.12
-        // and 6.1 counted 2000 merges and no silent unmerge.
+        // finds its page written before its partner's: the rewrite between the rounds breaks
+        // the 500 pages each worker still has merged after round 1's unmerge call, so at most
+        // 500. How many depends on whether ksmd passes between the two workers' writes: 6 of
+        // 2009 and 8 of 2000 merges in two early runs, none in most runs with thp=off, and 123
+        // of 2000 on 6.1 under the function backend in one CI run (single-threaded TCG
+        // interleaves ksmd with the rewrites).
         let silent = m - u - delta;
         assert!(
-            silent >= 0 && silent <= (m - 2000) + m / 100,
-            "--backend {backend}: {silent} silent unmerges, more than the re-merges and 1 %: {p}"
+            silent >= 0 && silent <= (m - 2000) + 500,
+            "--backend {backend}: {silent} silent unmerges, more than the re-merges and the 500 pages the rewrite broke: {p}"
         );
         assert_eq!(p["silent_unmerges"].as_i64(), Some(silent), "{p}");
         let worker = rep["workers"]
