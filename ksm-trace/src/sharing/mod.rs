@@ -6,6 +6,7 @@
 pub mod heatmap;
 pub mod matrix;
 pub mod savings;
+pub mod savings_table;
 pub mod sets;
 pub mod snapshot;
 
@@ -59,7 +60,7 @@ pub fn run(source: Source, view: &View) -> Result<String> {
     }
     let mut text = render(&header, &matrix, view.domains);
     if let Some(savings) = &savings {
-        text += &crate::report::text::savings::text(savings, |pid| {
+        text += &savings_table::text(savings, |pid| {
             sharers
                 .get(&pid)
                 .map_or_else(|| pid.to_string(), |w| view.by.group(w))
