@@ -104,8 +104,8 @@ pub struct Reading {
     pub budget: Option<u64>,
     pub seconds: f64,
     pub pages_per_second: f64,
-    /// Contents held by more than one KSM page, and the KSM pages beyond the first of each:
-    /// pages max_page_sharing (or merge_across_nodes=0) keeps from being saved.
+    /// Among the KSM pages read, those beyond the first of a content held by several: pages
+    /// max_page_sharing (or merge_across_nodes=0) keeps from being saved.
     pub ksm_pages_duplicated: u64,
 }
 
