@@ -157,12 +157,12 @@ impl ContentCounts {
                 .collect();
         }
         let scale = self.eligible as f64 / self.read as f64;
+        let sampled = self.read < self.eligible;
         let mut out: Vec<(Estimate, f64)> = self
             .by_class
             .iter()
             .map(|(&key, &k)| {
                 let exact = k as f64 * scale;
-                let sampled = self.read < self.eligible;
                 let interval =
                     sampled.then(|| crate::stats::sampled_total(k, self.read, self.eligible));
                 let pages = exact.floor() as u64;
@@ -183,7 +183,7 @@ impl ContentCounts {
             out[i].0.pages += 1;
         }
         let mut out: Vec<Estimate> = out.into_iter().map(|(e, _)| e).collect();
-        if self.read < self.eligible || ksm_sampled {
+        if sampled || ksm_sampled {
             floors(&mut out, self.eligible, ksm_sampled);
         }
         out
@@ -245,9 +245,7 @@ pub struct Reader {
     ksm_pfns_met: HashSet<u64>,
     zero_pfn: Option<u64>,
     zero_hash: u64,
-    read: u64,
     ksm_read: u64,
-    eligible: u64,
     progress: ProgressBar,
     seconds: f64,
 }
@@ -279,9 +277,7 @@ impl Reader {
             ksm_pfns_met: HashSet::new(),
             zero_pfn: zero_page_pfn().ok(),
             zero_hash: hash(&vec![0u8; page]),
-            read: 0,
             ksm_read: 0,
-            eligible: 0,
             progress,
             seconds: 0.0,
         })
@@ -350,9 +346,7 @@ impl Reader {
         for h in &ksm_contents {
             self.seen.entry(*h).or_default().1 += 1;
         }
-        self.read += p.hashes.len() as u64;
         self.ksm_read += ksm_contents.len() as u64;
-        self.eligible += p.eligible;
         self.ksm_pfns_met.extend(ksm_pfns);
         self.pages.insert(pid, p);
         true
@@ -422,11 +416,13 @@ impl Reader {
     }
 
     pub fn summary(&self) -> Reading {
-        let total = self.read + self.ksm_read;
+        // What every process kept: one that exited half-way is not among them.
+        let read: u64 = self.pages.values().map(|p| p.hashes.len() as u64).sum();
+        let total = read + self.ksm_read;
         Reading {
-            pages_read: self.read,
+            pages_read: read,
             ksm_pages_read: self.ksm_read,
-            pages_eligible: self.eligible,
+            pages_eligible: self.pages.values().map(|p| p.eligible).sum(),
             plan: self.plan,
             budget: self.budget,
             seconds: self.seconds,
